@@ -1,0 +1,41 @@
+"""autotune: find the fastest DeepSpeed training configuration that keeps accuracy.
+
+The Python API does everything the CLI does::
+
+    from autotune import SearchOptions, search
+    summary = search(SearchOptions(model=Path("examples/digits_mlp.py"), n_trials=12))
+"""
+
+from __future__ import annotations
+
+from autotune._errors import UserError
+from autotune._export import export, export_trial, trials_frame, write_study_report
+from autotune._plan import Machine, TrialConfig, detect_machine, why_not_runnable
+from autotune._run import RunResult, run_trial
+from autotune._space import PARAMETERS, SearchSpace, load_space
+from autotune._study import SearchOptions, SearchSummary, load_study, search
+from autotune._task import ModelFile, Task, load_task
+
+__all__ = [
+    "PARAMETERS",
+    "Machine",
+    "ModelFile",
+    "RunResult",
+    "SearchOptions",
+    "SearchSpace",
+    "SearchSummary",
+    "Task",
+    "TrialConfig",
+    "UserError",
+    "detect_machine",
+    "export",
+    "export_trial",
+    "load_space",
+    "load_study",
+    "load_task",
+    "run_trial",
+    "search",
+    "trials_frame",
+    "why_not_runnable",
+    "write_study_report",
+]

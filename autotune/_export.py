@@ -1,0 +1,141 @@
+"""What a study hands back to the user: a trial's DeepSpeed config and launch recipe, and the
+HTML report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from autotune import _score
+from autotune._errors import UserError
+from autotune._report import write_report
+from autotune._space import PARAMETERS
+
+
+def export_trial(trial: optuna.trial.FrozenTrial, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``ds_config.json`` (accepted unchanged by ``deepspeed.initialize``) and
+    ``launch.json`` (processes, pipeline layout, data loading, the launch command).
+
+    Raises:
+        UserError: The trial never ran, so it has no configuration worth exporting.
+    """
+    attrs = trial.user_attrs
+    if attrs.get("status") not in ("ok", "repeat") or "ds_config" not in attrs:
+        raise UserError(
+            f"Trial {trial.number} did not run successfully ({attrs.get('status', 'unknown')}: "
+            f"{attrs.get('reason', 'no result')}); export a trial that ran."
+        )
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create {out_dir}: {exc.strerror}.") from None
+    ds_config_path = out_dir / "ds_config.json"
+    launch_path = out_dir / "launch.json"
+    ds_config_path.write_text(json.dumps(attrs["ds_config"], indent=2) + "\n")
+    launch: dict[str, Any] = dict(attrs["launch"])
+    launch["trial"] = trial.number
+    launch["measured"] = {
+        "throughput_samples_per_s": attrs.get("throughput"),
+        "accuracy_loss": attrs.get("accuracy_loss"),
+        "peak_memory_bytes": attrs.get("peak_memory_bytes"),
+    }
+    launch_path.write_text(json.dumps(launch, indent=2) + "\n")
+    return ds_config_path, launch_path
+
+
+def export(
+    study: optuna.Study, out_dir: str | Path, trial_number: int | None = None
+) -> tuple[Path, Path]:
+    """Export the best feasible trial, or trial ``trial_number``, of a study.
+
+    Raises:
+        UserError: No such trial, or no feasible trial when none is named.
+    """
+    if trial_number is None:
+        try:
+            trial = study.best_trial
+        except ValueError:
+            raise UserError(
+                f"Study '{study.study_name}' has no feasible trial yet; name one with --trial N "
+                "(see `autotune trials`) or search further."
+            ) from None
+    else:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        if trial_number not in trials:
+            raise UserError(
+                f"Study '{study.study_name}' has no trial {trial_number} "
+                f"(it has {len(trials)} trials, numbered from 0)."
+            )
+        trial = trials[trial_number]
+    return export_trial(trial, out_dir)
+
+
+def report_info(study: optuna.Study) -> dict[str, Any]:
+    """The study-level facts the report shows beside the trials."""
+    attrs = study.user_attrs
+    try:
+        best_number: int | None = study.best_trial.number
+    except ValueError:
+        best_number = None
+    return {
+        "study": study.study_name,
+        "model": attrs.get("model", ""),
+        "train_samples": attrs.get("train_samples"),
+        "max_accuracy_loss": attrs.get("max_accuracy_loss"),
+        "reference_metric": attrs.get("reference_metric"),
+        "reference_noise": attrs.get("reference_noise"),
+        "metric_name": attrs.get("metric_name", "metric"),
+        "eval_source": attrs.get("eval_source", ""),
+        "best_number": best_number,
+        "reference_number": attrs.get("reference_number"),
+        "machine": attrs.get("machine", ""),
+    }
+
+
+def write_study_report(study: optuna.Study, path: str | Path) -> Path:
+    """Write the HTML report of a study to ``path``."""
+    return write_report(trials_frame(study), report_info(study), path)
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with its settings, status and measurements (the `trials` table)."""
+    rows = []
+    budget = float(study.user_attrs.get("max_accuracy_loss", _score.DEFAULT_MAX_ACCURACY_LOSS))
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        status = attrs.get("status") or trial.state.name.lower()
+        row: dict[str, Any] = {
+            "number": trial.number,
+            "role": attrs.get("role", "search"),
+            "status": status,
+        }
+        row.update({name: attrs.get("settings", {}).get(name) for name in PARAMETERS})
+        for name in (
+            "global_batch_size",
+            "learning_rate",
+            "throughput",
+            "accuracy_loss",
+            "metric",
+            "peak_memory_bytes",
+            "step_time_p50",
+            "step_time_p90",
+            "measured_seconds",
+            "wall_seconds",
+        ):
+            value = attrs.get(name)
+            row[name] = math.nan if value is None else value
+        row["feasible"] = status in ("ok", "repeat") and _score.is_feasible(trial.constraints)
+        row["reason"] = attrs.get("reason") or ""
+        row["datetime_start"] = trial.datetime_start
+        row["repeat_of"] = attrs.get("repeat_of")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame.attrs["max_accuracy_loss"] = budget
+    return frame

@@ -1,0 +1,321 @@
+"""The training harness that runs inside every DeepSpeed rank of a trial.
+
+Launched by DeepSpeed's launcher as ``_harness.py --plan PLAN.json``. It reads the plan, builds
+the engine and the DataLoader, trains from seeded weights on the fixed sample budget, measures
+end-to-end throughput (data loading included, warm-up excluded), evaluates the metric, and rank 0
+writes ``result.json``. A rank that fails writes ``failure.rank<R>.json`` with a one-line reason.
+It talks to the orchestrator only through these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+EVAL_BATCH_SIZE = 256
+_STARTED = time.perf_counter()
+
+
+def _log(message: str) -> None:
+    """A progress line in the trial's log, with seconds since this rank started."""
+    rank = os.environ.get("RANK", "0")
+    print(f"[autotune rank {rank} +{time.perf_counter() - _STARTED:.1f}s] {message}", flush=True)
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception means the run ran out of (accelerator or host) memory."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, DivergedError):
+        return f"diverged: {exc}"
+    if is_out_of_memory(exc):
+        return "oom: " + (str(exc).strip().splitlines() or [""])[0][:200]
+    lines = str(exc).strip().splitlines()
+    return f"error: {type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _cast(
+    batch: Any, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = batch
+    inputs = inputs.to(device, non_blocking=True)
+    if inputs.is_floating_point():
+        inputs = inputs.to(dtype)
+    return inputs, targets.to(device, non_blocking=True)
+
+
+def _synchronize(accelerator: Any) -> None:
+    if accelerator.device_name() != "cpu":
+        accelerator.synchronize()
+
+
+def _peak_memory_bytes(accelerator: Any) -> int:
+    if accelerator.device_name() != "cpu":
+        return int(accelerator.max_memory_allocated())
+    # ru_maxrss is in KiB on Linux: the rank's peak resident memory.
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class _Batches:
+    """An endless iterator over a DataLoader, one epoch after another, each reshuffled."""
+
+    def __init__(self, loader: DataLoader[Any], sampler: DistributedSampler[Any]) -> None:
+        self.loader, self.sampler, self.epoch = loader, sampler, 0
+        self._it: Iterator[Any] = iter(loader)
+
+    def __iter__(self) -> _Batches:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self.sampler.set_epoch(self.epoch)
+            self._it = iter(self.loader)
+            return next(self._it)
+
+
+class _Casting:
+    """Wraps a batch iterator so inputs arrive in the engine's dtype (for PipelineEngine)."""
+
+    def __init__(self, batches: Iterator[Any], dtype: torch.dtype, device: torch.device) -> None:
+        self.batches, self.dtype, self.device = batches, dtype, device
+
+    def __iter__(self) -> _Casting:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _cast(next(self.batches), self.dtype, self.device)
+
+
+def _train_loader(
+    data: Dataset[Any], settings: dict[str, Any], dp_size: int, dp_rank: int, seed: int
+) -> tuple[DataLoader[Any], DistributedSampler[Any]]:
+    sampler = DistributedSampler(
+        data, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=seed, drop_last=True
+    )
+    workers = settings["num_workers"]
+    loader = DataLoader(
+        data,
+        batch_size=settings["micro_batch_size"],
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=settings["pin_memory"],
+        prefetch_factor=settings["prefetch_factor"] if workers else None,
+        persistent_workers=workers > 0,
+    )
+    return loader, sampler
+
+
+def _evaluate(
+    forward: Any, data: Dataset[Any], dtype: torch.dtype, device: torch.device, model_file: Any
+) -> float:
+    outputs, targets = [], []
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=EVAL_BATCH_SIZE, shuffle=False):
+            inputs, target = _cast(batch, dtype, device)
+            outputs.append(forward(inputs).float().cpu())
+            targets.append(target.cpu())
+    return float(model_file.metric(torch.cat(outputs), torch.cat(targets)))
+
+
+def _gather_pipeline_model(engine: Any, model_file: Any, dtype: torch.dtype) -> nn.Module:
+    """Reassemble the trained stages into one nn.Sequential for evaluation on every rank."""
+    import torch.distributed as dist
+
+    local = {key: value.detach().float().cpu() for key, value in engine.module.state_dict().items()}
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, local)
+    merged: dict[str, torch.Tensor] = {}
+    for part in parts:
+        merged.update(part)
+    model = nn.Sequential(*model_file.layers())
+    model.load_state_dict(merged)
+    return model.to(dtype=dtype).eval()
+
+
+def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[str, Any]:
+    """One training run from seeded weights on the fixed sample budget, measured on rank 0."""
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    settings, ds_config = plan["settings"], plan["ds_config"]
+    dtype = _dtype(settings["precision"])
+    train_data, eval_data = model_file.datasets()
+
+    torch.manual_seed(seed)
+    pipeline = settings["pipeline_stages"] > 1
+    if pipeline:
+        from deepspeed.pipe import PipelineModule
+
+        module: nn.Module = PipelineModule(
+            layers=model_file.layers(),
+            num_stages=settings["pipeline_stages"],
+            partition_method=settings["partition_method"],
+            loss_fn=model_file.loss,
+        )
+    else:
+        module = model_file.model()
+    _log(f"seed {seed}: model and data ready")
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=module.parameters(), config=ds_config
+    )
+    _log(f"seed {seed}: engine ready, training {plan['train_samples']} samples")
+    device = engine.device
+    if pipeline:
+        dp_size, dp_rank = engine.grid.data_parallel_size, engine.grid.data_parallel_id
+    else:
+        dp_size, dp_rank = engine.dp_world_size, dist.get_rank(group=engine.data_parallel_group)
+    loader, sampler = _train_loader(train_data, settings, dp_size, dp_rank, seed)
+    batches = _Batches(loader, sampler)
+    steps = plan["train_samples"] // ds_config["train_batch_size"]
+    warmup = plan["warmup_steps"]
+    gas = settings["gradient_accumulation_steps"]
+
+    casting = _Casting(batches, dtype, device)
+    loss_sum = torch.zeros((), device=device)
+    step_times: list[float] = []
+    engine.train()
+    dist.barrier()
+    start = time.perf_counter()
+    for step in range(steps):
+        if step == warmup:
+            _synchronize(accelerator)
+            dist.barrier()
+            start = time.perf_counter()
+        step_start = time.perf_counter()
+        if pipeline:
+            loss = engine.train_batch(casting)
+            loss_sum += loss.detach().float()
+        else:
+            for _ in range(gas):
+                inputs, targets = next(casting)
+                loss = model_file.loss(engine(inputs), targets)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.detach().float()
+        if step == warmup - 1 and not torch.isfinite(loss_sum):
+            raise DivergedError(f"loss is {loss_sum.item()} after {warmup} warm-up steps")
+        _synchronize(accelerator)
+        step_times.append(time.perf_counter() - step_start)
+    dist.barrier()
+    elapsed = time.perf_counter() - start
+    if not torch.isfinite(loss_sum):
+        raise DivergedError(f"training loss became {loss_sum.item()}")
+    measured_steps = steps - warmup
+
+    _log(f"seed {seed}: trained {steps} steps, evaluating")
+    eval_start = time.perf_counter()
+    engine.eval()
+    if pipeline:
+        evaluator = _gather_pipeline_model(engine, model_file, dtype).to(device)
+        metric = _evaluate(evaluator, eval_data, dtype, device, model_file)
+    else:
+        metric = _evaluate(engine, eval_data, dtype, device, model_file)
+    eval_seconds = time.perf_counter() - eval_start
+    if not math.isfinite(metric):
+        raise DivergedError(f"metric on eval data is {metric}")
+
+    peaks: list[int] = [0] * dist.get_world_size()
+    dist.all_gather_object(peaks, _peak_memory_bytes(accelerator))
+    timed = sorted(step_times[warmup:])
+    partition = getattr(engine.module, "parts", None)
+    result = {
+        "throughput": measured_steps * ds_config["train_batch_size"] / elapsed,
+        "metric": metric,
+        "train_loss": float(loss_sum.item()) / max(1, steps * (1 if pipeline else gas)),
+        "steps": steps,
+        "measured_steps": measured_steps,
+        "samples_trained": steps * ds_config["train_batch_size"],
+        "step_time_p50": statistics.median(timed),
+        "step_time_p90": timed[min(len(timed) - 1, int(0.9 * len(timed)))],
+        "step_time_spread": (timed[-1] - timed[0]) / statistics.median(timed),
+        "measured_seconds": elapsed + eval_seconds,
+        "peak_memory_bytes": max(peaks),
+        "peak_memory_per_rank": peaks,
+        "partition": [int(p) for p in partition] if partition is not None else None,
+        "world_size": dist.get_world_size(),
+    }
+    engine.destroy()
+    del engine, loader, batches
+    return result
+
+
+def run(plan_path: Path) -> dict[str, Any]:
+    """Train every seed of the plan; the first seed's run is the trial's measurement."""
+    import deepspeed
+
+    plan = json.loads(plan_path.read_text())
+    threads = plan.get("threads_per_rank")
+    if threads:
+        torch.set_num_threads(threads)
+    sys.path.insert(0, plan["package_root"])
+    from autotune._task import load_model_file
+
+    _log("imports done")
+    deepspeed.init_distributed()
+    model_file = load_model_file(plan["model_path"])
+    runs = []
+    for seed in plan["seeds"]:
+        runs.append(train_and_measure(plan, seed, model_file))
+        _log(
+            f"seed {seed}: {runs[-1]['throughput']:.1f} samples/s, metric {runs[-1]['metric']:.4f}"
+        )
+    result = dict(runs[0])
+    result["seed_metrics"] = [r["metric"] for r in runs]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="autotune's in-rank training harness")
+    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--local_rank", type=int, default=0)  # passed by DeepSpeed's launcher
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", args.local_rank))
+    try:
+        result = run(args.plan)
+    except BaseException as exc:
+        traceback.print_exc()
+        failure = {"rank": rank, "reason": failure_reason(exc)}
+        (args.plan.parent / f"failure.rank{rank}.json").write_text(json.dumps(failure))
+        return 1
+    if rank == 0:
+        tmp = args.plan.parent / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.plan.parent / "result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

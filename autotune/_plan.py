@@ -1,0 +1,230 @@
+"""A trial's plan: one frozen configuration that becomes a DeepSpeed config and a launch recipe,
+and the rules that say whether it can run on this machine at all."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+from typing import Any
+
+from autotune._space import PARAMETERS
+
+WARMUP_STEPS = 3
+"""Optimizer steps run before timing starts (allocator, caches, first communication)."""
+MIN_MEASURED_STEPS = 5
+"""A trial needs at least this many timed steps for its throughput to mean anything."""
+LR_SCALINGS = ("sqrt", "linear", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What the local machine offers to trials.
+
+    Attributes:
+        accelerator: DeepSpeed's accelerator name ("cpu", "cuda", ...).
+        devices: How many ranks fit: GPUs, or CPU cores on the CPU accelerator.
+        cores: CPU cores this process may use.
+        fp16: Whether the accelerator supports fp16.
+        bf16: Whether the accelerator supports bf16.
+    """
+
+    accelerator: str
+    devices: int
+    cores: int
+    fp16: bool
+    bf16: bool
+
+    def describe(self) -> str:
+        if self.accelerator == "cpu":
+            return f"cpu, {self.cores} cores"
+        return f"{self.devices} x {self.accelerator}, {self.cores} cpu cores"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def detect_machine() -> Machine:
+    """Ask DeepSpeed which accelerator it would use here and what it supports."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    name = accelerator.device_name()
+    cores = available_cores()
+    devices = cores if name == "cpu" else accelerator.device_count()
+    return Machine(
+        accelerator=name,
+        devices=devices,
+        cores=cores,
+        fp16=bool(accelerator.is_fp16_supported()),
+        bf16=bool(accelerator.is_bf16_supported()),
+    )
+
+
+def scale_learning_rate(base_lr: float, base_batch: int, batch: int, rule: str) -> float:
+    """The learning rate for a global batch ``batch`` given ``base_lr`` at ``base_batch``.
+
+    ``sqrt`` keeps the gradient noise scale roughly constant for Adam-type optimizers;
+    ``linear`` is Goyal et al.'s rule for SGD; ``none`` keeps the user's rate.
+    """
+    if rule == "none" or batch == base_batch:
+        return base_lr
+    ratio = batch / base_batch
+    return base_lr * (math.sqrt(ratio) if rule == "sqrt" else ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial runs with. Frozen: built once, read everywhere downstream."""
+
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    precision: str
+    zero_stage: int
+    processes: int
+    pipeline_stages: int
+    partition_method: str
+    num_workers: int
+    pin_memory: bool
+    prefetch_factor: int
+    learning_rate: float
+    optimizer: dict[str, Any] = dataclasses.field(hash=False, compare=False)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: dict[str, Any],
+        optimizer: dict[str, Any],
+        reference_batch: int,
+        lr_scaling: str,
+    ) -> TrialConfig:
+        """Build a config from sampled settings, scaling the learning rate for its batch."""
+        base_lr = float(optimizer["params"]["lr"])
+        values = {name: settings[name] for name in PARAMETERS}
+        pipeline = values["pipeline_stages"] > 1
+        workers = values["num_workers"] > 0
+        # Settings that do not change the run are normalised so equal runs have equal keys.
+        values["partition_method"] = values["partition_method"] if pipeline else "parameters"
+        values["prefetch_factor"] = values["prefetch_factor"] if workers else 2
+        data_parallel = max(1, values["processes"] // values["pipeline_stages"])
+        batch = values["micro_batch_size"] * values["gradient_accumulation_steps"] * data_parallel
+        lr = scale_learning_rate(base_lr, reference_batch, batch, lr_scaling)
+        return cls(**values, learning_rate=lr, optimizer=copy.deepcopy(optimizer))
+
+    @property
+    def data_parallel(self) -> int:
+        return max(1, self.processes // self.pipeline_stages)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.data_parallel
+
+    def settings(self) -> dict[str, Any]:
+        """The tuned settings by parameter name."""
+        return {name: getattr(self, name) for name in PARAMETERS}
+
+    def key(self) -> str:
+        """A canonical string: two trials with the same key run the same thing."""
+        return json.dumps({**self.settings(), "learning_rate": self.learning_rate}, sort_keys=True)
+
+    def steps(self, train_samples: int) -> int:
+        """Optimizer steps that fit the fixed sample budget."""
+        return train_samples // self.global_batch_size
+
+    def ds_config(self) -> dict[str, Any]:
+        """The DeepSpeed config, accepted unchanged by ``deepspeed.initialize``."""
+        optimizer = copy.deepcopy(self.optimizer)
+        optimizer.setdefault("params", {})["lr"] = self.learning_rate
+        config: dict[str, Any] = {
+            "train_batch_size": self.global_batch_size,
+            "train_micro_batch_size_per_gpu": self.micro_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "optimizer": optimizer,
+            "zero_optimization": {"stage": self.zero_stage},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if self.precision == "bf16":
+            config["bf16"] = {"enabled": True}
+        elif self.precision == "fp16":
+            # loss_scale 0 asks DeepSpeed for dynamic loss scaling.
+            config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+        return config
+
+    def launch_recipe(self, machine: Machine) -> dict[str, Any]:
+        """What a DeepSpeed config does not hold: ranks, pipeline layout, data loading."""
+        threads = max(1, machine.cores // self.processes) if machine.accelerator == "cpu" else None
+        command = (
+            f"deepspeed --num_gpus {self.processes} train.py --deepspeed_config ds_config.json"
+        )
+        if threads is not None:
+            command = f"OMP_NUM_THREADS={threads} {command}"
+        recipe: dict[str, Any] = {
+            "processes": self.processes,
+            "pipeline_stages": self.pipeline_stages,
+            "partition_method": self.partition_method,
+            "data_parallel": self.data_parallel,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "prefetch_factor": self.prefetch_factor if self.num_workers > 0 else None,
+            "persistent_workers": self.num_workers > 0,
+            "threads_per_process": threads,
+            "accelerator": machine.accelerator,
+            "command": command,
+        }
+        return recipe
+
+
+def why_not_runnable(
+    config: TrialConfig,
+    machine: Machine,
+    train_samples: int,
+    train_size: int,
+    layer_types: tuple[str, ...],
+) -> str | None:
+    """The reason this configuration cannot run here, or None when it can.
+
+    These are checked before launch so no time is spent on runs that DeepSpeed would refuse.
+    """
+    if config.precision == "fp16" and not machine.fp16:
+        return f"fp16 is not supported on the {machine.accelerator} accelerator"
+    if config.precision == "bf16" and not machine.bf16:
+        return f"bf16 is not supported on the {machine.accelerator} accelerator"
+    if config.processes > machine.devices:
+        unit = "cores" if machine.accelerator == "cpu" else "devices"
+        return f"{config.processes} processes but this machine has {machine.devices} {unit}"
+    if config.pin_memory and machine.accelerator == "cpu":
+        return "pin_memory only helps copies to an accelerator; this machine has none"
+    if config.pipeline_stages > 1:
+        if not layer_types:
+            return "pipeline stages need layers() in the model file"
+        if config.processes % config.pipeline_stages:
+            return (
+                f"pipeline_stages {config.pipeline_stages} does not divide "
+                f"processes {config.processes}"
+            )
+        if config.zero_stage >= 2:
+            return "DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only"
+        if config.pipeline_stages > len(layer_types):
+            return f"{config.pipeline_stages} pipeline stages but only {len(layer_types)} layers"
+        if config.partition_method.startswith("type:"):
+            pattern = re.compile(config.partition_method[len("type:") :], re.IGNORECASE)
+            if not any(pattern.search(name) for name in layer_types):
+                return f"partition_method {config.partition_method} matches no layer type"
+    batch = config.global_batch_size
+    if batch > train_size:
+        return f"global batch {batch} is larger than the training data ({train_size} items)"
+    needed = WARMUP_STEPS + MIN_MEASURED_STEPS
+    if config.steps(train_samples) < needed:
+        return (
+            f"global batch {batch} leaves {config.steps(train_samples)} steps in "
+            f"--train-samples {train_samples}; {needed} are needed to measure it"
+        )
+    return None

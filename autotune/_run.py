@@ -1,0 +1,200 @@
+"""Run one trial: write its plan, launch DeepSpeed's launcher in its own process group, wait,
+kill it on timeout, and read back the result or a one-line failure reason."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from autotune import _harness
+from autotune._plan import WARMUP_STEPS, Machine, TrialConfig
+
+LOG_TAIL_LINES = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What a trial's run produced.
+
+    Attributes:
+        measurements: The harness's result (throughput, metric, memory, ...) or None on failure.
+        failure_reason: One line (oom, timeout, diverged, error ...) when the run failed.
+        wall_seconds: The whole run, launch included.
+        directory: Where its ds_config, plan, result and log lie.
+    """
+
+    measurements: dict[str, Any] | None
+    failure_reason: str | None
+    wall_seconds: float
+    directory: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.measurements is not None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _log_tail(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return " | ".join(line.strip()[:200] for line in lines[-LOG_TAIL_LINES:])
+
+
+def _read_failure(directory: Path, returncode: int, log: Path) -> str:
+    reasons = sorted(directory.glob("failure.rank*.json"))
+    if reasons:
+        reason = json.loads(reasons[0].read_text())["reason"]
+        return reason if not reason.startswith("error") else f"{reason} (log: {log})"
+    if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL, 137):
+        return "oom: a rank was killed by the system (SIGKILL), most likely out of memory"
+    return f"error: exit status {returncode}: {_log_tail(log)}"
+
+
+def run_trial(
+    config: TrialConfig,
+    machine: Machine,
+    model_path: Path,
+    train_samples: int,
+    seeds: list[int],
+    directory: Path,
+    timeout: float,
+) -> RunResult:
+    """Launch one real DeepSpeed run of ``config`` and wait for it.
+
+    Args:
+        config: What to run.
+        machine: Where (decides the accelerator and the threads each rank gets).
+        model_path: The user's model file.
+        train_samples: The fixed sample budget.
+        seeds: Training seeds; the first seed's run is measured, later ones give the metric's
+            seed-to-seed noise (used for the reference).
+        directory: A fresh folder for this trial's files.
+        timeout: Seconds before the whole process group is killed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in [*directory.glob("failure.rank*.json"), directory / "result.json"]:
+        stale.unlink(missing_ok=True)
+    (directory / "ds_config.json").write_text(json.dumps(config.ds_config(), indent=2))
+    threads = max(1, machine.cores // config.processes) if machine.accelerator == "cpu" else None
+    plan = {
+        "model_path": str(model_path),
+        "package_root": str(Path(__file__).resolve().parent.parent),
+        "settings": config.settings(),
+        "ds_config": config.ds_config(),
+        "train_samples": train_samples,
+        "seeds": seeds,
+        "warmup_steps": WARMUP_STEPS,
+        "threads_per_rank": threads,
+    }
+    plan_path = directory / "plan.json"
+    plan_path.write_text(json.dumps(plan, indent=2))
+    # DeepSpeed's node launcher, as its `deepspeed` runner starts it on a single node (the
+    # runner's extra hop costs a second import of deepspeed and adds nothing on one machine).
+    world_info = {"localhost": list(range(config.processes))}
+    command = [
+        sys.executable,
+        "-u",
+        "-m",
+        "deepspeed.launcher.launch",
+        "--world_info=" + base64.urlsafe_b64encode(json.dumps(world_info).encode()).decode(),
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(Path(_harness.__file__).resolve()),
+        "--plan",
+        str(plan_path),
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if machine.accelerator == "cpu":
+        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(threads))
+    log = directory / "log.txt"
+    start = time.perf_counter()
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            return RunResult(
+                None,
+                f"timeout: still running after {timeout:g} s",
+                time.perf_counter() - start,
+                directory,
+            )
+        except BaseException:  # Ctrl-C: leave no rank behind
+            _kill_group(process)
+            raise
+        finally:
+            # Ranks or DataLoader workers may outlive the launcher; the group goes with it.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    wall = time.perf_counter() - start
+    result_path = directory / "result.json"
+    if returncode == 0 and result_path.exists():
+        return RunResult(json.loads(result_path.read_text()), None, wall, directory)
+    return RunResult(None, _read_failure(directory, returncode, log), wall, directory)
+
+
+_STALE_LOCK_SECONDS = 15 * 60
+
+
+def _op_builders(machine: Machine, optimizer: dict[str, Any]) -> list[str]:
+    names = ["ShareMemCommBuilder"] if machine.accelerator == "cpu" else []
+    params = optimizer.get("params", {})
+    if str(optimizer.get("type", "")).lower() in ("adam", "adamw") and not params.get("torch_adam"):
+        names.append("FusedAdamBuilder")
+    return names
+
+
+def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[str]:
+    """Build the DeepSpeed ops every trial loads, once, before any trial is timed.
+
+    DeepSpeed compiles them just in time on first use (about a minute each on a small CPU);
+    done inside a trial that would blow its timeout and leave a build lock that hangs every
+    later trial. Returns the ops it had to build now.
+    """
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils import cpp_extension
+
+    built = []
+    for name in _op_builders(machine, optimizer):
+        builder = get_accelerator().create_op_builder(name)
+        if builder is None or not builder.is_compatible(verbose=False):
+            continue
+        build_dir = Path(cpp_extension._get_build_directory(builder.name, verbose=False))
+        lock = build_dir / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_SECONDS:
+            lock.unlink()  # left by a build that was killed; torch would wait on it forever
+        fresh = not any(build_dir.glob("*.so"))
+        try:
+            builder.load(verbose=False)
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
+        if fresh:
+            built.append(builder.absolute_name())
+    return built

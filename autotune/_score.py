@@ -1,0 +1,53 @@
+"""Scoring: how much accuracy a trial gave up against the reference, and whether that is
+within the budget, expressed as Optuna constraints (feasible when every value is <= 0)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+DEFAULT_MAX_ACCURACY_LOSS = 0.005
+ACCURACY_CONSTRAINT = "accuracy_loss_over_budget"
+RUNNABLE_CONSTRAINT = "did_not_run"
+
+
+def accuracy_loss(reference_metric: float, metric: float) -> float:
+    """Relative loss of the metric against the reference; negative when the trial did better.
+
+    The metric is higher-is-better. With a reference metric of exactly 0 the loss is absolute.
+    """
+    scale = abs(reference_metric) or 1.0
+    return (reference_metric - metric) / scale
+
+
+def reference_noise(seed_metrics: Sequence[float]) -> float | None:
+    """Relative spread of the reference's metric over training seeds, or None with one seed."""
+    if len(seed_metrics) < 2:
+        return None
+    scale = abs(seed_metrics[0]) or 1.0
+    return (max(seed_metrics) - min(seed_metrics)) / scale
+
+
+def constraints_for_run(loss: float, budget: float) -> dict[str, float]:
+    """Constraint values for a trial that ran: over budget by how much."""
+    return {ACCURACY_CONSTRAINT: loss - budget, RUNNABLE_CONSTRAINT: 0.0}
+
+
+def constraints_for_no_run() -> dict[str, float]:
+    """Constraint values for a trial that could not run or failed: always infeasible."""
+    return {ACCURACY_CONSTRAINT: 0.0, RUNNABLE_CONSTRAINT: 1.0}
+
+
+def is_feasible(constraints: dict[str, float]) -> bool:
+    return bool(constraints) and all(
+        math.isfinite(value) and value <= 0.0 for value in constraints.values()
+    )
+
+
+def validate_budget(budget: float) -> str | None:
+    """None when ``budget`` is a usable --max-accuracy-loss, else what is expected."""
+    if not math.isfinite(budget) or not 0.0 <= budget < 1.0:
+        return (
+            f"--max-accuracy-loss must be a fraction in [0, 1), e.g. 0.005 for 0.5%; got {budget}"
+        )
+    return None

@@ -1,0 +1,290 @@
+"""The search space: which training settings are tuned, their allowed values, and how to read
+a space file.
+
+This module is the one source of truth for parameter names: the YAML validator, the sampler,
+the CLI help and the report all read :data:`PARAMETERS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotune._errors import UserError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PARTITION_METHODS = ("parameters", "uniform")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_int(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 1 else "a whole number >= 1"
+
+
+def _check_nonnegative_int(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 0 else "a whole number >= 0"
+
+
+def _check_precision(value: Any) -> str | None:
+    return None if value in PRECISIONS else "one of " + ", ".join(PRECISIONS)
+
+
+def _check_zero_stage(value: Any) -> str | None:
+    return None if _is_int(value) and 0 <= value <= 3 else "0, 1, 2 or 3"
+
+
+def _check_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _check_partition_method(value: Any) -> str | None:
+    expected = "'parameters', 'uniform' or 'type:REGEX'"
+    if not isinstance(value, str):
+        return expected
+    if value in PARTITION_METHODS:
+        return None
+    if value.startswith("type:") and len(value) > len("type:"):
+        try:
+            re.compile(value[len("type:") :])
+        except re.error:
+            return expected + " with a valid regular expression"
+        return None
+    return expected
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One tunable setting.
+
+    Attributes:
+        name: The Optuna parameter name, also used in reports and exports.
+        check: Returns None for a valid value, else a phrase naming what is expected.
+        help: One line for the CLI help and the README.
+        integer: True when the value is an integer, so a ``{low, high}`` range is allowed.
+        active_when: For conditional settings, a predicate over the settings chosen so far;
+            when it is false the setting takes its reference value and is not sampled.
+    """
+
+    name: str
+    check: Callable[[Any], str | None]
+    help: str
+    integer: bool = False
+    active_when: Callable[[dict[str, Any]], bool] | None = None
+
+
+PARAMETERS: dict[str, Parameter] = {
+    p.name: p
+    for p in (
+        Parameter("micro_batch_size", _check_positive_int, "samples per rank per step", True),
+        Parameter(
+            "gradient_accumulation_steps",
+            _check_positive_int,
+            "micro-batches per optimizer step",
+            True,
+        ),
+        Parameter("precision", _check_precision, "fp32, bf16 or fp16 (fp16 with loss scaling)"),
+        Parameter("zero_stage", _check_zero_stage, "DeepSpeed ZeRO stage 0-3", True),
+        Parameter("processes", _check_positive_int, "ranks in all: data-parallel x pipeline", True),
+        Parameter("pipeline_stages", _check_positive_int, "pipeline stages (1: no pipeline)", True),
+        Parameter(
+            "partition_method",
+            _check_partition_method,
+            "how layers are split over stages: parameters, uniform, type:REGEX",
+            active_when=lambda chosen: chosen.get("pipeline_stages", 1) > 1,
+        ),
+        Parameter("num_workers", _check_nonnegative_int, "DataLoader worker processes", True),
+        Parameter("pin_memory", _check_bool, "DataLoader pin_memory (accelerators only)"),
+        Parameter(
+            "prefetch_factor",
+            _check_positive_int,
+            "batches each worker loads ahead",
+            True,
+            active_when=lambda chosen: chosen.get("num_workers", 0) > 0,
+        ),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class IntRange:
+    """An integer range ``{low, high, log}``, both ends included."""
+
+    low: int
+    high: int
+    log: bool = False
+
+
+Choices = tuple[Any, ...]
+"""A list of allowed values; a single value pins the setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The validated contents of a space file.
+
+    Attributes:
+        domains: For each parameter named in the file, its choices or its range. Parameters
+            left out take the reference value.
+        source: Where the space came from, for messages and the report.
+    """
+
+    domains: dict[str, Choices | IntRange]
+    source: str = "<dict>"
+
+    def __post_init__(self) -> None:
+        for name, domain in self.domains.items():
+            _validate_domain(name, domain, self.source)
+
+    def describe(self) -> dict[str, Any]:
+        """A plain, JSON-ready form of the space for storing with the study."""
+        out: dict[str, Any] = {}
+        for name, domain in self.domains.items():
+            if isinstance(domain, IntRange):
+                out[name] = {"low": domain.low, "high": domain.high, "log": domain.log}
+            else:
+                out[name] = list(domain)
+        return out
+
+    def size(self) -> int | None:
+        """How many distinct configurations the space holds (ignoring conditions)."""
+        total = 1
+        for domain in self.domains.values():
+            if isinstance(domain, IntRange):
+                total *= domain.high - domain.low + 1
+            else:
+                total *= len(domain)
+        return total
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every parameter's values as a list, for Optuna's GridSampler."""
+        grid: dict[str, list[Any]] = {}
+        for name, domain in self.domains.items():
+            if isinstance(domain, IntRange):
+                grid[name] = list(range(domain.low, domain.high + 1))
+            else:
+                grid[name] = list(domain)
+        return grid
+
+
+def _validate_domain(name: str, domain: Choices | IntRange, source: str) -> None:
+    if name not in PARAMETERS:
+        known = ", ".join(PARAMETERS)
+        raise UserError(f"{source}: unknown setting '{name}'. Known settings: {known}.")
+    parameter = PARAMETERS[name]
+    if isinstance(domain, IntRange):
+        if not parameter.integer:
+            raise UserError(f"{source}: '{name}' takes a list of values, not a range.")
+        for end in (domain.low, domain.high):
+            problem = parameter.check(end)
+            if problem:
+                raise UserError(f"{source}: '{name}' range ends must be {problem}, got {end!r}.")
+        if domain.low > domain.high:
+            raise UserError(f"{source}: '{name}' has low {domain.low} above high {domain.high}.")
+        return
+    if len(domain) == 0:
+        raise UserError(f"{source}: '{name}' has an empty list; give at least one value.")
+    for value in domain:
+        problem = parameter.check(value)
+        if problem:
+            raise UserError(f"{source}: '{name}' must be {problem}, got {value!r}.")
+    if len(set(map(repr, domain))) != len(domain):
+        raise UserError(f"{source}: '{name}' lists a value twice.")
+
+
+def _parse_domain(name: str, raw: Any, source: str) -> Choices | IntRange:
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"low", "high", "log"}
+        if unknown or not {"low", "high"} <= set(raw):
+            raise UserError(
+                f"{source}: '{name}' range must be {{low: N, high: M}} with an optional "
+                f"'log: true', got {raw!r}."
+            )
+        log = raw.get("log", False)
+        if not isinstance(log, bool):
+            raise UserError(f"{source}: '{name}' range 'log' must be true or false.")
+        return IntRange(raw["low"], raw["high"], log)
+    if isinstance(raw, list):
+        return tuple(raw)
+    return (raw,)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file.
+
+    Args:
+        path: A YAML file mapping setting names to a list of choices, a single pinned value,
+            or an integer range ``{low, high, log}``.
+
+    Raises:
+        UserError: The file is missing, not YAML, or names an unknown setting or value.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise UserError(f"Space file {source} does not exist. Pass --space with a YAML file.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"Space file {source} is not valid YAML{where}: fix its syntax.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"Space file {source} must map setting names to values.")
+    domains = {str(name): _parse_domain(str(name), value, source) for name, value in raw.items()}
+    return SearchSpace(domains, source)
+
+
+def suggest(trial: Any, space: SearchSpace, reference: dict[str, Any]) -> dict[str, Any]:
+    """Ask an Optuna trial for one value of each setting.
+
+    Settings left out of the space, and conditional settings whose condition does not hold,
+    take their reference value and are not sampled, so the sampler never sees a parameter that
+    does not change the run.
+    """
+    chosen: dict[str, Any] = {}
+    for name, parameter in PARAMETERS.items():
+        domain = space.domains.get(name)
+        active = parameter.active_when is None or parameter.active_when(chosen)
+        chosen[name] = (
+            reference[name] if domain is None or not active else _suggest_one(trial, name, domain)
+        )
+    return chosen
+
+
+def _suggest_one(trial: Any, name: str, domain: Choices | IntRange) -> Any:
+    if isinstance(domain, IntRange):
+        return trial.suggest_int(name, domain.low, domain.high, log=domain.log)
+    if len(domain) == 1:
+        return domain[0]
+    return trial.suggest_categorical(name, list(domain))
+
+
+def record_reference(trial: Any, space: SearchSpace, reference: dict[str, Any]) -> dict[str, Any]:
+    """For the reference trial: let the sampler see the reference values the space can express
+    (they were enqueued) and return the reference settings unchanged."""
+    for name in sampled_reference_params(space, reference):
+        _suggest_one(trial, name, space.domains[name])
+    return dict(reference)
+
+
+def sampled_reference_params(space: SearchSpace, reference: dict[str, Any]) -> dict[str, Any]:
+    """The reference values that the space can express, to enqueue the reference as trial 0."""
+    params: dict[str, Any] = {}
+    for name, domain in space.domains.items():
+        value = reference[name]
+        if isinstance(domain, IntRange):
+            if domain.low <= value <= domain.high:
+                params[name] = value
+        elif len(domain) > 1 and value in domain:
+            params[name] = value
+    return params

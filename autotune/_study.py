@@ -1,0 +1,535 @@
+"""The study: an Optuna study in any storage whose trials are real DeepSpeed runs.
+
+`search` is the top-level flow: check the inputs, open (or resume) the study, run the reference
+as trial 0, then let the sampler propose configurations until the study holds --n-trials runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autotune import _score
+from autotune._errors import UserError
+from autotune._export import export_trial, write_study_report
+from autotune._plan import LR_SCALINGS, Machine, TrialConfig, detect_machine, why_not_runnable
+from autotune._run import RunResult, prepare_deepspeed_ops, run_trial
+from autotune._space import (
+    load_space,
+    record_reference,
+    sampled_reference_params,
+    suggest,
+)
+from autotune._task import Task, load_task
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+DEFAULT_STORAGE = "sqlite:///trials/autotune.db"
+DEFAULT_TRAIN_SAMPLES = 4096
+DEFAULT_TRIAL_TIMEOUT = 300.0
+SAMPLERS = ("tpe", "gp", "random", "grid")
+_ASKS_PER_RUN = 25
+"""Proposals that cost no run (repeats, configurations that cannot run) are cheap but not free;
+a study stops after this many proposals per wanted run, which only a tiny space reaches."""
+_HEARTBEAT_SECONDS = 10
+_GRACE_SECONDS = 60
+
+# Names the study records so a resumed search can check it is the same experiment.
+_STUDY_FIXED = ("model", "train_samples", "max_accuracy_loss", "lr_scaling", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """Everything `search` needs; validated on construction.
+
+    Attributes mirror the `autotune search` flags.
+    """
+
+    model: Path
+    space: Path = DEFAULT_SPACE
+    n_trials: int = 12
+    timeout: float | None = None
+    trial_timeout: float = DEFAULT_TRIAL_TIMEOUT
+    train_samples: int = DEFAULT_TRAIN_SAMPLES
+    max_accuracy_loss: float = _score.DEFAULT_MAX_ACCURACY_LOSS
+    lr_scaling: str = "sqrt"
+    sampler: str = "tpe"
+    study: str | None = None
+    storage: str = DEFAULT_STORAGE
+    seed: int = 0
+    trials_dir: Path = Path("trials")
+    reports_dir: Path = Path("reports")
+
+    def __post_init__(self) -> None:
+        problem = _score.validate_budget(self.max_accuracy_loss)
+        if problem:
+            raise UserError(problem + ".")
+        if self.n_trials < 1:
+            raise UserError(f"--n-trials must be at least 1, got {self.n_trials}.")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout}.")
+        if not self.trial_timeout > 0:
+            raise UserError(f"--trial-timeout must be positive, got {self.trial_timeout}.")
+        if self.train_samples < 1:
+            raise UserError(f"--train-samples must be at least 1, got {self.train_samples}.")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise UserError(f"--lr-scaling must be one of {', '.join(LR_SCALINGS)}.")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}.")
+
+    @property
+    def study_name(self) -> str:
+        return self.study or Path(self.model).stem
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSummary:
+    """What a search found.
+
+    Attributes:
+        study: The study's name.
+        runs: Trials in the study that launched a run.
+        reference: The reference trial.
+        best: The fastest feasible trial, or None.
+        export_dir: Where the best configuration was exported, or None.
+        report_path: The HTML report.
+    """
+
+    study: str
+    runs: int
+    reference: optuna.trial.FrozenTrial
+    best: optuna.trial.FrozenTrial | None
+    export_dir: Path | None
+    report_path: Path | None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.best is None or not self.reference.value:
+            return None
+        return float(self.best.value or 0.0) / self.reference.value
+
+
+def redact(url: str) -> str:
+    """A storage URL safe to print: any password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        head, sep, tail = url.rpartition("@")
+        if not sep or "://" not in head:
+            return url
+        scheme, _, credentials = head.partition("://")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{tail}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage with heartbeats, so trials of a dead process are failed, not lost.
+
+    Raises:
+        UserError: The URL is malformed or the database cannot be reached.
+    """
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if path.parent and str(path) != ":memory:":
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(
+                    f"Cannot create the folder for {redact(url)}: {exc.strerror}."
+                ) from None
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=_HEARTBEAT_SECONDS,
+            grace_period=_GRACE_SECONDS,
+        )
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = detail.replace(url, redact(url))
+        raise UserError(
+            f"Cannot open the study storage {redact(url)}: {detail[:300]}. Check --storage "
+            "(e.g. sqlite:///trials/autotune.db or postgresql://user:pass@host/db)."
+        ) from None
+
+
+def _make_sampler(
+    name: str, seed: int, space_grid: dict[str, list[Any]]
+) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.GridSampler(space_grid, seed=seed)
+
+
+def load_study(study: str | None, storage: str) -> optuna.Study:
+    """Open an existing study for reading (export, report, trials).
+
+    Args:
+        study: Its name; may be None when the storage holds exactly one study.
+        storage: An Optuna storage URL.
+
+    Raises:
+        UserError: The storage cannot be opened or holds no such study.
+    """
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).exists():
+        raise UserError(
+            f"No study storage at {storage}; run `autotune search` first or pass --storage."
+        )
+    opened = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
+    if study is None and len(names) == 1:
+        study = names[0]
+    if study is None or study not in names:
+        known = ", ".join(names) if names else "none"
+        raise UserError(
+            f"No study named '{study}' in {redact(storage)} (studies there: {known}). "
+            "Pass --study and --storage as given to `autotune search`."
+        )
+    return optuna.load_study(study_name=study, storage=opened)
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    parts = [
+        f"mbs={settings['micro_batch_size']}",
+        f"gas={settings['gradient_accumulation_steps']}",
+        settings["precision"],
+        f"zero={settings['zero_stage']}",
+        f"procs={settings['processes']}",
+    ]
+    if settings["pipeline_stages"] > 1:
+        parts.append(f"pp={settings['pipeline_stages']}:{settings['partition_method']}")
+    parts.append(f"workers={settings['num_workers']}")
+    if settings["num_workers"]:
+        parts.append(f"prefetch={settings['prefetch_factor']}")
+    if settings["pin_memory"]:
+        parts.append("pin")
+    return " ".join(parts)
+
+
+def _runs(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that launched a real run (ok or failed), in order."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("status") in ("ok", "failed")
+    ]
+
+
+def reference_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if trial.user_attrs.get("role") == "reference" and trial.user_attrs.get("status") == "ok":
+            return trial
+    return None
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The fastest feasible trial, or None while there is none."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+class _Objective:
+    """Runs one proposal: the reference, a repeat, a configuration that cannot run, or a run."""
+
+    def __init__(
+        self,
+        options: SearchOptions,
+        task: Task,
+        machine: Machine,
+        space: Any,
+        study: optuna.Study,
+        print_line: Callable[[str], None],
+    ) -> None:
+        self.options, self.task, self.machine, self.space = options, task, machine, space
+        self.study, self.print_line = study, print_line
+        self.reference_settings = task.reference_settings()
+        self.trial_root = options.trials_dir / options.study_name
+
+    def _config(self, trial: optuna.Trial) -> TrialConfig:
+        if trial.user_attrs.get("role") == "reference":
+            # The reference runs as the user runs it today, whatever the space allows.
+            settings = record_reference(trial, self.space, self.reference_settings)
+        else:
+            settings = suggest(trial, self.space, self.reference_settings)
+        return TrialConfig.from_settings(
+            settings,
+            self.task.model_file.optimizer,
+            self.task.model_file.batch_size,
+            self.options.lr_scaling,
+        )
+
+    def _find_repeat(self, key: str) -> optuna.trial.FrozenTrial | None:
+        for done in self.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        ):
+            if (
+                done.user_attrs.get("config_key") == key
+                and done.user_attrs.get("status") != "repeat"
+            ):
+                return done
+        return None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        role = trial.user_attrs.get("role", "search")
+        config = self._config(trial)
+        key = config.key()
+        trial.set_user_attr("role", role)
+        trial.set_user_attr("config_key", key)
+        trial.set_user_attr("settings", config.settings())
+        trial.set_user_attr("global_batch_size", config.global_batch_size)
+        trial.set_user_attr("learning_rate", config.learning_rate)
+        label = f"trial {trial.number:>3} [{_describe(config.settings())}]"
+
+        earlier = self._find_repeat(key) if role != "reference" else None
+        if earlier is not None:
+            return self._copy(trial, earlier, label)
+
+        reason = why_not_runnable(
+            config,
+            self.machine,
+            self.options.train_samples,
+            self.task.train_size,
+            self.task.layer_types,
+        )
+        if reason is not None:
+            trial.set_user_attr("status", "infeasible")
+            trial.set_user_attr("reason", reason)
+            for name, value in _score.constraints_for_no_run().items():
+                trial.set_constraint(name, value)
+            self.print_line(f"{label} skipped: {reason}")
+            return 0.0
+
+        done_runs = len(_runs(self.study))
+        self.print_line(f"{label} running (run {done_runs + 1} of {self.options.n_trials})")
+        directory = self.trial_root / f"trial_{trial.number:04d}"
+        seeds = (
+            [self.options.seed, self.options.seed + 1]
+            if role == "reference"
+            else [self.options.seed]
+        )
+        result = run_trial(
+            config,
+            self.machine,
+            self.task.model_file.path,
+            self.options.train_samples,
+            seeds,
+            directory,
+            self.options.trial_timeout,
+        )
+        trial.set_user_attr("trial_dir", str(directory))
+        trial.set_user_attr("wall_seconds", result.wall_seconds)
+        trial.set_user_attr("ds_config", config.ds_config())
+        trial.set_user_attr("launch", config.launch_recipe(self.machine))
+        if not result.ok:
+            return self._failed(trial, result, label, role)
+        return self._scored(trial, result, label, role)
+
+    def _failed(self, trial: optuna.Trial, result: RunResult, label: str, role: str) -> float:
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("failure_reason", result.failure_reason)
+        trial.set_user_attr("reason", result.failure_reason)
+        for name, value in _score.constraints_for_no_run().items():
+            trial.set_constraint(name, value)
+        self.print_line(f"{' ' * 10}-> failed: {result.failure_reason}")
+        if role == "reference":
+            raise UserError(
+                f"The reference configuration (what the model file runs today) failed: "
+                f"{result.failure_reason}. Every trial is scored against it; fix the model file "
+                f"or raise --trial-timeout. Its log: {result.directory / 'log.txt'}"
+            )
+        return 0.0
+
+    def _scored(self, trial: optuna.Trial, result: RunResult, label: str, role: str) -> float:
+        measured = result.measurements or {}
+        for name in (
+            "throughput",
+            "metric",
+            "seed_metrics",
+            "peak_memory_bytes",
+            "peak_memory_per_rank",
+            "step_time_p50",
+            "step_time_p90",
+            "step_time_spread",
+            "measured_seconds",
+            "samples_trained",
+            "steps",
+            "partition",
+        ):
+            trial.set_user_attr(name, measured.get(name))
+        if role == "reference":
+            noise = _score.reference_noise(measured["seed_metrics"])
+            self.study.set_user_attr("reference_metric", measured["metric"])
+            self.study.set_user_attr("reference_noise", noise)
+            self.study.set_user_attr("reference_number", trial.number)
+        reference_metric = self._reference_metric()
+        loss = _score.accuracy_loss(reference_metric, measured["metric"])
+        constraints = _score.constraints_for_run(loss, self.options.max_accuracy_loss)
+        for name, value in constraints.items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr("accuracy_loss", loss)
+        trial.set_user_attr("status", "ok")
+        verdict = "feasible" if _score.is_feasible(constraints) else "over the accuracy budget"
+        self.print_line(
+            f"{' ' * 10}-> {measured['throughput']:.1f} samples/s, accuracy loss "
+            f"{loss * 100:+.2f}%, {verdict} ({result.wall_seconds:.0f} s)"
+        )
+        return float(measured["throughput"])
+
+    def _reference_metric(self) -> float:
+        # Another worker of a shared study may still be running the reference.
+        deadline = time.monotonic() + self.options.trial_timeout * 3
+        while True:
+            value = self.study.user_attrs.get("reference_metric")
+            if value is not None:
+                return float(value)
+            if time.monotonic() > deadline:
+                raise UserError("The study has no reference result yet; run the search again.")
+            time.sleep(2)
+
+    def _copy(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, label: str) -> float:
+        for name, value in earlier.user_attrs.items():
+            if name not in ("role", "settings", "config_key"):
+                trial.set_user_attr(name, value)
+        trial.set_user_attr("status", "repeat")
+        trial.set_user_attr("repeat_of", earlier.number)
+        for name, value in earlier.constraints.items():
+            trial.set_constraint(name, value)
+        self.print_line(f"{label} repeat of trial {earlier.number}: stored result reused")
+        return float(earlier.value or 0.0)
+
+
+def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> None:
+    wanted = {
+        "model": str(task.model_file.path),
+        "train_samples": options.train_samples,
+        "max_accuracy_loss": options.max_accuracy_loss,
+        "lr_scaling": options.lr_scaling,
+        "seed": options.seed,
+    }
+    stored = study.user_attrs
+    if not stored.get("model"):
+        for name, value in wanted.items():
+            study.set_user_attr(name, value)
+        study.set_user_attr("metric_name", task.model_file.metric_name)
+        study.set_user_attr("eval_source", task.model_file.eval_source)
+        return
+    for name in _STUDY_FIXED:
+        if stored.get(name) != wanted[name]:
+            flag = "model file" if name == "model" else "--" + name.replace("_", "-")
+            raise UserError(
+                f"Study '{options.study_name}' was run with {flag} {stored.get(name)}, not "
+                f"{wanted[name]}; its trials are only comparable under the same setting. Use "
+                f"the same {flag} to resume, or a new --study name."
+            )
+
+
+def search(options: SearchOptions, print_line: Callable[[str], None] = print) -> SearchSummary:
+    """Run or resume a search; see the module docstring.
+
+    Raises:
+        UserError: Bad input (model file, space, storage, flags), caught before any trial runs,
+            or a reference configuration that does not train.
+    """
+    task = load_task(options.model)
+    space = load_space(options.space)
+    storage = open_storage(options.storage)
+    print_line(
+        f"model {task.model_file.path.name}: {task.train_size} training items, "
+        f"{task.eval_size} eval items ({task.model_file.eval_source}), metric: "
+        f"{task.model_file.metric_name}"
+    )
+    machine = detect_machine()
+    print_line(f"machine: {machine.describe()}; checking DeepSpeed's ops (built once per machine)")
+    built = prepare_deepspeed_ops(machine, task.model_file.optimizer)
+    if built:
+        print_line(f"built {', '.join(built)}")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=options.study_name,
+        storage=storage,
+        sampler=_make_sampler(options.sampler, options.seed, space.grid()),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    _check_resume(study, options, task)
+    study.set_user_attr("machine", machine.describe())
+    study.set_user_attr("space", space.describe())
+    optuna.storages.fail_stale_trials(study)
+    if reference_trial(study) is None:
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if not any(t.user_attrs.get("role") == "reference" for t in waiting):
+            study.enqueue_trial(
+                sampled_reference_params(space, task.reference_settings()),
+                user_attrs={"role": "reference"},
+            )
+
+    already = len(_runs(study))
+    if already >= options.n_trials:
+        print_line(
+            f"study '{options.study_name}' already holds {already} runs (--n-trials {options.n_trials})."
+        )
+    else:
+        print_line(
+            f"study '{options.study_name}' in {redact(options.storage)}: {already} runs so far, "
+            f"searching until {options.n_trials}; budget {options.max_accuracy_loss:.2%} accuracy loss"
+        )
+
+        def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+            if len(_runs(study)) >= options.n_trials:
+                study.stop()
+
+        objective = _Objective(options, task, machine, space, study, print_line)
+        study.optimize(
+            objective,
+            n_trials=(options.n_trials - already) * _ASKS_PER_RUN,
+            timeout=options.timeout,
+            callbacks=[stop_when_enough],
+            catch=(),
+        )
+    return _finish(study, options, print_line)
+
+
+def _finish(
+    study: optuna.Study, options: SearchOptions, print_line: Callable[[str], None]
+) -> SearchSummary:
+    reference = reference_trial(study)
+    if reference is None:
+        raise UserError("The study has no finished reference run; run the search again.")
+    best = best_trial(study)
+    noise = study.user_attrs.get("reference_noise")
+    if noise is not None and noise > options.max_accuracy_loss:
+        print_line(
+            f"warning: the reference's metric moved {noise:.2%} between two training seeds, more "
+            f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
+        )
+    export_dir = None
+    if best is None:
+        print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
+    else:
+        export_dir = options.trials_dir / options.study_name / "best"
+        export_trial(best, export_dir)
+        speedup = float(best.value or 0.0) / float(reference.value or math.nan)
+        print_line(
+            f"best: trial {best.number} [{_describe(best.user_attrs['settings'])}] "
+            f"{best.value:.1f} samples/s vs reference {reference.value:.1f} "
+            f"({speedup:.2f}x), accuracy loss {best.user_attrs['accuracy_loss']:+.2%}"
+        )
+        print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
+    report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
+    print_line(f"report: {report_path}")
+    return SearchSummary(
+        options.study_name, len(_runs(study)), reference, best, export_dir, report_path
+    )

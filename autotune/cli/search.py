@@ -1,0 +1,89 @@
+"""`autotune search MODEL.py`: run or resume a search."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from autotune import _score
+from autotune._plan import LR_SCALINGS
+from autotune._space import PARAMETERS
+from autotune._study import (
+    DEFAULT_SPACE,
+    DEFAULT_TRAIN_SAMPLES,
+    DEFAULT_TRIAL_TIMEOUT,
+    SAMPLERS,
+    SearchOptions,
+    search,
+)
+from autotune.cli._common import add_study_flags
+
+
+def add_parser(subparsers: Any, name: str) -> None:
+    settings = "; ".join(f"{p.name}: {p.help}" for p in PARAMETERS.values())
+    parser = subparsers.add_parser(
+        name,
+        help="search training configurations for a model file",
+        description=(
+            "Run an Optuna study whose trials are short, real DeepSpeed runs of the model file, "
+            "scored by end-to-end throughput within an accuracy-loss budget. Re-running the "
+            "same command resumes the study. Tuned settings: " + settings + "."
+        ),
+    )
+    parser.add_argument("model", type=Path, help="the model file (see the README's contract)")
+    parser.add_argument(
+        "--space", type=Path, default=DEFAULT_SPACE, help="search space YAML (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--n-trials", type=int, default=12, help="runs the study should hold (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="stop starting trials after this many seconds"
+    )
+    parser.add_argument(
+        "--trial-timeout",
+        type=float,
+        default=DEFAULT_TRIAL_TIMEOUT,
+        help="seconds before a trial is killed and recorded as failed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--train-samples",
+        type=int,
+        default=DEFAULT_TRAIN_SAMPLES,
+        help="samples every trial trains on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-accuracy-loss",
+        type=float,
+        default=_score.DEFAULT_MAX_ACCURACY_LOSS,
+        help="largest relative metric loss vs the reference, as a fraction (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr-scaling",
+        choices=LR_SCALINGS,
+        default="sqrt",
+        help="learning-rate rule when the global batch differs from the reference",
+    )
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
+    add_study_flags(parser, "study name (default: the model file's name)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training and sampler")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = SearchOptions(
+        model=args.model,
+        space=args.space,
+        n_trials=args.n_trials,
+        timeout=args.timeout,
+        trial_timeout=args.trial_timeout,
+        train_samples=args.train_samples,
+        max_accuracy_loss=args.max_accuracy_loss,
+        lr_scaling=args.lr_scaling,
+        sampler=args.sampler,
+        study=args.study,
+        storage=args.storage,
+        seed=args.seed,
+    )
+    search(options, print_line=lambda line: print(line, flush=True))
+    return 0

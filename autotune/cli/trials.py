@@ -1,0 +1,55 @@
+"""`autotune trials`: the trials of a study as a table."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pandas as pd
+
+from autotune._export import trials_frame
+from autotune._study import load_study
+from autotune.cli._common import add_study_flags
+
+_COLUMNS = (
+    "number",
+    "status",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "precision",
+    "zero_stage",
+    "processes",
+    "pipeline_stages",
+    "num_workers",
+    "throughput",
+    "accuracy_loss",
+    "feasible",
+    "reason",
+)
+
+
+def add_parser(subparsers: Any, name: str) -> None:
+    parser = subparsers.add_parser(name, help="list the trials of a study")
+    add_study_flags(parser, "study name (required unless the storage holds one study)")
+
+
+def run(args: argparse.Namespace) -> int:
+    study = load_study(args.study, args.storage)
+    frame = trials_frame(study)
+    if frame.empty:
+        print(f"study '{study.study_name}' has no trials yet")
+        return 0
+    table = frame[list(_COLUMNS)].rename(
+        columns={
+            "micro_batch_size": "mbs",
+            "gradient_accumulation_steps": "gas",
+            "zero_stage": "zero",
+            "pipeline_stages": "pp",
+            "num_workers": "workers",
+        }
+    )
+    with pd.option_context(
+        "display.max_rows", None, "display.width", 200, "display.max_colwidth", 60
+    ):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
