@@ -53,6 +53,10 @@ def available_cores() -> int:
 
 def detect_machine() -> Machine:
     """Ask DeepSpeed which accelerator it would use here and what it supports."""
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would pick, without its warning
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
@@ -158,9 +162,17 @@ class TrialConfig:
             config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
         return config
 
+    def threads_per_process(self, machine: Machine) -> int | None:
+        """Compute threads for each rank on the CPU accelerator: its share of the cores, less
+        one core for each of its DataLoader workers, so nothing is oversubscribed. None on an
+        accelerator, where the framework's default is right."""
+        if machine.accelerator != "cpu":
+            return None
+        return max(1, machine.cores // self.processes - self.num_workers)
+
     def launch_recipe(self, machine: Machine) -> dict[str, Any]:
         """What a DeepSpeed config does not hold: ranks, pipeline layout, data loading."""
-        threads = max(1, machine.cores // self.processes) if machine.accelerator == "cpu" else None
+        threads = self.threads_per_process(machine)
         command = (
             f"deepspeed --num_gpus {self.processes} train.py --deepspeed_config ds_config.json"
         )

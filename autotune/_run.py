@@ -96,7 +96,7 @@ def run_trial(
     for stale in [*directory.glob("failure.rank*.json"), directory / "result.json"]:
         stale.unlink(missing_ok=True)
     (directory / "ds_config.json").write_text(json.dumps(config.ds_config(), indent=2))
-    threads = max(1, machine.cores // config.processes) if machine.accelerator == "cpu" else None
+    threads = config.threads_per_process(machine)
     plan = {
         "model_path": str(model_path),
         "package_root": str(Path(__file__).resolve().parent.parent),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 raise UserError(
                     f"Cannot create the folder for {redact(url)}: {exc.strerror}."
                 ) from None
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         return optuna.storages.RDBStorage(
             url,
@@ -159,6 +161,26 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler that tolerates the enqueued reference trial.
+
+    Optuna 5.0's GridSampler.after_trial reads the trial's grid_id, which an enqueued trial
+    never gets, and raises KeyError when one grid point is left.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Any,
+    ) -> None:
+        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
+            super().after_trial(study, trial, state, values)
+        elif not self._get_unvisited_grid_ids(study):
+            study.stop()
+
+
 def _make_sampler(
     name: str, seed: int, space_grid: dict[str, list[Any]]
 ) -> optuna.samplers.BaseSampler:
@@ -168,7 +190,7 @@ def _make_sampler(
         return optuna.samplers.GPSampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.GridSampler(space_grid, seed=seed)
+    return _GridSampler(space_grid, seed=seed)
 
 
 def load_study(study: str | None, storage: str) -> optuna.Study:
@@ -457,6 +479,7 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
         print_line(f"built {', '.join(built)}")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(
         study_name=options.study_name,
         storage=storage,

@@ -1,0 +1,142 @@
+"""Train a model file with an exported configuration, as a plain DeepSpeed script, and print
+its throughput: the check that an exported config delivers what its trial measured.
+
+It uses nothing from autotune: only the model file, ds_config.json and launch.json.
+
+    autotune export --study digits_mlp -o /tmp/best
+    deepspeed --num_gpus $(python -c "import json;print(json.load(open('/tmp/best/launch.json'))['processes'])") \\
+        benchmarks/replay_export.py --model examples/digits_mlp.py --export /tmp/best
+
+Throughput is counted like a trial's: samples per second over the steps after three warm-up
+steps, data loading included. The line it prints ends with the trial's figure from launch.json
+and the ratio of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+WARMUP_STEPS = 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--export", type=Path, required=True, help="folder from autotune export")
+    parser.add_argument("--train-samples", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+
+    ds_config = json.loads((args.export / "ds_config.json").read_text())
+    launch = json.loads((args.export / "launch.json").read_text())
+    if launch.get("threads_per_process"):
+        torch.set_num_threads(launch["threads_per_process"])
+
+    spec = importlib.util.spec_from_file_location("user_model", args.model)
+    assert spec is not None and spec.loader is not None
+    user = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user)
+    train = user.train_data()
+    if not hasattr(user, "eval_data"):  # autotune holds out the same seeded 20% for evaluation
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+        train = Subset(train, order[max(1, int(len(train) * 0.2)) :])
+    loss_fn = getattr(user, "loss", None) or (
+        lambda out, y: nn.functional.cross_entropy(out.float(), y)
+    )
+
+    deepspeed.init_distributed()
+    torch.manual_seed(args.seed)
+    pipeline = launch["pipeline_stages"] > 1
+    if pipeline:
+        from deepspeed.pipe import PipelineModule
+
+        module = PipelineModule(
+            layers=user.layers(),
+            num_stages=launch["pipeline_stages"],
+            partition_method=launch["partition_method"],
+            loss_fn=loss_fn,
+        )
+    else:
+        module = user.model()
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=module.parameters(), config=ds_config
+    )
+    dp = launch["data_parallel"]
+    dp_rank = (
+        engine.grid.data_parallel_id if pipeline else dist.get_rank() // launch["pipeline_stages"]
+    )
+    sampler = DistributedSampler(
+        train, num_replicas=dp, rank=dp_rank, seed=args.seed, drop_last=True
+    )
+    workers = launch["num_workers"]
+    loader = DataLoader(
+        train,
+        batch_size=ds_config["train_micro_batch_size_per_gpu"],
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=launch["pin_memory"],
+        prefetch_factor=launch["prefetch_factor"] if workers else None,
+        persistent_workers=workers > 0,
+    )
+    dtype = (
+        torch.bfloat16
+        if ds_config.get("bf16", {}).get("enabled")
+        else (torch.float16 if ds_config.get("fp16", {}).get("enabled") else torch.float32)
+    )
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            for x, y in loader:
+                x, y = x.to(engine.device), y.to(engine.device)
+                yield (x.to(dtype) if x.is_floating_point() else x), y
+            epoch += 1
+
+    stream = batches()
+    steps = args.train_samples // ds_config["train_batch_size"]
+    gas = ds_config["gradient_accumulation_steps"]
+    dist.barrier()
+    start = time.perf_counter()
+    for step in range(steps):
+        if step == WARMUP_STEPS:
+            dist.barrier()
+            start = time.perf_counter()
+        if pipeline:
+            engine.train_batch(stream)
+        else:
+            for _ in range(gas):
+                x, y = next(stream)
+                engine.backward(loss_fn(engine(x), y))
+                engine.step()
+    dist.barrier()
+    throughput = (
+        (steps - WARMUP_STEPS) * ds_config["train_batch_size"] / (time.perf_counter() - start)
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        trial = launch.get("measured", {}).get("throughput_samples_per_s")
+        ratio = f", ratio {throughput / trial:.3f}" if trial else ""
+        print(
+            f"replay: {throughput:.1f} samples/s over {steps - WARMUP_STEPS} steps; "
+            f"trial {launch.get('trial')} measured {trial:.1f} samples/s{ratio}"
+            if trial
+            else f"replay: {throughput:.1f} samples/s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

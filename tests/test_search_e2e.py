@@ -1,0 +1,267 @@
+"""End-to-end searches: real DeepSpeed trials on CPU, no mocks on the trial path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune import SearchOptions, export, load_study, search, trials_frame
+
+pytestmark = pytest.mark.e2e
+
+TINY_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    BATCH_SIZE = 32
+
+    def layers():
+        return [nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)]
+
+    def model():
+        return nn.Sequential(*layers())
+
+    def train_data():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(1200, 16, generator=g)
+        return TensorDataset(x, x[:, :4].argmax(1))
+    """
+)
+
+REQUIRED_ATTRS = (
+    "throughput",
+    "accuracy_loss",
+    "metric",
+    "peak_memory_bytes",
+    "step_time_p50",
+    "measured_seconds",
+)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _options(tmp_path: Path, model: Path, space: Path, **overrides: object) -> SearchOptions:
+    values: dict[str, object] = dict(
+        model=model,
+        space=space,
+        n_trials=3,
+        train_samples=1024,
+        sampler="grid",
+        storage=f"sqlite:///{tmp_path}/study.db",
+        trials_dir=tmp_path / "trials",
+        reports_dir=tmp_path / "reports",
+        trial_timeout=120,
+    )
+    values.update(overrides)
+    return SearchOptions(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], object]:
+    """One grid search over data parallelism, pipeline and precision: three real runs."""
+    tmp_path = tmp_path_factory.mktemp("search")
+    model = _write(tmp_path / "tiny.py", TINY_MODEL)
+    space = _write(
+        tmp_path / "space.yaml",
+        "processes: [1, 2]\npipeline_stages: [1, 2]\npartition_method: [uniform]\n"
+        "precision: [fp32, fp16]\n",
+    )
+    lines: list[str] = []
+    # More runs asked for than the grid holds: the grid sampler ends the study when exhausted.
+    summary = search(_options(tmp_path, model, space, n_trials=10), print_line=lines.append)
+    return tmp_path, lines, summary
+
+
+def test_reference_runs_first_and_trials_record_measurements(searched: tuple) -> None:
+    tmp_path, _, summary = searched
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    trials = study.get_trials()
+    assert trials[0].user_attrs["role"] == "reference"
+    assert trials[0].user_attrs["settings"]["micro_batch_size"] == 32
+    assert len(trials[0].user_attrs["seed_metrics"]) == 2  # the reference's noise run
+    ran = [t for t in trials if t.user_attrs.get("status") == "ok"]
+    assert len(ran) == 3 == summary.runs
+    for trial in ran:
+        for name in REQUIRED_ATTRS:
+            assert trial.user_attrs[name] is not None, name
+        assert trial.value == pytest.approx(trial.user_attrs["throughput"])
+        assert trial.user_attrs["throughput"] > 0
+        assert trial.user_attrs["peak_memory_bytes"] > 10_000_000
+        assert (Path(trial.user_attrs["trial_dir"]) / "ds_config.json").exists()
+        assert (Path(trial.user_attrs["trial_dir"]) / "log.txt").exists()
+    assert trials[0].user_attrs["accuracy_loss"] == 0.0
+
+
+def test_pipeline_and_data_parallel_trials_ran(searched: tuple) -> None:
+    tmp_path, _, _ = searched
+    frame = trials_frame(load_study("tiny", f"sqlite:///{tmp_path}/study.db"))
+    ok = frame[frame.status == "ok"]
+    layouts = {(int(r.processes), int(r.pipeline_stages)) for r in ok.itertuples()}
+    assert layouts == {(1, 1), (2, 1), (2, 2)}
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    pipe = [
+        t
+        for t in study.get_trials()
+        if t.user_attrs.get("settings", {}).get("pipeline_stages") == 2
+        and t.user_attrs.get("status") == "ok"
+    ]
+    assert pipe[0].user_attrs["partition"] == [0, 2, 3]  # uniform split of 3 layers
+
+
+def test_cannot_run_configurations_are_infeasible_with_reason(searched: tuple) -> None:
+    tmp_path, lines, _ = searched
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    skipped = [t for t in study.get_trials() if t.user_attrs.get("status") == "infeasible"]
+    reasons = {t.user_attrs["reason"] for t in skipped}
+    assert any("fp16 is not supported" in r for r in reasons)
+    assert any("does not divide processes" in r for r in reasons)
+    for trial in skipped:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.constraints["did_not_run"] == 1.0  # the sampler sees them as infeasible
+    assert any("skipped: fp16 is not supported" in line for line in lines)
+
+
+def test_repeated_configuration_reuses_stored_result(searched: tuple) -> None:
+    tmp_path, _, _ = searched
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    repeats = [t for t in study.get_trials() if t.user_attrs.get("status") == "repeat"]
+    assert repeats, "the grid holds the reference's own settings"
+    original = study.trials[repeats[0].user_attrs["repeat_of"]]
+    assert repeats[0].value == original.value
+    assert repeats[0].user_attrs["throughput"] == original.user_attrs["throughput"]
+
+
+def test_best_is_feasible_and_exported_config_initializes_deepspeed(searched: tuple) -> None:
+    tmp_path, lines, summary = searched
+    assert summary.best is not None
+    assert summary.best.user_attrs["accuracy_loss"] <= 0.005
+    assert any(line.startswith("best: trial") for line in lines)
+    assert summary.report_path is not None and summary.report_path.stat().st_size > 100_000
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    for trial in (t for t in study.get_trials() if t.user_attrs.get("status") == "ok"):
+        out = tmp_path / f"export_{trial.number}"
+        ds_config_path, launch_path = export(study, out, trial.number)
+        launch = json.loads(launch_path.read_text())
+        assert launch["processes"] == trial.user_attrs["settings"]["processes"]
+        assert "deepspeed --num_gpus" in launch["command"]
+        _replay(tmp_path / "tiny.py", out, launch["processes"])
+
+
+def _replay(model: Path, export_dir: Path, processes: int) -> None:
+    """Train with the exported files through DeepSpeed's launcher and a plain script."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "replay_export.py"
+    env = dict(os.environ, DS_ACCELERATOR="cpu")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(processes),
+            "--master_port",
+            str(29500 + processes * 7 + os.getpid() % 500),
+            str(script),
+            "--model",
+            str(model),
+            "--export",
+            str(export_dir),
+            "--train-samples",
+            "512",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "replay:" in result.stdout
+
+
+def test_resume_neither_loses_nor_repeats_runs(tmp_path: Path) -> None:
+    model = _write(tmp_path / "tiny.py", TINY_MODEL)
+    space = _write(tmp_path / "space.yaml", "micro_batch_size: [16, 32, 64]\n")
+    first = search(_options(tmp_path, model, space, n_trials=2), print_line=lambda _: None)
+    assert first.runs == 2
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    before = {t.number: t.value for t in study.get_trials()}
+    lines: list[str] = []
+    second = search(_options(tmp_path, model, space, n_trials=3), print_line=lines.append)
+    assert second.runs == 3
+    after = load_study("tiny", f"sqlite:///{tmp_path}/study.db").get_trials()
+    assert {t.number: t.value for t in after if t.number in before} == before
+    ran = [
+        t.user_attrs["settings"]["micro_batch_size"]
+        for t in after
+        if t.user_attrs.get("status") == "ok"
+    ]
+    assert sorted(ran) == [16, 32, 64]  # each configuration ran exactly once
+    assert sum("running" in line for line in lines) == 1
+    third: list[str] = []
+    search(_options(tmp_path, model, space, n_trials=3), print_line=third.append)
+    assert not any("running" in line for line in third)
+
+
+def test_resume_with_a_different_budget_is_refused(tmp_path: Path) -> None:
+    from autotune import UserError
+
+    model = _write(tmp_path / "tiny.py", TINY_MODEL)
+    space = _write(tmp_path / "space.yaml", "micro_batch_size: [32]\n")
+    search(_options(tmp_path, model, space, n_trials=1), print_line=lambda _: None)
+    with pytest.raises(UserError, match="--train-samples"):
+        search(_options(tmp_path, model, space, n_trials=2, train_samples=2048), print_line=print)
+
+
+FAILING_MODEL = TINY_MODEL + textwrap.dedent(
+    """
+    import time
+
+    class _Stuck(nn.Module):
+        # Diverges at micro-batch 64, hangs at micro-batch 16: failures the search must survive.
+        def forward(self, x):
+            if x.shape[0] == 64:
+                return x * float("nan")
+            if x.shape[0] == 16:
+                time.sleep(3600)
+            return x
+
+    def model():
+        return nn.Sequential(*layers(), _Stuck())
+    """
+)
+
+
+def test_failed_runs_are_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
+    model = _write(tmp_path / "failing.py", FAILING_MODEL)
+    space = _write(tmp_path / "space.yaml", "micro_batch_size: [16, 32, 64, 128]\n")
+    lines: list[str] = []
+    summary = search(
+        _options(tmp_path, model, space, n_trials=4, trial_timeout=30), print_line=lines.append
+    )
+    study = load_study("failing", f"sqlite:///{tmp_path}/study.db")
+    by_mbs = {
+        t.user_attrs["settings"]["micro_batch_size"]: t
+        for t in study.get_trials()
+        if t.user_attrs.get("status") in ("ok", "failed")
+    }
+    assert by_mbs[16].user_attrs["failure_reason"].startswith("timeout")
+    assert by_mbs[64].user_attrs["failure_reason"].startswith("diverged")
+    assert by_mbs[128].user_attrs["status"] == "ok"
+    assert summary.runs == 4
+    assert not _leftover_ranks(tmp_path)
+
+
+def _leftover_ranks(tmp_path: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(tmp_path) in line and "_harness" in line]
