@@ -188,6 +188,11 @@ def _validate_domain(name: str, domain: Choices | IntRange, source: str) -> None
                 raise UserError(f"{source}: '{name}' range ends must be {problem}, got {end!r}.")
         if domain.low > domain.high:
             raise UserError(f"{source}: '{name}' has low {domain.low} above high {domain.high}.")
+        if domain.log and domain.low < 1:
+            raise UserError(
+                f"{source}: '{name}' range with log: true must start at 1 or more, "
+                f"got low {domain.low}."
+            )
         return
     if len(domain) == 0:
         raise UserError(f"{source}: '{name}' has an empty list; give at least one value.")

@@ -72,9 +72,9 @@ class SearchOptions:
             raise UserError(problem + ".")
         if self.n_trials < 1:
             raise UserError(f"--n-trials must be at least 1, got {self.n_trials}.")
-        if self.timeout is not None and self.timeout <= 0:
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout}.")
-        if not self.trial_timeout > 0:
+        if not (math.isfinite(self.trial_timeout) and self.trial_timeout > 0):
             raise UserError(f"--trial-timeout must be positive, got {self.trial_timeout}.")
         if self.train_samples < 1:
             raise UserError(f"--train-samples must be at least 1, got {self.train_samples}.")
@@ -154,7 +154,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         )
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        detail = detail.replace(url, redact(url))
+        detail = detail.replace(url, redact(url)).rstrip(".")
         raise UserError(
             f"Cannot open the study storage {redact(url)}: {detail[:300]}. Check --storage "
             "(e.g. sqlite:///trials/autotune.db or postgresql://user:pass@host/db)."

@@ -108,7 +108,7 @@ def _describe(exc: BaseException) -> str:
 def _call(path: Path, name: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except Exception as exc:  # the user's code: any error becomes one message
+    except (Exception, SystemExit) as exc:  # the user's code: any error becomes one message
         raise UserError(f"{_user_frame(exc, path)}: {name} raised {_describe(exc)}") from None
 
 
@@ -132,7 +132,7 @@ def load_model_file(path: str | Path) -> ModelFile:
     sys.modules[module_name] = module  # so DataLoader workers can unpickle its classes
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         del sys.modules[module_name]
         raise UserError(
             f"{_user_frame(exc, path)}: importing the model file raised {_describe(exc)}"
