@@ -105,7 +105,9 @@ def test_running_best_is_monotone_and_counts_only_feasible_trials(frame: pd.Data
     assert history.best_numbers == (0, 1, 2, 3, 4, 5, 6, 7)
     # Trial 1 is faster (300) but over the budget, so the line stays at 100 until trial 3.
     assert history.best_throughputs == (100.0, 100.0, 100.0, 250.0, 250.0, 250.0, 250.0, 250.0)
-    assert all(a <= b for a, b in zip(history.best_throughputs, history.best_throughputs[1:]))
+    assert all(
+        a <= b for a, b in zip(history.best_throughputs, history.best_throughputs[1:], strict=False)
+    )
 
 
 def test_running_best_starts_at_the_first_feasible_trial() -> None:
