@@ -31,7 +31,7 @@ from autotune._task import Task, load_task
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 DEFAULT_STORAGE = "sqlite:///trials/autotune.db"
-DEFAULT_TRAIN_SAMPLES = 4096
+DEFAULT_TRAIN_SAMPLES = 8192
 DEFAULT_TRIAL_TIMEOUT = 300.0
 SAMPLERS = ("tpe", "gp", "random", "grid")
 _ASKS_PER_RUN = 25
