@@ -478,7 +478,7 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
     if built:
         print_line(f"built {', '.join(built)}")
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines report each trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(
         study_name=options.study_name,
