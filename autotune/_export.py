@@ -126,6 +126,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "step_time_p50",
             "step_time_p90",
             "measured_seconds",
+            "train_seconds",
+            "eval_seconds",
             "wall_seconds",
         ):
             value = attrs.get(name)

@@ -208,7 +208,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     step_times: list[float] = []
     engine.train()
     dist.barrier()
-    start = time.perf_counter()
+    start = train_start = time.perf_counter()
     for step in range(steps):
         if step == warmup:
             _synchronize(accelerator)
@@ -231,6 +231,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         step_times.append(time.perf_counter() - step_start)
     dist.barrier()
     elapsed = time.perf_counter() - start
+    train_seconds = time.perf_counter() - train_start
     if not torch.isfinite(loss_sum):
         raise DivergedError(f"training loss became {loss_sum.item()}")
     measured_steps = steps - warmup
@@ -262,6 +263,8 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         "step_time_p90": timed[min(len(timed) - 1, int(0.9 * len(timed)))],
         "step_time_spread": (timed[-1] - timed[0]) / statistics.median(timed),
         "measured_seconds": elapsed + eval_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
         "peak_memory_bytes": max(peaks),
         "peak_memory_per_rank": peaks,
         "partition": [int(p) for p in partition] if partition is not None else None,

@@ -212,6 +212,15 @@ def why_not_runnable(
     if config.processes > machine.devices:
         unit = "cores" if machine.accelerator == "cpu" else "devices"
         return f"{config.processes} processes but this machine has {machine.devices} {unit}"
+    if machine.accelerator == "cpu":
+        needed_cores = config.processes * (1 + config.num_workers)
+        if needed_cores > machine.cores:
+            # Ranks and DataLoader workers would share cores, and the measured throughput would
+            # depend on the scheduler's luck rather than the configuration.
+            return (
+                f"{config.processes} ranks with {config.num_workers} DataLoader workers each need "
+                f"{needed_cores} cores; this machine has {machine.cores}"
+            )
     if config.pin_memory and machine.accelerator == "cpu":
         return "pin_memory only helps copies to an accelerator; this machine has none"
     if config.pipeline_stages > 1:

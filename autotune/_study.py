@@ -385,6 +385,8 @@ class _Objective:
             "step_time_p90",
             "step_time_spread",
             "measured_seconds",
+            "train_seconds",
+            "eval_seconds",
             "samples_trained",
             "steps",
             "partition",
