@@ -29,8 +29,12 @@ def reference_noise(seed_metrics: Sequence[float]) -> float | None:
 
 
 def constraints_for_run(loss: float, budget: float) -> dict[str, float]:
-    """Constraint values for a trial that ran: over budget by how much."""
-    return {ACCURACY_CONSTRAINT: loss - budget, RUNNABLE_CONSTRAINT: 0.0}
+    """Constraint values for a trial that ran: over budget by how much.
+
+    A loss equal to the budget up to float rounding (0.8 -> 0.796 at 0.5%) counts as within it.
+    """
+    over = 0.0 if math.isclose(loss, budget, rel_tol=1e-9, abs_tol=1e-12) else loss - budget
+    return {ACCURACY_CONSTRAINT: over, RUNNABLE_CONSTRAINT: 0.0}
 
 
 def constraints_for_no_run() -> dict[str, float]:

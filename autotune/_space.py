@@ -286,6 +286,9 @@ def sampled_reference_params(space: SearchSpace, reference: dict[str, Any]) -> d
     """The reference values that the space can express, to enqueue the reference as trial 0."""
     params: dict[str, Any] = {}
     for name, domain in space.domains.items():
+        condition = PARAMETERS[name].active_when
+        if condition is not None and not condition(reference):
+            continue  # suggest() would not sample it for these settings either
         value = reference[name]
         if isinstance(domain, IntRange):
             if domain.low <= value <= domain.high:

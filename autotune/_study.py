@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -116,18 +117,17 @@ class SearchSummary:
 
 
 def redact(url: str) -> str:
-    """A storage URL safe to print: any password replaced by ***."""
-    try:
-        from sqlalchemy.engine import make_url
+    """A storage URL safe to print: a password in the user part or the query becomes ***.
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        head, sep, tail = url.rpartition("@")
-        if not sep or "://" not in head:
-            return url
-        scheme, _, credentials = head.partition("://")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{tail}"
+    Works on the text rather than through sqlalchemy, which would re-encode the URL.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return scheme + sep + re.sub(r"(?i)(password=)[^&]*", r"\1***", rest)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:

@@ -41,7 +41,9 @@ REFERENCE = {
 
 
 def config(lr_scaling: str = "sqrt", **changes: object) -> TrialConfig:
-    return TrialConfig.from_settings({**REFERENCE, **changes}, OPTIMIZER, REFERENCE_BATCH, lr_scaling)
+    return TrialConfig.from_settings(
+        {**REFERENCE, **changes}, OPTIMIZER, REFERENCE_BATCH, lr_scaling
+    )
 
 
 def test_reference_covers_every_parameter() -> None:
@@ -150,7 +152,9 @@ def test_learning_rate_scales_with_the_global_batch(rule: str, expected: float) 
 def test_the_optimizer_section_is_never_mutated() -> None:
     optimizer = {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}}
     before = copy.deepcopy(optimizer)
-    trial = TrialConfig.from_settings({**REFERENCE, "micro_batch_size": 128}, optimizer, 32, "linear")
+    trial = TrialConfig.from_settings(
+        {**REFERENCE, "micro_batch_size": 128}, optimizer, 32, "linear"
+    )
     ds = trial.ds_config()
     assert ds["optimizer"]["params"]["lr"] == pytest.approx(0.4)
     assert optimizer == before
@@ -171,7 +175,9 @@ def test_settings_that_change_nothing_are_normalised() -> None:
     trial = config(partition_method="uniform", prefetch_factor=4)
     assert trial.partition_method == "parameters"
     assert trial.prefetch_factor == 2
-    kept = config(processes=2, pipeline_stages=2, partition_method="uniform", num_workers=1, prefetch_factor=4)
+    kept = config(
+        processes=2, pipeline_stages=2, partition_method="uniform", num_workers=1, prefetch_factor=4
+    )
     assert kept.partition_method == "uniform"
     assert kept.prefetch_factor == 4
 
@@ -292,7 +298,9 @@ def test_fp16_needs_an_accelerator_that_supports_it() -> None:
 def test_bf16_needs_an_accelerator_that_supports_it() -> None:
     assert _reason(config(precision="bf16")) is None
     no_bf16 = Machine("cpu", 2, 2, fp16=False, bf16=False)
-    assert _reason(config(precision="bf16"), no_bf16) == "bf16 is not supported on the cpu accelerator"
+    assert (
+        _reason(config(precision="bf16"), no_bf16) == "bf16 is not supported on the cpu accelerator"
+    )
 
 
 def test_processes_must_fit_the_devices() -> None:
@@ -434,3 +442,12 @@ def test_deepspeed_would_catch_a_wrong_batch(single_rank_group) -> None:
     ds["train_batch_size"] += 1
     with pytest.raises(AssertionError, match="train_batch_size is not equal"):
         DeepSpeedConfig(ds, mpu=None)
+
+
+def test_ranks_and_workers_never_oversubscribe_cpu_cores() -> None:
+    assert _reason(config(processes=2, num_workers=1)) == (
+        "2 ranks with 1 DataLoader workers each need 4 cores; this machine has 2"
+    )
+    assert "need 3 cores" in (_reason(config(num_workers=2)) or "")
+    assert _reason(config(num_workers=1)) is None
+    assert _reason(config(processes=2, num_workers=4), GPUS) is None  # workers use host cores

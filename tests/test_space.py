@@ -294,7 +294,12 @@ def test_enqueued_reference_comes_back_unchanged(tmp_path: Path) -> None:
         "zero_stage: {low: 0, high: 3}\nprocesses: [1, 2]\n",
     )
     enqueued = sampled_reference_params(space, REFERENCE)
-    assert enqueued == {"micro_batch_size": 32, "precision": "fp32", "zero_stage": 0, "processes": 1}
+    assert enqueued == {
+        "micro_batch_size": 32,
+        "precision": "fp32",
+        "zero_stage": 0,
+        "processes": 1,
+    }
     study = _random_study(seed=3)
     study.enqueue_trial(enqueued)
     trial = study.ask()
@@ -327,14 +332,6 @@ def test_reference_values_the_space_cannot_express_are_not_enqueued(tmp_path: Pa
     assert trial.params == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "record_reference samples conditional settings that are inactive for the reference "
-        "(partition_method with pipeline_stages 1, prefetch_factor with num_workers 0), so "
-        "trial 0 carries parameters that suggest() never samples for the same settings"
-    ),
-)
 def test_reference_trial_samples_what_suggest_would(tmp_path: Path) -> None:
     space = _space(
         tmp_path,
