@@ -119,7 +119,7 @@ class _Casting:
 def _train_loader(
     data: Dataset[Any], settings: dict[str, Any], dp_size: int, dp_rank: int, seed: int
 ) -> tuple[DataLoader[Any], DistributedSampler[Any]]:
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[Any] = DistributedSampler(
         data, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=seed, drop_last=True
     )
     workers = settings["num_workers"]

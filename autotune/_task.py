@@ -7,6 +7,7 @@ DeepSpeed rank (which builds the model and data from it), so both read the file 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import sys
@@ -264,7 +265,8 @@ def load_task(path: str | Path) -> Task:
             ) from None
         if sizes[name] == 0:
             raise UserError(f"{where}: {name} is empty; it must hold at least one item.")
-        _check_item(where, name, _call(where, f"{name}[0]", lambda data=data: data[0]))
+        first = _call(where, f"{name}[0]", functools.partial(data.__getitem__, 0))
+        _check_item(where, name, first)
     model = _call(where, "model()", model_file.model)
     if not isinstance(model, nn.Module):
         raise UserError(
