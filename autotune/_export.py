@@ -3,6 +3,7 @@ HTML report."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 
 from autotune import _score
 from autotune._errors import UserError
-from autotune._report import write_report
+from autotune._report import LIBRARIES, MIN_TRIALS_FOR_IMPORTANCE, log_tail, write_report
 from autotune._space import PARAMETERS
 
 
@@ -77,12 +78,44 @@ def export(
 
 
 def report_info(study: optuna.Study) -> dict[str, Any]:
-    """The study-level facts the report shows beside the trials."""
+    """The study-level facts the report shows beside the trials.
+
+    Besides the study's attributes: the library versions, the best trial's ``ds_config`` and
+    ``launch`` recipe, and the settings' importances for throughput over the 'ok' trials
+    (None when there are fewer than :data:`MIN_TRIALS_FOR_IMPORTANCE` or Optuna cannot
+    compute them).
+    """
     attrs = study.user_attrs
     try:
-        best_number: int | None = study.best_trial.number
+        best: optuna.trial.FrozenTrial | None = study.best_trial
     except ValueError:
-        best_number = None
+        best = None
+    best_number = None if best is None else best.number
+    versions: dict[str, str | None] = {}
+    for library in LIBRARIES:
+        try:
+            versions[library] = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            versions[library] = None
+    # Importances over measured trials only: failed and infeasible trials score 0, which
+    # would make "did it run" the most important setting. Repeats would count twice.
+    measured = [
+        trial
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if trial.user_attrs.get("status") == "ok" and trial.value is not None
+    ]
+    importances: dict[str, float] | None = None
+    if len(measured) >= MIN_TRIALS_FOR_IMPORTANCE:
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            sub_study = optuna.create_study(direction=study.direction)
+            sub_study.add_trials(measured)
+            importances = dict(optuna.importance.get_param_importances(sub_study))
+        except (RuntimeError, ValueError, ImportError):
+            importances = None
+        finally:
+            optuna.logging.set_verbosity(verbosity)
     return {
         "study": study.study_name,
         "model": attrs.get("model", ""),
@@ -95,6 +128,10 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
         "best_number": best_number,
         "reference_number": attrs.get("reference_number"),
         "machine": attrs.get("machine", ""),
+        "versions": versions,
+        "best_ds_config": None if best is None else best.user_attrs.get("ds_config"),
+        "best_launch": None if best is None else best.user_attrs.get("launch"),
+        "importances": importances or None,
     }
 
 
@@ -135,6 +172,12 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["feasible"] = status in ("ok", "repeat") and _score.is_feasible(trial.constraints)
         row["reason"] = attrs.get("reason") or ""
         row["datetime_start"] = trial.datetime_start
+        row["datetime_complete"] = trial.datetime_complete
+        trial_dir = attrs.get("trial_dir")
+        row["trial_dir"] = trial_dir
+        row["log_tail"] = (
+            log_tail(Path(trial_dir) / "log.txt") if trial_dir and status == "failed" else ""
+        )
         row["repeat_of"] = attrs.get("repeat_of")
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import math
 import textwrap
 from collections import Counter
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.subplots import make_subplots
 
 from autotune._space import PARAMETERS
 
@@ -61,9 +63,13 @@ _COLUMNS: tuple[str, ...] = (
     "step_time_p50",
     "step_time_p90",
     "measured_seconds",
+    "train_seconds",
+    "eval_seconds",
     "wall_seconds",
     "reason",
     "datetime_start",
+    "datetime_complete",
+    "log_tail",
 )
 
 MEASURED_STATUSES = ("ok", "repeat")
@@ -731,11 +737,26 @@ class TradeoffInfo:
             with both a throughput and an accuracy loss.
         budget_percent: The accuracy budget in percent (a vertical line).
         noise_percent: The reference's seed-to-seed noise in percent (a band), or None.
+        pareto_numbers: The trials on the Pareto front (highest throughput for the lowest
+            accuracy loss: no other point is as fast with no more loss), by accuracy loss.
     """
 
     points: tuple[TradeoffPoint, ...]
     budget_percent: float
     noise_percent: float | None
+    pareto_numbers: tuple[int, ...] = ()
+
+
+def _pareto_front(points: list[TradeoffPoint]) -> tuple[int, ...]:
+    """The points no other point dominates (at least as fast with no more loss, one strictly),
+    by increasing accuracy loss; of identical points, the first by trial number."""
+    front: list[int] = []
+    best_throughput = -math.inf
+    for point in sorted(points, key=lambda p: (p.accuracy_loss_percent, -p.throughput, p.number)):
+        if point.throughput > best_throughput:
+            front.append(point.number)
+            best_throughput = point.throughput
+    return tuple(front)
 
 
 def _get_tradeoff_info(frame: pd.DataFrame, info: dict[str, Any]) -> TradeoffInfo:
@@ -763,7 +784,12 @@ def _get_tradeoff_info(frame: pd.DataFrame, info: dict[str, Any]) -> TradeoffInf
             )
         )
     noise = _float(info.get("reference_noise"))
-    return TradeoffInfo(tuple(points), budget * 100, None if noise is None else noise * 100)
+    return TradeoffInfo(
+        tuple(points),
+        budget * 100,
+        None if noise is None else noise * 100,
+        _pareto_front(points),
+    )
 
 
 def _render_tradeoff(tradeoff: TradeoffInfo) -> go.Figure:
@@ -798,6 +824,19 @@ def _render_tradeoff(tradeoff: TradeoffInfo) -> go.Figure:
                 marker={"color": _COLOURS[name], "size": 9},
                 hovertext=[point.hover for point in points],
                 hoverinfo="text",
+            )
+        )
+    if len(tradeoff.pareto_numbers) > 1:
+        by_number = {point.number: point for point in tradeoff.points}
+        front = [by_number[number] for number in tradeoff.pareto_numbers]
+        figure.add_trace(
+            go.Scatter(
+                x=[point.accuracy_loss_percent for point in front],
+                y=[point.throughput for point in front],
+                mode="lines",
+                line={"shape": "hv", "color": "#555555", "width": 1.5, "dash": "dot"},
+                name="Pareto front",
+                hoverinfo="skip",
             )
         )
     highlights = (
@@ -847,7 +886,671 @@ def _annotate_empty(figure: go.Figure, text: str) -> None:
     )
 
 
-# --- 5. all trials -------------------------------------------------------------------------
+# --- 5. summary: versions, dates, failures, the best configuration -------------------------
+
+LIBRARIES: tuple[str, ...] = ("autotune", "torch", "deepspeed", "optuna")
+"""The libraries whose versions the report lists (read by ``report_info``)."""
+
+FAILURE_CLASSES: tuple[str, ...] = ("oom", "timeout", "diverged", "error")
+"""The usual failure classes: a failed trial's reason starts with one of them and a colon."""
+
+
+def failure_class(reason: str) -> str:
+    """A failed trial's class: the reason's first word before ':', else 'error'.
+
+    Args:
+        reason: The trial's reason, e.g. "oom: CUDA out of memory".
+
+    Returns:
+        The class in lower case, e.g. "oom"; "error" when the reason has no class.
+    """
+    head, colon, _ = reason.partition(":")
+    words = head.split()
+    if not colon or len(words) != 1:
+        return "error"
+    return words[0].lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class SummaryInfo:
+    """Facts about the run beside the header's: versions, dates, failures, best config.
+
+    Attributes:
+        versions: (library, version) pairs; the version is "not installed" when missing.
+        first_trial: When the first trial started, formatted, or None.
+        last_trial: When the last trial finished (or started), formatted, or None.
+        failure_counts: (failure class, count) pairs over failed trials, most common first.
+        best_number: The best trial, or None.
+        best_ds_config: The best trial's DeepSpeed config as indented JSON, or None.
+        best_launch_command: The best trial's launch command, or None.
+        best_launch: The best trial's launch recipe as indented JSON, or None.
+    """
+
+    versions: tuple[tuple[str, str], ...]
+    first_trial: str | None
+    last_trial: str | None
+    failure_counts: tuple[tuple[str, int], ...]
+    best_number: int | None
+    best_ds_config: str | None
+    best_launch_command: str | None
+    best_launch: str | None
+
+
+def _timestamp(value: Any) -> pd.Timestamp | None:
+    if _is_missing(value):
+        return None
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        return None
+    return None if _is_missing(stamp) else stamp
+
+
+def _format_time(stamp: pd.Timestamp | None) -> str | None:
+    return None if stamp is None else stamp.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _get_summary_info(frame: pd.DataFrame, info: dict[str, Any]) -> SummaryInfo:
+    """Gathers versions and the best configuration from ``info``, dates and failures from
+    ``frame``."""
+    rows = _records(frame)
+    versions = info.get("versions") or {}
+    starts = [s for s in (_timestamp(row.get("datetime_start")) for row in rows) if s]
+    ends = [
+        s
+        for s in (
+            _timestamp(row.get("datetime_complete")) or _timestamp(row.get("datetime_start"))
+            for row in rows
+        )
+        if s
+    ]
+    failures = Counter(
+        failure_class(_text(row.get("reason"))) for row in rows if row.get("status") == "failed"
+    )
+    ds_config = info.get("best_ds_config")
+    launch = info.get("best_launch")
+    command = launch.get("command") if isinstance(launch, dict) else None
+    return SummaryInfo(
+        versions=tuple(
+            (name, _text(version) or "not installed") for name, version in versions.items()
+        ),
+        first_trial=_format_time(min(starts)) if starts else None,
+        last_trial=_format_time(max(ends)) if ends else None,
+        failure_counts=tuple(failures.most_common()),
+        best_number=_info_int(info, "best_number"),
+        best_ds_config=None if not ds_config else json.dumps(ds_config, indent=2),
+        best_launch_command=None if command is None else str(command),
+        best_launch=None if not launch else json.dumps(launch, indent=2, default=str),
+    )
+
+
+def _render_summary(summary: SummaryInfo) -> str:
+    """The run facts as a list, then the best configuration in <pre> blocks."""
+    esc = html.escape
+    facts = []
+    if summary.first_trial or summary.last_trial:
+        facts.append(
+            (
+                "trial dates",
+                f"{esc(summary.first_trial or _MISSING)} to {esc(summary.last_trial or _MISSING)}",
+            )
+        )
+    failures = ", ".join(f"{count} {esc(name)}" for name, count in summary.failure_counts)
+    facts.append(("failures", failures or "none"))
+    if summary.versions:
+        facts.append(
+            ("versions", ", ".join(f"{esc(name)} {esc(v)}" for name, v in summary.versions))
+        )
+    items = "\n".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
+    parts = [f'<dl class="facts">\n{items}\n</dl>']
+    parts.append("<h2>Best configuration</h2>")
+    if summary.best_ds_config is None:
+        parts.append('<p class="notice">No feasible trial to export yet.</p>')
+        return "\n".join(parts)
+    parts.append(
+        f"<p>Trial {summary.best_number}: <code>ds_config.json</code> as "
+        "<code>autotune export</code> writes it, and how to launch it.</p>"
+    )
+    parts.append(f'<pre class="config">{esc(summary.best_ds_config)}</pre>')
+    if summary.best_launch_command:
+        parts.append(f'<pre class="command">{esc(summary.best_launch_command)}</pre>')
+    if summary.best_launch:
+        parts.append(
+            "<details><summary>launch.json (processes, pipeline layout, data loading)"
+            f'</summary><pre class="config">{esc(summary.best_launch)}</pre></details>'
+        )
+    return "\n".join(parts)
+
+
+# --- 6. parallel coordinates ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One axis of the parallel-coordinates plot.
+
+    Attributes:
+        name: The setting.
+        values: Per trial, the value on the axis (categories are mapped to 0, 1, ...).
+        tick_values: For a categorical setting, the axis positions of its categories, else ().
+        tick_labels: For a categorical setting, the category names, else ().
+    """
+
+    name: str
+    values: tuple[float, ...]
+    tick_values: tuple[float, ...] = ()
+    tick_labels: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelInfo:
+    """The searched settings of measured trials, coloured by throughput.
+
+    Attributes:
+        numbers: The trials drawn ('ok' trials with a throughput).
+        dimensions: One per searched setting (one with more than one value among the trials).
+        throughputs: Per trial, samples/s (the colour).
+    """
+
+    numbers: tuple[int, ...]
+    dimensions: tuple[Dimension, ...]
+    throughputs: tuple[float, ...]
+
+
+def _ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with status 'ok' and a throughput (repeats would count a trial twice)."""
+    return [row for row in rows if row.get("status") == "ok" and _is_measured(row)]
+
+
+def _searched(rows: list[dict[str, Any]]) -> list[str]:
+    """The settings that take more than one value over ``rows``, in display order."""
+    return [
+        name
+        for name in SETTINGS
+        if len({_format_value(row.get(name)) for row in rows} - {_MISSING}) > 1
+    ]
+
+
+def _is_numeric_setting(rows: list[dict[str, Any]], name: str) -> bool:
+    values = [row.get(name) for row in rows if not _is_missing(row.get(name))]
+    return all(_float(v) is not None and not isinstance(v, (bool, np.bool_)) for v in values)
+
+
+def _get_parallel_info(frame: pd.DataFrame, info: dict[str, Any]) -> ParallelInfo:
+    """Gathers the searched settings of 'ok' trials; categorical ones become 0, 1, ..."""
+    rows = _ok_rows(_records(frame))
+    dimensions = []
+    for name in _searched(rows):
+        if _is_numeric_setting(rows, name):
+            values = tuple(
+                math.nan if _float(row.get(name)) is None else float(row[name]) for row in rows
+            )
+            dimensions.append(Dimension(name, values))
+            continue
+        labels = sorted({_format_value(row.get(name)) for row in rows})
+        index = {label: float(i) for i, label in enumerate(labels)}
+        values = tuple(index[_format_value(row.get(name))] for row in rows)
+        dimensions.append(
+            Dimension(name, values, tuple(index[label] for label in labels), tuple(labels))
+        )
+    return ParallelInfo(
+        numbers=tuple(row["number"] for row in rows),
+        dimensions=tuple(dimensions),
+        throughputs=tuple(float(row["throughput"]) for row in rows),
+    )
+
+
+def _render_parallel(parallel: ParallelInfo) -> go.Figure:
+    """Parallel coordinates, one line per trial, coloured by throughput."""
+    figure = go.Figure()
+    if not parallel.dimensions:
+        _annotate_empty(figure, "Fewer than two measured trials differ in a setting.")
+        figure.update_xaxes(visible=False)
+        figure.update_yaxes(visible=False)
+        return figure
+    dimensions = []
+    for dimension in parallel.dimensions:
+        entry: dict[str, Any] = {
+            "label": _SETTING_LABELS.get(dimension.name, dimension.name),
+            "values": list(dimension.values),
+        }
+        if dimension.tick_labels:
+            entry["tickvals"] = list(dimension.tick_values)
+            entry["ticktext"] = list(dimension.tick_labels)
+        dimensions.append(entry)
+    dimensions.append({"label": "throughput", "values": list(parallel.throughputs)})
+    figure.add_trace(
+        go.Parcoords(
+            line={
+                "color": list(parallel.throughputs),
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": "samples/s"}},
+            },
+            dimensions=dimensions,
+        )
+    )
+    figure.update_layout(margin={"l": 60, "r": 60, "t": 60})
+    return figure
+
+
+# --- 7. parameter importances --------------------------------------------------------------
+
+MIN_TRIALS_FOR_IMPORTANCE = 5
+"""Parameter importances need at least this many 'ok' trials."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceInfo:
+    """How much each setting explains throughput (Optuna's fANOVA).
+
+    Attributes:
+        names: The settings, most important first.
+        importances: Per setting, its share of the explained variance (they sum to 1).
+        note: A sentence shown instead of the plot when there are no importances, else None.
+    """
+
+    names: tuple[str, ...]
+    importances: tuple[float, ...]
+    note: str | None
+
+
+def _get_importance_info(frame: pd.DataFrame, info: dict[str, Any]) -> ImportanceInfo:
+    """Reads ``info['importances']`` (computed from the study by ``report_info``)."""
+    importances = info.get("importances") or {}
+    pairs = sorted(
+        ((str(name), value) for name, value in importances.items() if _float(value) is not None),
+        key=lambda pair: -float(pair[1]),
+    )
+    if pairs:
+        return ImportanceInfo(
+            tuple(name for name, _ in pairs), tuple(float(v) for _, v in pairs), None
+        )
+    ok = len(_ok_rows(_records(frame)))
+    if ok < MIN_TRIALS_FOR_IMPORTANCE:
+        note = (
+            f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} measured trials "
+            f"({ok} so far)."
+        )
+    else:
+        note = "Parameter importances are not available for this study."
+    return ImportanceInfo((), (), note)
+
+
+def _render_importance(importance: ImportanceInfo) -> go.Figure:
+    """A horizontal bar per setting, the most important on top."""
+    figure = go.Figure(
+        go.Bar(
+            x=list(importance.importances)[::-1],
+            y=[_SETTING_LABELS.get(name, name) for name in importance.names][::-1],
+            orientation="h",
+            marker={"color": "#1f77b4"},
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    figure.update_layout(xaxis_title="importance for throughput (fANOVA)", xaxis_range=[0, 1])
+    return figure
+
+
+# --- 8. slices -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """Throughput against one setting.
+
+    Attributes:
+        name: The setting.
+        values: Per trial, the setting's value (numbers, or text for categorical settings).
+        numeric: True when the values are numbers.
+    """
+
+    name: str
+    values: tuple[Any, ...]
+    numeric: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceInfo:
+    """Throughput of measured trials against each searched setting (small multiples).
+
+    Attributes:
+        numbers: The trials drawn ('ok' trials with a throughput).
+        throughputs: Per trial, samples/s.
+        feasible: Per trial, True when within the accuracy budget.
+        slices: One per searched setting.
+    """
+
+    numbers: tuple[int, ...]
+    throughputs: tuple[float, ...]
+    feasible: tuple[bool, ...]
+    slices: tuple[Slice, ...]
+
+
+_SLICE_COLUMNS = 3
+
+
+def _get_slice_info(frame: pd.DataFrame, info: dict[str, Any]) -> SliceInfo:
+    """Gathers each searched setting's values and the throughput of 'ok' trials."""
+    rows = _ok_rows(_records(frame))
+    budget = _budget(info)
+    slices = []
+    for name in _searched(rows):
+        numeric = _is_numeric_setting(rows, name)
+        values = tuple(
+            (_float(row.get(name)) if numeric else _format_value(row.get(name))) for row in rows
+        )
+        slices.append(Slice(name, values, numeric))
+    return SliceInfo(
+        numbers=tuple(row["number"] for row in rows),
+        throughputs=tuple(float(row["throughput"]) for row in rows),
+        feasible=tuple(_is_feasible(row, budget) for row in rows),
+        slices=tuple(slices),
+    )
+
+
+def _slice_rows(slices: SliceInfo) -> int:
+    return max(1, math.ceil(len(slices.slices) / _SLICE_COLUMNS))
+
+
+def _render_slices(slices: SliceInfo) -> go.Figure:
+    """One small scatter per setting, sharing the throughput axis."""
+    if not slices.slices:
+        figure = go.Figure()
+        _annotate_empty(figure, "Fewer than two measured trials differ in a setting.")
+        return figure
+    rows = _slice_rows(slices)
+    figure = make_subplots(
+        rows=rows,
+        cols=_SLICE_COLUMNS,
+        shared_yaxes=True,
+        subplot_titles=[_SETTING_LABELS.get(s.name, s.name) for s in slices.slices],
+        vertical_spacing=0.5 / rows if rows > 1 else 0.1,
+        horizontal_spacing=0.04,
+    )
+    colours = [_COLOURS["feasible" if ok else "over budget"] for ok in slices.feasible]
+    hover = [f"trial {number}" for number in slices.numbers]
+    for index, item in enumerate(slices.slices):
+        row, col = divmod(index, _SLICE_COLUMNS)
+        figure.add_trace(
+            go.Scatter(
+                x=list(item.values),
+                y=list(slices.throughputs),
+                mode="markers",
+                marker={"color": colours, "size": 7, "opacity": 0.8},
+                hovertext=hover,
+                hovertemplate="%{hovertext}<br>%{x}: %{y:.1f} samples/s<extra></extra>",
+                showlegend=False,
+            ),
+            row=row + 1,
+            col=col + 1,
+        )
+        if item.numeric and item.name in ("micro_batch_size", "global_batch_size"):
+            figure.update_xaxes(type="log", row=row + 1, col=col + 1)
+        elif not item.numeric:
+            figure.update_xaxes(type="category", row=row + 1, col=col + 1)
+    for row in range(rows):
+        figure.update_yaxes(title_text="samples/s", row=row + 1, col=1, rangemode="tozero")
+    return figure
+
+
+# --- 9. peak memory ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPoint:
+    """One measured trial in the memory plot.
+
+    Attributes:
+        number: The Optuna trial number.
+        micro_batch_size: Samples per rank per step (x).
+        peak_memory_gib: Peak memory in GiB (y).
+        zero_stage: The ZeRO stage as text (the colour), "—" when unknown.
+    """
+
+    number: int
+    micro_batch_size: float
+    peak_memory_gib: float
+    zero_stage: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryInfo:
+    """Peak memory per measured trial against micro-batch size.
+
+    Attributes:
+        points: 'ok' trials with both a micro-batch size and a peak memory.
+    """
+
+    points: tuple[MemoryPoint, ...]
+
+
+def _get_memory_info(frame: pd.DataFrame, info: dict[str, Any]) -> MemoryInfo:
+    """Gathers micro-batch size, peak memory and ZeRO stage of 'ok' trials."""
+    points = []
+    for row in _ok_rows(_records(frame)):
+        micro = _float(row.get("micro_batch_size"))
+        memory = _float(row.get("peak_memory_bytes"))
+        if micro is None or memory is None:
+            continue
+        stage = _format_value(row.get("zero_stage"))
+        points.append(MemoryPoint(row["number"], micro, memory / 2**30, stage))
+    return MemoryInfo(tuple(points))
+
+
+def _render_memory(memory: MemoryInfo) -> go.Figure:
+    """Peak memory against micro-batch size, one colour per ZeRO stage."""
+    figure = go.Figure()
+    for stage in sorted({point.zero_stage for point in memory.points}):
+        points = [point for point in memory.points if point.zero_stage == stage]
+        figure.add_trace(
+            go.Scatter(
+                x=[point.micro_batch_size for point in points],
+                y=[point.peak_memory_gib for point in points],
+                mode="markers",
+                name=f"ZeRO {stage}",
+                marker={"size": 9, "opacity": 0.8},
+                hovertext=[f"trial {point.number}" for point in points],
+                hovertemplate=("%{hovertext}<br>micro batch %{x}<br>%{y:.3f} GiB<extra></extra>"),
+            )
+        )
+    if not memory.points:
+        _annotate_empty(figure, "No measured peak memory yet.")
+    figure.update_layout(
+        xaxis_title="micro batch size (samples per rank per step)",
+        xaxis_type="log",
+        yaxis_title="peak memory (GiB)",
+        yaxis_rangemode="tozero",
+        legend_title_text="ZeRO stage",
+    )
+    return figure
+
+
+# --- 10. timeline --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TimelineInfo:
+    """Where each run trial's wall time went.
+
+    Attributes:
+        numbers: Trials that ran (those with a wall time), by number.
+        setup_seconds: Per trial, launch and setup: wall - train - eval (all of the wall
+            time when train or eval seconds are unknown).
+        train_seconds: Per trial, seconds training (0 when unknown).
+        eval_seconds: Per trial, seconds evaluating (0 when unknown).
+        statuses: Per trial, its status.
+    """
+
+    numbers: tuple[int, ...]
+    setup_seconds: tuple[float, ...]
+    train_seconds: tuple[float, ...]
+    eval_seconds: tuple[float, ...]
+    statuses: tuple[str, ...]
+
+
+def _get_timeline_info(frame: pd.DataFrame, info: dict[str, Any]) -> TimelineInfo:
+    """Splits each trial's wall time into launch/setup, training and eval."""
+    numbers, setup, train, evals, statuses = [], [], [], [], []
+    for row in _records(frame):
+        wall = _float(row.get("wall_seconds"))
+        if wall is None or row.get("status") == "repeat":
+            continue
+        train_s = _float(row.get("train_seconds"))
+        eval_s = _float(row.get("eval_seconds"))
+        if train_s is None or eval_s is None:
+            train_s = eval_s = 0.0
+        numbers.append(row["number"])
+        setup.append(max(0.0, wall - train_s - eval_s))
+        train.append(train_s)
+        evals.append(eval_s)
+        statuses.append(_text(row.get("status")))
+    return TimelineInfo(tuple(numbers), tuple(setup), tuple(train), tuple(evals), tuple(statuses))
+
+
+def _timeline_height(timeline: TimelineInfo) -> int:
+    return int(min(2400, max(_FIGURE_HEIGHT, 16 * len(timeline.numbers) + 140)))
+
+
+def _render_timeline(timeline: TimelineInfo) -> go.Figure:
+    """One horizontal stacked bar per trial: launch/setup, training, eval."""
+    figure = go.Figure()
+    labels = [
+        f"trial {number} ({status})"
+        for number, status in zip(timeline.numbers, timeline.statuses, strict=True)
+    ]
+    parts = (
+        ("launch/setup", timeline.setup_seconds, "#c7c7c7"),
+        ("training", timeline.train_seconds, "#1f77b4"),
+        ("eval", timeline.eval_seconds, "#9467bd"),
+    )
+    for name, seconds, colour in parts:
+        figure.add_trace(
+            go.Bar(
+                x=list(seconds),
+                y=labels,
+                orientation="h",
+                name=name,
+                marker={"color": colour},
+                hovertemplate=f"%{{y}}<br>{name}: %{{x:.1f}} s<extra></extra>",
+            )
+        )
+    if not timeline.numbers:
+        _annotate_empty(figure, "No trial has run yet.")
+    figure.update_layout(
+        barmode="stack",
+        xaxis_title="wall time (s)",
+        yaxis={"autorange": "reversed", "type": "category"},
+    )
+    return figure
+
+
+# --- 11. failed and infeasible trials ------------------------------------------------------
+
+LOG_TAIL_LINES = 5
+"""How many of a failed trial's last log lines the report shows."""
+
+
+def log_tail(path: str | Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 65536) -> str:
+    """The last ``lines`` non-empty lines of a text file, or "" when it cannot be read.
+
+    Args:
+        path: The log file.
+        lines: How many lines to keep.
+        max_bytes: Read at most this many bytes from the end of the file.
+
+    Returns:
+        The lines joined by newlines, decoded as UTF-8 with replacement characters.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureRow:
+    """One trial that did not give a measurement.
+
+    Attributes:
+        number: The Optuna trial number.
+        status: 'failed' or 'infeasible'.
+        failure_class: For failed trials, :func:`failure_class` of the reason; else the status.
+        reason: The reason, raw text.
+        log_tail: For failed trials, the last lines of the log; raw text, "" when unknown.
+    """
+
+    number: int
+    status: str
+    failure_class: str
+    reason: str
+    log_tail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureInfo:
+    """The failed and infeasible trials.
+
+    Attributes:
+        rows: Failed trials first, then infeasible ones, each by number.
+    """
+
+    rows: tuple[FailureRow, ...]
+
+
+def _get_failure_info(frame: pd.DataFrame, info: dict[str, Any]) -> FailureInfo:
+    """Gathers the reason (and log tail) of every failed or infeasible trial."""
+    failed, infeasible = [], []
+    for row in _records(frame):
+        status = _text(row.get("status"))
+        reason = _text(row.get("reason")).strip()
+        if status == "failed":
+            failed.append(
+                FailureRow(
+                    row["number"],
+                    status,
+                    failure_class(reason),
+                    reason,
+                    _text(row.get("log_tail")).rstrip(),
+                )
+            )
+        elif status == "infeasible":
+            infeasible.append(FailureRow(row["number"], status, status, reason, ""))
+    return FailureInfo(tuple(failed + infeasible))
+
+
+def _render_failures(failures: FailureInfo) -> str:
+    """The failed and infeasible trials as an HTML table, log tails in <pre>."""
+    esc = html.escape
+    parts = ["<h2>Failed and infeasible trials</h2>"]
+    if not failures.rows:
+        parts.append("<p>None.</p>")
+        return "\n".join(parts)
+    lines = []
+    for row in failures.rows:
+        log = f'<pre class="log">{esc(row.log_tail)}</pre>' if row.log_tail else ""
+        lines.append(
+            f'<tr class="cat-{esc(row.status)}"><td>{row.number}</td><td>{esc(row.status)}</td>'
+            f"<td>{esc(row.failure_class)}</td>"
+            f'<td class="reason">{esc(row.reason)}</td><td>{log}</td></tr>'
+        )
+    body = "\n".join(lines)
+    parts.append(
+        '<div class="scroll"><table class="failures">\n<thead><tr><th>trial</th><th>status</th>'
+        "<th>class</th><th>reason</th><th>last log lines</th></tr></thead>\n"
+        f"<tbody>\n{body}\n</tbody>\n</table></div>"
+    )
+    return "\n".join(parts)
+
+
+# --- 12. all trials -------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -857,7 +1560,9 @@ class TrialTableInfo:
     Attributes:
         columns: Column keys: 'trial', 'role', 'status', the settings present in the frame,
             then the results and 'reason'.
-        rows: One tuple of formatted cells per trial, by number; raw text, not yet escaped.
+        rows: One tuple of formatted cells per trial, best first: feasible trials by
+            throughput (highest first), then trials over the budget by throughput, then the
+            rest by number; raw text, not yet escaped.
         highlights: Per row, 'reference', 'best', 'reference, best' or ''.
         categories: Per row, one of :data:`CATEGORIES`.
     """
@@ -877,9 +1582,9 @@ _RESULT_COLUMNS = (
 
 
 def _get_table_info(frame: pd.DataFrame, info: dict[str, Any]) -> TrialTableInfo:
-    """Gathers one line of formatted cells per trial."""
-    rows = _records(frame)
+    """Gathers one line of formatted cells per trial, best first."""
     budget = _budget(info)
+    rows = sorted(_records(frame), key=lambda row: _best_first_key(row, budget))
     roles = _roles(_reference_number(rows, info), _info_int(info, "best_number"))
     settings = tuple(name for name in SETTINGS if name in frame.columns)
     columns = ("trial", "role", "status", *settings, *_RESULT_COLUMNS, "reason")
@@ -909,6 +1614,14 @@ def _get_table_info(frame: pd.DataFrame, info: dict[str, Any]) -> TrialTableInfo
     )
 
 
+def _best_first_key(row: dict[str, Any], budget: float) -> tuple[int, float, int]:
+    """Sort key: feasible trials by throughput, then over budget by throughput, then the rest."""
+    category = _category(row, budget)
+    throughput = _float(row.get("throughput")) or 0.0
+    rank = {"feasible": 0, "over budget": 1}.get(category, 2)
+    return (rank, -throughput if rank < 2 else 0.0, row["number"])
+
+
 def _render_table(table: TrialTableInfo) -> str:
     """The table of all trials as HTML."""
     esc = html.escape
@@ -935,6 +1648,8 @@ def _render_table(table: TrialTableInfo) -> str:
     body = "\n".join(lines)
     return (
         "<h2>All trials</h2>\n"
+        '<p class="hint">Best first: feasible trials by throughput, then trials over the '
+        "accuracy budget, then the rest.</p>\n"
         f'<div class="scroll"><table class="trials">\n<thead><tr>{"".join(heads)}</tr></thead>\n'
         f"<tbody>\n{body}\n</tbody>\n</table></div>"
     )
@@ -964,19 +1679,27 @@ tr.cat-infeasible td:nth-child(3) { color: #666; }
 tr.cat-failed td:nth-child(3) { color: #d62728; }
 tr.role-best td { background: #fff8dc; }
 tr.role-reference td:first-child { font-weight: 700; }
+pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.5em 0.8em; overflow-x: auto; }
+pre.config { max-height: 28em; }
+pre.log { margin: 0; padding: 0.2em 0.4em; font-size: 0.85em; max-width: 60em; white-space: pre-wrap; }
+p.note { color: #555; font-style: italic; }
 """
 
 _FIGURE_HEIGHT = 440
 
 
-def _figure_html(figure: go.Figure, div_id: str, include_plotlyjs: bool) -> str:
-    figure.update_layout(template="plotly_white", height=_FIGURE_HEIGHT, margin={"t": 30})
+def _figure_html(
+    figure: go.Figure, div_id: str, include_plotlyjs: bool, height: int = _FIGURE_HEIGHT
+) -> str:
+    figure.update_layout(template="plotly_white", height=height)
+    if figure.layout.margin.t is None:
+        figure.update_layout(margin={"t": 30})
     html_text: str = pio.to_html(
         figure,
         include_plotlyjs=include_plotlyjs,
         full_html=False,
         div_id=div_id,
-        default_height=f"{_FIGURE_HEIGHT}px",
+        default_height=f"{height}px",
         config={"displaylogo": False, "responsive": True},
     )
     return html_text
@@ -989,32 +1712,81 @@ def render_report(frame: pd.DataFrame, info: dict[str, Any]) -> str:
         frame: One row per Optuna trial. Columns read: ``number``, ``role``, ``status``, the
             settings in :data:`SETTINGS` (those present are shown), ``throughput``,
             ``accuracy_loss``, ``feasible``, ``peak_memory_bytes``, ``step_time_p50``,
-            ``step_time_p90``, ``wall_seconds`` and ``reason``. Missing columns are shown
-            as dashes; an empty frame renders empty plots.
+            ``step_time_p90``, ``wall_seconds``, ``train_seconds``, ``eval_seconds``,
+            ``reason``, ``datetime_start``, ``datetime_complete`` and ``log_tail`` (the last
+            lines of a failed trial's log). Missing columns are shown as dashes; an empty
+            frame renders empty plots.
         info: Study facts: ``study``, ``model``, ``machine``, ``train_samples``,
             ``max_accuracy_loss``, ``reference_metric``, ``reference_noise``, ``metric_name``,
-            ``eval_source``, ``best_number`` and ``reference_number``.
+            ``eval_source``, ``best_number``, ``reference_number``, ``versions`` (library ->
+            version), ``best_ds_config`` and ``best_launch`` (the best trial's exported
+            config and launch recipe) and ``importances`` (setting -> importance, or None).
 
     Returns:
         The HTML text.
     """
     header = _get_header_info(frame, info)
-    figures = (
+    importance = _get_importance_info(frame, info)
+    slices = _get_slice_info(frame, info)
+    timeline = _get_timeline_info(frame, info)
+    importance_part: go.Figure | str = (
+        _render_importance(importance)
+        if importance.note is None
+        else f'<p class="note">{html.escape(importance.note)}</p>'
+    )
+    figures: tuple[tuple[str, str, go.Figure | str, int], ...] = (
         (
             "Throughput per trial",
             "autotune-history",
             _render_history(_get_history_info(frame, info)),
+            _FIGURE_HEIGHT,
         ),
         (
             "Throughput vs accuracy loss",
             "autotune-tradeoff",
             _render_tradeoff(_get_tradeoff_info(frame, info)),
+            _FIGURE_HEIGHT,
+        ),
+        (
+            "Searched settings (parallel coordinates, coloured by throughput)",
+            "autotune-parallel",
+            _render_parallel(_get_parallel_info(frame, info)),
+            _FIGURE_HEIGHT,
+        ),
+        ("Parameter importances", "autotune-importance", importance_part, 320),
+        (
+            "Throughput against each setting",
+            "autotune-slices",
+            _render_slices(slices),
+            max(_FIGURE_HEIGHT, 300 * _slice_rows(slices)),
+        ),
+        (
+            "Peak memory vs micro-batch size",
+            "autotune-memory",
+            _render_memory(_get_memory_info(frame, info)),
+            _FIGURE_HEIGHT,
+        ),
+        (
+            "Where the time went",
+            "autotune-timeline",
+            _render_timeline(timeline),
+            _timeline_height(timeline),
         ),
     )
-    sections = [_render_header(header), _render_best(_get_best_info(frame, info))]
-    for index, (title, div_id, figure) in enumerate(figures):
+    sections = [
+        _render_header(header),
+        _render_summary(_get_summary_info(frame, info)),
+        _render_best(_get_best_info(frame, info)),
+    ]
+    plotlyjs_included = False
+    for title, div_id, part, height in figures:
         sections.append(f"<h2>{title}</h2>")
-        sections.append(_figure_html(figure, div_id, include_plotlyjs=index == 0))
+        if isinstance(part, str):
+            sections.append(part)
+            continue
+        sections.append(_figure_html(part, div_id, not plotlyjs_included, height))
+        plotlyjs_included = True
+    sections.append(_render_failures(_get_failure_info(frame, info)))
     sections.append(_render_table(_get_table_info(frame, info)))
     body = "\n".join(sections)
     title = html.escape(f"autotune report: {header.study}")

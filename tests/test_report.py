@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
 from autotune import _report
+from autotune._export import report_info, trials_frame
 
 BUDGET = 0.01
 
@@ -279,7 +283,8 @@ def test_table_has_every_trial_with_reasons_and_percent(frame: pd.DataFrame) -> 
     table = _report._get_table_info(frame, _info(best_number=3))
 
     assert len(table.rows) == 8
-    cells = [dict(zip(table.columns, row, strict=True)) for row in table.rows]
+    by_number = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    cells = [by_number[str(number)] for number in range(8)]
     assert cells[2]["reason"] == "pipeline_stages 4 needs <= 2 processes"
     assert cells[4]["reason"] == "oom: CUDA out of memory"
     assert cells[3]["accuracy loss"] == "0.30%"
@@ -287,7 +292,8 @@ def test_table_has_every_trial_with_reasons_and_percent(frame: pd.DataFrame) -> 
     assert cells[2]["throughput (samples/s)"] == "—"
     assert cells[0]["learning_rate"] == "0.001"
     assert cells[0]["partition_method"] == "—"
-    assert table.highlights[0] == "reference" and table.highlights[3] == "best"
+    highlights = dict(zip((row[0] for row in table.rows), table.highlights, strict=True))
+    assert highlights["0"] == "reference" and highlights["3"] == "best"
     html = _report._render_table(table)
     assert "pipeline_stages 4 needs &lt;= 2 processes" in html
 
@@ -300,7 +306,10 @@ def test_render_report_embeds_plotlyjs_once(frame: pd.DataFrame) -> None:
 
     assert html.startswith("<!DOCTYPE html>")
     assert html.count("* plotly.js v") == 1
-    assert html.count("Plotly.newPlot(") == 2
+    # history, trade-off, parallel coordinates, slices, memory, timeline; importances need
+    # the study, so they are a note here.
+    assert html.count("Plotly.newPlot(") == 6
+    assert "Parameter importances need at least 5 measured trials (4 so far)." in html
     assert re.search(r"<script[^>]*\bsrc=", html) is None  # nothing loaded from a network
     assert "Best vs reference" in html and "All trials" in html
 
@@ -345,3 +354,366 @@ def test_write_report_creates_parent_folders(tmp_path: Path, frame: pd.DataFrame
     text = target.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
     assert "autotune report: demo" in text
+
+
+def test_table_is_sorted_best_first(frame: pd.DataFrame) -> None:
+    table = _report._get_table_info(frame, _info(best_number=3))
+
+    # Feasible by throughput (ties by number), then over budget, then the rest by number.
+    assert [row[0] for row in table.rows] == ["3", "6", "5", "0", "1", "2", "4", "7"]
+    assert table.categories[:4] == ("feasible",) * 4
+    assert table.highlights[0] == "best"
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("oom: CUDA out of memory", "oom"),
+        ("timeout: still running after 600 s", "timeout"),
+        ("diverged: loss is nan", "diverged"),
+        ("error: exit status 1: Traceback", "error"),
+        ("Error: something", "error"),
+        ("exit status 1", "error"),
+        ("the rank died: killed", "error"),
+        ("", "error"),
+    ],
+)
+def test_failure_class_is_the_reasons_first_word(reason: str, expected: str) -> None:
+    assert _report.failure_class(reason) == expected
+
+
+def test_summary_counts_failures_and_gives_dates_versions_and_best_config() -> None:
+    frame = pd.DataFrame(
+        [
+            _trial(0, role="reference", throughput=100.0, accuracy_loss=0.0),
+            _trial(1, "failed", reason="oom: CUDA out of memory"),
+            _trial(2, "failed", reason="oom: out of memory on rank 1"),
+            _trial(3, "failed", reason="timeout: still running after 60 s"),
+            _trial(4, "failed", reason="exit status 1"),
+            _trial(5, "infeasible", reason="pipeline_stages 4 needs <= 2 processes"),
+        ]
+    )
+    frame["datetime_complete"] = frame["datetime_start"] + pd.Timedelta(seconds=30)
+    info = _info(
+        best_number=0,
+        versions={"autotune": "0.1.0", "torch": "2.13.0", "deepspeed": None},
+        best_ds_config={"train_batch_size": 8, "zero_optimization": {"stage": 0}},
+        best_launch={"processes": 1, "command": "deepspeed --num_gpus 1 train.py"},
+    )
+
+    summary = _report._get_summary_info(frame, info)
+
+    assert summary.failure_counts == (("oom", 2), ("timeout", 1), ("error", 1))
+    assert summary.first_trial == "2025-01-01 12:00:00"
+    assert summary.last_trial == "2025-01-01 12:05:30"
+    assert summary.versions == (
+        ("autotune", "0.1.0"),
+        ("torch", "2.13.0"),
+        ("deepspeed", "not installed"),
+    )
+    assert summary.best_ds_config is not None
+    assert '"train_batch_size": 8' in summary.best_ds_config
+    assert summary.best_launch_command == "deepspeed --num_gpus 1 train.py"
+    html = _report._render_summary(summary)
+    assert "2 oom, 1 timeout, 1 error" in html
+    assert '<pre class="config">{\n  &quot;train_batch_size&quot;: 8' in html
+    assert "deepspeed --num_gpus 1 train.py</pre>" in html
+
+
+def test_summary_without_best_trial_says_so(frame: pd.DataFrame) -> None:
+    summary = _report._get_summary_info(frame, _info())
+
+    assert summary.best_ds_config is None and summary.best_launch_command is None
+    assert summary.failure_counts == (("oom", 1),)
+    assert summary.versions == ()
+    assert "No feasible trial to export yet." in _report._render_summary(summary)
+
+
+# --- Pareto front ------------------------------------------------------------------------------
+
+
+def test_pareto_front_keeps_the_undominated_trials(frame: pd.DataFrame) -> None:
+    tradeoff = _report._get_tradeoff_info(frame, _info(best_number=3))
+
+    # Losses: 5 -0.1%, 0 0%, 3 0.3%, 1 5%; throughputs 120, 100, 250, 300. Trial 0 is
+    # dominated by 5 (faster with less loss).
+    assert tradeoff.pareto_numbers == (5, 3, 1)
+    figure = _report._render_tradeoff(tradeoff)
+    front = [trace for trace in figure.data if trace.name == "Pareto front"]
+    assert len(front) == 1
+    assert list(front[0].y) == [120.0, 250.0, 300.0]
+
+
+def test_pareto_front_of_equal_points_keeps_one() -> None:
+    frame = pd.DataFrame(
+        [
+            _trial(0, throughput=100.0, accuracy_loss=0.0),
+            _trial(1, throughput=100.0, accuracy_loss=0.0),
+            _trial(2, throughput=90.0, accuracy_loss=0.001),
+        ]
+    )
+
+    assert _report._get_tradeoff_info(frame, _info()).pareto_numbers == (0,)
+
+
+# --- parallel coordinates and slices -----------------------------------------------------------
+
+
+def test_parallel_coordinates_use_searched_settings_of_ok_trials(frame: pd.DataFrame) -> None:
+    parallel = _report._get_parallel_info(frame, _info(best_number=3))
+
+    assert parallel.numbers == (0, 1, 3, 5)  # 'ok' trials only: no repeat, no failure
+    assert parallel.throughputs == (100.0, 300.0, 250.0, 120.0)
+    dims = {dimension.name: dimension for dimension in parallel.dimensions}
+    assert sorted(dims) == ["micro_batch_size", "precision"]  # the others never vary
+    assert dims["micro_batch_size"].values == (8.0, 8.0, 32.0, 8.0)
+    assert dims["precision"].tick_labels == ("bf16", "fp16", "fp32")
+    assert dims["precision"].values == (2.0, 1.0, 0.0, 2.0)
+    figure = _report._render_parallel(parallel)
+    assert [d.label for d in figure.data[0].dimensions] == [
+        "micro batch",
+        "precision",
+        "throughput",
+    ]
+
+
+def test_parallel_coordinates_without_variation_is_a_note() -> None:
+    frame = pd.DataFrame([_trial(0, throughput=100.0, accuracy_loss=0.0)])
+
+    parallel = _report._get_parallel_info(frame, _info())
+
+    assert parallel.dimensions == ()
+    assert len(_report._render_parallel(parallel).data) == 0
+
+
+def test_slices_one_per_searched_setting(frame: pd.DataFrame) -> None:
+    slices = _report._get_slice_info(frame, _info(best_number=3))
+
+    assert [item.name for item in slices.slices] == ["micro_batch_size", "precision"]
+    assert slices.slices[0].numeric and not slices.slices[1].numeric
+    assert slices.slices[1].values == ("fp32", "fp16", "bf16", "fp32")
+    assert slices.feasible == (True, False, True, True)
+    figure = _report._render_slices(slices)
+    assert len(figure.data) == 2
+
+
+# --- importances -------------------------------------------------------------------------------
+
+
+def test_importances_sorted_from_info(frame: pd.DataFrame) -> None:
+    info = _info(importances={"precision": 0.2, "micro_batch_size": 0.7, "zero_stage": 0.1})
+
+    importance = _report._get_importance_info(frame, info)
+
+    assert importance.names == ("micro_batch_size", "precision", "zero_stage")
+    assert importance.importances == (0.7, 0.2, 0.1)
+    assert importance.note is None
+
+
+def test_importances_note_with_few_trials(frame: pd.DataFrame) -> None:
+    importance = _report._get_importance_info(frame, _info(importances=None))
+
+    assert importance.names == ()
+    assert importance.note is not None and "(4 so far)" in importance.note
+
+
+# --- memory and timeline -----------------------------------------------------------------------
+
+
+def test_memory_points_by_zero_stage() -> None:
+    frame = pd.DataFrame(
+        [
+            _trial(0, throughput=100.0, accuracy_loss=0.0, micro_batch_size=8, zero_stage=0),
+            _trial(1, throughput=90.0, accuracy_loss=0.0, micro_batch_size=16, zero_stage=2),
+            _trial(2, "failed", reason="oom: x", micro_batch_size=64),
+        ]
+    )
+
+    memory = _report._get_memory_info(frame, _info())
+
+    assert [(p.number, p.micro_batch_size, p.zero_stage) for p in memory.points] == [
+        (0, 8.0, "0"),
+        (1, 16.0, "2"),
+    ]
+    assert memory.points[0].peak_memory_gib == pytest.approx(3.0)
+    names = [trace.name for trace in _report._render_memory(memory).data]
+    assert names == ["ZeRO 0", "ZeRO 2"]
+
+
+def test_timeline_splits_wall_time_and_treats_missing_parts_as_setup() -> None:
+    rows = [
+        _trial(0, throughput=100.0, accuracy_loss=0.0),
+        _trial(1, "failed", reason="oom: x"),
+        _trial(2, "infeasible"),
+        _trial(3, "repeat", throughput=100.0, accuracy_loss=0.0),
+    ]
+    rows[0].update(wall_seconds=30.0, train_seconds=20.0, eval_seconds=4.0)
+    rows[1].update(wall_seconds=12.0, train_seconds=math.nan, eval_seconds=math.nan)
+    rows[2].update(wall_seconds=math.nan)
+    frame = pd.DataFrame(rows)
+
+    timeline = _report._get_timeline_info(frame, _info())
+
+    assert timeline.numbers == (0, 1)  # infeasible never ran; a repeat reuses trial 0's run
+    assert timeline.setup_seconds == pytest.approx((6.0, 12.0))
+    assert timeline.train_seconds == (20.0, 0.0)
+    assert timeline.eval_seconds == (4.0, 0.0)
+    figure = _report._render_timeline(timeline)
+    assert [trace.name for trace in figure.data] == ["launch/setup", "training", "eval"]
+    assert figure.layout.barmode == "stack"
+
+
+# --- failed and infeasible trials --------------------------------------------------------------
+
+
+def test_failures_table_has_reasons_classes_and_escaped_log_tail() -> None:
+    rows = [
+        _trial(0, throughput=100.0, accuracy_loss=0.0),
+        _trial(1, "infeasible", reason="pipeline_stages 4 needs <= 2 processes"),
+        _trial(2, "failed", reason="oom: CUDA out of memory"),
+    ]
+    rows[2]["log_tail"] = "step 1\n<b>RuntimeError</b>: out of memory\n"
+    failures = _report._get_failure_info(pd.DataFrame(rows), _info())
+
+    assert [(r.number, r.status, r.failure_class) for r in failures.rows] == [
+        (2, "failed", "oom"),
+        (1, "infeasible", "infeasible"),
+    ]
+    assert failures.rows[0].log_tail == "step 1\n<b>RuntimeError</b>: out of memory"
+    html = _report._render_failures(failures)
+    assert "&lt;b&gt;RuntimeError&lt;/b&gt;" in html and "<b>RuntimeError" not in html
+    assert "needs &lt;= 2 processes" in html
+
+
+def test_log_tail_reads_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    log.write_text("".join(f"line {i}\n" for i in range(100)) + "\n\n", encoding="utf-8")
+
+    assert _report.log_tail(log) == "\n".join(f"line {i}" for i in range(95, 100))
+    assert _report.log_tail(log, lines=2, max_bytes=20) == "line 98\nline 99"
+    assert _report.log_tail(tmp_path / "missing.txt") == ""
+
+
+# --- size of a long study ----------------------------------------------------------------------
+
+
+def _synthetic_frame(trials: int) -> pd.DataFrame:
+    """A long study: varied settings, some failures, infeasible trials and long reasons."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for number in range(trials):
+        kind = number % 10
+        settings = {
+            "micro_batch_size": int(2 ** rng.integers(0, 8)),
+            "gradient_accumulation_steps": int(2 ** rng.integers(0, 4)),
+            "precision": str(rng.choice(["fp32", "bf16", "fp16"])),
+            "zero_stage": int(rng.integers(0, 4)),
+            "processes": int(rng.integers(1, 5)),
+            "num_workers": int(rng.integers(0, 4)),
+            "learning_rate": float(rng.uniform(1e-4, 1e-2)),
+        }
+        if kind == 8:
+            row = _trial(number, "failed", reason="error: exit status 1: " + "x" * 400, **settings)
+            row["log_tail"] = "\n".join("Traceback line " + "y" * 100 for _ in range(5))
+        elif kind == 9:
+            row = _trial(number, "infeasible", reason="pipeline_stages 4 needs <= 2 processes")
+        else:
+            row = _trial(
+                number,
+                role="reference" if number == 0 else "search",
+                throughput=float(rng.uniform(50, 500)),
+                accuracy_loss=float(rng.normal(0.0, 0.01)),
+                **settings,
+            )
+            row.update(train_seconds=15.0, eval_seconds=3.0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_a_500_trial_report_is_small_and_quick(tmp_path: Path) -> None:
+    frame = _synthetic_frame(500)
+    info = _info(
+        best_number=1,
+        importances={"micro_batch_size": 0.6, "precision": 0.3, "zero_stage": 0.1},
+    )
+
+    start = time.perf_counter()
+    path = _report.write_report(frame, info, tmp_path / "long.html")
+    seconds = time.perf_counter() - start
+
+    size = path.stat().st_size
+    print(f"500-trial report: {seconds:.2f} s, {size / 2**20:.1f} MiB")
+    assert size < 15 * 2**20
+
+
+# --- from a study ------------------------------------------------------------------------------
+
+
+def _study_trial(
+    number: int, status: str, throughput: float, micro: int, trial_dir: Path | None = None
+) -> optuna.trial.FrozenTrial:
+    attrs: dict[str, Any] = {
+        "status": status,
+        "settings": {"micro_batch_size": micro, "zero_stage": number % 3},
+        "throughput": throughput,
+        "accuracy_loss": 0.0,
+        "ds_config": {"train_micro_batch_size_per_gpu": micro},
+        "launch": {"processes": 1, "command": f"deepspeed train.py  # trial {number}"},
+    }
+    if trial_dir is not None:
+        attrs["trial_dir"] = str(trial_dir)
+        attrs["reason"] = "oom: out of memory"
+    return optuna.trial.create_trial(
+        params={"micro_batch_size": micro, "zero_stage": number % 3},
+        distributions={
+            "micro_batch_size": optuna.distributions.IntDistribution(1, 256, log=True),
+            "zero_stage": optuna.distributions.IntDistribution(0, 2),
+        },
+        value=throughput,
+        user_attrs=attrs,
+        system_attrs={"constraints": (-1.0,)},
+    )
+
+
+def test_report_info_and_frame_from_a_study(tmp_path: Path) -> None:
+    failed_dir = tmp_path / "trial_0006"
+    failed_dir.mkdir()
+    (failed_dir / "log.txt").write_text(
+        "".join(f"line {i}\n" for i in range(10)) + "<script>x</script>\n", encoding="utf-8"
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="s")
+    for number, micro in enumerate((1, 2, 4, 8, 16, 32)):
+        study.add_trial(_study_trial(number, "ok", 10.0 * micro, micro))
+    study.add_trial(_study_trial(6, "failed", 0.0, 256, failed_dir))
+
+    info = report_info(study)
+    frame = trials_frame(study)
+
+    assert info["best_number"] == 5
+    assert info["best_ds_config"] == {"train_micro_batch_size_per_gpu": 32}
+    assert info["best_launch"]["command"] == "deepspeed train.py  # trial 5"
+    assert set(info["versions"]) == {"autotune", "torch", "deepspeed", "optuna"}
+    assert info["versions"]["optuna"] == optuna.__version__
+    assert set(info["importances"]) == {"micro_batch_size", "zero_stage"}
+    assert info["importances"]["micro_batch_size"] > info["importances"]["zero_stage"]
+    assert frame.loc[6, "log_tail"] == "line 6\nline 7\nline 8\nline 9\n<script>x</script>"
+    assert frame.loc[0, "log_tail"] == ""
+    html = _report.render_report(frame, info)
+    assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
+    assert html.count("Plotly.newPlot(") == 7
+
+
+def test_report_info_without_enough_trials_has_no_importances() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for number in range(4):
+        study.add_trial(_study_trial(number, "ok", 10.0 + number, 2**number))
+
+    info = report_info(study)
+
+    assert info["importances"] is None
+    assert info["best_number"] == 3
