@@ -111,7 +111,11 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
         try:
             sub_study = optuna.create_study(direction=study.direction)
             sub_study.add_trials(measured)
-            importances = dict(optuna.importance.get_param_importances(sub_study))
+            # A fixed seed: the same study gives the same report.
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            importances = dict(
+                optuna.importance.get_param_importances(sub_study, evaluator=evaluator)
+            )
         except (RuntimeError, ValueError, ImportError):
             importances = None
         finally:

@@ -1032,8 +1032,9 @@ class Dimension:
     Attributes:
         name: The setting.
         values: Per trial, the value on the axis (categories are mapped to 0, 1, ...).
-        tick_values: For a categorical setting, the axis positions of its categories, else ().
-        tick_labels: For a categorical setting, the category names, else ().
+        tick_values: The axis ticks: the positions of a categorical setting's categories, or
+            the values of an integer setting with few values; else () for plotly's ticks.
+        tick_labels: The labels of ``tick_values``.
     """
 
     name: str
@@ -1071,6 +1072,18 @@ def _searched(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+_MAX_TICKS = 12
+
+
+def _integer_ticks(values: Any) -> tuple[float, ...]:
+    """The distinct values as ticks when they are few integers (so an axis of ZeRO stages
+    shows 0, 1, 2 and not 0.5), else ()."""
+    distinct = sorted({v for v in (_float(value) for value in values) if v is not None})
+    if len(distinct) > _MAX_TICKS or not all(v.is_integer() for v in distinct):
+        return ()
+    return tuple(distinct)
+
+
 def _is_numeric_setting(rows: list[dict[str, Any]], name: str) -> bool:
     values = [row.get(name) for row in rows if not _is_missing(row.get(name))]
     return all(_float(v) is not None and not isinstance(v, (bool, np.bool_)) for v in values)
@@ -1085,7 +1098,10 @@ def _get_parallel_info(frame: pd.DataFrame, info: dict[str, Any]) -> ParallelInf
             values = tuple(
                 math.nan if _float(row.get(name)) is None else float(row[name]) for row in rows
             )
-            dimensions.append(Dimension(name, values))
+            ticks = _integer_ticks(values)
+            dimensions.append(
+                Dimension(name, values, ticks, tuple(_format_value(t) for t in ticks))
+            )
             continue
         labels = sorted({_format_value(row.get(name)) for row in rows})
         index = {label: float(i) for i, label in enumerate(labels)}
@@ -1203,11 +1219,13 @@ class Slice:
         name: The setting.
         values: Per trial, the setting's value (numbers, or text for categorical settings).
         numeric: True when the values are numbers.
+        ticks: The x ticks for an integer setting with few values, else ().
     """
 
     name: str
     values: tuple[Any, ...]
     numeric: bool
+    ticks: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1228,6 +1246,7 @@ class SliceInfo:
 
 
 _SLICE_COLUMNS = 3
+_LOG_SETTINGS = ("micro_batch_size", "global_batch_size")
 
 
 def _get_slice_info(frame: pd.DataFrame, info: dict[str, Any]) -> SliceInfo:
@@ -1240,7 +1259,7 @@ def _get_slice_info(frame: pd.DataFrame, info: dict[str, Any]) -> SliceInfo:
         values = tuple(
             (_float(row.get(name)) if numeric else _format_value(row.get(name))) for row in rows
         )
-        slices.append(Slice(name, values, numeric))
+        slices.append(Slice(name, values, numeric, _integer_ticks(values) if numeric else ()))
     return SliceInfo(
         numbers=tuple(row["number"] for row in rows),
         throughputs=tuple(float(row["throughput"]) for row in rows),
@@ -1285,10 +1304,12 @@ def _render_slices(slices: SliceInfo) -> go.Figure:
             row=row + 1,
             col=col + 1,
         )
-        if item.numeric and item.name in ("micro_batch_size", "global_batch_size"):
-            figure.update_xaxes(type="log", row=row + 1, col=col + 1)
-        elif not item.numeric:
-            figure.update_xaxes(type="category", row=row + 1, col=col + 1)
+        axis: dict[str, Any] = {"type": "category"} if not item.numeric else {}
+        if item.numeric and item.name in _LOG_SETTINGS:
+            axis["type"] = "log"
+        if item.ticks:
+            axis.update(tickvals=list(item.ticks), ticktext=[_format_value(t) for t in item.ticks])
+        figure.update_xaxes(row=row + 1, col=col + 1, **axis)
     for row in range(rows):
         figure.update_yaxes(title_text="samples/s", row=row + 1, col=1, rangemode="tozero")
     return figure
@@ -1354,6 +1375,9 @@ def _render_memory(memory: MemoryInfo) -> go.Figure:
                 hovertemplate=("%{hovertext}<br>micro batch %{x}<br>%{y:.3f} GiB<extra></extra>"),
             )
         )
+    ticks = _integer_ticks(point.micro_batch_size for point in memory.points)
+    if ticks:
+        figure.update_xaxes(tickvals=list(ticks), ticktext=[_format_value(t) for t in ticks])
     if not memory.points:
         _annotate_empty(figure, "No measured peak memory yet.")
     figure.update_layout(

@@ -470,6 +470,7 @@ def test_parallel_coordinates_use_searched_settings_of_ok_trials(frame: pd.DataF
     dims = {dimension.name: dimension for dimension in parallel.dimensions}
     assert sorted(dims) == ["micro_batch_size", "precision"]  # the others never vary
     assert dims["micro_batch_size"].values == (8.0, 8.0, 32.0, 8.0)
+    assert dims["micro_batch_size"].tick_labels == ("8", "32")  # not 10, 15, 20, ...
     assert dims["precision"].tick_labels == ("bf16", "fp16", "fp32")
     assert dims["precision"].values == (2.0, 1.0, 0.0, 2.0)
     figure = _report._render_parallel(parallel)
@@ -494,6 +495,7 @@ def test_slices_one_per_searched_setting(frame: pd.DataFrame) -> None:
 
     assert [item.name for item in slices.slices] == ["micro_batch_size", "precision"]
     assert slices.slices[0].numeric and not slices.slices[1].numeric
+    assert slices.slices[0].ticks == (8.0, 32.0) and slices.slices[1].ticks == ()
     assert slices.slices[1].values == ("fp32", "fp16", "bf16", "fp32")
     assert slices.feasible == (True, False, True, True)
     figure = _report._render_slices(slices)
