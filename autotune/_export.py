@@ -113,9 +113,8 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
             sub_study.add_trials(measured)
             # A fixed seed: the same study gives the same report.
             evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-            importances = dict(
-                optuna.importance.get_param_importances(sub_study, evaluator=evaluator)
-            )
+            found = optuna.importance.get_param_importances(sub_study, evaluator=evaluator)
+            importances = {name: float(value) for name, value in found.items()}
         except (RuntimeError, ValueError, ImportError):
             importances = None
         finally:
