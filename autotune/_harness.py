@@ -321,4 +321,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The result is on disk. Skip interpreter teardown: native threads of the communication
+    # backend sometimes abort there ("terminate called without an active exception", exit 250),
+    # which would throw away a finished measurement. The orchestrator kills the process group.
+    os._exit(code)
