@@ -719,3 +719,41 @@ def test_report_info_without_enough_trials_has_no_importances() -> None:
 
     assert info["importances"] is None
     assert info["best_number"] == 3
+
+
+def test_report_of_a_study_with_only_failed_trials(tmp_path: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="only-failed")
+    for number in range(3):
+        failed_dir = tmp_path / f"trial_{number:04d}"
+        failed_dir.mkdir()
+        (failed_dir / "log.txt").write_text(f"rank died {number}\n", encoding="utf-8")
+        trial = _study_trial(number, "failed", 0.0, 8, failed_dir)
+        trial.set_user_attr("role", "reference" if number == 0 else "search")
+        trial.set_constraint("did_not_run", 1.0)
+        study.add_trial(trial)
+
+    info = report_info(study)
+    frame = trials_frame(study)
+    html = _report.render_report(frame, info)
+
+    assert info["best_number"] is None
+    assert "No feasible trial yet" in html
+    assert html.count("rank died") == 3  # each failed trial's log tail is shown
+    assert html.count("* plotly.js v") == 1
+
+
+def test_report_of_a_study_with_a_trial_still_running() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="running")
+    for number, micro in enumerate((8, 16)):
+        study.add_trial(_study_trial(number, "ok", 10.0 * micro, micro))
+    running = study.ask()  # a search in progress: the trial has no value yet
+    running.set_user_attr("settings", {"micro_batch_size": 32, "zero_stage": 0})
+
+    frame = trials_frame(study)
+    html = _report.render_report(frame, report_info(study))
+
+    assert frame.loc[2, "status"] == "running"
+    assert "running" in html
+    assert report_info(study)["best_number"] == 1
