@@ -30,6 +30,7 @@ class Machine:
         cores: CPU cores this process may use.
         fp16: Whether the accelerator supports fp16.
         bf16: Whether the accelerator supports bf16.
+        device_name: The accelerator's model, for reports ("" on CPU).
     """
 
     accelerator: str
@@ -37,11 +38,26 @@ class Machine:
     cores: int
     fp16: bool
     bf16: bool
+    device_name: str = ""
 
     def describe(self) -> str:
         if self.accelerator == "cpu":
-            return f"cpu, {self.cores} cores"
-        return f"{self.devices} x {self.accelerator}, {self.cores} cpu cores"
+            model = cpu_model()
+            return f"cpu, {self.cores} cores" + (f" ({model})" if model else "")
+        name = f" ({self.device_name})" if self.device_name else ""
+        return f"{self.devices} x {self.accelerator}{name}, {self.cores} cpu cores"
+
+
+def cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo, or "" where that is not available."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def available_cores() -> int:
@@ -69,6 +85,7 @@ def detect_machine() -> Machine:
         cores=cores,
         fp16=bool(accelerator.is_fp16_supported()),
         bf16=bool(accelerator.is_bf16_supported()),
+        device_name=torch.cuda.get_device_name(0) if name == "cuda" else "",
     )
 
 
