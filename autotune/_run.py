@@ -95,13 +95,14 @@ def run_trial(
     directory.mkdir(parents=True, exist_ok=True)
     for stale in [*directory.glob("failure.rank*.json"), directory / "result.json"]:
         stale.unlink(missing_ok=True)
-    (directory / "ds_config.json").write_text(json.dumps(config.ds_config(), indent=2))
+    ds_config = config.ds_config()
+    (directory / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
     threads = config.threads_per_process(machine)
     plan = {
         "model_path": str(model_path),
         "package_root": str(Path(__file__).resolve().parent.parent),
         "settings": config.settings(),
-        "ds_config": config.ds_config(),
+        "ds_config": ds_config,
         "train_samples": train_samples,
         "seeds": seeds,
         "warmup_steps": WARMUP_STEPS,
