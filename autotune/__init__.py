@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from autotune._errors import UserError
 from autotune._export import export, export_trial, trials_frame, write_study_report
+from autotune._pipeline import build_pipeline_module
 from autotune._plan import Machine, TrialConfig, detect_machine, why_not_runnable
 from autotune._run import RunResult, run_trial
 from autotune._space import PARAMETERS, SearchSpace, load_space
@@ -27,6 +28,7 @@ __all__ = [
     "Task",
     "TrialConfig",
     "UserError",
+    "build_pipeline_module",
     "detect_machine",
     "export",
     "export_trial",

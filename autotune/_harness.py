@@ -116,6 +116,63 @@ class _Casting:
         return _cast(next(self.batches), self.dtype, self.device)
 
 
+class _StageClock:
+    """Times what each pipeline rank spends computing (forward, backward, optimizer step) and
+    communicating (sending and receiving activations and gradients), per instruction of
+    DeepSpeed's pipeline schedule, so a trial shows how balanced its stages were."""
+
+    _COMPUTE = ("ForwardPass", "BackwardPass", "OptimizerStep")
+    _COMM = ("SendActivation", "RecvActivation", "SendGrad", "RecvGrad")
+
+    def __init__(self, engine: Any, accelerator: Any) -> None:
+        self.engine = engine
+        self.busy = {"compute": 0.0, "comm": 0.0}
+        timed = dict(type(engine)._INSTRUCTION_MAP)
+        for instruction, method in list(timed.items()):
+            kind = (
+                "compute"
+                if instruction.__name__ in self._COMPUTE
+                else "comm"
+                if instruction.__name__ in self._COMM
+                else None
+            )
+            if kind is not None:
+                timed[instruction] = self._timed(method, kind, accelerator)
+        # The engine looks the map up on itself, so an instance attribute takes precedence.
+        engine._INSTRUCTION_MAP = timed
+
+    def _timed(self, method: Any, kind: str, accelerator: Any) -> Any:
+        def run(engine: Any, *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = method(engine, *args, **kwargs)
+            _synchronize(accelerator)
+            self.busy[kind] += time.perf_counter() - start
+            return out
+
+        return run
+
+    def reset(self) -> None:
+        self.busy = {"compute": 0.0, "comm": 0.0}
+
+    def gather(self, measured_steps: int) -> dict[str, list[float]]:
+        """Seconds per optimizer step for each stage, averaged over its data-parallel ranks."""
+        import torch.distributed as dist
+
+        mine = (self.engine.stage_id, self.busy["compute"], self.busy["comm"])
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        stages = self.engine.num_stages
+        out: dict[str, list[float]] = {"compute": [0.0] * stages, "comm": [0.0] * stages}
+        counts = [0] * stages
+        for stage, compute, comm in everyone:
+            out["compute"][stage] += compute / max(1, measured_steps)
+            out["comm"][stage] += comm / max(1, measured_steps)
+            counts[stage] += 1
+        for kind in out:
+            out[kind] = [value / max(1, n) for value, n in zip(out[kind], counts, strict=True)]
+        return out
+
+
 def _train_loader(
     data: Dataset[Any], settings: dict[str, Any], dp_size: int, dp_rank: int, seed: int
 ) -> tuple[DataLoader[Any], DistributedSampler[Any]]:
@@ -179,12 +236,20 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     if pipeline:
         from deepspeed.pipe import PipelineModule
 
-        module: nn.Module = PipelineModule(
-            layers=model_file.layers(),
-            num_stages=settings["pipeline_stages"],
-            partition_method=settings["partition_method"],
-            loss_fn=model_file.loss,
-        )
+        from autotune._pipeline import build_pipeline_module
+
+        module: nn.Module
+        if plan.get("partition_bounds"):
+            module = build_pipeline_module(
+                model_file.layers(), plan["partition_bounds"], loss_fn=model_file.loss
+            )
+        else:
+            module = PipelineModule(
+                layers=model_file.layers(),
+                num_stages=settings["pipeline_stages"],
+                partition_method=settings["partition_method"],
+                loss_fn=model_file.loss,
+            )
     else:
         module = model_file.model()
     _log(f"seed {seed}: model and data ready")
@@ -204,6 +269,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     gas = settings["gradient_accumulation_steps"]
 
     casting = _Casting(batches, dtype, device)
+    stage_clock = _StageClock(engine, accelerator) if pipeline else None
     loss_sum = torch.zeros((), device=device)
     step_times: list[float] = []
     engine.train()
@@ -213,6 +279,8 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         if step == warmup:
             _synchronize(accelerator)
             dist.barrier()
+            if stage_clock is not None:
+                stage_clock.reset()
             start = time.perf_counter()
         step_start = time.perf_counter()
         if pipeline:
@@ -252,6 +320,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     dist.all_gather_object(peaks, _peak_memory_bytes(accelerator))
     timed = sorted(step_times[warmup:])
     partition = getattr(engine.module, "parts", None)
+    stages = stage_clock.gather(measured_steps) if stage_clock is not None else None
     result = {
         "throughput": measured_steps * ds_config["train_batch_size"] / elapsed,
         "metric": metric,
@@ -269,6 +338,8 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         "peak_memory_per_rank": peaks,
         "partition": [int(p) for p in partition] if partition is not None else None,
         "world_size": dist.get_world_size(),
+        "stage_compute_seconds": stages["compute"] if stages else None,
+        "stage_comm_seconds": stages["comm"] if stages else None,
     }
     engine.destroy()
     del engine, loader, batches

@@ -199,6 +199,9 @@ class TrialConfig:
             "processes": self.processes,
             "pipeline_stages": self.pipeline_stages,
             "partition_method": self.partition_method,
+            # Filled in from the run: the stage boundaries it used (any method), which
+            # autotune.build_pipeline_module turns back into the same pipeline.
+            "partition_bounds": None,
             "data_parallel": self.data_parallel,
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ def run_trial(
     seeds: list[int],
     directory: Path,
     timeout: float,
+    partition_bounds: Sequence[int] | None = None,
 ) -> RunResult:
     """Launch one real DeepSpeed run of ``config`` and wait for it.
 
@@ -91,6 +93,8 @@ def run_trial(
             seed-to-seed noise (used for the reference).
         directory: A fresh folder for this trial's files.
         timeout: Seconds before the whole process group is killed.
+        partition_bounds: Pipeline stage boundaries to build instead of DeepSpeed's
+            ``partition_method`` (autotune's ``profile`` method computes them).
     """
     directory.mkdir(parents=True, exist_ok=True)
     for stale in [*directory.glob("failure.rank*.json"), directory / "result.json"]:
@@ -107,6 +111,7 @@ def run_trial(
         "seeds": seeds,
         "warmup_steps": WARMUP_STEPS,
         "threads_per_rank": threads,
+        "partition_bounds": list(partition_bounds) if partition_bounds else None,
     }
     plan_path = directory / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=2))

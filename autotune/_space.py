@@ -18,7 +18,7 @@ import yaml
 from autotune._errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-PARTITION_METHODS = ("parameters", "uniform")
+PARTITION_METHODS = ("parameters", "uniform", "profile")
 
 
 def _is_int(value: Any) -> bool:
@@ -46,7 +46,7 @@ def _check_bool(value: Any) -> str | None:
 
 
 def _check_partition_method(value: Any) -> str | None:
-    expected = "'parameters', 'uniform' or 'type:REGEX'"
+    expected = "'parameters', 'uniform', 'profile' or 'type:REGEX'"
     if not isinstance(value, str):
         return expected
     if value in PARTITION_METHODS:
@@ -97,7 +97,7 @@ PARAMETERS: dict[str, Parameter] = {
         Parameter(
             "partition_method",
             _check_partition_method,
-            "how layers are split over stages: parameters, uniform, type:REGEX",
+            "how layers are split over stages: parameters, uniform, profile, type:REGEX",
             active_when=lambda chosen: chosen.get("pipeline_stages", 1) > 1,
         ),
         Parameter("num_workers", _check_nonnegative_int, "DataLoader worker processes", True),

@@ -20,7 +20,15 @@ import optuna
 from autotune import _score
 from autotune._errors import UserError
 from autotune._export import export_trial, write_study_report
+from autotune._partition import PartitionError
 from autotune._plan import LR_SCALINGS, Machine, TrialConfig, detect_machine, why_not_runnable
+from autotune._profile import (
+    LayerProfile,
+    ProfileCache,
+    memory_cap_per_rank,
+    predicted_stage_seconds,
+    profiled_partition,
+)
 from autotune._run import RunResult, prepare_deepspeed_ops, run_trial
 from autotune._space import (
     load_space,
@@ -278,6 +286,7 @@ class _Objective:
         self.study, self.print_line = study, print_line
         self.reference_settings = task.reference_settings()
         self.trial_root = options.trials_dir / options.study_name
+        self.profiles = ProfileCache(options.trials_dir / "profiles", machine)
 
     def _config(self, trial: optuna.Trial) -> TrialConfig:
         if trial.user_attrs.get("role") == "reference":
@@ -326,12 +335,17 @@ class _Objective:
             self.task.layer_types,
         )
         if reason is not None:
-            trial.set_user_attr("status", "infeasible")
-            trial.set_user_attr("reason", reason)
-            for name, value in _score.constraints_for_no_run().items():
-                trial.set_constraint(name, value)
-            self.print_line(f"{label} skipped: {reason}")
-            return 0.0
+            return self._infeasible(trial, label, reason)
+        profile = self._layer_profile(config, label) if config.pipeline_stages > 1 else None
+        bounds: tuple[int, ...] | None = None
+        if profile is not None and config.partition_method == "profile":
+            try:
+                partition = profiled_partition(
+                    profile, config, memory_cap_per_rank(self.machine, config.processes)
+                )
+            except PartitionError as exc:
+                return self._infeasible(trial, label, f"profile partition: {exc}")
+            bounds = partition.bounds
 
         done_runs = len(_runs(self.study))
         self.print_line(f"{label} running (run {done_runs + 1} of {self.options.n_trials})")
@@ -349,14 +363,44 @@ class _Objective:
             seeds,
             directory,
             self.options.trial_timeout,
+            partition_bounds=bounds,
         )
         trial.set_user_attr("trial_dir", str(directory))
         trial.set_user_attr("wall_seconds", result.wall_seconds)
         trial.set_user_attr("ds_config", config.ds_config())
-        trial.set_user_attr("launch", config.launch_recipe(self.machine))
+        launch = config.launch_recipe(self.machine)
         if not result.ok:
+            trial.set_user_attr("launch", launch)
             return self._failed(trial, result, label, role)
+        used = (result.measurements or {}).get("partition")
+        if used:
+            # Whatever the method, the boundaries it produced rebuild the same pipeline
+            # (autotune.build_pipeline_module), and the profile says how balanced they are.
+            launch["partition_bounds"] = used
+            if profile is not None:
+                trial.set_user_attr(
+                    "stage_predicted_seconds", list(predicted_stage_seconds(profile, config, used))
+                )
+        trial.set_user_attr("launch", launch)
         return self._scored(trial, result, label, role)
+
+    def _infeasible(self, trial: optuna.Trial, label: str, reason: str) -> float:
+        trial.set_user_attr("status", "infeasible")
+        trial.set_user_attr("reason", reason)
+        for name, value in _score.constraints_for_no_run().items():
+            trial.set_constraint(name, value)
+        self.print_line(f"{label} skipped: {reason}")
+        return 0.0
+
+    def _layer_profile(self, config: TrialConfig, label: str) -> LayerProfile:
+        """The layer profile for a pipeline trial's micro-batch and precision (measured once
+        per study storage folder, then read from the cache)."""
+        if not self.profiles.is_cached(self.task.model_file, config):
+            self.print_line(
+                f"{label} profiling each layer (micro-batch {config.micro_batch_size}, "
+                f"{config.precision}); cached for later trials"
+            )
+        return self.profiles.profile(self.task.model_file, config)
 
     def _failed(self, trial: optuna.Trial, result: RunResult, label: str, role: str) -> float:
         trial.set_user_attr("status", "failed")
@@ -390,6 +434,8 @@ class _Objective:
             "samples_trained",
             "steps",
             "partition",
+            "stage_compute_seconds",
+            "stage_comm_seconds",
         ):
             trial.set_user_attr(name, measured.get(name))
         if role == "reference":

@@ -1,0 +1,193 @@
+"""Pipeline partitioning: autotune's ``profile`` method against DeepSpeed's built-in methods.
+
+For every example with ``layers()``, runs the same 2-process, 2-stage pipeline trial (real
+DeepSpeed runs, launched like any trial) with each partition method, several times in turn, and
+prints a table: the boundaries each method produced, measured throughput (median, min, max over
+the repeats), the profile's predicted per-stage time for those boundaries, and the ratios
+profile / parameters and profile / best built-in method. Then it times the partitioner alone on
+1000 layers into 16 stages.
+
+    python benchmarks/partition_methods.py                   # all examples with layers()
+    python benchmarks/partition_methods.py --repeats 5 --examples examples/embedding_heavy.py
+
+Targets (issue 4): profile >= 1.10x parameters on the embedding-heavy example, and >= 0.98x the
+best built-in method on every example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune._partition import partition_layers  # noqa: E402
+from autotune._plan import TrialConfig, detect_machine  # noqa: E402
+from autotune._profile import (  # noqa: E402
+    ProfileCache,
+    memory_cap_per_rank,
+    predicted_stage_seconds,
+    profiled_partition,
+)
+from autotune._run import prepare_deepspeed_ops, run_trial  # noqa: E402
+from autotune._task import load_model_file  # noqa: E402
+
+BUILT_IN = ("parameters", "uniform")
+METHODS = (*BUILT_IN, "profile")
+
+
+def _config(model_file: object, method: str, mbs: int, gas: int) -> TrialConfig:
+    settings = {
+        "micro_batch_size": mbs,
+        "gradient_accumulation_steps": gas,
+        "precision": "fp32",
+        "zero_stage": 0,
+        "processes": 2,
+        "pipeline_stages": 2,
+        "partition_method": method,
+        "num_workers": 0,
+        "pin_memory": False,
+        "prefetch_factor": 2,
+    }
+    return TrialConfig.from_settings(
+        settings,
+        model_file.optimizer,  # type: ignore[attr-defined]
+        model_file.batch_size,  # type: ignore[attr-defined]
+        "none",
+    )
+
+
+def _fmt_ms(seconds: list[float] | tuple[float, ...] | None) -> str:
+    return "/".join(f"{s * 1000:.1f}" for s in seconds) if seconds else "-"
+
+
+def bench_example(
+    path: Path, mbs: int, gas: int, repeats: int, train_samples: int, work: Path
+) -> dict[str, object]:
+    machine = detect_machine()
+    model_file = load_model_file(path)
+    cache = ProfileCache(work / "profiles", machine)
+    configs = {method: _config(model_file, method, mbs, gas) for method in METHODS}
+    profile = cache.profile(model_file, configs["profile"])
+    bounds = profiled_partition(profile, configs["profile"], memory_cap_per_rank(machine, 2)).bounds
+    runs: dict[str, list[float]] = {method: [] for method in METHODS}
+    used: dict[str, list[int] | None] = {}
+    measured_stages: dict[str, list[float] | None] = {}
+    for repeat in range(repeats):
+        # Methods in turn, each repeat in a different order, so drift on a shared machine
+        # spreads over all of them.
+        order = list(METHODS)
+        random.Random(repeat).shuffle(order)
+        for method in order:
+            result = run_trial(
+                configs[method],
+                machine,
+                model_file.path,
+                train_samples,
+                [0],
+                work / path.stem / f"{method}_{repeat}",
+                600,
+                partition_bounds=bounds if method == "profile" else None,
+            )
+            if not result.ok:
+                raise SystemExit(f"{path.stem} {method}: {result.failure_reason}")
+            measured = result.measurements or {}
+            runs[method].append(float(measured["throughput"]))
+            used[method] = measured.get("partition")
+            measured_stages[method] = measured.get("stage_compute_seconds")
+            print(
+                f"  {path.stem:<18} {method:<10} run {repeat + 1}/{repeats}: "
+                f"{measured['throughput']:8.1f} samples/s, bounds {used[method]}",
+                flush=True,
+            )
+    medians = {method: statistics.median(values) for method, values in runs.items()}
+    best_builtin = max(BUILT_IN, key=lambda m: medians[m])
+    return {
+        "example": path.stem,
+        "runs": runs,
+        "medians": medians,
+        "bounds": used,
+        "predicted": {
+            m: predicted_stage_seconds(profile, configs[m], used[m] or []) for m in METHODS
+        },
+        "measured_stages": measured_stages,
+        "vs_parameters": medians["profile"] / medians["parameters"],
+        "best_builtin": best_builtin,
+        "vs_best": medians["profile"] / medians[best_builtin],
+    }
+
+
+def time_partitioner(layers: int = 1000, stages: int = 16) -> float:
+    rng = random.Random(0)
+    seconds = [rng.uniform(0.1, 10.0) for _ in range(layers)]
+    send = [rng.uniform(0.0, 1.0) for _ in range(layers)]
+    nbytes = [rng.uniform(1.0, 100.0) for _ in range(layers)]
+    start = time.perf_counter()
+    partition_layers(seconds, send, nbytes, stages)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--examples",
+        nargs="*",
+        type=Path,
+        default=sorted(
+            p for p in (ROOT / "examples").glob("*.py") if "def layers(" in p.read_text()
+        ),
+    )
+    parser.add_argument("--micro-batch-size", type=int, default=32)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-samples", type=int, default=8192)
+    args = parser.parse_args()
+
+    machine = detect_machine()
+    print(f"machine: {machine.describe()}", flush=True)
+    prepare_deepspeed_ops(machine, {"type": "AdamW", "params": {"lr": 1e-3}})
+    mbs, gas = args.micro_batch_size, args.gradient_accumulation_steps
+    print(
+        f"2 processes, 2 pipeline stages, micro-batch {mbs}, {gas} micro-batches per step, "
+        f"fp32, {args.train_samples} samples per run, {args.repeats} runs per method",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="autotune-partition-") as tmp:
+        rows = [
+            bench_example(path, mbs, gas, args.repeats, args.train_samples, Path(tmp))
+            for path in args.examples
+        ]
+
+    print()
+    print(
+        f"{'example':<18} {'method':<10} {'bounds':<14} {'samples/s median (min-max)':<30} "
+        f"{'predicted ms/stage':<20} {'measured compute ms/stage/step'}"
+    )
+    for row in rows:
+        for method in METHODS:
+            values = row["runs"][method]  # type: ignore[index]
+            print(
+                f"{row['example']:<18} {method:<10} {str(row['bounds'][method]):<14} "  # type: ignore[index]
+                f"{statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f}){'':<8} "
+                f"{_fmt_ms(row['predicted'][method]):<20} "  # type: ignore[index]
+                f"{_fmt_ms(row['measured_stages'][method])}"  # type: ignore[index]
+            )
+    print()
+    print(f"{'example':<18} {'profile/parameters':>19} {'profile/best built-in':>22}")
+    for row in rows:
+        print(
+            f"{row['example']:<18} {row['vs_parameters']:>18.3f}x "
+            f"{row['vs_best']:>15.3f}x ({row['best_builtin']})"
+        )
+    print()
+    print(f"partitioner: 1000 layers into 16 stages in {time_partitioner() * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
