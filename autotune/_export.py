@@ -182,6 +182,13 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             log_tail(Path(trial_dir) / "log.txt") if trial_dir and status == "failed" else ""
         )
         row["repeat_of"] = attrs.get("repeat_of")
+        for name in (
+            "partition",
+            "stage_compute_seconds",
+            "stage_comm_seconds",
+            "stage_predicted_seconds",
+        ):
+            row[name] = attrs.get(name)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:

@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from autotune._report_stages import get_stages_info, render_stages, stages_height
 from autotune._space import PARAMETERS
 
 SETTINGS: tuple[str, ...] = (*PARAMETERS, "global_batch_size", "learning_rate")
@@ -1738,7 +1739,9 @@ def render_report(frame: pd.DataFrame, info: dict[str, Any]) -> str:
             ``accuracy_loss``, ``feasible``, ``peak_memory_bytes``, ``step_time_p50``,
             ``step_time_p90``, ``wall_seconds``, ``train_seconds``, ``eval_seconds``,
             ``reason``, ``datetime_start``, ``datetime_complete`` and ``log_tail`` (the last
-            lines of a failed trial's log). Missing columns are shown as dashes; an empty
+            lines of a failed trial's log), and for pipeline trials ``partition``,
+            ``stage_compute_seconds``, ``stage_comm_seconds`` and ``stage_predicted_seconds``
+            (see :mod:`autotune._report_stages`). Missing columns are shown as dashes; an empty
             frame renders empty plots.
         info: Study facts: ``study``, ``model``, ``machine``, ``train_samples``,
             ``max_accuracy_loss``, ``reference_metric``, ``reference_noise``, ``metric_name``,
@@ -1753,6 +1756,7 @@ def render_report(frame: pd.DataFrame, info: dict[str, Any]) -> str:
     importance = _get_importance_info(frame, info)
     slices = _get_slice_info(frame, info)
     timeline = _get_timeline_info(frame, info)
+    stages = get_stages_info(frame)
     importance_part: go.Figure | str = (
         _render_importance(importance)
         if importance.note is None
@@ -1789,6 +1793,12 @@ def render_report(frame: pd.DataFrame, info: dict[str, Any]) -> str:
             "autotune-memory",
             _render_memory(_get_memory_info(frame, info)),
             _FIGURE_HEIGHT,
+        ),
+        (
+            "Pipeline stages (balance at a glance)",
+            "autotune-stages",
+            render_stages(stages),
+            stages_height(stages),
         ),
         (
             "Where the time went",

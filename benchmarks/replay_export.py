@@ -1,7 +1,9 @@
 """Train a model file with an exported configuration, as a plain DeepSpeed script, and print
 its throughput: the check that an exported config delivers what its trial measured.
 
-It uses nothing from autotune: only the model file, ds_config.json and launch.json.
+It uses only the model file, ds_config.json and launch.json, and for a pipeline whose
+launch.json has ``partition_bounds``, autotune's ``build_pipeline_module`` helper (what a user's
+own training script would call) to rebuild the trial's stages.
 
     autotune export --study digits_mlp -o /tmp/best
     deepspeed --num_gpus $(python -c "import json;print(json.load(open('/tmp/best/launch.json'))['processes'])") \\
@@ -59,7 +61,12 @@ def main() -> None:
     deepspeed.init_distributed()
     torch.manual_seed(args.seed)
     pipeline = launch["pipeline_stages"] > 1
-    if pipeline:
+    if pipeline and launch.get("partition_bounds"):
+        # The trial's own stage boundaries (whatever method found them), rebuilt exactly.
+        from autotune import build_pipeline_module
+
+        module = build_pipeline_module(user.layers(), launch["partition_bounds"], loss_fn=loss_fn)
+    elif pipeline:
         from deepspeed.pipe import PipelineModule
 
         module = PipelineModule(
@@ -73,6 +80,8 @@ def main() -> None:
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=module.parameters(), config=ds_config
     )
+    if pipeline and int(os.environ.get("RANK", "0")) == 0:
+        print(f"pipeline bounds: {[int(b) for b in engine.module.parts]}", flush=True)
     dp = launch["data_parallel"]
     dp_rank = (
         engine.grid.data_parallel_id if pipeline else dist.get_rank() // launch["pipeline_stages"]

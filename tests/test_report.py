@@ -306,9 +306,9 @@ def test_render_report_embeds_plotlyjs_once(frame: pd.DataFrame) -> None:
 
     assert html.startswith("<!DOCTYPE html>")
     assert html.count("* plotly.js v") == 1
-    # history, trade-off, parallel coordinates, slices, memory, timeline; importances need
-    # the study, so they are a note here.
-    assert html.count("Plotly.newPlot(") == 6
+    # history, trade-off, parallel coordinates, slices, memory, pipeline stages, timeline;
+    # importances need the study, so they are a note here.
+    assert html.count("Plotly.newPlot(") == 7
     assert "Parameter importances need at least 5 measured trials (4 so far)." in html
     assert re.search(r"<script[^>]*\bsrc=", html) is None  # nothing loaded from a network
     assert "Best vs reference" in html and "All trials" in html
@@ -706,7 +706,7 @@ def test_report_info_and_frame_from_a_study(tmp_path: Path) -> None:
     assert frame.loc[0, "log_tail"] == ""
     html = _report.render_report(frame, info)
     assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
-    assert html.count("Plotly.newPlot(") == 7
+    assert html.count("Plotly.newPlot(") == 8
 
 
 def test_report_info_without_enough_trials_has_no_importances() -> None:

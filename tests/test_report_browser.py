@@ -95,6 +95,18 @@ def _frame() -> pd.DataFrame:
         _trial(5, throughput=120.0, accuracy_loss=-0.001, zero_stage=2, micro_batch_size=16),
         _trial(6, "repeat", throughput=250.0, accuracy_loss=0.003, precision="bf16"),
         _trial(7, throughput=180.0, accuracy_loss=0.002, zero_stage=1, micro_batch_size=4),
+        _trial(
+            8,
+            throughput=150.0,
+            accuracy_loss=0.001,
+            processes=2,
+            pipeline_stages=2,
+            partition_method="profile",
+            partition=[0, 4, 9],
+            stage_compute_seconds=[0.145, 0.150],
+            stage_comm_seconds=[0.02, 0.03],
+            stage_predicted_seconds=[0.0145, 0.0117],
+        ),
     ]
     for row in rows:
         row.update(train_seconds=15.0, eval_seconds=3.0)
@@ -137,7 +149,7 @@ def test_every_figure_renders_without_page_errors(
 
     assert result.returncode == 0, result.stderr[-3000:]
     dom = result.stdout
-    assert len(ids) == 7, ids
+    assert len(ids) == 8, ids
     for div_id in ids:
         assert "main-svg" in _figure_markup(dom, ids, div_id), f"plotly did not draw {div_id}"
     assert _page_errors(result.stderr) == []

@@ -70,12 +70,13 @@ def _options(tmp_path: Path, model: Path, space: Path, **overrides: object) -> S
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], object]:
-    """One grid search over data parallelism, pipeline and precision: three real runs."""
+    """One grid search over data parallelism, pipeline (DeepSpeed's uniform split and autotune's
+    profile) and precision: four real runs."""
     tmp_path = tmp_path_factory.mktemp("search")
     model = _write(tmp_path / "tiny.py", TINY_MODEL)
     space = _write(
         tmp_path / "space.yaml",
-        "processes: [1, 2]\npipeline_stages: [1, 2]\npartition_method: [uniform]\n"
+        "processes: [1, 2]\npipeline_stages: [1, 2]\npartition_method: [uniform, profile]\n"
         "precision: [fp32, fp16]\n",
     )
     lines: list[str] = []
@@ -92,7 +93,7 @@ def test_reference_runs_first_and_trials_record_measurements(searched: tuple) ->
     assert trials[0].user_attrs["settings"]["micro_batch_size"] == 32
     assert len(trials[0].user_attrs["seed_metrics"]) == 2  # the reference's noise run
     ran = [t for t in trials if t.user_attrs.get("status") == "ok"]
-    assert len(ran) == 3 == summary.runs
+    assert len(ran) == 4 == summary.runs
     for trial in ran:
         for name in REQUIRED_ATTRS:
             assert trial.user_attrs[name] is not None, name
@@ -111,13 +112,34 @@ def test_pipeline_and_data_parallel_trials_ran(searched: tuple) -> None:
     layouts = {(int(r.processes), int(r.pipeline_stages)) for r in ok.itertuples()}
     assert layouts == {(1, 1), (2, 1), (2, 2)}
     study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
-    pipe = [
-        t
+    pipe = {
+        t.user_attrs["settings"]["partition_method"]: t
         for t in study.get_trials()
         if t.user_attrs.get("settings", {}).get("pipeline_stages") == 2
         and t.user_attrs.get("status") == "ok"
-    ]
-    assert pipe[0].user_attrs["partition"] == [0, 2, 3]  # uniform split of 3 layers
+    }
+    assert set(pipe) == {"uniform", "profile"}
+    assert pipe["uniform"].user_attrs["partition"] == [0, 2, 3]  # uniform split of 3 layers
+    for trial in pipe.values():
+        attrs = trial.user_attrs
+        # The boundaries the run used are exported, and every stage's time was measured.
+        assert attrs["launch"]["partition_bounds"] == attrs["partition"]
+        assert len(attrs["stage_compute_seconds"]) == 2
+        assert all(seconds > 0 for seconds in attrs["stage_compute_seconds"])
+        assert len(attrs["stage_predicted_seconds"]) == 2
+
+
+def test_profile_partition_comes_from_a_cached_layer_profile(searched: tuple) -> None:
+    tmp_path, lines, _ = searched
+    profiles = sorted((tmp_path / "trials" / "profiles").glob("layers-*.json"))
+    assert len(profiles) == 1  # both pipeline trials share micro-batch and precision
+    profile = json.loads(profiles[0].read_text())
+    assert profile["names"] == ["Linear", "ReLU", "Linear"]
+    assert all(seconds > 0 for seconds in profile["forward_backward_seconds"])
+    assert profile["activation_bytes"] == [32 * 64 * 4, 32 * 64 * 4, 32 * 4 * 4]
+    assert profile["parameter_bytes"] == [(16 * 64 + 64) * 4, 0, (64 * 4 + 4) * 4]
+    assert profile["link"]["backend"] == "gloo" and profile["link"]["latency_seconds"] > 0
+    assert sum("profiling each layer" in line for line in lines) == 1
 
 
 def test_cannot_run_configurations_are_infeasible_with_reason(searched: tuple) -> None:
@@ -156,10 +178,13 @@ def test_best_is_feasible_and_exported_config_initializes_deepspeed(searched: tu
         launch = json.loads(launch_path.read_text())
         assert launch["processes"] == trial.user_attrs["settings"]["processes"]
         assert "deepspeed --num_gpus" in launch["command"]
-        _replay(tmp_path / "tiny.py", out, launch["processes"])
+        output = _replay(tmp_path / "tiny.py", out, launch["processes"])
+        if launch["pipeline_stages"] > 1:
+            # The plain script rebuilt the trial's exact stages with build_pipeline_module.
+            assert f"pipeline bounds: {launch['partition_bounds']}" in output
 
 
-def _replay(model: Path, export_dir: Path, processes: int) -> None:
+def _replay(model: Path, export_dir: Path, processes: int) -> str:
     """Train with the exported files through DeepSpeed's launcher and a plain script."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "replay_export.py"
     env = dict(os.environ, DS_ACCELERATOR="cpu")
@@ -187,6 +212,7 @@ def _replay(model: Path, export_dir: Path, processes: int) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "replay:" in result.stdout
+    return result.stdout
 
 
 def test_resume_neither_loses_nor_repeats_runs(tmp_path: Path) -> None:
