@@ -390,8 +390,12 @@ class ProfileCache:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return self.directory / f"{kind}-{digest}.json"
 
+    def _link_path(self) -> Path:
+        return self._path("link", {"device": _device_label(self.machine, None)})
+
     def link(self) -> LinkCost:
-        path = self._path("link", {"device": _device_label(self.machine, None)})
+        """The machine's point-to-point message cost, measured once."""
+        path = self._link_path()
         if path.exists():
             return LinkCost(**json.loads(path.read_text()))
         link = measure_link(self.machine, self.directory)

@@ -2,13 +2,15 @@
 
 For every example with ``layers()``, runs the same 2-process, 2-stage pipeline trial (real
 DeepSpeed runs, launched like any trial) with each partition method, several times in turn, and
-prints a table: the boundaries each method produced, measured throughput (median, min, max over
+prints a table. Each example first gets one uncounted calibration run (``parameters``) that
+sets its sample budget to about ``--seconds`` of training, since a tiny model's default budget
+is over in under a second and its throughput would be noise. The table shows the boundaries each method produced, measured throughput (median, min, max over
 the repeats), the profile's predicted per-stage time for those boundaries, and the ratios
 profile / parameters and profile / best built-in method. Then it times the partitioner alone on
 1000 layers into 16 stages.
 
     python benchmarks/partition_methods.py                   # all examples with layers()
-    python benchmarks/partition_methods.py --repeats 5 --examples examples/embedding_heavy.py
+    python benchmarks/partition_methods.py --repeats 3 --examples examples/embedding_heavy.py
 
 Targets (issue 4): profile >= 1.10x parameters on the embedding-heavy example, and >= 0.98x the
 best built-in method on every example.
@@ -17,6 +19,7 @@ best built-in method on every example.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -68,7 +71,7 @@ def _fmt_ms(seconds: list[float] | tuple[float, ...] | None) -> str:
 
 
 def bench_example(
-    path: Path, mbs: int, gas: int, repeats: int, train_samples: int, work: Path
+    path: Path, mbs: int, gas: int, repeats: int, seconds: float, work: Path
 ) -> dict[str, object]:
     machine = detect_machine()
     model_file = load_model_file(path)
@@ -76,6 +79,21 @@ def bench_example(
     configs = {method: _config(model_file, method, mbs, gas) for method in METHODS}
     profile = cache.profile(model_file, configs["profile"])
     bounds = profiled_partition(profile, configs["profile"], memory_cap_per_rank(machine, 2)).bounds
+    calibration = run_trial(
+        configs["parameters"],
+        machine,
+        model_file.path,
+        8192,
+        [0],
+        work / path.stem / "calibrate",
+        600,
+    )
+    if not calibration.ok:
+        raise SystemExit(f"{path.stem} calibration: {calibration.failure_reason}")
+    batch = configs["parameters"].global_batch_size
+    rate = float((calibration.measurements or {})["throughput"])
+    train_samples = max(8192, math.ceil(seconds * rate / batch) * batch)
+    print(f"  {path.stem}: {train_samples} samples per run (about {seconds:g} s)", flush=True)
     runs: dict[str, list[float]] = {method: [] for method in METHODS}
     used: dict[str, list[int] | None] = {}
     measured_stages: dict[str, list[float] | None] = {}
@@ -110,6 +128,7 @@ def bench_example(
     best_builtin = max(BUILT_IN, key=lambda m: medians[m])
     return {
         "example": path.stem,
+        "train_samples": train_samples,
         "runs": runs,
         "medians": medians,
         "bounds": used,
@@ -145,8 +164,8 @@ def main() -> None:
     )
     parser.add_argument("--micro-batch-size", type=int, default=32)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-samples", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0, help="training time per run")
     args = parser.parse_args()
 
     machine = detect_machine()
@@ -155,28 +174,35 @@ def main() -> None:
     mbs, gas = args.micro_batch_size, args.gradient_accumulation_steps
     print(
         f"2 processes, 2 pipeline stages, micro-batch {mbs}, {gas} micro-batches per step, "
-        f"fp32, {args.train_samples} samples per run, {args.repeats} runs per method",
+        f"fp32, about {args.seconds:g} s of training per run, {args.repeats} runs per method",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="autotune-partition-") as tmp:
         rows = [
-            bench_example(path, mbs, gas, args.repeats, args.train_samples, Path(tmp))
+            bench_example(path, mbs, gas, args.repeats, args.seconds, Path(tmp))
             for path in args.examples
         ]
 
     print()
     print(
         f"{'example':<18} {'method':<10} {'bounds':<14} {'samples/s median (min-max)':<30} "
-        f"{'predicted ms/stage':<20} {'measured compute ms/stage/step'}"
+        f"{'predicted ms/stage':<20} {'measured compute ms/stage/step':<32} same bounds as"
     )
     for row in rows:
+        bounds = row["bounds"]
         for method in METHODS:
             values = row["runs"][method]  # type: ignore[index]
+            twins = [
+                other
+                for other in METHODS
+                if other != method and bounds[other] == bounds[method]  # type: ignore[index]
+            ]
             print(
-                f"{row['example']:<18} {method:<10} {str(row['bounds'][method]):<14} "  # type: ignore[index]
+                f"{row['example']:<18} {method:<10} {str(bounds[method]):<14} "  # type: ignore[index]
                 f"{statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f}){'':<8} "
                 f"{_fmt_ms(row['predicted'][method]):<20} "  # type: ignore[index]
-                f"{_fmt_ms(row['measured_stages'][method])}"  # type: ignore[index]
+                f"{_fmt_ms(row['measured_stages'][method]):<32} "  # type: ignore[index]
+                f"{', '.join(twins) or '-'}"
             )
     print()
     print(f"{'example':<18} {'profile/parameters':>19} {'profile/best built-in':>22}")
