@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -37,11 +38,12 @@ from autotune._plan import Machine, TrialConfig
 from autotune._run import _free_port
 from autotune._task import ModelFile
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 """Bumped when what a profile measures changes, so stale cache files are not read."""
-_MIN_SECONDS = 0.05
-"""Each layer is timed for at least this long (and at least _MIN_REPEATS times)."""
-_MIN_REPEATS = 5
+_MIN_ROUNDS = 7
+_MAX_ROUNDS = 200
+_MIN_SECONDS = 0.5
+"""Layers are timed in rounds until the rounds add up to this (and at least _MIN_ROUNDS)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,22 +208,35 @@ def _optimizer_params(optimizer: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in params.items() if key in allowed}
 
 
-def _repeat_median(fn: Callable[[], None], synchronize: Callable[[], None]) -> float:
-    """The median time of ``fn`` over at least _MIN_REPEATS calls and _MIN_SECONDS, after one
-    warm-up call."""
-    fn()
-    synchronize()
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < _MIN_REPEATS or spent < _MIN_SECONDS:
-        start = time.perf_counter()
+def _time_round_robin(
+    tasks: list[tuple[str, int, Callable[[], None]]], synchronize: Callable[[], None]
+) -> dict[tuple[str, int], float]:
+    """The median time of every task, timed in rounds that each run every task once in a fresh
+    random (seeded) order, for at least _MIN_ROUNDS rounds and _MIN_SECONDS.
+
+    Timing one layer after another lets a slow spell, or the cache left by the layer before
+    (an embedding's optimizer step sweeps megabytes), land on one layer and tilt the partition;
+    rounds in shuffled order spread both over all layers. The first round runs in order, untimed:
+    it warms up the allocator and leaves every layer with gradients for its optimizer step.
+    """
+    for _, _, fn in tasks:
         fn()
-        synchronize()
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-        if len(times) >= 1000:
-            break
-    return statistics.median(times)
+    synchronize()
+    order = random.Random(0)
+    samples: dict[tuple[str, int], list[float]] = {(kind, i): [] for kind, i, _ in tasks}
+    spent, rounds = 0.0, 0
+    while rounds < _MIN_ROUNDS or (spent < _MIN_SECONDS and rounds < _MAX_ROUNDS):
+        shuffled = list(tasks)
+        order.shuffle(shuffled)
+        for kind, index, fn in shuffled:
+            start = time.perf_counter()
+            fn()
+            synchronize()
+            elapsed = time.perf_counter() - start
+            samples[(kind, index)].append(elapsed)
+            spent += elapsed
+        rounds += 1
+    return {task: statistics.median(values) for task, values in samples.items()}
 
 
 def _forward_backward(
@@ -288,11 +303,11 @@ def measure_layers(
             layer_inputs.append(x)
             x = layer(x)
 
-    fb_seconds: list[float] = []
-    opt_seconds: list[float] = []
+    # What to time: each layer's forward + backward, and its optimizer step.
+    tasks: list[tuple[str, int, Callable[[], None]]] = []
     activation: list[int] = []
     parameter: list[int] = []
-    state: list[int] = []
+    optimizers: dict[int, torch.optim.Optimizer] = {}
     last = len(layers) - 1
     for index, layer in enumerate(layers):
         x_in = layer_inputs[index].detach()
@@ -300,20 +315,24 @@ def measure_layers(
             x_in.requires_grad_(True)
         params = [p for p in layer.parameters() if p.requires_grad]
         loss_fn = model_file.loss if index == last else None
-        forward_backward = _forward_backward(layer, x_in, params, loss_fn, targets)
-        fb_seconds.append(_repeat_median(forward_backward, synchronize))
+        tasks.append(("fb", index, _forward_backward(layer, x_in, params, loss_fn, targets)))
         with torch.no_grad():
             activation.append(_nbytes(layer(x_in)))
         parameter.append(sum(_nbytes(p) for p in params))
         if params:
-            opt = _optimizer_class(model_file.optimizer)(
+            optimizers[index] = _optimizer_class(model_file.optimizer)(
                 params, **_optimizer_params(model_file.optimizer)
             )
-            opt_seconds.append(_repeat_median(opt.step, synchronize))
-            state.append(sum(_nbytes(v) for s in opt.state.values() for v in s.values()))
-        else:
-            opt_seconds.append(0.0)
-            state.append(0)
+            tasks.append(("opt", index, optimizers[index].step))
+    times = _time_round_robin(tasks, synchronize)
+    fb_seconds = [times[("fb", i)] for i in range(len(layers))]
+    opt_seconds = [times.get(("opt", i), 0.0) for i in range(len(layers))]
+    state = [
+        sum(_nbytes(v) for s in optimizers[i].state.values() for v in s.values())
+        if i in optimizers
+        else 0
+        for i in range(len(layers))
+    ]
     return LayerProfile(
         names=tuple(type(layer).__name__ for layer in layers),
         forward_backward_seconds=tuple(fb_seconds),
