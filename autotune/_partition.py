@@ -322,6 +322,7 @@ def partition_layers(
     layer_bytes: Sequence[float],
     num_stages: int,
     memory_cap: float | None = None,
+    bottleneck_tolerance: float = REL_TOL,
 ) -> Partition:
     """Split layers into ``num_stages`` contiguous, non-empty stages with the fastest bottleneck.
 
@@ -340,6 +341,11 @@ def partition_layers(
         num_stages: Number of pipeline stages (>= 1, at most the number of layers).
         memory_cap: Largest allowed per-stage memory, in the units of ``layer_bytes``; None for
             no cap.
+        bottleneck_tolerance: Partitions whose bottleneck is within this fraction of the best
+            count as equally fast, and the one with the least communication among them wins.
+            The default only absorbs float rounding; measured costs carry a few percent of
+            noise, and a wider tolerance stops that noise from choosing a boundary that sends
+            more.
 
     Returns:
         The optimal :class:`Partition`.
@@ -375,7 +381,9 @@ def partition_layers(
             "least that, or use more stages"
         )
 
-    limit = bottleneck * (1.0 + REL_TOL) + ABS_TOL
+    if not (math.isfinite(bottleneck_tolerance) and bottleneck_tolerance >= 0):
+        raise ValueError(f"bottleneck_tolerance must be >= 0, got {bottleneck_tolerance!r}")
+    limit = bottleneck * (1.0 + max(bottleneck_tolerance, REL_TOL)) + ABS_TOL
     tables = _min_cut_sends(prefix, block, num_stages, limit)
     least_sends = float(tables[num_stages][0])
     # The tolerance is relative to the whole sum of stage costs (compute + sends), matching how

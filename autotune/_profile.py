@@ -40,6 +40,9 @@ from autotune._task import ModelFile
 
 PROFILE_VERSION = 2
 """Bumped when what a profile measures changes, so stale cache files are not read."""
+BOTTLENECK_TOLERANCE = 0.03
+"""Layer timings repeat within a few percent, so partitions whose slowest stage is within 3% of
+the best are treated as equally fast, and the one that sends the least between stages wins."""
 _MIN_ROUNDS = 7
 _MAX_ROUNDS = 200
 _MIN_SECONDS = 0.5
@@ -177,6 +180,7 @@ def profiled_partition(
         costs.layer_bytes,
         config.pipeline_stages,
         memory_cap=memory_cap,
+        bottleneck_tolerance=BOTTLENECK_TOLERANCE,
     )
 
 

@@ -50,8 +50,10 @@ def _brute_force(
     nbytes: Sequence[float],
     stages: int,
     cap: float | None,
+    tolerance: float = REL_TOL,
 ) -> tuple[float, float, tuple[int, ...]] | None:
-    """(optimal bottleneck, least sum among bottleneck-optimal, lexicographically first bounds)."""
+    """(optimal bottleneck, least sum among partitions whose bottleneck is within ``tolerance``
+    of it, lexicographically first bounds among those)."""
     feasible = []
     for bounds in _all_bounds(len(seconds), stages):
         stage_seconds, stage_bytes = _naive_costs(seconds, send, nbytes, bounds)
@@ -60,7 +62,9 @@ def _brute_force(
     if not feasible:
         return None
     best = min(peak for _, peak, _ in feasible)
-    optimal = [(b, total) for b, peak, total in feasible if peak <= best * (1 + REL_TOL) + ABS_TOL]
+    optimal = [
+        (b, total) for b, peak, total in feasible if peak <= best * (1 + tolerance) + ABS_TOL
+    ]
     least = min(total for _, total in optimal)
     tied = [b for b, total in optimal if total <= least * (1 + REL_TOL) + ABS_TOL]
     return best, least, min(tied)
@@ -130,6 +134,26 @@ def test_matches_brute_force_on_random_small_cases() -> None:
         checked += 1
     # The generator must exercise both outcomes, or the test proves little.
     assert checked > 1000 and infeasible > 150
+
+
+def test_matches_brute_force_with_a_bottleneck_tolerance() -> None:
+    """Within 3% of the best bottleneck, the partition that communicates least wins."""
+    rng = random.Random(7)
+    widened = 0
+    for _ in range(600):
+        n = rng.randint(2, 8)
+        stages = rng.randint(2, min(n, 4))
+        seconds, send, nbytes, _ = _random_case(rng, n)
+        expected = _brute_force(seconds, send, nbytes, stages, None, tolerance=0.03)
+        strict = _brute_force(seconds, send, nbytes, stages, None)
+        assert expected is not None and strict is not None
+        got = partition_layers(seconds, send, nbytes, stages, bottleneck_tolerance=0.03)
+        context = f"seconds={seconds} send={send} stages={stages}"
+        assert got.bottleneck <= expected[0] * 1.03 + 1e-12, context
+        assert math.fsum(got.stage_seconds) == pytest.approx(expected[1], rel=1e-9, abs=1e-12)
+        assert got.bounds == expected[2], context
+        widened += expected[2] != strict[2]
+    assert widened > 10  # the tolerance changed the answer often enough to be tested
 
 
 def test_stage_costs_matches_plain_sums() -> None:

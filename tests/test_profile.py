@@ -85,7 +85,13 @@ def test_measures_every_layer_on_a_real_micro_batch(profile: LayerProfile) -> No
     assert profile.names == ("Embedding", "Flatten", "Linear", "ReLU", "Linear")
     assert all(seconds > 0 for seconds in profile.forward_backward_seconds)
     # Output of each layer for a micro-batch of 8, in fp32.
-    assert profile.activation_bytes == (8 * 4 * 16 * 4, 8 * 64 * 4, 8 * 32 * 4, 8 * 32 * 4, 8 * 3 * 4)
+    assert profile.activation_bytes == (
+        8 * 4 * 16 * 4,
+        8 * 64 * 4,
+        8 * 32 * 4,
+        8 * 32 * 4,
+        8 * 3 * 4,
+    )
     assert profile.parameter_bytes == (1000 * 16 * 4, 0, (64 * 32 + 32) * 4, 0, (32 * 3 + 3) * 4)
     # Adam keeps two moments per parameter (plus a scalar step count per tensor).
     assert profile.optimizer_state_bytes[0] >= 2 * 1000 * 16 * 4
