@@ -1,10 +1,17 @@
 """Pipeline partitioning: autotune's ``profile`` method against DeepSpeed's built-in methods.
 
-For every example with ``layers()``, runs the same 2-process, 2-stage pipeline trial (real
-DeepSpeed runs, launched like any trial) with each partition method, several times in turn, and
-prints a table. Each example first gets one uncounted calibration run (``parameters``) that
-sets its sample budget to about ``--seconds`` of training, since a tiny model's default budget
-is over in under a second and its throughput would be noise. The table shows the boundaries each method produced, measured throughput (median, min, max over
+For every example with ``layers()``, compares the same 2-process, 2-stage pipeline under each
+partition method (real DeepSpeed pipeline engines, end to end, data loading included).
+
+By default all methods' engines are built in one launch and trained in alternation: rounds of
+``--steps-per-round`` steps per method in a fresh random order, so a busy spell on this shared
+machine slows all of them alike, and each round gives a paired ratio profile / method (the
+table gives their median and middle half). Runs of the same configuration in separate launches
+differ by 5-10% here, more than the differences being measured.
+
+``--separate`` instead runs each method as a trial is run (one launch per run, several runs in
+turn), after one uncounted calibration run that sets the sample budget to about ``--seconds``
+of training. Either way the table shows the boundaries each method produced, measured throughput (median, min, max over
 the repeats), the profile's predicted per-stage time for those boundaries, and the ratios
 profile / parameters and profile / best built-in method. Then it times the partitioner alone on
 1000 layers into 16 stages.
@@ -19,9 +26,12 @@ best built-in method on every example.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,6 +152,73 @@ def bench_example(
     }
 
 
+def bench_interleaved(
+    path: Path, mbs: int, gas: int, rounds: int, steps_per_round: int, work: Path
+) -> dict[str, object]:
+    """All methods' pipelines in one 2-rank launch, trained in alternating rounds."""
+    machine = detect_machine()
+    model_file = load_model_file(path)
+    config = _config(model_file, "profile", mbs, gas)
+    profile = ProfileCache(work / "profiles", machine).profile(model_file, config)
+    bounds = profiled_partition(profile, config, memory_cap_per_rank(machine, 2)).bounds
+    methods = {"parameters": None, "uniform": None, "profile": list(bounds)}
+    out = work / f"{path.stem}-interleaved.json"
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(29300 + os.getpid() % 500),
+        str(ROOT / "benchmarks" / "interleaved_pipelines.py"),
+        "--model",
+        str(path),
+        "--methods",
+        json.dumps(methods),
+        "--micro-batch-size",
+        str(mbs),
+        "--gradient-accumulation-steps",
+        str(gas),
+        "--rounds",
+        str(rounds),
+        "--steps-per-round",
+        str(steps_per_round),
+        "--out",
+        str(out),
+    ]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if not out.exists():
+        raise SystemExit(f"{path.stem}: interleaved run failed:\n{done.stdout[-3000:]}")
+    measured = json.loads(out.read_text())
+    runs = {m: measured[m]["rounds"] for m in METHODS}
+    used = {m: measured[m]["bounds"] for m in METHODS}
+    for method in METHODS:
+        print(
+            f"  {path.stem:<18} {method:<10} {len(runs[method])} rounds: median "
+            f"{statistics.median(runs[method]):8.1f} samples/s, bounds {used[method]}",
+            flush=True,
+        )
+    paired = {
+        m: sorted(p / o for p, o in zip(runs["profile"], runs[m], strict=True)) for m in BUILT_IN
+    }
+    medians = {method: statistics.median(values) for method, values in runs.items()}
+    best_builtin = max(BUILT_IN, key=lambda m: statistics.median(paired[m]) ** -1)
+    return {
+        "example": path.stem,
+        "runs": runs,
+        "medians": medians,
+        "bounds": used,
+        "predicted": {m: predicted_stage_seconds(profile, config, used[m]) for m in METHODS},
+        "measured_stages": {m: None for m in METHODS},
+        "paired": paired,
+        "vs_parameters": statistics.median(paired["parameters"]),
+        "best_builtin": best_builtin,
+        "vs_best": statistics.median(paired[best_builtin]),
+    }
+
+
 def time_partitioner(layers: int = 1000, stages: int = 16) -> float:
     rng = random.Random(0)
     seconds = [rng.uniform(0.1, 10.0) for _ in range(layers)]
@@ -164,6 +241,14 @@ def main() -> None:
     )
     parser.add_argument("--micro-batch-size", type=int, default=32)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=8)
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="one launch per run, as trials are measured (noisier than the default, which "
+        "trains all methods' pipelines in alternating rounds within one launch)",
+    )
+    parser.add_argument("--rounds", type=int, default=16, help="rounds of the interleaved mode")
+    parser.add_argument("--steps-per-round", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0, help="training time per run")
     args = parser.parse_args()
@@ -172,14 +257,24 @@ def main() -> None:
     print(f"machine: {machine.describe()}", flush=True)
     prepare_deepspeed_ops(machine, {"type": "AdamW", "params": {"lr": 1e-3}})
     mbs, gas = args.micro_batch_size, args.gradient_accumulation_steps
-    print(
-        f"2 processes, 2 pipeline stages, micro-batch {mbs}, {gas} micro-batches per step, "
-        f"fp32, about {args.seconds:g} s of training per run, {args.repeats} runs per method",
-        flush=True,
-    )
+    layout = f"2 processes, 2 pipeline stages, micro-batch {mbs}, {gas} micro-batches per step"
+    if args.separate:
+        print(
+            f"{layout}, fp32, about {args.seconds:g} s of training per run, {args.repeats} "
+            "separate launches per method",
+            flush=True,
+        )
+    else:
+        print(
+            f"{layout}, fp32; all methods in one launch, {args.rounds} rounds of "
+            f"{args.steps_per_round} steps each in shuffled order; ratios are paired per round",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory(prefix="autotune-partition-") as tmp:
         rows = [
             bench_example(path, mbs, gas, args.repeats, args.seconds, Path(tmp))
+            if args.separate
+            else bench_interleaved(path, mbs, gas, args.rounds, args.steps_per_round, Path(tmp))
             for path in args.examples
         ]
 
@@ -207,9 +302,18 @@ def main() -> None:
     print()
     print(f"{'example':<18} {'profile/parameters':>19} {'profile/best built-in':>22}")
     for row in rows:
+        spread = ""
+        if "paired" in row:
+            quartiles = {
+                m: (values[len(values) // 4], values[(3 * len(values)) // 4])
+                for m, values in row["paired"].items()  # type: ignore[attr-defined]
+            }
+            spread = "   middle half of the paired ratios: " + ", ".join(
+                f"{m} {low:.3f}-{high:.3f}" for m, (low, high) in quartiles.items()
+            )
         print(
             f"{row['example']:<18} {row['vs_parameters']:>18.3f}x "
-            f"{row['vs_best']:>15.3f}x ({row['best_builtin']})"
+            f"{row['vs_best']:>15.3f}x ({row['best_builtin']}){spread}"
         )
     print()
     print(f"partitioner: 1000 layers into 16 stages in {time_partitioner() * 1000:.0f} ms")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from autotune._partition import partition_layers
 from autotune._pipeline import build_pipeline_module, check_partition_bounds
 from autotune._plan import Machine, TrialConfig
 from autotune._profile import (
@@ -130,6 +131,41 @@ def test_profiled_partition_and_its_prediction_agree(profile: LayerProfile) -> N
     assert predicted == pytest.approx(partition.stage_seconds)
     other = predicted_stage_seconds(profile, config, (0, 1, 5))
     assert max(predicted) <= max(other) + 1e-12
+
+
+def test_near_ties_are_taken_only_to_communicate_less() -> None:
+    def profile(seconds: list[float], activation: list[int]) -> LayerProfile:
+        n = len(seconds)
+        return LayerProfile(
+            names=("L",) * n,
+            forward_backward_seconds=tuple(seconds),
+            optimizer_seconds=(0.0,) * n,
+            activation_bytes=tuple(activation),
+            parameter_bytes=(0,) * n,
+            optimizer_state_bytes=(0,) * n,
+            micro_batch_size=8,
+            precision="fp32",
+            device="test",
+            link=LinkCost(latency_seconds=0.0, seconds_per_byte=1e-6, backend="test"),
+        )
+
+    config = _config()
+    # Cutting after layer 0 or after layer 1 balances within 1%. With equal activations the
+    # better-balanced cut (after layer 1) stays, though the other is earlier.
+    even = profile([2.0, 0.05, 2.02], [1000, 1000, 1000])
+    assert profiled_partition(even, config, None).bounds == (0, 2, 3)
+    # When the better-balanced cut sends 50 times the bytes, the near-tie that sends less wins.
+    chatty = profile([2.0, 0.05, 2.02], [100, 5000, 1000])
+    strict = partition_layers(*_vectors(chatty, config), 2)
+    assert strict.bounds == (0, 2, 3)
+    assert profiled_partition(chatty, config, None).bounds == (0, 1, 3)
+
+
+def _vectors(
+    profile: LayerProfile, config: TrialConfig
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    costs = stage_cost_vectors(profile, config)
+    return costs.layer_seconds, costs.send_seconds, costs.layer_bytes
 
 
 def test_a_memory_cap_nothing_fits_is_a_partition_error(profile: LayerProfile) -> None:

@@ -1,0 +1,104 @@
+"""Runs inside DeepSpeed ranks for ``partition_methods.py --interleaved``: several pipeline
+engines of one model, one per partition method, trained in alternation in the same process
+group, so that whatever else the machine does at a moment slows every method alike.
+
+    deepspeed --num_gpus 2 benchmarks/interleaved_pipelines.py --model M.py \\
+        --methods '{"parameters": null, "uniform": null, "profile": [0, 4, 9]}' --out R.json
+
+Each engine trains from the same seeded weights on its own seeded DataLoader (as a trial does:
+end to end, data loading included). After warm-up steps, rounds run every engine for
+``--steps-per-round`` optimizer steps in a fresh random order; rank 0 writes each method's
+samples per second in every round to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune import build_pipeline_module  # noqa: E402
+from autotune._harness import _Batches, _Casting, _train_loader  # noqa: E402
+from autotune._task import load_model_file  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--methods", required=True, help="JSON: method -> bounds or null")
+    parser.add_argument("--micro-batch-size", type=int, default=32)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps-per-round", type=int, default=4)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    deepspeed.init_distributed()
+    model_file = load_model_file(args.model)
+    train, _ = model_file.datasets()
+    methods: dict[str, list[int] | None] = json.loads(args.methods)
+    mbs, gas = args.micro_batch_size, args.gradient_accumulation_steps
+    ds_config = {
+        "train_batch_size": mbs * gas,
+        "train_micro_batch_size_per_gpu": mbs,
+        "gradient_accumulation_steps": gas,
+        "optimizer": model_file.optimizer,
+        "steps_per_print": 10**9,
+    }
+    settings = {"micro_batch_size": mbs, "num_workers": 0, "pin_memory": False}
+    engines = {}
+    for method, bounds in methods.items():
+        torch.manual_seed(0)
+        if bounds:
+            module = build_pipeline_module(model_file.layers(), bounds, loss_fn=model_file.loss)
+        else:
+            from deepspeed.pipe import PipelineModule
+
+            module = PipelineModule(
+                layers=model_file.layers(),
+                num_stages=2,
+                partition_method=method,
+                loss_fn=model_file.loss,
+            )
+        engine, _, _, _ = deepspeed.initialize(
+            model=module, model_parameters=module.parameters(), config=ds_config
+        )
+        loader, sampler = _train_loader(train, settings, 1, 0, 0)
+        batches = _Casting(_Batches(loader, sampler), torch.float32, engine.device)
+        engines[method] = (engine, batches, [int(p) for p in engine.module.parts])
+    for engine, batches, _ in engines.values():
+        for _ in range(args.warmup_steps):
+            engine.train_batch(batches)
+    rounds: dict[str, list[float]] = {method: [] for method in engines}
+    order = random.Random(0)
+    for _ in range(args.rounds):
+        names = list(engines)
+        order.shuffle(names)
+        for name in names:
+            engine, batches, _ = engines[name]
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(args.steps_per_round):
+                engine.train_batch(batches)
+            dist.barrier()
+            rounds[name].append(args.steps_per_round * mbs * gas / (time.perf_counter() - start))
+    if dist.get_rank() == 0:
+        out = {name: {"bounds": engines[name][2], "rounds": rounds[name]} for name in engines}
+        args.out.write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
