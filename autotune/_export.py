@@ -182,6 +182,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             log_tail(Path(trial_dir) / "log.txt") if trial_dir and status == "failed" else ""
         )
         row["repeat_of"] = attrs.get("repeat_of")
+        row["accuracy_reused_from"] = attrs.get("accuracy_reused_from")
+        row["stable_after_steps"] = attrs.get("stable_after_steps")
+        row["launched"] = attrs.get("launched")
+        row["memory_predicted_bytes"] = attrs.get("memory_predicted_bytes")
         for name in (
             "partition",
             "stage_compute_seconds",

@@ -1,15 +1,19 @@
 """The training harness that runs inside every DeepSpeed rank of a trial.
 
-Launched by DeepSpeed's launcher as ``_harness.py --plan PLAN.json``. It reads the plan, builds
-the engine and the DataLoader, trains from seeded weights on the fixed sample budget, measures
-end-to-end throughput (data loading included, warm-up excluded), evaluates the metric, and rank 0
-writes ``result.json``. A rank that fails writes ``failure.rank<R>.json`` with a one-line reason.
+Launched by DeepSpeed's launcher, either for one trial (``_harness.py --plan PLAN.json``) or as
+a warm group that serves trial after trial (``_harness.py --serve INBOX``: rank 0 waits for a
+``*.request`` file naming a plan and broadcasts it; every rank then runs it and goes back to
+waiting). For each plan it builds the engine and the DataLoader, trains from seeded weights on
+the fixed sample budget, measures end-to-end throughput (data loading included, warm-up
+excluded), evaluates the metric, and rank 0 writes ``result.json`` beside the plan. A rank that
+fails writes ``failure.rank<R>.json`` with a one-line reason and exits, which ends its group.
 It talks to the orchestrator only through these files.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -28,6 +32,41 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 EVAL_BATCH_SIZE = 256
 _STARTED = time.perf_counter()
+STABILITY_CHECK_EVERY = 8
+"""Steps between checks of whether the step-time estimate is stable (a collective on >1 rank)."""
+_T_975 = (
+    12.71,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+"""Student's t 97.5% quantiles for 1..30 degrees of freedom (1.96 beyond)."""
 
 
 def _log(message: str) -> None:
@@ -76,11 +115,55 @@ def _synchronize(accelerator: Any) -> None:
         accelerator.synchronize()
 
 
+def _reset_peak_memory(accelerator: Any) -> None:
+    """Start a new peak: a warm rank runs many trials, and each reports its own peak."""
+    if accelerator.device_name() != "cpu":
+        accelerator.reset_peak_memory_stats()
+        return
+    try:
+        # Linux: writing 5 resets the process's peak resident set size (VmHWM).
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+
+
 def _peak_memory_bytes(accelerator: Any) -> int:
     if accelerator.device_name() != "cpu":
         return int(accelerator.max_memory_allocated())
-    # ru_maxrss is in KiB on Linux: the rank's peak resident memory.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # ru_maxrss is in KiB on Linux: the rank's peak resident memory over its whole life.
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def step_time_is_stable(times: list[float], rel_halfwidth: float, min_steps: int) -> bool:
+    """Whether the 95% confidence interval of the mean step time is within +-``rel_halfwidth``
+    of the mean (so the throughput estimate is within about the same)."""
+    n = len(times)
+    if n < max(2, min_steps):
+        return False
+    mean = statistics.fmean(times)
+    if mean <= 0:
+        return False
+    t = _T_975[n - 2] if n - 1 <= len(_T_975) else 1.96
+    return t * statistics.stdev(times) / math.sqrt(n) <= rel_halfwidth * mean
+
+
+def _agree(flag: bool, world_size: int) -> bool:
+    """Rank 0's decision, on every rank (ranks must stop training at the same step)."""
+    if world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 class _Batches:
@@ -92,6 +175,12 @@ class _Batches:
 
     def __iter__(self) -> _Batches:
         return self
+
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes now (a warm rank goes on to other trials)."""
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def __next__(self) -> Any:
         try:
@@ -231,6 +320,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     dtype = _dtype(settings["precision"])
     train_data, eval_data = model_file.datasets()
 
+    _reset_peak_memory(accelerator)
     torch.manual_seed(seed)
     pipeline = settings["pipeline_stages"] > 1
     if pipeline:
@@ -269,6 +359,9 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     gas = settings["gradient_accumulation_steps"]
 
     casting = _Casting(batches, dtype, device)
+    adaptive = plan.get("adaptive")
+    need_metric = plan.get("need_metric", True)
+    stable_after: int | None = None
     stage_clock = _StageClock(engine, accelerator) if pipeline else None
     loss_sum = torch.zeros((), device=device)
     step_times: list[float] = []
@@ -297,24 +390,44 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
             raise DivergedError(f"loss is {loss_sum.item()} after {warmup} warm-up steps")
         _synchronize(accelerator)
         step_times.append(time.perf_counter() - step_start)
+        measured_so_far = len(step_times) - warmup
+        if (
+            adaptive
+            and stable_after is None
+            and measured_so_far >= adaptive["min_steps"]
+            and measured_so_far % STABILITY_CHECK_EVERY == 0
+        ):
+            stable = step_time_is_stable(
+                step_times[warmup:], adaptive["rel_halfwidth"], adaptive["min_steps"]
+            )
+            if _agree(stable, dist.get_world_size()):
+                stable_after = measured_so_far
+                if not need_metric:
+                    # The accuracy for these numerics is known; only throughput was wanted.
+                    break
     dist.barrier()
     elapsed = time.perf_counter() - start
     train_seconds = time.perf_counter() - train_start
     if not torch.isfinite(loss_sum):
         raise DivergedError(f"training loss became {loss_sum.item()}")
-    measured_steps = steps - warmup
+    steps_run = len(step_times)
+    measured_steps = steps_run - warmup
 
-    _log(f"seed {seed}: trained {steps} steps, evaluating")
     eval_start = time.perf_counter()
-    engine.eval()
-    if pipeline:
-        evaluator = _gather_pipeline_model(engine, model_file, dtype).to(device)
-        metric = _evaluate(evaluator, eval_data, dtype, device, model_file)
+    metric: float | None = None
+    if need_metric:
+        _log(f"seed {seed}: trained {steps_run} steps, evaluating")
+        engine.eval()
+        if pipeline:
+            evaluator = _gather_pipeline_model(engine, model_file, dtype).to(device)
+            metric = _evaluate(evaluator, eval_data, dtype, device, model_file)
+        else:
+            metric = _evaluate(engine, eval_data, dtype, device, model_file)
+        if not math.isfinite(metric):
+            raise DivergedError(f"metric on eval data is {metric}")
     else:
-        metric = _evaluate(engine, eval_data, dtype, device, model_file)
+        _log(f"seed {seed}: step time stable after {measured_steps} measured steps; no eval")
     eval_seconds = time.perf_counter() - eval_start
-    if not math.isfinite(metric):
-        raise DivergedError(f"metric on eval data is {metric}")
 
     peaks: list[int] = [0] * dist.get_world_size()
     dist.all_gather_object(peaks, _peak_memory_bytes(accelerator))
@@ -324,10 +437,12 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     result = {
         "throughput": measured_steps * ds_config["train_batch_size"] / elapsed,
         "metric": metric,
-        "train_loss": float(loss_sum.item()) / max(1, steps * (1 if pipeline else gas)),
-        "steps": steps,
+        "train_loss": float(loss_sum.item()) / max(1, steps_run * (1 if pipeline else gas)),
+        "steps": steps_run,
+        "budget_steps": steps,
         "measured_steps": measured_steps,
-        "samples_trained": steps * ds_config["train_batch_size"],
+        "stable_after_steps": stable_after,
+        "samples_trained": steps_run * ds_config["train_batch_size"],
         "step_time_p50": statistics.median(timed),
         "step_time_p90": timed[min(len(timed) - 1, int(0.9 * len(timed)))],
         "step_time_spread": (timed[-1] - timed[0]) / statistics.median(timed),
@@ -342,6 +457,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         "stage_comm_seconds": stages["comm"] if stages else None,
     }
     engine.destroy()
+    batches.close()
     del engine, loader, batches
     return result
 
@@ -354,7 +470,8 @@ def run(plan_path: Path) -> dict[str, Any]:
     threads = plan.get("threads_per_rank")
     if threads:
         torch.set_num_threads(threads)
-    sys.path.insert(0, plan["package_root"])
+    if plan["package_root"] not in sys.path:
+        sys.path.insert(0, plan["package_root"])
     from autotune._task import load_model_file
 
     _log("imports done")
@@ -363,32 +480,103 @@ def run(plan_path: Path) -> dict[str, Any]:
     runs = []
     for seed in plan["seeds"]:
         runs.append(train_and_measure(plan, seed, model_file))
+        metric = runs[-1]["metric"]
         _log(
-            f"seed {seed}: {runs[-1]['throughput']:.1f} samples/s, metric {runs[-1]['metric']:.4f}"
+            f"seed {seed}: {runs[-1]['throughput']:.1f} samples/s, metric "
+            + ("not measured" if metric is None else f"{metric:.4f}")
         )
     result = dict(runs[0])
     result["seed_metrics"] = [r["metric"] for r in runs]
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="autotune's in-rank training harness")
-    parser.add_argument("--plan", type=Path, required=True)
-    parser.add_argument("--local_rank", type=int, default=0)  # passed by DeepSpeed's launcher
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", args.local_rank))
+def _run_and_report(plan_path: Path, rank: int) -> int:
+    """Run one plan; rank 0 writes result.json, a failing rank its failure file."""
     try:
-        result = run(args.plan)
+        result = run(plan_path)
     except BaseException as exc:
         traceback.print_exc()
         failure = {"rank": rank, "reason": failure_reason(exc)}
-        (args.plan.parent / f"failure.rank{rank}.json").write_text(json.dumps(failure))
+        (plan_path.parent / f"failure.rank{rank}.json").write_text(json.dumps(failure))
         return 1
     if rank == 0:
-        tmp = args.plan.parent / "result.json.tmp"
+        tmp = plan_path.parent / "result.json.tmp"
         tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.plan.parent / "result.json")
+        tmp.replace(plan_path.parent / "result.json")
     return 0
+
+
+def _write_output_to(log: Path) -> None:
+    """Send this rank's stdout and stderr (DeepSpeed's lines included) to a trial's log."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+STOP = "stop"
+"""The request that ends a warm group."""
+
+
+def _next_request(inbox: Path, owner: int) -> str:
+    """Rank 0: wait for the orchestrator's next request (a plan path, or STOP).
+
+    Gives up (STOP) when the orchestrator process is gone, so no group outlives its search.
+    """
+    last_check = time.monotonic()
+    while True:
+        requests = sorted(inbox.glob("*.request"))
+        if requests:
+            text = requests[0].read_text().strip()
+            requests[0].unlink()
+            return text
+        if time.monotonic() - last_check > 1.0:
+            last_check = time.monotonic()
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                return STOP
+        time.sleep(0.002)
+
+
+def serve(inbox: Path, owner: int, rank: int) -> int:
+    """A warm group: run plan after plan in this process group until told to stop."""
+    import deepspeed
+    import torch.distributed as dist
+
+    global _STARTED
+    deepspeed.init_distributed()
+    while True:
+        box = [_next_request(inbox, owner) if rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        request = str(box[0])
+        if request == STOP:
+            return 0
+        plan_path = Path(request)
+        _write_output_to(plan_path.parent / "log.txt")
+        _STARTED = time.perf_counter()
+        code = _run_and_report(plan_path, rank)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if code != 0:
+            return code  # other ranks may be stuck in a collective: the group ends here
+        gc.collect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="autotune's in-rank training harness")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--plan", type=Path, help="run this one plan and exit")
+    mode.add_argument("--serve", type=Path, help="a warm group: run plans requested in this folder")
+    parser.add_argument("--owner", type=int, default=0, help="the orchestrator's process id")
+    parser.add_argument("--local_rank", type=int, default=0)  # passed by DeepSpeed's launcher
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", args.local_rank))
+    if args.serve is not None:
+        return serve(args.serve, args.owner or os.getppid(), rank)
+    return _run_and_report(args.plan, rank)
 
 
 if __name__ == "__main__":

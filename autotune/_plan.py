@@ -155,6 +155,26 @@ class TrialConfig:
         """A canonical string: two trials with the same key run the same thing."""
         return json.dumps({**self.settings(), "learning_rate": self.learning_rate}, sort_keys=True)
 
+    def numerics_key(self) -> str:
+        """What decides the trained model's numbers: trials with equal keys train the same
+        model up to floating-point reduction order, so one's metric stands for the other's.
+
+        The samples of each optimizer step depend only on the global batch (DistributedSampler
+        interleaves ranks over one seeded order, accumulation takes consecutive micro-batches),
+        the gradient is their mean however it is split over processes, stages or accumulation,
+        and DataLoader settings change only who loads the items. Precision changes the numbers;
+        so does ZeRO under bf16/fp16, whose optimizers keep master weights differently.
+        """
+        return json.dumps(
+            {
+                "global_batch_size": self.global_batch_size,
+                "precision": self.precision,
+                "learning_rate": self.learning_rate,
+                "zero_stage": None if self.precision == "fp32" else self.zero_stage,
+            },
+            sort_keys=True,
+        )
+
     def steps(self, train_samples: int) -> int:
         """Optimizer steps that fit the fixed sample budget."""
         return train_samples // self.global_batch_size

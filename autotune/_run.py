@@ -3,21 +3,19 @@ kill it on timeout, and read back the result or a one-line failure reason."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune import _harness
 from autotune._plan import WARMUP_STEPS, Machine, TrialConfig
+from autotune._workers import Outcome, WarmWorkers, _kill_group, launch_command
 
 LOG_TAIL_LINES = 5
 
@@ -31,12 +29,15 @@ class RunResult:
         failure_reason: One line (oom, timeout, diverged, error ...) when the run failed.
         wall_seconds: The whole run, launch included.
         directory: Where its ds_config, plan, result and log lie.
+        launched: Whether a process group was launched for it (always, without warm
+            workers; with them, only when the layout changed or a group had to restart).
     """
 
     measurements: dict[str, Any] | None
     failure_reason: str | None
     wall_seconds: float
     directory: Path
+    launched: bool = True
 
     @property
     def ok(self) -> bool:
@@ -47,14 +48,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def _log_tail(log: Path) -> str:
@@ -81,8 +74,11 @@ def run_trial(
     directory: Path,
     timeout: float,
     partition_bounds: Sequence[int] | None = None,
+    workers: WarmWorkers | None = None,
+    need_metric: bool = True,
+    adaptive: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Launch one real DeepSpeed run of ``config`` and wait for it.
+    """Run one real DeepSpeed training of ``config`` and wait for it.
 
     Args:
         config: What to run.
@@ -95,6 +91,12 @@ def run_trial(
         timeout: Seconds before the whole process group is killed.
         partition_bounds: Pipeline stage boundaries to build instead of DeepSpeed's
             ``partition_method`` (autotune's ``profile`` method computes them).
+        workers: A warm group to run in; None launches a fresh process group for this run.
+        need_metric: False when the metric for these numerics is already known: training
+            may stop once throughput is measured (see ``adaptive``) and nothing is evaluated.
+        adaptive: ``{"rel_halfwidth": 0.02, "min_steps": 5}`` to record when the step-time
+            estimate became stable (95% interval within +-2%), and, without ``need_metric``,
+            stop there; None measures every step of the budget.
     """
     directory.mkdir(parents=True, exist_ok=True)
     for stale in [*directory.glob("failure.rank*.json"), directory / "result.json"]:
@@ -112,43 +114,54 @@ def run_trial(
         "warmup_steps": WARMUP_STEPS,
         "threads_per_rank": threads,
         "partition_bounds": list(partition_bounds) if partition_bounds else None,
+        "need_metric": need_metric,
+        "adaptive": adaptive,
     }
     plan_path = directory / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=2))
-    # DeepSpeed's node launcher, as its `deepspeed` runner starts it on a single node (the
-    # runner's extra hop costs a second import of deepspeed and adds nothing on one machine).
-    world_info = {"localhost": list(range(config.processes))}
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "deepspeed.launcher.launch",
-        "--world_info=" + base64.urlsafe_b64encode(json.dumps(world_info).encode()).decode(),
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(Path(_harness.__file__).resolve()),
-        "--plan",
-        str(plan_path),
-    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if machine.accelerator == "cpu":
-        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(threads))
+        # A warm group serves trials with different worker counts; each trial sets its own
+        # thread count, so the group starts with the most a rank of this layout may use.
+        most = threads if workers is None else max(1, machine.cores // config.processes)
+        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(most))
     log = directory / "log.txt"
+    log.unlink(missing_ok=True)
     start = time.perf_counter()
+    if workers is None:
+        outcome = _launch_fresh(plan_path, config.processes, env, log, timeout)
+    else:
+        outcome = workers.run(plan_path, config.processes, _free_port(), timeout, env)
+    wall = time.perf_counter() - start
+    if outcome.timed_out:
+        return RunResult(
+            None, f"timeout: still running after {timeout:g} s", wall, directory, outcome.launched
+        )
+    result_path = directory / "result.json"
+    if outcome.returncode == 0 and result_path.exists():
+        return RunResult(
+            json.loads(result_path.read_text()), None, wall, directory, outcome.launched
+        )
+    if not log.exists():
+        log.write_text("")
+    reason = _read_failure(directory, outcome.returncode, log)
+    return RunResult(None, reason, wall, directory, outcome.launched)
+
+
+def _launch_fresh(
+    plan_path: Path, processes: int, env: dict[str, str], log: Path, timeout: float
+) -> Outcome:
+    """One launch of DeepSpeed's launcher for this plan alone, in its own process group."""
+    command = launch_command(processes, _free_port(), ["--plan", str(plan_path)])
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         try:
-            returncode = process.wait(timeout=timeout)
+            return Outcome(process.wait(timeout=timeout))
         except subprocess.TimeoutExpired:
             _kill_group(process)
-            return RunResult(
-                None,
-                f"timeout: still running after {timeout:g} s",
-                time.perf_counter() - start,
-                directory,
-            )
+            return Outcome(-signal.SIGKILL, timed_out=True)
         except BaseException:  # Ctrl-C: leave no rank behind
             _kill_group(process)
             raise
@@ -158,11 +171,6 @@ def run_trial(
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    wall = time.perf_counter() - start
-    result_path = directory / "result.json"
-    if returncode == 0 and result_path.exists():
-        return RunResult(json.loads(result_path.read_text()), None, wall, directory)
-    return RunResult(None, _read_failure(directory, returncode, log), wall, directory)
 
 
 _STALE_LOCK_SECONDS = 15 * 60

@@ -6,6 +6,7 @@ as trial 0, then let the sampler propose configurations until the study holds --
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -20,6 +21,14 @@ import optuna
 from autotune import _score
 from autotune._errors import UserError
 from autotune._export import export_trial, write_study_report
+from autotune._memory import (
+    MemoryModel,
+    estimate_rank_bytes,
+    measure_footprint,
+    memory_limit_bytes,
+    memory_limit_source,
+    why_over_memory,
+)
 from autotune._partition import PartitionError
 from autotune._plan import LR_SCALINGS, Machine, TrialConfig, detect_machine, why_not_runnable
 from autotune._profile import (
@@ -37,6 +46,7 @@ from autotune._space import (
     suggest,
 )
 from autotune._task import Task, load_task
+from autotune._workers import WarmWorkers
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 DEFAULT_STORAGE = "sqlite:///trials/autotune.db"
@@ -46,6 +56,9 @@ SAMPLERS = ("tpe", "gp", "random", "grid")
 _ASKS_PER_RUN = 25
 """Proposals that cost no run (repeats, configurations that cannot run) are cheap but not free;
 a study stops after this many proposals per wanted run, which only a tiny space reaches."""
+ADAPTIVE = {"rel_halfwidth": 0.02, "min_steps": 5}
+"""Throughput is stable once the 95% interval of the mean step time is within +-2%; a trial
+whose metric is reused from the same numerics stops training there."""
 _HEARTBEAT_SECONDS = 10
 _GRACE_SECONDS = 60
 
@@ -74,6 +87,9 @@ class SearchOptions:
     seed: int = 0
     trials_dir: Path = Path("trials")
     reports_dir: Path = Path("reports")
+    warm_workers: bool = True
+    reuse_accuracy: bool = True
+    max_memory: float | None = None
 
     def __post_init__(self) -> None:
         problem = _score.validate_budget(self.max_accuracy_loss)
@@ -91,6 +107,10 @@ class SearchOptions:
             raise UserError(f"--lr-scaling must be one of {', '.join(LR_SCALINGS)}.")
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}.")
+        if self.max_memory is not None and not (
+            math.isfinite(self.max_memory) and self.max_memory > 0
+        ):
+            raise UserError(f"--max-memory must be a positive size, got {self.max_memory}.")
 
     @property
     def study_name(self) -> str:
@@ -287,6 +307,8 @@ class _Objective:
         self.reference_settings = task.reference_settings()
         self.trial_root = options.trials_dir / options.study_name
         self.profiles = ProfileCache(options.trials_dir / "profiles", machine)
+        self.workers: WarmWorkers | None = None
+        self.footprint = measure_footprint(task.model_file)
 
     def _config(self, trial: optuna.Trial) -> TrialConfig:
         if trial.user_attrs.get("role") == "reference":
@@ -336,6 +358,10 @@ class _Objective:
         )
         if reason is not None:
             return self._infeasible(trial, label, reason)
+        over = self._over_memory(trial, config)
+        # The reference runs whatever the prediction: it is what the user runs today.
+        if over is not None and role != "reference":
+            return self._infeasible(trial, label, over)
         profile = self._layer_profile(config, label) if config.pipeline_stages > 1 else None
         bounds: tuple[int, ...] | None = None
         if profile is not None and config.partition_method == "profile":
@@ -347,6 +373,7 @@ class _Objective:
                 return self._infeasible(trial, label, f"profile partition: {exc}")
             bounds = partition.bounds
 
+        reused = self._same_numerics(config) if role != "reference" else None
         done_runs = len(_runs(self.study))
         self.print_line(f"{label} running (run {done_runs + 1} of {self.options.n_trials})")
         directory = self.trial_root / f"trial_{trial.number:04d}"
@@ -364,7 +391,18 @@ class _Objective:
             directory,
             self.options.trial_timeout,
             partition_bounds=bounds,
+            workers=self.workers,
+            need_metric=reused is None,
+            adaptive=ADAPTIVE,
         )
+        trial.set_user_attr("numerics_key", config.numerics_key())
+        trial.set_user_attr("launched", result.launched)
+        if result.ok and reused is not None:
+            # Only throughput was measured; the metric is the earlier trial's, same numerics.
+            assert result.measurements is not None
+            result.measurements["metric"] = reused.user_attrs["metric"]
+            result.measurements["seed_metrics"] = [reused.user_attrs["metric"]]
+            trial.set_user_attr("accuracy_reused_from", reused.number)
         trial.set_user_attr("trial_dir", str(directory))
         trial.set_user_attr("wall_seconds", result.wall_seconds)
         trial.set_user_attr("ds_config", config.ds_config())
@@ -383,6 +421,45 @@ class _Objective:
                 )
         trial.set_user_attr("launch", launch)
         return self._scored(trial, result, label, role)
+
+    def _over_memory(self, trial: optuna.Trial, config: TrialConfig) -> str | None:
+        """Why ``config`` is predicted not to fit in memory, or None: the estimate (parameters,
+        gradients, optimizer state by ZeRO stage, measured activations) plus what finished
+        trials showed it misses."""
+        estimate = estimate_rank_bytes(self.footprint, config)
+        pairs = [
+            (t.user_attrs["memory_estimate_bytes"], t.user_attrs["peak_memory_bytes"])
+            for t in self.study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+            )
+            if t.user_attrs.get("status") == "ok"
+            and t.user_attrs.get("memory_estimate_bytes") is not None
+            and t.user_attrs.get("peak_memory_bytes") is not None
+        ]
+        prediction = MemoryModel.from_pairs(pairs).predict(estimate)
+        trial.set_user_attr("memory_estimate_bytes", estimate.total)
+        trial.set_user_attr("memory_predicted_bytes", prediction)
+        limit = memory_limit_bytes(self.machine, config.processes, self.options.max_memory)
+        source = memory_limit_source(self.machine, self.options.max_memory)
+        return why_over_memory(prediction, limit, estimate, source)
+
+    def _same_numerics(self, config: TrialConfig) -> optuna.trial.FrozenTrial | None:
+        """An earlier trial that measured the metric of the same numerics, if any."""
+        if not self.options.reuse_accuracy:
+            return None
+        key = config.numerics_key()
+        for done in self.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        ):
+            attrs = done.user_attrs
+            if (
+                attrs.get("status") == "ok"
+                and attrs.get("numerics_key") == key
+                and attrs.get("accuracy_reused_from") is None
+                and attrs.get("metric") is not None
+            ):
+                return done
+        return None
 
     def _infeasible(self, trial: optuna.Trial, label: str, reason: str) -> float:
         trial.set_user_attr("status", "infeasible")
@@ -433,6 +510,9 @@ class _Objective:
             "eval_seconds",
             "samples_trained",
             "steps",
+            "budget_steps",
+            "measured_steps",
+            "stable_after_steps",
             "partition",
             "stage_compute_seconds",
             "stage_comm_seconds",
@@ -563,13 +643,18 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
                 study.stop()
 
         objective = _Objective(options, task, machine, space, study, print_line)
-        study.optimize(
-            objective,
-            n_trials=(options.n_trials - already) * _ASKS_PER_RUN,
-            timeout=options.timeout,
-            callbacks=[stop_when_enough],
-            catch=(),
-        )
+        with contextlib.ExitStack() as stack:
+            if options.warm_workers:
+                objective.workers = stack.enter_context(
+                    WarmWorkers(options.trials_dir / options.study_name / "workers")
+                )
+            study.optimize(
+                objective,
+                n_trials=(options.n_trials - already) * _ASKS_PER_RUN,
+                timeout=options.timeout,
+                callbacks=[stop_when_enough],
+                catch=(),
+            )
     return _finish(study, options, print_line)
 
 

@@ -323,6 +323,18 @@ SEARCH_CASES = [
         {"model.py": BASE_MODEL},
         ("--n-trials", "at least 1"),
     ),
+    Case(
+        "max-memory-unknown-unit",
+        search("model.py", "--max-memory", "8XB"),
+        {"model.py": BASE_MODEL},
+        ("--max-memory", "8XB", "GiB"),
+    ),
+    Case(
+        "max-memory-zero",
+        search("model.py", "--max-memory", "0"),
+        {"model.py": BASE_MODEL},
+        ("--max-memory",),
+    ),
 ]
 
 

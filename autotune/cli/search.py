@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from autotune import _score
+from autotune._errors import UserError
+from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
 from autotune._space import PARAMETERS
 from autotune._study import (
@@ -68,9 +70,31 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
     add_study_flags(parser, "study name (default: the model file's name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampler")
+    parser.add_argument(
+        "--max-memory",
+        help="skip configurations predicted to need more than this per rank, e.g. 8GiB "
+        "(default: the accelerator's memory, or on CPU the RAM's share per rank)",
+    )
+    parser.add_argument(
+        "--fresh-launches",
+        action="store_true",
+        help="launch every trial as a new process group instead of reusing warm workers",
+    )
+    parser.add_argument(
+        "--no-accuracy-reuse",
+        action="store_true",
+        help="measure the metric in every trial, even when an earlier trial trained the same "
+        "numerics (same global batch, precision and learning rate)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    max_memory = None
+    if args.max_memory is not None:
+        try:
+            max_memory = parse_memory(args.max_memory)
+        except ValueError as exc:
+            raise UserError(f"--max-memory: {exc}") from None
     options = SearchOptions(
         model=args.model,
         space=args.space,
@@ -84,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         study=args.study,
         storage=args.storage,
         seed=args.seed,
+        max_memory=max_memory,
+        warm_workers=not args.fresh_launches,
+        reuse_accuracy=not args.no_accuracy_reuse,
     )
     search(options, print_line=lambda line: print(line, flush=True))
     return 0

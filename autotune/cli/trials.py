@@ -24,6 +24,7 @@ _COLUMNS = (
     "throughput",
     "accuracy_loss",
     "feasible",
+    "accuracy_reused_from",
     "reason",
 )
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             "zero_stage": "zero",
             "pipeline_stages": "pp",
             "num_workers": "workers",
+            "accuracy_reused_from": "acc. of",
         }
     )
     with pd.option_context(

@@ -1,0 +1,98 @@
+"""Trial overhead: fresh launches against warm workers, on the same trials.
+
+Runs the same grid search twice (a fresh DeepSpeed launch per trial, then warm workers) and
+prints, per mode: the median and 90th-percentile share of a trial's wall time not spent in
+measured steps or eval (launch, imports, engine setup, warm-up, result hand-off), the whole
+search's wall time and runs per minute.
+
+    python benchmarks/overhead.py                       # examples/digits_mlp.py, 8 runs
+    python benchmarks/overhead.py --model examples/embedding_heavy.py --n-trials 6
+
+Target (issue 5, this 2-core CPU machine): median trial overhead <= 15% with warm workers.
+Accuracy reuse is off here so both modes run the same trials to the same budget; with it on, a
+reused trial stops as soon as its throughput is stable, which is shorter still but measures
+fewer steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune import SearchOptions, load_study, search  # noqa: E402
+
+SPACE = """\
+micro_batch_size: [32, 64, 128, 256]
+gradient_accumulation_steps: [1, 2]
+zero_stage: [0, 1]
+"""
+
+
+def _overheads(storage: str, study: str) -> list[float]:
+    shares = []
+    for trial in load_study(study, storage).get_trials():
+        attrs = trial.user_attrs
+        if attrs.get("status") != "ok" or not attrs.get("wall_seconds"):
+            continue
+        shares.append(1.0 - attrs["measured_seconds"] / attrs["wall_seconds"])
+    return shares
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "examples" / "digits_mlp.py")
+    parser.add_argument("--n-trials", type=int, default=8)
+    parser.add_argument("--train-samples", type=int, default=8192)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="autotune-overhead-") as tmp:
+        work = Path(tmp)
+        space = work / "space.yaml"
+        space.write_text(SPACE)
+        storage = f"sqlite:///{work}/study.db"
+        for mode, warm in (("fresh launches", False), ("warm workers", True)):
+            study = "warm" if warm else "fresh"
+            start = time.perf_counter()
+            summary = search(
+                SearchOptions(
+                    model=args.model,
+                    space=space,
+                    n_trials=args.n_trials,
+                    train_samples=args.train_samples,
+                    sampler="grid",
+                    study=study,
+                    storage=storage,
+                    trials_dir=work / "trials",
+                    reports_dir=work / "reports",
+                    warm_workers=warm,
+                    reuse_accuracy=False,
+                ),
+                print_line=lambda line, mode=mode: print(f"[{mode}] {line}", flush=True),
+            )
+            wall = time.perf_counter() - start
+            shares = sorted(_overheads(storage, study))
+            rows.append((mode, summary.runs, shares, wall))
+    print()
+    print(f"model {args.model.name}, {args.train_samples} samples per trial, grid over:")
+    print("  " + SPACE.strip().replace("\n", "\n  "))
+    print(
+        f"{'mode':<16} {'runs':>4} {'median overhead':>16} {'p90 overhead':>13} "
+        f"{'search wall':>12} {'runs/min':>9}"
+    )
+    for mode, runs, shares, wall in rows:
+        p90 = shares[min(len(shares) - 1, int(0.9 * len(shares)))]
+        print(
+            f"{mode:<16} {runs:>4} {statistics.median(shares):>15.1%} {p90:>13.1%} "
+            f"{wall:>10.1f} s {runs / wall * 60:>9.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Sampler efficiency: how many runs each sampler needs to find a near-best configuration.
+
+A small space is measured in full once (a grid study of real runs) and saved as a landscape
+file; then TPE, GP, random and grid search are replayed on it over many seeds, each exactly as
+`autotune search` drives it (same sampler, same suggest, the reference enqueued first, same
+constraints; a repeated configuration or one that cannot run costs no run). The table gives the
+runs each sampler needed before its best feasible throughput reached 95% of the grid's best
+feasible throughput: median and spread over the seeds, as counts and as a share of the grid's
+runnable points (what an exhaustive search spends), and how many seeds got there at all.
+
+Record the landscape once (real DeepSpeed runs; 40 configurations with the space below):
+
+    autotune search examples/digits_mlp.py --space search_spaces/landscape.yaml \\
+        --sampler grid --n-trials 40 --study landscape --storage sqlite:///trials/landscape.db
+    python benchmarks/sampler_efficiency.py --record trials/landscape.json \\
+        --model examples/digits_mlp.py --space search_spaces/landscape.yaml \\
+        --study landscape --storage sqlite:///trials/landscape.db
+
+`--record` only converts the finished grid study; it runs nothing. Then replay (seconds; GP is
+the slow one):
+
+    python benchmarks/sampler_efficiency.py trials/landscape.json --seeds 20
+    python benchmarks/sampler_efficiency.py trials/landscape.json --samplers tpe random
+
+Target (issue 5): TPE reaches 95% of the grid optimum in at most 25% of the grid's runs
+(median over seeds), and needs fewer runs than random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+
+from autotune._errors import UserError  # noqa: E402
+from autotune._landscape import (  # noqa: E402
+    TARGET_FRACTION,
+    Landscape,
+    ReplayResult,
+    landscape_from_study,
+    replay,
+    summarise,
+)
+from autotune._study import DEFAULT_STORAGE, SAMPLERS, load_study  # noqa: E402
+
+
+def record(out: Path, model: Path, space_path: Path, storage: str, study_name: str | None) -> None:
+    from autotune._space import load_space
+    from autotune._task import load_task
+
+    task = load_task(model)
+    space = load_space(space_path)
+    study = load_study(study_name, storage)
+    landscape = landscape_from_study(
+        study, space, task.reference_settings(), task.model_file.optimizer, model=model.name
+    )
+    landscape.save(out)
+    print(f"{out}: {_size_line(landscape)}")
+
+
+def _size_line(landscape: Landscape) -> str:
+    best = landscape.best_feasible()
+    best_text = f"best feasible {best.value():.1f} samples/s" if best else "no feasible point"
+    return (
+        f"{len(landscape.points)} points, {landscape.runnable} runnable, "
+        f"{len(landscape.feasible_points())} feasible; {best_text}"
+    )
+
+
+def _settings_text(settings: dict[str, object]) -> str:
+    return " ".join(
+        f"{name}={settings[name]}"
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "zero_stage", "num_workers")
+    )
+
+
+def _fmt(value: float | None, runnable: int) -> str:
+    return "-" if value is None else f"{value:g} ({value / runnable:.0%})"
+
+
+def bench(path: Path, samplers: list[str], seeds: int, fraction: float) -> None:
+    landscape = Landscape.load(path)
+    best = landscape.best_feasible()
+    target = landscape.target_throughput(fraction)
+    near_best = [p for p in landscape.feasible_points() if p.value() >= target]
+    print(f"landscape {path}: {landscape.model or 'model ?'} on {landscape.machine or '?'}")
+    print(f"  {_size_line(landscape)}")
+    if best is not None:
+        print(f"  best: {_settings_text(best.settings)}")
+    print(
+        f"  target: {fraction:.0%} of the best = {target:.1f} samples/s, met by "
+        f"{len(near_best)} point(s); budget {landscape.max_accuracy_loss:.2%} accuracy loss"
+    )
+    print(f"  {seeds} seeds per sampler; runs counted as `autotune search` counts them\n")
+
+    results: list[ReplayResult] = []
+    seconds: dict[str, float] = {}
+    for sampler in samplers:
+        started = time.perf_counter()
+        for seed in range(seeds):
+            results.append(replay(landscape, sampler, seed, target_fraction=fraction))
+        seconds[sampler] = time.perf_counter() - started
+    summary = summarise(results)
+    runnable = landscape.runnable
+    header = (
+        f"{'sampler':<8} {'median runs':>14} {'min-max':>10} {'IQR':>12} "
+        f"{'reached':>8} {'proposals':>10} {'replay s':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for sampler, stats in summary.items():
+        proposals = sorted(r.proposals for r in results if r.sampler == sampler)
+        spread = "-" if stats["min"] is None else f"{stats['min']:g}-{stats['max']:g}"
+        iqr = "-" if stats["p25"] is None else f"{stats['p25']:g}-{stats['p75']:g}"
+        print(
+            f"{sampler:<8} {_fmt(stats['median'], runnable):>14} {spread:>10} {iqr:>12} "
+            f"{stats['reached']:>3}/{stats['seeds']:<4} {proposals[len(proposals) // 2]:>10} "
+            f"{seconds[sampler]:>9.1f}"
+        )
+    print(
+        f"\nruns: to {fraction:.0%} of the best feasible throughput, of {runnable} runnable "
+        "points (percent in brackets); proposals: median trials asked, repeats and "
+        "configurations that cannot run included."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("landscape", nargs="?", type=Path, help="a landscape JSON file")
+    parser.add_argument("--seeds", type=int, default=20, help="seeds per sampler (default 20)")
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    parser.add_argument(
+        "--target", type=float, default=TARGET_FRACTION, help="fraction of the best to reach"
+    )
+    parser.add_argument("--record", type=Path, metavar="OUT", help="convert a grid study to OUT")
+    parser.add_argument("--model", type=Path, help="with --record: the study's model file")
+    parser.add_argument("--space", type=Path, help="with --record: the study's space file")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="with --record: storage URL")
+    parser.add_argument("--study", help="with --record: study name (default: the model's)")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if args.record is not None:
+            if args.model is None or args.space is None:
+                parser.error("--record needs --model and --space, as given to autotune search")
+            record(args.record, args.model, args.space, args.storage, args.study or args.model.stem)
+        elif args.landscape is None:
+            parser.error("give a landscape file, or --record OUT to make one")
+        else:
+            bench(args.landscape, args.samplers, args.seeds, args.target)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

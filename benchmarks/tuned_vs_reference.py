@@ -1,0 +1,132 @@
+"""Tuned against reference, and fidelity of the export, on every example.
+
+For each example: a search (TPE, warm workers, accuracy reuse: the product's defaults) over a
+CPU-sized space; then the exported best configuration is trained ``--replays`` times by
+``benchmarks/replay_export.py``, a plain DeepSpeed script launched with DeepSpeed's launcher
+(not autotune's harness), and its throughput is set against what the trial measured. Prints a
+table: reference and best throughput, speed-up, accuracy loss, the best settings, the replays'
+median and their ratio to the trial.
+
+    python benchmarks/tuned_vs_reference.py
+    python benchmarks/tuned_vs_reference.py --examples examples/digits_mlp.py --n-trials 20
+
+Targets (issue 5, this 2-core CPU machine): speed-up >= 2x at <= 0.5% accuracy loss on at
+least one example; fidelity (replay / trial) within +-10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune import SearchOptions, search  # noqa: E402
+from autotune._study import _describe  # noqa: E402
+
+
+def replay(model: Path, export_dir: Path, train_samples: int) -> float:
+    launch = json.loads((export_dir / "launch.json").read_text())
+    env = dict(os.environ, DS_ACCELERATOR="cpu") if launch["accelerator"] == "cpu" else None
+    if launch.get("threads_per_process"):
+        env = dict(env or os.environ, OMP_NUM_THREADS=str(launch["threads_per_process"]))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(launch["processes"]),
+            "--master_port",
+            str(29400 + os.getpid() % 500),
+            str(ROOT / "benchmarks" / "replay_export.py"),
+            "--model",
+            str(model),
+            "--export",
+            str(export_dir),
+            "--train-samples",
+            str(train_samples),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    found = re.search(r"replay: ([0-9.]+) samples/s", out.stdout)
+    if not found:
+        raise SystemExit(f"replay failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return float(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--examples", nargs="*", type=Path, default=sorted((ROOT / "examples").glob("*.py"))
+    )
+    parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "cpu_small.yaml")
+    parser.add_argument("--n-trials", type=int, default=16)
+    parser.add_argument("--train-samples", type=int, default=8192)
+    parser.add_argument("--replays", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="autotune-tuned-") as tmp:
+        work = Path(tmp)
+        for model in args.examples:
+            start = time.perf_counter()
+            summary = search(
+                SearchOptions(
+                    model=model,
+                    space=args.space,
+                    n_trials=args.n_trials,
+                    train_samples=args.train_samples,
+                    storage=f"sqlite:///{work}/study.db",
+                    trials_dir=work / "trials",
+                    reports_dir=work / "reports",
+                ),
+                print_line=lambda line, name=model.stem: print(f"[{name}] {line}", flush=True),
+            )
+            wall = time.perf_counter() - start
+            best = summary.best
+            if best is None or summary.export_dir is None:
+                rows.append((model.stem, summary, wall, []))
+                continue
+            replays = [
+                replay(model, summary.export_dir, args.train_samples) for _ in range(args.replays)
+            ]
+            print(f"[{model.stem}] replays: {', '.join(f'{r:.1f}' for r in replays)}", flush=True)
+            rows.append((model.stem, summary, wall, replays))
+    print()
+    print(
+        f"{args.n_trials} runs per search over {args.space.name}, "
+        f"{args.train_samples} samples per trial"
+    )
+    print(
+        f"{'example':<18} {'reference':>10} {'best':>10} {'speed-up':>9} {'acc. loss':>10} "
+        f"{'search':>8} {'replay median':>14} {'replay/trial':>13}  best settings"
+    )
+    for name, summary, wall, replays in rows:
+        reference = float(summary.reference.value or 0.0)
+        best = summary.best
+        if best is None:
+            print(f"{name:<18} {reference:>10.1f}  no feasible configuration")
+            continue
+        median = statistics.median(replays)
+        print(
+            f"{name:<18} {reference:>10.1f} {best.value:>10.1f} {summary.speedup:>8.2f}x "
+            f"{best.user_attrs['accuracy_loss']:>+10.2%} {wall:>6.0f} s {median:>14.1f} "
+            f"{median / float(best.value or 1):>12.3f}  {_describe(best.user_attrs['settings'])}"
+        )
+
+
+if __name__ == "__main__":
+    main()

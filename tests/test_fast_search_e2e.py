@@ -1,0 +1,287 @@
+"""A fast search on real CPU DeepSpeed: warm workers, adaptive measurement, accuracy reuse and
+the memory pre-screen. No mocks on the trial path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autotune import SearchOptions, load_study, search
+from autotune._harness import step_time_is_stable
+from autotune._plan import TrialConfig, detect_machine
+from autotune._run import run_trial
+from autotune._score import reference_noise
+from autotune._task import load_model_file
+from autotune._workers import WarmWorkers
+
+MODEL = textwrap.dedent(
+    """
+    import time
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    BATCH_SIZE = 32
+
+    class Gate(nn.Module):
+        # Diverges at micro-batch 64, hangs at micro-batch 8: failures a warm group must survive.
+        def forward(self, x):
+            if x.shape[0] == 64:
+                return x * float("nan")
+            if x.shape[0] == 8:
+                time.sleep(3600)
+            return x
+
+    def model():
+        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4), Gate())
+
+    def train_data():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(2400, 16, generator=g)
+        return TensorDataset(x, x[:, :4].argmax(1))
+    """
+)
+SAMPLES = 2048
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "gated.py"
+    path.write_text(MODEL)
+    return path
+
+
+def _config(model_path: Path, **values: object) -> TrialConfig:
+    settings: dict[str, object] = {
+        "micro_batch_size": 32,
+        "gradient_accumulation_steps": 1,
+        "precision": "fp32",
+        "zero_stage": 0,
+        "processes": 1,
+        "pipeline_stages": 1,
+        "partition_method": "parameters",
+        "num_workers": 0,
+        "pin_memory": False,
+        "prefetch_factor": 2,
+    }
+    settings.update(values)
+    model_file = load_model_file(model_path)
+    return TrialConfig.from_settings(settings, model_file.optimizer, 32, "sqrt")
+
+
+@pytest.fixture(scope="module")
+def warm_runs(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Trials through one WarmWorkers: reused, relaunched on a layout change, after a diverged
+    run and after a timeout; and the same configuration as a fresh launch."""
+    root = tmp_path_factory.mktemp("warm")
+    machine = detect_machine()
+    runs: dict[str, object] = {}
+    plan = [
+        ("first", _config(model_path), 120),
+        ("zero1", _config(model_path, zero_stage=1), 120),
+        ("two_ranks", _config(model_path, processes=2, micro_batch_size=16), 120),
+        (
+            "two_ranks_again",
+            _config(model_path, processes=2, micro_batch_size=16, zero_stage=1),
+            120,
+        ),
+        ("diverged", _config(model_path, micro_batch_size=64), 120),
+        ("after_diverged", _config(model_path, gradient_accumulation_steps=2), 120),
+        ("hangs", _config(model_path, micro_batch_size=8), 20),
+        ("after_timeout", _config(model_path, micro_batch_size=16), 120),
+    ]
+    with WarmWorkers(root / "workers") as workers:
+        for name, config, timeout in plan:
+            runs[name] = run_trial(
+                config, machine, model_path, SAMPLES, [0], root / name, timeout, workers=workers
+            )
+        runs["launches"] = workers.launches
+    runs["fresh"] = run_trial(
+        _config(model_path), machine, model_path, SAMPLES, [0], root / "fresh", 120
+    )
+    return runs
+
+
+def test_warm_trial_measures_what_a_fresh_launch_measures(warm_runs: dict) -> None:
+    warm, fresh = warm_runs["first"], warm_runs["fresh"]
+    assert warm.ok and fresh.ok
+    # Same seeded weights, data order and steps: the same training, to the last bit on CPU.
+    assert warm.measurements["metric"] == fresh.measurements["metric"]
+    assert warm.measurements["train_loss"] == fresh.measurements["train_loss"]
+    assert warm.measurements["steps"] == fresh.measurements["steps"]
+    # Timing agrees within this shared machine's noise (the benchmark prints the real ratio).
+    ratio = warm.measurements["throughput"] / fresh.measurements["throughput"]
+    assert 0.5 < ratio < 2.0
+
+
+def test_group_is_reused_until_the_layout_changes(warm_runs: dict) -> None:
+    assert warm_runs["first"].launched
+    assert not warm_runs["zero1"].launched
+    assert warm_runs["two_ranks"].launched
+    assert not warm_runs["two_ranks_again"].launched
+    assert warm_runs["zero1"].ok and warm_runs["two_ranks_again"].ok
+    # A warm trial's wall time is mostly its own training, not a launch.
+    assert warm_runs["zero1"].wall_seconds < warm_runs["first"].wall_seconds
+
+
+def test_group_restarts_after_a_failure_and_a_timeout(warm_runs: dict) -> None:
+    assert warm_runs["diverged"].failure_reason.startswith("diverged")
+    assert warm_runs["after_diverged"].ok and warm_runs["after_diverged"].launched
+    assert warm_runs["hangs"].failure_reason.startswith("timeout")
+    assert warm_runs["after_timeout"].ok and warm_runs["after_timeout"].launched
+    # 1 process, 2 processes, 1 process again, after the failure, after the timeout.
+    assert warm_runs["launches"] == 5
+    log = (warm_runs["diverged"].directory / "log.txt").read_text()
+    assert "DivergedError" in log  # each trial's own log, even in a shared group
+
+
+def test_adaptive_measurement_stops_once_throughput_is_known(
+    model_path: Path, tmp_path: Path
+) -> None:
+    machine = detect_machine()
+    config = _config(model_path, micro_batch_size=16)
+    # A loose interval, so the test checks the stopping, not this machine's step-time noise.
+    adaptive = {"rel_halfwidth": 0.25, "min_steps": 5}
+    result = run_trial(
+        config,
+        machine,
+        model_path,
+        8192,
+        [0],
+        tmp_path / "t",
+        120,
+        need_metric=False,
+        adaptive=adaptive,
+    )
+    assert result.ok, result.failure_reason
+    measured = result.measurements
+    assert measured["metric"] is None and measured["eval_seconds"] < 0.01
+    assert measured["stable_after_steps"] == measured["measured_steps"]
+    assert measured["steps"] < measured["budget_steps"] == 8192 // 16
+
+
+def test_stability_rule() -> None:
+    steady = [0.010, 0.0101, 0.0099, 0.0100, 0.0100, 0.0101, 0.0099, 0.0100]
+    assert step_time_is_stable(steady, 0.02, 5)
+    assert not step_time_is_stable(steady[:4], 0.02, 5)  # too few steps
+    noisy = [0.01, 0.02, 0.01, 0.03, 0.01, 0.02, 0.01, 0.03]
+    assert not step_time_is_stable(noisy, 0.02, 5)
+    assert step_time_is_stable(noisy * 40, 0.1, 5)  # more steps narrow the interval
+
+
+TINY = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    BATCH_SIZE = 32
+
+    def model():
+        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def train_data():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(2400, 16, generator=g)
+        return TensorDataset(x, x[:, :4].argmax(1))
+    """
+)
+
+
+def test_reused_accuracy_agrees_with_a_remeasured_one(tmp_path: Path) -> None:
+    """Same global batch, split another way: its metric, measured anyway, is within the
+    reference's seed-to-seed noise of the reference's (what reuse would have copied)."""
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY)
+    machine = detect_machine()
+    with WarmWorkers(tmp_path / "workers") as workers:
+        reference = run_trial(
+            _config(path), machine, path, SAMPLES, [0, 1], tmp_path / "ref", 120, workers=workers
+        )
+        split = _config(path, micro_batch_size=16, gradient_accumulation_steps=2)
+        assert split.numerics_key() == _config(path).numerics_key()
+        remeasured = run_trial(
+            split, machine, path, SAMPLES, [0], tmp_path / "split", 120, workers=workers
+        )
+    assert reference.ok and remeasured.ok
+    noise = reference_noise(reference.measurements["seed_metrics"])
+    eval_items = 480  # the held-out 20% of 2400
+    tolerance = max(noise * abs(reference.measurements["metric"]), 1 / eval_items)
+    assert abs(remeasured.measurements["metric"] - reference.measurements["metric"]) <= tolerance
+
+
+def test_search_reuses_accuracy_and_prescreens_memory(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY)
+    space = tmp_path / "space.yaml"
+    space.write_text("micro_batch_size: [16, 32]\ngradient_accumulation_steps: [1, 2]\n")
+    lines: list[str] = []
+    search(
+        SearchOptions(
+            model=path,
+            space=space,
+            n_trials=4,
+            train_samples=SAMPLES,
+            sampler="grid",
+            storage=f"sqlite:///{tmp_path}/study.db",
+            trials_dir=tmp_path / "trials",
+            reports_dir=tmp_path / "reports",
+            trial_timeout=120,
+        ),
+        print_line=lines.append,
+    )
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    ran = {
+        (
+            t.user_attrs["settings"]["micro_batch_size"],
+            t.user_attrs["settings"]["gradient_accumulation_steps"],
+        ): t
+        for t in study.get_trials()
+        if t.user_attrs.get("status") == "ok"
+    }
+    reference = ran[(32, 1)]
+    # mbs 16 x 2 trains the reference's global batch: its accuracy is the reference's.
+    reused = ran[(16, 2)]
+    assert reused.user_attrs["accuracy_reused_from"] == reference.number
+    assert reused.user_attrs["metric"] == reference.user_attrs["metric"]
+    assert reused.user_attrs["accuracy_loss"] == 0.0
+    # Throughput only: nothing evaluated, and training stopped once the step time was stable
+    # (or ran the budget when it never was).
+    assert reused.user_attrs["eval_seconds"] < 1e-3
+    assert reused.user_attrs["steps"] <= reused.user_attrs["budget_steps"]
+    for key in ((16, 1), (32, 2)):
+        assert ran[key].user_attrs.get("accuracy_reused_from") is None
+    # Only the first trial of the search launched a process group.
+    assert [t.user_attrs["launched"] for t in sorted(ran.values(), key=lambda t: t.number)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    for trial in ran.values():
+        assert trial.user_attrs["memory_estimate_bytes"] > 0
+
+    # The same space under a 1 MiB limit: everything but the reference is predicted over it.
+    lines = []
+    search(
+        SearchOptions(
+            model=path,
+            space=space,
+            n_trials=2,
+            train_samples=SAMPLES,
+            sampler="grid",
+            study="tight",
+            storage=f"sqlite:///{tmp_path}/study.db",
+            trials_dir=tmp_path / "trials",
+            reports_dir=tmp_path / "reports",
+            trial_timeout=120,
+            max_memory=2**20,
+        ),
+        print_line=lines.append,
+    )
+    tight = load_study("tight", f"sqlite:///{tmp_path}/study.db")
+    skipped = [t for t in tight.get_trials() if t.user_attrs.get("status") == "infeasible"]
+    assert skipped and all("limit (--max-memory)" in t.user_attrs["reason"] for t in skipped)
+    assert all(t.user_attrs["memory_predicted_bytes"] > 2**20 for t in skipped)
