@@ -426,7 +426,12 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         if not math.isfinite(metric):
             raise DivergedError(f"metric on eval data is {metric}")
     else:
-        _log(f"seed {seed}: step time stable after {measured_steps} measured steps; no eval")
+        stability = (
+            f"step time stable after {stable_after} measured steps"
+            if stable_after is not None
+            else f"step time not stable within the budget ({measured_steps} measured steps)"
+        )
+        _log(f"seed {seed}: {stability}; metric reused, no eval")
     eval_seconds = time.perf_counter() - eval_start
 
     peaks: list[int] = [0] * dist.get_world_size()
