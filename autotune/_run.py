@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from autotune._plan import WARMUP_STEPS, Machine, TrialConfig
-from autotune._workers import Outcome, WarmWorkers, _kill_group, launch_command
+from autotune._workers import (
+    Outcome,
+    WarmWorkers,
+    _kill_group,
+    launch_command,
+    remove_shm_buffers,
+)
 
 LOG_TAIL_LINES = 5
 
@@ -152,7 +158,8 @@ def _launch_fresh(
     plan_path: Path, processes: int, env: dict[str, str], log: Path, timeout: float
 ) -> Outcome:
     """One launch of DeepSpeed's launcher for this plan alone, in its own process group."""
-    command = launch_command(processes, _free_port(), ["--plan", str(plan_path)])
+    port = _free_port()
+    command = launch_command(processes, port, ["--plan", str(plan_path)])
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
@@ -171,6 +178,7 @@ def _launch_fresh(
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            remove_shm_buffers(port)
 
 
 _STALE_LOCK_SECONDS = 15 * 60

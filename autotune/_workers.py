@@ -23,6 +23,24 @@ from pathlib import Path
 from autotune import _harness
 
 POLL_SECONDS = 0.005
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_shm_buffers(port: int) -> int:
+    """Delete the shared-memory buffers of a finished process group on ``port``.
+
+    DeepSpeed's CPU communication op creates one ``deepspeed_allreduce_buffer_<uid>_<addr>_
+    <port>_<rank>`` segment per rank (66 MB each) and never unlinks it; /dev/shm is memory, so
+    every launch would keep that much RAM until reboot. Returns how many were removed.
+    """
+    removed = 0
+    for segment in SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        try:
+            segment.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -66,6 +84,7 @@ class _Group:
     process: subprocess.Popen[bytes]
     inbox: Path
     log: Path
+    port: int
 
 
 class WarmWorkers:
@@ -96,7 +115,7 @@ class WarmWorkers:
                 start_new_session=True,
                 env=env,
             )
-        return _Group(processes, process, inbox, log)
+        return _Group(processes, process, inbox, log, port)
 
     def close(self) -> None:
         """End the warm group, if any: ask it to stop, then kill what is left."""
@@ -110,6 +129,7 @@ class WarmWorkers:
             except subprocess.TimeoutExpired:
                 pass
         _kill_group(group.process)
+        remove_shm_buffers(group.port)
 
     def run(
         self, plan_path: Path, processes: int, port: int, timeout: float, env: dict[str, str]

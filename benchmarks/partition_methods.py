@@ -50,6 +50,7 @@ from autotune._profile import (  # noqa: E402
 )
 from autotune._run import prepare_deepspeed_ops, run_trial  # noqa: E402
 from autotune._task import load_model_file  # noqa: E402
+from autotune._workers import remove_shm_buffers  # noqa: E402
 
 BUILT_IN = ("parameters", "uniform")
 METHODS = (*BUILT_IN, "profile")
@@ -163,6 +164,7 @@ def bench_interleaved(
     bounds = profiled_partition(profile, config, memory_cap_per_rank(machine, 2)).bounds
     methods = {"parameters": None, "uniform": None, "profile": list(bounds)}
     out = work / f"{path.stem}-interleaved.json"
+    port = 29300 + os.getpid() % 500
     command = [
         sys.executable,
         "-m",
@@ -170,7 +172,7 @@ def bench_interleaved(
         "--num_gpus",
         "2",
         "--master_port",
-        str(29300 + os.getpid() % 500),
+        str(port),
         str(ROOT / "benchmarks" / "interleaved_pipelines.py"),
         "--model",
         str(path),
@@ -189,6 +191,7 @@ def bench_interleaved(
     ]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    remove_shm_buffers(port)
     if not out.exists():
         raise SystemExit(f"{path.stem}: interleaved run failed:\n{done.stdout[-3000:]}")
     measured = json.loads(out.read_text())

@@ -23,4 +23,6 @@ for i in $(seq "$replays"); do
   DS_ACCELERATOR=cpu OMP_NUM_THREADS=$(python3 -c "import json; print(json.load(open('best/launch.json'))['threads_per_process'] or '')") \
     deepspeed --num_gpus "$processes" "$here/benchmarks/replay_export.py" \
     --model "$model" --export best --train-samples "$samples" 2>&1 | grep '^replay:'
+  # DeepSpeed's CPU comm op leaves a 66 MB /dev/shm segment per rank (default port 29500).
+  rm -f /dev/shm/deepspeed_allreduce_buffer_"$(id -u)"_*_29500_*
 done

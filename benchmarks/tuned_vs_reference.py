@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, search  # noqa: E402
 from autotune._study import _describe  # noqa: E402
+from autotune._workers import remove_shm_buffers  # noqa: E402
 
 
 def replay(model: Path, export_dir: Path, train_samples: int) -> float:
@@ -39,6 +40,7 @@ def replay(model: Path, export_dir: Path, train_samples: int) -> float:
     env = dict(os.environ, DS_ACCELERATOR="cpu") if launch["accelerator"] == "cpu" else None
     if launch.get("threads_per_process"):
         env = dict(env or os.environ, OMP_NUM_THREADS=str(launch["threads_per_process"]))
+    port = 29400 + os.getpid() % 500
     out = subprocess.run(
         [
             sys.executable,
@@ -47,7 +49,7 @@ def replay(model: Path, export_dir: Path, train_samples: int) -> float:
             "--num_gpus",
             str(launch["processes"]),
             "--master_port",
-            str(29400 + os.getpid() % 500),
+            str(port),
             str(ROOT / "benchmarks" / "replay_export.py"),
             "--model",
             str(model),
@@ -62,6 +64,7 @@ def replay(model: Path, export_dir: Path, train_samples: int) -> float:
         timeout=600,
         check=False,
     )
+    remove_shm_buffers(port)
     found = re.search(r"replay: ([0-9.]+) samples/s", out.stdout)
     if not found:
         raise SystemExit(f"replay failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")

@@ -77,7 +77,7 @@ def warm_runs(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     run and after a timeout; and the same configuration as a fresh launch."""
     root = tmp_path_factory.mktemp("warm")
     machine = detect_machine()
-    runs: dict[str, object] = {}
+    runs: dict[str, object] = {"shm_before": _shm_buffers()}
     plan = [
         ("first", _config(model_path), 120),
         ("zero1", _config(model_path, zero_stage=1), 120),
@@ -101,7 +101,18 @@ def warm_runs(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     runs["fresh"] = run_trial(
         _config(model_path), machine, model_path, SAMPLES, [0], root / "fresh", 120
     )
+    runs["shm_after"] = _shm_buffers()
     return runs
+
+
+def _shm_buffers() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
+
+
+def test_no_shared_memory_is_left_behind(warm_runs: dict) -> None:
+    """DeepSpeed's CPU comm op never frees its 66 MB /dev/shm segment per rank; every group
+    (warm, failed, timed out or fresh) must have had its segments removed."""
+    assert warm_runs["shm_after"] <= warm_runs["shm_before"]
 
 
 def test_warm_trial_measures_what_a_fresh_launch_measures(warm_runs: dict) -> None:

@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from autotune import SearchOptions, export, load_study, search, trials_frame
+from autotune._workers import remove_shm_buffers
 
 pytestmark = pytest.mark.e2e
 
@@ -188,6 +189,7 @@ def _replay(model: Path, export_dir: Path, processes: int) -> str:
     """Train with the exported files through DeepSpeed's launcher and a plain script."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "replay_export.py"
     env = dict(os.environ, DS_ACCELERATOR="cpu")
+    port = 29500 + processes * 7 + os.getpid() % 500
     result = subprocess.run(
         [
             sys.executable,
@@ -196,7 +198,7 @@ def _replay(model: Path, export_dir: Path, processes: int) -> str:
             "--num_gpus",
             str(processes),
             "--master_port",
-            str(29500 + processes * 7 + os.getpid() % 500),
+            str(port),
             str(script),
             "--model",
             str(model),
@@ -210,6 +212,7 @@ def _replay(model: Path, export_dir: Path, processes: int) -> str:
         timeout=180,
         env=env,
     )
+    remove_shm_buffers(port)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "replay:" in result.stdout
     return result.stdout
