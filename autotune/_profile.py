@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autotune._memory import _tensor_bytes
 from autotune._partition import Partition, partition_layers, stage_costs
 from autotune._plan import Machine, TrialConfig
 from autotune._run import _free_port
@@ -156,16 +157,6 @@ def stage_cost_vectors(profile: LayerProfile, config: TrialConfig) -> StageCosts
     return StageCosts(layer_seconds, send_seconds, layer_bytes)
 
 
-def memory_cap_per_rank(machine: Machine, processes: int) -> float:
-    """Bytes one rank may use: its accelerator's memory, or on CPU its share of the RAM."""
-    if machine.accelerator != "cpu":
-        from deepspeed.accelerator import get_accelerator
-
-        return float(get_accelerator().total_memory())
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return float(pages) / max(1, processes)
-
-
 def profiled_partition(
     profile: LayerProfile, config: TrialConfig, memory_cap: float | None
 ) -> Partition:
@@ -271,14 +262,6 @@ def _forward_backward(
     return run
 
 
-def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, tuple | list):
-        return sum(_nbytes(item) for item in value)
-    return 0
-
-
 def measure_layers(
     model_file: ModelFile,
     micro_batch_size: int,
@@ -326,8 +309,8 @@ def measure_layers(
         loss_fn = model_file.loss if index == last else None
         tasks.append(("fb", index, _forward_backward(layer, x_in, params, loss_fn, targets)))
         with torch.no_grad():
-            activation.append(_nbytes(layer(x_in)))
-        parameter.append(sum(_nbytes(p) for p in params))
+            activation.append(_tensor_bytes(layer(x_in)))
+        parameter.append(sum(_tensor_bytes(p) for p in params))
         if params:
             optimizers[index] = _optimizer_class(model_file.optimizer)(
                 params, **_optimizer_params(model_file.optimizer)
@@ -337,7 +320,7 @@ def measure_layers(
     fb_seconds = [times[("fb", i)] for i in range(len(layers))]
     opt_seconds = [times.get(("opt", i), 0.0) for i in range(len(layers))]
     state = [
-        sum(_nbytes(v) for s in optimizers[i].state.values() for v in s.values())
+        sum(_tensor_bytes(v) for s in optimizers[i].state.values() for v in s.values())
         if i in optimizers
         else 0
         for i in range(len(layers))

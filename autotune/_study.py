@@ -34,7 +34,6 @@ from autotune._plan import LR_SCALINGS, Machine, TrialConfig, detect_machine, wh
 from autotune._profile import (
     LayerProfile,
     ProfileCache,
-    memory_cap_per_rank,
     predicted_stage_seconds,
     profiled_partition,
 )
@@ -367,7 +366,9 @@ class _Objective:
         if profile is not None and config.partition_method == "profile":
             try:
                 partition = profiled_partition(
-                    profile, config, memory_cap_per_rank(self.machine, config.processes)
+                    profile,
+                    config,
+                    memory_limit_bytes(self.machine, config.processes, self.options.max_memory),
                 )
             except PartitionError as exc:
                 return self._infeasible(trial, label, f"profile partition: {exc}")

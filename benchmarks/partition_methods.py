@@ -40,11 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autotune._memory import memory_limit_bytes  # noqa: E402
 from autotune._partition import partition_layers  # noqa: E402
 from autotune._plan import TrialConfig, detect_machine  # noqa: E402
 from autotune._profile import (  # noqa: E402
     ProfileCache,
-    memory_cap_per_rank,
     predicted_stage_seconds,
     profiled_partition,
 )
@@ -89,7 +89,9 @@ def bench_example(
     cache = ProfileCache(work / "profiles", machine)
     configs = {method: _config(model_file, method, mbs, gas) for method in METHODS}
     profile = cache.profile(model_file, configs["profile"])
-    bounds = profiled_partition(profile, configs["profile"], memory_cap_per_rank(machine, 2)).bounds
+    bounds = profiled_partition(
+        profile, configs["profile"], memory_limit_bytes(machine, 2, None)
+    ).bounds
     calibration = run_trial(
         configs["parameters"],
         machine,
@@ -161,7 +163,7 @@ def bench_interleaved(
     model_file = load_model_file(path)
     config = _config(model_file, "profile", mbs, gas)
     profile = ProfileCache(work / "profiles", machine).profile(model_file, config)
-    bounds = profiled_partition(profile, config, memory_cap_per_rank(machine, 2)).bounds
+    bounds = profiled_partition(profile, config, memory_limit_bytes(machine, 2, None)).bounds
     methods = {"parameters": None, "uniform": None, "profile": list(bounds)}
     out = work / f"{path.stem}-interleaved.json"
     port = 29300 + os.getpid() % 500
