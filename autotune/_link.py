@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-SIZES = (64, 4 * 1024 * 1024)
-"""Message bytes timed: a tiny one gives the latency, a large one the bandwidth."""
-ROUNDS = 20
+SIZES = tuple(4**k for k in range(3, 12))
+"""Message bytes timed, 64 B to 4 MiB by powers of 4: the smallest gives the latency, the
+largest the bandwidth, and those between where the cost steps up."""
+ROUNDS = 50
 
 
 def main() -> None:
@@ -33,23 +35,27 @@ def main() -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
     dist.init_process_group(args.backend, rank=rank, world_size=2)
     device = torch.device(f"cuda:{rank}") if args.backend == "nccl" else torch.device("cpu")
-    timings = []
-    for nbytes in SIZES:
-        tensor = torch.zeros(max(1, nbytes // 4), device=device)
+    tensors = [torch.zeros(max(1, nbytes // 4), device=device) for nbytes in SIZES]
+    for tensor in tensors:
         for _ in range(3):  # connect and warm up
             (dist.send if rank == 0 else dist.recv)(tensor, peer)
-        dist.barrier()
-        start = time.perf_counter()
-        for _ in range(ROUNDS):  # ping-pong: each round is two one-way messages
-            if rank == 0:
+    dist.barrier()
+    # Rounds visit every size in turn, so a slow spell spreads over all sizes; each size's
+    # figure is the median of its round trips, so one spell does not make a size look dear.
+    samples: list[list[float]] = [[] for _ in SIZES]
+    for _ in range(ROUNDS):
+        for index, tensor in enumerate(tensors):
+            start = time.perf_counter()
+            if rank == 0:  # ping-pong: two one-way messages
                 dist.send(tensor, peer)
                 dist.recv(tensor, peer)
             else:
                 dist.recv(tensor, peer)
                 dist.send(tensor, peer)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings.append((time.perf_counter() - start) / (2 * ROUNDS))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            samples[index].append((time.perf_counter() - start) / 2)
+    timings = [statistics.median(values) for values in samples]
     if rank == 0:
         args.out.write_text(json.dumps(timings))
     dist.destroy_process_group()

@@ -5,8 +5,10 @@ regex; its ``profile`` method is unimplemented. Parameter count is a poor proxy 
 embedding holds most parameters and does little work), so autotune measures, per layer, on the
 trial's device, micro-batch and precision:
 
-- forward + backward seconds per micro-batch (the last layer's includes the loss),
-- optimizer-step seconds (the model file's optimizer type over that layer's parameters),
+- forward + backward seconds per micro-batch, timed inside whole-model passes (the last
+  layer's includes the loss),
+- optimizer-step seconds (the model file's optimizer type over that layer's parameters, less
+  the fixed cost of a step call, which each stage pays once),
 - the output activation's bytes (what a stage boundary after it sends, and its gradient back),
 - parameter and optimizer-state bytes (what the layer pins on its stage),
 
@@ -31,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +43,7 @@ from autotune._plan import Machine, TrialConfig
 from autotune._run import _free_port
 from autotune._task import ModelFile
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 """Bumped when what a profile measures changes, so stale cache files are not read."""
 BOTTLENECK_TOLERANCE = 0.03
 """Layer timings repeat within a few percent, so a partition whose slowest stage is within 3% of
@@ -55,18 +58,36 @@ _MIN_SECONDS = 0.5
 class LinkCost:
     """What one point-to-point message between two ranks costs on this machine.
 
+    The cost is not linear in size (on loopback gloo, messages up to some tens of KB cost the
+    same and larger ones jump), so it is measured at a ladder of sizes and interpolated.
+
     Attributes:
-        latency_seconds: The cost of a tiny message.
-        seconds_per_byte: The added cost of each byte.
+        sizes: Message bytes measured, ascending.
+        seconds: One-way seconds of a message of each size.
         backend: The torch.distributed backend it was measured with.
     """
 
-    latency_seconds: float
-    seconds_per_byte: float
+    sizes: tuple[int, ...]
+    seconds: tuple[float, ...]
     backend: str
 
+    @property
+    def latency_seconds(self) -> float:
+        """The cost of the smallest message measured."""
+        return self.seconds[0] if self.seconds else 0.0
+
     def message_seconds(self, nbytes: float) -> float:
-        return self.latency_seconds + nbytes * self.seconds_per_byte
+        """Interpolated between the measured sizes; beyond the largest, at its bandwidth."""
+        if not self.sizes:
+            return 0.0
+        if nbytes >= self.sizes[-1]:
+            slope = self.seconds[-1] / self.sizes[-1]
+            return self.seconds[-1] + (nbytes - self.sizes[-1]) * slope
+        return float(np.interp(nbytes, self.sizes, self.seconds))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LinkCost:
+        return cls(tuple(data["sizes"]), tuple(data["seconds"]), data["backend"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +124,7 @@ class LayerProfile:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LayerProfile:
         values = {key: value for key, value in data.items() if key != "version"}
-        values["link"] = LinkCost(**values["link"])
+        values["link"] = LinkCost.from_json(values["link"])
         for name in (
             "names",
             "forward_backward_seconds",
@@ -217,7 +238,7 @@ def _time_round_robin(
     Timing one layer after another lets a slow spell, or the cache left by the layer before
     (an embedding's optimizer step sweeps megabytes), land on one layer and tilt the partition;
     rounds in shuffled order spread both over all layers. The first round runs in order, untimed:
-    it warms up the allocator and leaves every layer with gradients for its optimizer step.
+    it warms up the allocator.
     """
     for _, _, fn in tasks:
         fn()
@@ -239,27 +260,70 @@ def _time_round_robin(
     return {task: statistics.median(values) for task, values in samples.items()}
 
 
-def _forward_backward(
-    layer: nn.Module,
-    x_in: torch.Tensor,
-    params: list[nn.Parameter],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
-    targets: torch.Tensor,
-) -> Callable[[], None]:
-    """One forward and backward pass through ``layer`` alone (and the loss, for the last)."""
+def _time_in_graph(
+    layers: Sequence[nn.Module],
+    inputs: torch.Tensor,
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    synchronize: Callable[[], None],
+) -> list[float]:
+    """Each layer's forward + backward time per micro-batch, timed inside whole-model passes.
 
-    def run() -> None:
-        for p in params:
-            p.grad = None
-        x_in.grad = None
-        out = layer(x_in)
-        if loss_fn is not None:
-            out = loss_fn(out, targets)
-        if out.requires_grad:
-            # A unit upstream gradient: the same work as the real one.
-            out.backward(torch.ones_like(out) if out.dim() else None)
+    Timing a layer alone charges it a whole autograd call (and a loss-free backward seed) that
+    a stage pays once for all its layers; on small layers that fixed cost is most of the time
+    and hides which layers really cost more. So, as PipeDream's profiler does, every layer is
+    timed where it runs: the forward between layers, the backward from when the gradient of the
+    layer's output arrives (a tensor hook) to when the gradient of its input does. Passes repeat
+    for at least _MIN_ROUNDS and _MIN_SECONDS; the median of each layer's time is kept.
+    """
+    count = len(layers)
 
-    return run
+    def one_pass() -> tuple[list[float], list[float]]:
+        for layer in layers:
+            for param in layer.parameters():
+                param.grad = None
+        forward = [0.0] * count
+        arrived: list[float | None] = [None] * count
+        x = inputs
+        for index, layer in enumerate(layers):
+            start = time.perf_counter()
+            x = layer(x)
+            if index == count - 1:
+                x = loss(x)
+            synchronize()
+            forward[index] = time.perf_counter() - start
+            if x.requires_grad and index < count - 1:
+
+                def hook(grad: torch.Tensor, index: int = index) -> None:
+                    synchronize()
+                    arrived[index] = time.perf_counter()
+
+                x.register_hook(hook)
+        backward = [0.0] * count
+        if x.requires_grad:
+            start = time.perf_counter()
+            x.backward()
+            synchronize()
+            done = time.perf_counter()
+            # The gradient reaches layer i's output at reached[i] (the loss at the start) and
+            # its input at reached[i - 1] (the end of the pass, for the first layer); a layer
+            # whose output gets no gradient does no backward.
+            reached = [*arrived[: count - 1], start]
+            for index in range(count):
+                if reached[index] is not None:
+                    end = reached[index - 1] if index > 0 else None
+                    backward[index] = max(0.0, (end if end is not None else done) - reached[index])
+        return forward, backward
+
+    one_pass()  # warms up the allocator
+    samples: list[list[float]] = [[] for _ in range(count)]
+    spent, rounds = 0.0, 0
+    while rounds < _MIN_ROUNDS or (spent < _MIN_SECONDS and rounds < _MAX_ROUNDS):
+        forward, backward = one_pass()
+        for index in range(count):
+            samples[index].append(forward[index] + backward[index])
+        spent += math.fsum(forward) + math.fsum(backward)
+        rounds += 1
+    return [statistics.median(values) for values in samples]
 
 
 def measure_layers(
@@ -287,38 +351,43 @@ def measure_layers(
     batch = torch.utils.data.default_collate(items)
     inputs, targets = _cast(batch, dtype, device)
 
-    # Each layer's input: the previous layer's output on the real batch, detached.
-    layer_inputs: list[torch.Tensor] = []
-    with torch.no_grad():
-        x = inputs
-        for layer in layers:
-            layer_inputs.append(x)
-            x = layer(x)
+    # Forward + backward of each layer, timed inside whole-model passes on the real batch.
+    fb_seconds = _time_in_graph(
+        layers, inputs, lambda out: model_file.loss(out, targets), synchronize
+    )
 
-    # What to time: each layer's forward + backward, and its optimizer step.
-    tasks: list[tuple[str, int, Callable[[], None]]] = []
+    # Each layer's output bytes and parameters, and its optimizer step timed on its own.
     activation: list[int] = []
     parameter: list[int] = []
     optimizers: dict[int, torch.optim.Optimizer] = {}
-    last = len(layers) - 1
-    for index, layer in enumerate(layers):
-        x_in = layer_inputs[index].detach()
-        if x_in.is_floating_point():
-            x_in.requires_grad_(True)
-        params = [p for p in layer.parameters() if p.requires_grad]
-        loss_fn = model_file.loss if index == last else None
-        tasks.append(("fb", index, _forward_backward(layer, x_in, params, loss_fn, targets)))
-        with torch.no_grad():
-            activation.append(_tensor_bytes(layer(x_in)))
-        parameter.append(sum(_tensor_bytes(p) for p in params))
-        if params:
-            optimizers[index] = _optimizer_class(model_file.optimizer)(
-                params, **_optimizer_params(model_file.optimizer)
-            )
-            tasks.append(("opt", index, optimizers[index].step))
+    tasks: list[tuple[str, int, Callable[[], None]]] = []
+    with torch.no_grad():
+        x = inputs
+        for index, layer in enumerate(layers):
+            x = layer(x)
+            activation.append(_tensor_bytes(x))
+            params = [p for p in layer.parameters() if p.requires_grad]
+            parameter.append(sum(_tensor_bytes(p) for p in params))
+            if params:
+                for p in params:
+                    p.grad = torch.randn_like(p) * 1e-3
+                optimizers[index] = _optimizer_class(model_file.optimizer)(
+                    params, **_optimizer_params(model_file.optimizer)
+                )
+                tasks.append(("opt", index, optimizers[index].step))
+    # A stage steps one optimizer over all its layers, so the fixed cost of a step call (timed
+    # on one scalar parameter) is the stage's, not each layer's.
+    scalar = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
+    scalar.grad = torch.zeros_like(scalar)
+    empty = _optimizer_class(model_file.optimizer)(
+        [scalar], **_optimizer_params(model_file.optimizer)
+    )
+    tasks.append(("opt", -1, empty.step))
     times = _time_round_robin(tasks, synchronize)
-    fb_seconds = [times[("fb", i)] for i in range(len(layers))]
-    opt_seconds = [times.get(("opt", i), 0.0) for i in range(len(layers))]
+    call = times[("opt", -1)]
+    opt_seconds = [
+        max(0.0, times[("opt", i)] - call) if i in optimizers else 0.0 for i in range(len(layers))
+    ]
     state = [
         sum(_tensor_bytes(v) for s in optimizers[i].state.values() for v in s.values())
         if i in optimizers
@@ -346,7 +415,7 @@ def measure_link(machine: Machine, scratch: Path, timeout: float = 120.0) -> Lin
     backend = "gloo" if machine.accelerator == "cpu" else "nccl"
     if backend == "nccl" and machine.devices < 2:
         # One device holds no pipeline; a trial asking for one is never launched.
-        return LinkCost(0.0, 0.0, "none")
+        return LinkCost((), (), "none")
     scratch.mkdir(parents=True, exist_ok=True)
     out = scratch / f"link-{os.getpid()}.json"
     port = _free_port()
@@ -375,12 +444,11 @@ def measure_link(machine: Machine, scratch: Path, timeout: float = 120.0) -> Lin
     if not out.exists():
         detail = b"".join(errors).decode(errors="replace").strip().splitlines()[-1:]
         raise RuntimeError(f"measuring the link between two ranks failed: {detail}")
-    small, large = json.loads(out.read_text())
+    seconds = json.loads(out.read_text())
     out.unlink()
-    span = _link.SIZES[1] - _link.SIZES[0]
-    return LinkCost(
-        latency_seconds=small, seconds_per_byte=max(0.0, (large - small) / span), backend=backend
-    )
+    # A bigger message never costs less: smooth out timing noise between neighbouring sizes.
+    monotone = [max(seconds[: i + 1]) for i in range(len(seconds))]
+    return LinkCost(tuple(_link.SIZES), tuple(monotone), backend)
 
 
 def _device_label(machine: Machine, threads: int | None) -> str:
@@ -408,9 +476,11 @@ class ProfileCache:
         """The machine's point-to-point message cost, measured once."""
         path = self._link_path()
         if path.exists():
-            return LinkCost(**json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            if data.get("version") == PROFILE_VERSION:
+                return LinkCost.from_json(data)
         link = measure_link(self.machine, self.directory)
-        self._write(path, dataclasses.asdict(link))
+        self._write(path, {"version": PROFILE_VERSION, **dataclasses.asdict(link)})
         return link
 
     def is_cached(self, model_file: ModelFile, config: TrialConfig) -> bool:

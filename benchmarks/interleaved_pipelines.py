@@ -7,8 +7,10 @@ group, so that whatever else the machine does at a moment slows every method ali
 
 Each engine trains from the same seeded weights on its own seeded DataLoader (as a trial does:
 end to end, data loading included). After warm-up steps, rounds run every engine for
-``--steps-per-round`` optimizer steps in a fresh random order; rank 0 writes each method's
-samples per second in every round to ``--out``.
+``--steps-per-round`` optimizer steps (or, with ``--round-seconds``, as many steps as take
+about that long, from the warm-up's timing) in a fresh random order; rank 0 writes each
+method's samples per second in every round to ``--out``. Methods whose boundaries come out the
+same share one engine, so their figures are the same measurement and differ by nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import deepspeed
 import torch
@@ -40,6 +43,7 @@ def main() -> None:
     parser.add_argument("--gradient-accumulation-steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps-per-round", type=int, default=4)
+    parser.add_argument("--round-seconds", type=float, default=None)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -59,7 +63,8 @@ def main() -> None:
         "steps_per_print": 10**9,
     }
     settings = {"micro_batch_size": mbs, "num_workers": 0, "pin_memory": False}
-    engines = {}
+    engines: dict[str, tuple[Any, Any, list[int]]] = {}
+    same_as: dict[str, str] = {}
     for method, bounds in methods.items():
         torch.manual_seed(0)
         if bounds:
@@ -73,15 +78,32 @@ def main() -> None:
                 partition_method=method,
                 loss_fn=model_file.loss,
             )
+        parts = [int(p) for p in module.parts]
+        twin = next((name for name, e in engines.items() if e[2] == parts), None)
+        if twin is not None:
+            same_as[method] = twin  # the same pipeline: measured once, for both
+            continue
         engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=module.parameters(), config=ds_config
         )
         loader, sampler = _train_loader(train, settings, 1, 0, 0)
         batches = _Casting(_Batches(loader, sampler), torch.float32, engine.device)
-        engines[method] = (engine, batches, [int(p) for p in engine.module.parts])
+        engines[method] = (engine, batches, parts)
+    warm: list[float] = []
     for engine, batches, _ in engines.values():
         for _ in range(args.warmup_steps):
             engine.train_batch(batches)
+        dist.barrier()
+        start = time.perf_counter()
+        engine.train_batch(batches)
+        dist.barrier()
+        warm.append(time.perf_counter() - start)
+    steps = args.steps_per_round
+    if args.round_seconds:
+        # The same number of steps on every rank: rank 0's timing decides.
+        decided = torch.tensor([max(1, round(args.round_seconds / max(warm)))])
+        dist.broadcast(decided, src=0)
+        steps = int(decided.item())
     rounds: dict[str, list[float]] = {method: [] for method in engines}
     order = random.Random(0)
     for _ in range(args.rounds):
@@ -91,12 +113,18 @@ def main() -> None:
             engine, batches, _ = engines[name]
             dist.barrier()
             start = time.perf_counter()
-            for _ in range(args.steps_per_round):
+            for _ in range(steps):
                 engine.train_batch(batches)
             dist.barrier()
-            rounds[name].append(args.steps_per_round * mbs * gas / (time.perf_counter() - start))
+            rounds[name].append(steps * mbs * gas / (time.perf_counter() - start))
     if dist.get_rank() == 0:
-        out = {name: {"bounds": engines[name][2], "rounds": rounds[name]} for name in engines}
+        out = {
+            name: {"bounds": engines[name][2], "rounds": rounds[name], "same_as": None}
+            for name in engines
+        }
+        for name, twin in same_as.items():
+            out[name] = {**out[twin], "same_as": twin}
+        out["steps_per_round"] = steps
         args.out.write_text(json.dumps(out))
 
 

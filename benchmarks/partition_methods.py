@@ -4,7 +4,7 @@ For every example with ``layers()``, compares the same 2-process, 2-stage pipeli
 partition method (real DeepSpeed pipeline engines, end to end, data loading included).
 
 By default all methods' engines are built in one launch and trained in alternation: rounds of
-``--steps-per-round`` steps per method in a fresh random order, so a busy spell on this shared
+about ``--round-seconds`` of steps per method in a fresh random order, so a busy spell on this shared
 machine slows all of them alike, and each round gives a paired ratio profile / method (the
 table gives their median and middle half). Runs of the same configuration in separate launches
 differ by 5-10% here, more than the differences being measured.
@@ -155,8 +155,15 @@ def bench_example(
     }
 
 
+def _median_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval for the median of ``values``."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(2000))
+    return medians[50], medians[1949]
+
+
 def bench_interleaved(
-    path: Path, mbs: int, gas: int, rounds: int, steps_per_round: int, work: Path
+    path: Path, mbs: int, gas: int, rounds: int, round_seconds: float, work: Path
 ) -> dict[str, object]:
     """All methods' pipelines in one 2-rank launch, trained in alternating rounds."""
     machine = detect_machine()
@@ -186,8 +193,8 @@ def bench_interleaved(
         str(gas),
         "--rounds",
         str(rounds),
-        "--steps-per-round",
-        str(steps_per_round),
+        "--round-seconds",
+        str(round_seconds),
         "--out",
         str(out),
     ]
@@ -200,9 +207,12 @@ def bench_interleaved(
     runs = {m: measured[m]["rounds"] for m in METHODS}
     used = {m: measured[m]["bounds"] for m in METHODS}
     for method in METHODS:
+        twin = measured[method]["same_as"]
         print(
-            f"  {path.stem:<18} {method:<10} {len(runs[method])} rounds: median "
-            f"{statistics.median(runs[method]):8.1f} samples/s, bounds {used[method]}",
+            f"  {path.stem:<18} {method:<10} {len(runs[method])} rounds of "
+            f"{measured['steps_per_round']} steps: median "
+            f"{statistics.median(runs[method]):8.1f} samples/s, bounds {used[method]}"
+            + (f" (the same pipeline as {twin}, measured once)" if twin else ""),
             flush=True,
         )
     paired = {
@@ -221,6 +231,7 @@ def bench_interleaved(
         "vs_parameters": statistics.median(paired["parameters"]),
         "best_builtin": best_builtin,
         "vs_best": statistics.median(paired[best_builtin]),
+        "intervals": {m: _median_interval(paired[m]) for m in BUILT_IN},
     }
 
 
@@ -252,8 +263,13 @@ def main() -> None:
         help="one launch per run, as trials are measured (noisier than the default, which "
         "trains all methods' pipelines in alternating rounds within one launch)",
     )
-    parser.add_argument("--rounds", type=int, default=16, help="rounds of the interleaved mode")
-    parser.add_argument("--steps-per-round", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=64, help="rounds of the interleaved mode")
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        default=0.3,
+        help="training time per method per round, interleaved mode",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0, help="training time per run")
     args = parser.parse_args()
@@ -271,15 +287,15 @@ def main() -> None:
         )
     else:
         print(
-            f"{layout}, fp32; all methods in one launch, {args.rounds} rounds of "
-            f"{args.steps_per_round} steps each in shuffled order; ratios are paired per round",
+            f"{layout}, fp32; all methods in one launch, {args.rounds} rounds of about "
+            f"{args.round_seconds:g} s each in shuffled order; ratios are paired per round",
             flush=True,
         )
     with tempfile.TemporaryDirectory(prefix="autotune-partition-") as tmp:
         rows = [
             bench_example(path, mbs, gas, args.repeats, args.seconds, Path(tmp))
             if args.separate
-            else bench_interleaved(path, mbs, gas, args.rounds, args.steps_per_round, Path(tmp))
+            else bench_interleaved(path, mbs, gas, args.rounds, args.round_seconds, Path(tmp))
             for path in args.examples
         ]
 
@@ -308,13 +324,10 @@ def main() -> None:
     print(f"{'example':<18} {'profile/parameters':>19} {'profile/best built-in':>22}")
     for row in rows:
         spread = ""
-        if "paired" in row:
-            quartiles = {
-                m: (values[len(values) // 4], values[(3 * len(values)) // 4])
-                for m, values in row["paired"].items()  # type: ignore[attr-defined]
-            }
-            spread = "   middle half of the paired ratios: " + ", ".join(
-                f"{m} {low:.3f}-{high:.3f}" for m, (low, high) in quartiles.items()
+        if "intervals" in row:
+            spread = "   95% interval of the median paired ratio: " + ", ".join(
+                f"{m} {low:.3f}-{high:.3f}"
+                for m, (low, high) in row["intervals"].items()  # type: ignore[attr-defined]
             )
         print(
             f"{row['example']:<18} {row['vs_parameters']:>18.3f}x "

@@ -15,6 +15,7 @@ from autotune._partition import partition_layers
 from autotune._pipeline import build_pipeline_module, check_partition_bounds
 from autotune._plan import Machine, TrialConfig
 from autotune._profile import (
+    PROFILE_VERSION,
     LayerProfile,
     LinkCost,
     ProfileCache,
@@ -47,7 +48,7 @@ MODEL = textwrap.dedent(
         return TensorDataset(x, x[:, 0] % 3)
     """
 )
-LINK = LinkCost(latency_seconds=1e-3, seconds_per_byte=1e-9, backend="gloo")
+LINK = LinkCost(sizes=(0, 1_000_000), seconds=(1e-3, 2e-3), backend="gloo")  # 1 ms + 1 ns/B
 CPU = Machine(accelerator="cpu", devices=2, cores=2, fp16=False, bf16=True)
 
 
@@ -100,6 +101,57 @@ def test_measures_every_layer_on_a_real_micro_batch(profile: LayerProfile) -> No
     assert profile.optimizer_seconds[0] > 0
 
 
+SLOW_LAYER = textwrap.dedent(
+    """
+    import time
+
+    class _Slow(torch.autograd.Function):
+        # Identity whose forward sleeps 2 ms and backward 6 ms.
+        @staticmethod
+        def forward(ctx, x):
+            time.sleep(0.002)
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            time.sleep(0.006)
+            return grad
+
+    class SlowLayer(nn.Module):
+        def forward(self, x):
+            return _Slow.apply(x)
+    """
+)
+
+
+def test_layers_are_timed_where_they_run_in_the_pass(tmp_path: Path) -> None:
+    # The slow layer's backward runs between the gradient reaching its output and reaching its
+    # input; it must be charged to that layer, not to the layers beside it.
+    path = tmp_path / "slow.py"
+    path.write_text(
+        MODEL.replace("nn.ReLU(),", "SlowLayer(),").replace(
+            "\ndef layers", SLOW_LAYER + "\ndef layers"
+        )
+    )
+    measured = measure_layers(
+        load_model_file(path), 8, "fp32", torch.device("cpu"), LINK, "cpu, test"
+    )
+    seconds = measured.forward_backward_seconds
+    assert measured.names[3] == "SlowLayer"
+    assert seconds[3] >= 0.008
+    assert max(seconds[2], seconds[4]) < 0.004
+
+
+def test_link_cost_is_interpolated_between_measured_sizes() -> None:
+    link = LinkCost(sizes=(64, 16384, 65536), seconds=(1e-4, 1e-4, 3e-4), backend="gloo")
+    assert link.latency_seconds == 1e-4
+    assert link.message_seconds(8192) == pytest.approx(1e-4)  # flat up to 16 KiB
+    assert link.message_seconds(40960) == pytest.approx(2e-4)  # halfway up the step
+    # Beyond the largest size, at the largest size's bandwidth.
+    assert link.message_seconds(131072) == pytest.approx(6e-4)
+    assert LinkCost.from_json(json.loads(json.dumps(dataclasses.asdict(link)))) == link
+
+
 def test_json_round_trip(profile: LayerProfile) -> None:
     again = LayerProfile.from_json(json.loads(json.dumps(profile.to_json())))
     assert again == profile
@@ -146,7 +198,7 @@ def test_near_ties_are_taken_only_to_communicate_less() -> None:
             micro_batch_size=8,
             precision="fp32",
             device="test",
-            link=LinkCost(latency_seconds=0.0, seconds_per_byte=1e-6, backend="test"),
+            link=LinkCost(sizes=(0, 1_000_000), seconds=(0.0, 1.0), backend="test"),
         )
 
     config = _config()
@@ -180,7 +232,7 @@ def test_cache_measures_once_per_micro_batch_and_precision(tmp_path: Path) -> No
     model_path.write_text(MODEL)
     cache = ProfileCache(tmp_path / "profiles", CPU)
     # A stored link cost, so this test times layers but not two-process messages.
-    cache._write(cache._link_path(), dataclasses.asdict(LINK))
+    cache._write(cache._link_path(), {"version": PROFILE_VERSION, **dataclasses.asdict(LINK)})
     model_file = load_model_file(model_path)
     assert not cache.is_cached(model_file, _config())
     first = cache.profile(model_file, _config())
