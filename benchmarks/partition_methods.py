@@ -4,10 +4,12 @@ For every example with ``layers()``, compares the same 2-process, 2-stage pipeli
 partition method (real DeepSpeed pipeline engines, end to end, data loading included).
 
 By default all methods' engines are built in one launch and trained in alternation: rounds of
-about ``--round-seconds`` of steps per method in a fresh random order, so a busy spell on this shared
-machine slows all of them alike, and each round gives a paired ratio profile / method (the
-table gives their median and middle half). Runs of the same configuration in separate launches
-differ by 5-10% here, more than the differences being measured.
+about ``--round-seconds`` of steps per method in a fresh random order, so a busy spell on this
+shared machine slows all of them alike, and each round gives a paired ratio profile / method.
+Methods whose boundaries coincide share one engine. Two engines of the same pipeline in one
+process still differ by a few percent (where their memory lands), so this is repeated in
+``--launches`` launches, each building the engines in its own order; the table gives the mean
+of the launches' median paired ratios, and each launch's.
 
 ``--separate`` instead runs each method as a trial is run (one launch per run, several runs in
 turn), after one uncounted calibration run that sets the sample budget to about ``--seconds``
@@ -155,71 +157,79 @@ def bench_example(
     }
 
 
-def _median_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
-    """A 95% bootstrap interval for the median of ``values``."""
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(2000))
-    return medians[50], medians[1949]
-
-
 def bench_interleaved(
-    path: Path, mbs: int, gas: int, rounds: int, round_seconds: float, work: Path
+    path: Path, mbs: int, gas: int, rounds: int, round_seconds: float, launches: int, work: Path
 ) -> dict[str, object]:
-    """All methods' pipelines in one 2-rank launch, trained in alternating rounds."""
+    """All methods' pipelines in one 2-rank launch, trained in alternating rounds; repeated in
+    ``launches`` launches, each building the engines in a different order."""
     machine = detect_machine()
     model_file = load_model_file(path)
     config = _config(model_file, "profile", mbs, gas)
     profile = ProfileCache(work / "profiles", machine).profile(model_file, config)
     bounds = profiled_partition(profile, config, memory_limit_bytes(machine, 2, None)).bounds
     methods = {"parameters": None, "uniform": None, "profile": list(bounds)}
-    out = work / f"{path.stem}-interleaved.json"
-    port = 29300 + os.getpid() % 500
-    command = [
-        sys.executable,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(port),
-        str(ROOT / "benchmarks" / "interleaved_pipelines.py"),
-        "--model",
-        str(path),
-        "--methods",
-        json.dumps(methods),
-        "--micro-batch-size",
-        str(mbs),
-        "--gradient-accumulation-steps",
-        str(gas),
-        "--rounds",
-        str(rounds),
-        "--round-seconds",
-        str(round_seconds),
-        "--out",
-        str(out),
-    ]
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    remove_shm_buffers(port)
-    if not out.exists():
-        raise SystemExit(f"{path.stem}: interleaved run failed:\n{done.stdout[-3000:]}")
-    measured = json.loads(out.read_text())
-    runs = {m: measured[m]["rounds"] for m in METHODS}
-    used = {m: measured[m]["bounds"] for m in METHODS}
-    for method in METHODS:
-        twin = measured[method]["same_as"]
+    runs: dict[str, list[float]] = {m: [] for m in METHODS}
+    per_launch: dict[str, list[float]] = {m: [] for m in BUILT_IN}
+    used: dict[str, list[int]] = {}
+    for launch in range(launches):
+        out = work / f"{path.stem}-interleaved-{launch}.json"
+        port = 29300 + (os.getpid() + launch) % 500
+        command = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(port),
+            str(ROOT / "benchmarks" / "interleaved_pipelines.py"),
+            "--model",
+            str(path),
+            "--methods",
+            json.dumps(methods),
+            "--micro-batch-size",
+            str(mbs),
+            "--gradient-accumulation-steps",
+            str(gas),
+            "--rounds",
+            str(rounds),
+            "--round-seconds",
+            str(round_seconds),
+            "--seed",
+            str(launch),
+            "--out",
+            str(out),
+        ]
+        env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        remove_shm_buffers(port)
+        if not out.exists():
+            raise SystemExit(f"{path.stem}: interleaved run failed:\n{done.stdout[-3000:]}")
+        measured = json.loads(out.read_text())
+        used = {m: measured[m]["bounds"] for m in METHODS}
+        for method in METHODS:
+            runs[method].extend(measured[method]["rounds"])
+        ratios = {
+            m: statistics.median(
+                p / o
+                for p, o in zip(measured["profile"]["rounds"], measured[m]["rounds"], strict=True)
+            )
+            for m in BUILT_IN
+        }
+        for m in BUILT_IN:
+            per_launch[m].append(ratios[m])
+        twins = {m: measured[m]["same_as"] for m in METHODS if measured[m]["same_as"]}
         print(
-            f"  {path.stem:<18} {method:<10} {len(runs[method])} rounds of "
-            f"{measured['steps_per_round']} steps: median "
-            f"{statistics.median(runs[method]):8.1f} samples/s, bounds {used[method]}"
-            + (f" (the same pipeline as {twin}, measured once)" if twin else ""),
+            f"  {path.stem:<18} launch {launch + 1}/{launches}: {rounds} rounds of "
+            f"{measured['steps_per_round']} steps, engines built in the order "
+            f"{', '.join(measured['build_order'])}; profile {used['profile']} against "
+            + ", ".join(f"{m} {used[m]}: {ratios[m]:.3f}x" for m in BUILT_IN)
+            + (f" (same pipeline: {twins})" if twins else ""),
             flush=True,
         )
-    paired = {
-        m: sorted(p / o for p, o in zip(runs["profile"], runs[m], strict=True)) for m in BUILT_IN
-    }
     medians = {method: statistics.median(values) for method, values in runs.items()}
-    best_builtin = max(BUILT_IN, key=lambda m: statistics.median(paired[m]) ** -1)
+    vs = {m: statistics.fmean(per_launch[m]) for m in BUILT_IN}
+    best_builtin = min(BUILT_IN, key=lambda m: vs[m])
     return {
         "example": path.stem,
         "runs": runs,
@@ -227,11 +237,10 @@ def bench_interleaved(
         "bounds": used,
         "predicted": {m: predicted_stage_seconds(profile, config, used[m]) for m in METHODS},
         "measured_stages": {m: None for m in METHODS},
-        "paired": paired,
-        "vs_parameters": statistics.median(paired["parameters"]),
+        "per_launch": per_launch,
+        "vs_parameters": vs["parameters"],
         "best_builtin": best_builtin,
-        "vs_best": statistics.median(paired[best_builtin]),
-        "intervals": {m: _median_interval(paired[m]) for m in BUILT_IN},
+        "vs_best": vs[best_builtin],
     }
 
 
@@ -263,7 +272,10 @@ def main() -> None:
         help="one launch per run, as trials are measured (noisier than the default, which "
         "trains all methods' pipelines in alternating rounds within one launch)",
     )
-    parser.add_argument("--rounds", type=int, default=64, help="rounds of the interleaved mode")
+    parser.add_argument("--rounds", type=int, default=32, help="rounds per launch, interleaved")
+    parser.add_argument(
+        "--launches", type=int, default=3, help="launches per example, interleaved mode"
+    )
     parser.add_argument(
         "--round-seconds",
         type=float,
@@ -288,14 +300,17 @@ def main() -> None:
     else:
         print(
             f"{layout}, fp32; all methods in one launch, {args.rounds} rounds of about "
-            f"{args.round_seconds:g} s each in shuffled order; ratios are paired per round",
+            f"{args.round_seconds:g} s each in shuffled order, ratios paired per round; "
+            f"{args.launches} launches per example, the ratio is the mean of their medians",
             flush=True,
         )
     with tempfile.TemporaryDirectory(prefix="autotune-partition-") as tmp:
         rows = [
             bench_example(path, mbs, gas, args.repeats, args.seconds, Path(tmp))
             if args.separate
-            else bench_interleaved(path, mbs, gas, args.rounds, args.round_seconds, Path(tmp))
+            else bench_interleaved(
+                path, mbs, gas, args.rounds, args.round_seconds, args.launches, Path(tmp)
+            )
             for path in args.examples
         ]
 
@@ -324,10 +339,10 @@ def main() -> None:
     print(f"{'example':<18} {'profile/parameters':>19} {'profile/best built-in':>22}")
     for row in rows:
         spread = ""
-        if "intervals" in row:
-            spread = "   95% interval of the median paired ratio: " + ", ".join(
-                f"{m} {low:.3f}-{high:.3f}"
-                for m, (low, high) in row["intervals"].items()  # type: ignore[attr-defined]
+        if "per_launch" in row:
+            spread = "   each launch's median paired ratio: " + "; ".join(
+                f"{m} " + ", ".join(f"{r:.3f}" for r in ratios)
+                for m, ratios in row["per_launch"].items()  # type: ignore[attr-defined]
             )
         print(
             f"{row['example']:<18} {row['vs_parameters']:>18.3f}x "
