@@ -309,6 +309,23 @@ def _gather_pipeline_model(engine: Any, model_file: Any, dtype: torch.dtype) -> 
     return model.to(dtype=dtype).eval()
 
 
+def _train_step(
+    engine: Any, batches: Iterator[Any], pipeline: bool, gas: int, loss_fn: Any
+) -> torch.Tensor:
+    """One optimizer step over ``gas`` micro-batches; returns the sum of their losses (the
+    pipeline engine's mean over them, for a pipeline)."""
+    if pipeline:
+        return engine.train_batch(batches).detach().float()
+    total = torch.zeros((), device=engine.device)
+    for _ in range(gas):
+        inputs, targets = next(batches)
+        loss = loss_fn(engine(inputs), targets)
+        engine.backward(loss)
+        engine.step()
+        total += loss.detach().float()
+    return total
+
+
 def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[str, Any]:
     """One training run from seeded weights on the fixed sample budget, measured on rank 0."""
     import deepspeed
@@ -363,8 +380,10 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     need_metric = plan.get("need_metric", True)
     stable_after: int | None = None
     stage_clock = _StageClock(engine, accelerator) if pipeline else None
+    min_seconds = float((adaptive or {}).get("min_seconds", 0.0))
     loss_sum = torch.zeros((), device=device)
     step_times: list[float] = []
+
     engine.train()
     dist.barrier()
     start = train_start = time.perf_counter()
@@ -376,16 +395,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
                 stage_clock.reset()
             start = time.perf_counter()
         step_start = time.perf_counter()
-        if pipeline:
-            loss = engine.train_batch(casting)
-            loss_sum += loss.detach().float()
-        else:
-            for _ in range(gas):
-                inputs, targets = next(casting)
-                loss = model_file.loss(engine(inputs), targets)
-                engine.backward(loss)
-                engine.step()
-                loss_sum += loss.detach().float()
+        loss_sum += _train_step(engine, casting, pipeline, gas, model_file.loss)
         if step == warmup - 1 and not torch.isfinite(loss_sum):
             raise DivergedError(f"loss is {loss_sum.item()} after {warmup} warm-up steps")
         _synchronize(accelerator)
@@ -393,25 +403,30 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         measured_so_far = len(step_times) - warmup
         if (
             adaptive
-            and stable_after is None
             and measured_so_far >= adaptive["min_steps"]
             and measured_so_far % STABILITY_CHECK_EVERY == 0
         ):
-            stable = step_time_is_stable(
-                step_times[warmup:], adaptive["rel_halfwidth"], adaptive["min_steps"]
-            )
-            if _agree(stable, dist.get_world_size()):
-                stable_after = measured_so_far
-                if not need_metric:
-                    # The accuracy for these numerics is known; only throughput was wanted.
-                    break
+            world = dist.get_world_size()
+            if stable_after is None:
+                stable = step_time_is_stable(
+                    step_times[warmup:], adaptive["rel_halfwidth"], adaptive["min_steps"]
+                )
+                if _agree(stable, world):
+                    stable_after = measured_so_far
+            if (
+                not need_metric
+                and stable_after is not None
+                and _agree(time.perf_counter() - start >= min_seconds, world)
+            ):
+                # The accuracy for these numerics is known; only throughput was wanted.
+                break
     dist.barrier()
     elapsed = time.perf_counter() - start
     train_seconds = time.perf_counter() - train_start
     if not torch.isfinite(loss_sum):
         raise DivergedError(f"training loss became {loss_sum.item()}")
     steps_run = len(step_times)
-    measured_steps = steps_run - warmup
+    budget_measured_steps = steps_run - warmup
 
     eval_start = time.perf_counter()
     metric: float | None = None
@@ -429,10 +444,37 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         stability = (
             f"step time stable after {stable_after} measured steps"
             if stable_after is not None
-            else f"step time not stable within the budget ({measured_steps} measured steps)"
+            else f"step time not stable within the budget ({budget_measured_steps} measured steps)"
         )
         _log(f"seed {seed}: {stability}; metric reused, no eval")
     eval_seconds = time.perf_counter() - eval_start
+
+    # A short window measures noise more than speed: throughput is measured over at least
+    # min_seconds of training. Steps past the sample budget come after the metric was taken
+    # (on the budget's model), are timed the same way and leave the metric alone.
+    extra_steps = 0
+    if elapsed < min_seconds and budget_measured_steps > 0:
+        _log(f"seed {seed}: timing more steps, for at least {min_seconds:g} s in all")
+        engine.train()
+        for _ in range(10):  # steps are estimated from the mean so far: one or two rounds do
+            per_step = elapsed / (budget_measured_steps + extra_steps)
+            wanted = torch.tensor([0])
+            if elapsed < min_seconds:
+                wanted[0] = math.ceil((min_seconds - elapsed) / max(per_step, 1e-9))
+            dist.broadcast(wanted, src=0)  # every rank runs the same number of steps
+            if int(wanted.item()) == 0:
+                break
+            dist.barrier()
+            resume = time.perf_counter()
+            for _ in range(int(wanted.item())):
+                step_start = time.perf_counter()
+                _train_step(engine, casting, pipeline, gas, model_file.loss)
+                _synchronize(accelerator)
+                step_times.append(time.perf_counter() - step_start)
+            dist.barrier()
+            elapsed += time.perf_counter() - resume
+            extra_steps += int(wanted.item())
+    measured_steps = budget_measured_steps + extra_steps
 
     peaks: list[int] = [0] * dist.get_world_size()
     dist.all_gather_object(peaks, _peak_memory_bytes(accelerator))
@@ -444,6 +486,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         "metric": metric,
         "train_loss": float(loss_sum.item()) / max(1, steps_run * (1 if pipeline else gas)),
         "steps": steps_run,
+        "extra_steps": extra_steps,
         "budget_steps": steps,
         "measured_steps": measured_steps,
         "stable_after_steps": stable_after,
@@ -483,8 +526,11 @@ def run(plan_path: Path) -> dict[str, Any]:
     deepspeed.init_distributed()
     model_file = load_model_file(plan["model_path"])
     runs = []
-    for seed in plan["seeds"]:
-        runs.append(train_and_measure(plan, seed, model_file))
+    for index, seed in enumerate(plan["seeds"]):
+        # Later seeds only give the metric's noise: their throughput is not kept, so their
+        # window is not lengthened.
+        seed_plan = plan if index == 0 else {**plan, "adaptive": None}
+        runs.append(train_and_measure(seed_plan, seed, model_file))
         metric = runs[-1]["metric"]
         _log(
             f"seed {seed}: {runs[-1]['throughput']:.1f} samples/s, metric "

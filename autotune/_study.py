@@ -57,7 +57,13 @@ _ASKS_PER_RUN = 25
 a study stops after this many proposals per wanted run, which only a tiny space reaches."""
 ADAPTIVE = {"rel_halfwidth": 0.02, "min_steps": 5}
 """Throughput is stable once the 95% interval of the mean step time is within +-2%; a trial
-whose metric is reused from the same numerics stops training there."""
+whose metric is reused from the same numerics stops training there (once it has measured
+``min_measure_seconds``)."""
+DEFAULT_MIN_MEASURE_SECONDS = 3.0
+"""A trial's throughput is timed over at least this much training (steps past the sample
+budget run after the metric is taken): windows of a fraction of a second measured this
+machine's noise more than the configuration's speed, and replays of the export missed them by
+12-13%."""
 _HEARTBEAT_SECONDS = 10
 _GRACE_SECONDS = 60
 
@@ -89,6 +95,7 @@ class SearchOptions:
     warm_workers: bool = True
     reuse_accuracy: bool = True
     max_memory: float | None = None
+    min_measure_seconds: float = DEFAULT_MIN_MEASURE_SECONDS
 
     def __post_init__(self) -> None:
         problem = _score.validate_budget(self.max_accuracy_loss)
@@ -110,6 +117,11 @@ class SearchOptions:
             math.isfinite(self.max_memory) and self.max_memory > 0
         ):
             raise UserError(f"--max-memory must be a positive size, got {self.max_memory}.")
+        if not (math.isfinite(self.min_measure_seconds) and self.min_measure_seconds >= 0):
+            raise UserError(
+                "--min-measure-seconds must be a number of seconds, 0 or more, "
+                f"got {self.min_measure_seconds}."
+            )
 
     @property
     def study_name(self) -> str:
@@ -394,7 +406,7 @@ class _Objective:
             partition_bounds=bounds,
             workers=self.workers,
             need_metric=reused is None,
-            adaptive=ADAPTIVE,
+            adaptive={**ADAPTIVE, "min_seconds": self.options.min_measure_seconds},
         )
         trial.set_user_attr("numerics_key", config.numerics_key())
         trial.set_user_attr("launched", result.launched)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, load_study, search  # noqa: E402
+from autotune._study import DEFAULT_MIN_MEASURE_SECONDS  # noqa: E402
 
 SPACE = """\
 micro_batch_size: [32, 64, 128, 256]
@@ -35,14 +36,16 @@ zero_stage: [0, 1]
 """
 
 
-def _overheads(storage: str, study: str) -> list[float]:
-    shares = []
+def _overheads(storage: str, study: str) -> tuple[list[float], list[float]]:
+    """Each measured trial's overhead as a share of its wall time, and in seconds."""
+    shares, seconds = [], []
     for trial in load_study(study, storage).get_trials():
         attrs = trial.user_attrs
         if attrs.get("status") != "ok" or not attrs.get("wall_seconds"):
             continue
         shares.append(1.0 - attrs["measured_seconds"] / attrs["wall_seconds"])
-    return shares
+        seconds.append(attrs["wall_seconds"] - attrs["measured_seconds"])
+    return shares, seconds
 
 
 def main() -> None:
@@ -50,6 +53,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "examples" / "digits_mlp.py")
     parser.add_argument("--n-trials", type=int, default=8)
     parser.add_argument("--train-samples", type=int, default=8192)
+    parser.add_argument(
+        "--min-measure-seconds",
+        type=float,
+        default=DEFAULT_MIN_MEASURE_SECONDS,
+        help="as autotune search's flag (default: %(default)s)",
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="autotune-overhead-") as tmp:
@@ -73,24 +82,28 @@ def main() -> None:
                     reports_dir=work / "reports",
                     warm_workers=warm,
                     reuse_accuracy=False,
+                    min_measure_seconds=args.min_measure_seconds,
                 ),
                 print_line=lambda line, mode=mode: print(f"[{mode}] {line}", flush=True),
             )
             wall = time.perf_counter() - start
-            shares = sorted(_overheads(storage, study))
-            rows.append((mode, summary.runs, shares, wall))
+            shares, seconds = _overheads(storage, study)
+            rows.append((mode, summary.runs, sorted(shares), sorted(seconds), wall))
     print()
-    print(f"model {args.model.name}, {args.train_samples} samples per trial, grid over:")
+    print(
+        f"model {args.model.name}, {args.train_samples} samples per trial, timed over at least "
+        f"{args.min_measure_seconds:g} s, grid over:"
+    )
     print("  " + SPACE.strip().replace("\n", "\n  "))
     print(
         f"{'mode':<16} {'runs':>4} {'median overhead':>16} {'p90 overhead':>13} "
-        f"{'search wall':>12} {'runs/min':>9}"
+        f"{'median overhead s':>18} {'search wall':>12} {'runs/min':>9}"
     )
-    for mode, runs, shares, wall in rows:
+    for mode, runs, shares, seconds, wall in rows:
         p90 = shares[min(len(shares) - 1, int(0.9 * len(shares)))]
         print(
             f"{mode:<16} {runs:>4} {statistics.median(shares):>15.1%} {p90:>13.1%} "
-            f"{wall:>10.1f} s {runs / wall * 60:>9.2f}"
+            f"{statistics.median(seconds):>16.2f} s {wall:>10.1f} s {runs / wall * 60:>9.2f}"
         )
 
 

@@ -10,7 +10,8 @@ own training script would call) to rebuild the trial's stages.
         benchmarks/replay_export.py --model examples/digits_mlp.py --export /tmp/best
 
 Throughput is counted like a trial's: samples per second over the steps after three warm-up
-steps, data loading included. The line it prints ends with the trial's figure from launch.json
+steps, data loading included, over at least ``--min-seconds`` (as ``autotune search
+--min-measure-seconds``: more steps past ``--train-samples`` when the budget trains for less). The line it prints ends with the trial's figure from launch.json
 and the ratio of the two.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--export", type=Path, required=True, help="folder from autotune export")
     parser.add_argument("--train-samples", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-seconds", type=float, default=0.0)
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
 
@@ -118,28 +121,39 @@ def main() -> None:
     stream = batches()
     steps = args.train_samples // ds_config["train_batch_size"]
     gas = ds_config["gradient_accumulation_steps"]
+
+    def train_steps(count: int) -> None:
+        for _ in range(count):
+            if pipeline:
+                engine.train_batch(stream)
+            else:
+                for _ in range(gas):
+                    x, y = next(stream)
+                    engine.backward(loss_fn(engine(x), y))
+                    engine.step()
+
+    dist.barrier()
+    train_steps(WARMUP_STEPS)
     dist.barrier()
     start = time.perf_counter()
-    for step in range(steps):
-        if step == WARMUP_STEPS:
-            dist.barrier()
-            start = time.perf_counter()
-        if pipeline:
-            engine.train_batch(stream)
-        else:
-            for _ in range(gas):
-                x, y = next(stream)
-                engine.backward(loss_fn(engine(x), y))
-                engine.step()
+    measured = steps - WARMUP_STEPS
+    train_steps(measured)
     dist.barrier()
-    throughput = (
-        (steps - WARMUP_STEPS) * ds_config["train_batch_size"] / (time.perf_counter() - start)
-    )
+    elapsed = time.perf_counter() - start
+    if elapsed < args.min_seconds:
+        more = torch.tensor([math.ceil((args.min_seconds - elapsed) * measured / elapsed)])
+        dist.broadcast(more, src=0)
+        resume = time.perf_counter()
+        train_steps(int(more.item()))
+        dist.barrier()
+        elapsed += time.perf_counter() - resume
+        measured += int(more.item())
+    throughput = measured * ds_config["train_batch_size"] / elapsed
     if int(os.environ.get("RANK", "0")) == 0:
         trial = launch.get("measured", {}).get("throughput_samples_per_s")
         ratio = f", ratio {throughput / trial:.3f}" if trial else ""
         print(
-            f"replay: {throughput:.1f} samples/s over {steps - WARMUP_STEPS} steps; "
+            f"replay: {throughput:.1f} samples/s over {measured} steps ({elapsed:.1f} s); "
             f"trial {launch.get('trial')} measured {trial:.1f} samples/s{ratio}"
             if trial
             else f"replay: {throughput:.1f} samples/s",

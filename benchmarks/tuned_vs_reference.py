@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, search  # noqa: E402
-from autotune._study import _describe  # noqa: E402
+from autotune._study import DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
 from autotune._workers import remove_shm_buffers  # noqa: E402
 
 
-def replay(model: Path, export_dir: Path, train_samples: int) -> float:
+def replay(model: Path, export_dir: Path, train_samples: int, min_seconds: float) -> float:
     launch = json.loads((export_dir / "launch.json").read_text())
     env = dict(os.environ, DS_ACCELERATOR="cpu") if launch["accelerator"] == "cpu" else None
     if launch.get("threads_per_process"):
@@ -57,6 +57,8 @@ def replay(model: Path, export_dir: Path, train_samples: int) -> float:
             str(export_dir),
             "--train-samples",
             str(train_samples),
+            "--min-seconds",
+            str(min_seconds),
         ],
         capture_output=True,
         text=True,
@@ -80,6 +82,12 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=16)
     parser.add_argument("--train-samples", type=int, default=8192)
     parser.add_argument("--replays", type=int, default=3)
+    parser.add_argument(
+        "--min-measure-seconds",
+        type=float,
+        default=DEFAULT_MIN_MEASURE_SECONDS,
+        help="the search's and the replays' shortest timed window",
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="autotune-tuned-") as tmp:
@@ -95,6 +103,7 @@ def main() -> None:
                     storage=f"sqlite:///{work}/study.db",
                     trials_dir=work / "trials",
                     reports_dir=work / "reports",
+                    min_measure_seconds=args.min_measure_seconds,
                 ),
                 print_line=lambda line, name=model.stem: print(f"[{name}] {line}", flush=True),
             )
@@ -104,14 +113,16 @@ def main() -> None:
                 rows.append((model.stem, summary, wall, []))
                 continue
             replays = [
-                replay(model, summary.export_dir, args.train_samples) for _ in range(args.replays)
+                replay(model, summary.export_dir, args.train_samples, args.min_measure_seconds)
+                for _ in range(args.replays)
             ]
             print(f"[{model.stem}] replays: {', '.join(f'{r:.1f}' for r in replays)}", flush=True)
             rows.append((model.stem, summary, wall, replays))
     print()
     print(
         f"{args.n_trials} runs per search over {args.space.name}, "
-        f"{args.train_samples} samples per trial"
+        f"{args.train_samples} samples per trial, timed over at least "
+        f"{args.min_measure_seconds:g} s (trials and replays)"
     )
     print(
         f"{'example':<18} {'reference':>10} {'best':>10} {'speed-up':>9} {'acc. loss':>10} "

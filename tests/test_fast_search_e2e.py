@@ -173,6 +173,62 @@ def test_adaptive_measurement_stops_once_throughput_is_known(
     assert measured["steps"] < measured["budget_steps"] == 8192 // 16
 
 
+def test_reused_accuracy_trials_still_time_the_minimum_window(
+    model_path: Path, tmp_path: Path
+) -> None:
+    machine = detect_machine()
+    config = _config(model_path, micro_batch_size=16)
+    adaptive = {"rel_halfwidth": 0.25, "min_steps": 5, "min_seconds": 0.5}
+    result = run_trial(
+        config,
+        machine,
+        model_path,
+        8192,
+        [0],
+        tmp_path / "t",
+        120,
+        need_metric=False,
+        adaptive=adaptive,
+    )
+    assert result.ok, result.failure_reason
+    measured = result.measurements
+    # Stable early, but it keeps measuring until the window is long enough.
+    assert measured["stable_after_steps"] < measured["measured_steps"]
+    assert measured["measured_seconds"] >= 0.5
+    assert measured["steps"] < measured["budget_steps"] and measured["extra_steps"] == 0
+
+
+def test_short_budgets_are_timed_over_the_minimum_window(model_path: Path, tmp_path: Path) -> None:
+    machine = detect_machine()
+    config = _config(model_path)
+    adaptive = {"rel_halfwidth": 0.02, "min_steps": 5, "min_seconds": 1.5}
+    with WarmWorkers(tmp_path / "workers") as workers:
+        plain, timed = (
+            run_trial(
+                config,
+                machine,
+                model_path,
+                512,
+                [0],
+                tmp_path / name,
+                120,
+                workers=workers,
+                adaptive=window,
+            )
+            for name, window in (("plain", None), ("timed", adaptive))
+        )
+    assert plain.ok and timed.ok, (plain.failure_reason, timed.failure_reason)
+    short, long = plain.measurements, timed.measurements
+    assert short["extra_steps"] == 0 and long["extra_steps"] > 0
+    # The metric is taken on the sample budget's model, before the steps that lengthen the
+    # window: the same as without them.
+    assert long["steps"] == short["steps"] == 512 // 32
+    assert long["metric"] == short["metric"]
+    assert long["measured_steps"] == long["steps"] - 3 + long["extra_steps"]
+    assert long["measured_seconds"] - long["eval_seconds"] >= 1.5
+    assert short["measured_seconds"] - short["eval_seconds"] < 1.0
+
+
 def test_stability_rule() -> None:
     steady = [0.010, 0.0101, 0.0099, 0.0100, 0.0100, 0.0101, 0.0099, 0.0100]
     assert step_time_is_stable(steady, 0.02, 5)

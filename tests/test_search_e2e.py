@@ -64,6 +64,7 @@ def _options(tmp_path: Path, model: Path, space: Path, **overrides: object) -> S
         trials_dir=tmp_path / "trials",
         reports_dir=tmp_path / "reports",
         trial_timeout=120,
+        min_measure_seconds=0.5,
     )
     values.update(overrides)
     return SearchOptions(**values)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
 from autotune._space import PARAMETERS
 from autotune._study import (
+    DEFAULT_MIN_MEASURE_SECONDS,
     DEFAULT_SPACE,
     DEFAULT_TRAIN_SAMPLES,
     DEFAULT_TRIAL_TIMEOUT,
@@ -71,6 +72,13 @@ def add_parser(subparsers: Any, name: str) -> None:
     add_study_flags(parser, "study name (default: the model file's name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampler")
     parser.add_argument(
+        "--min-measure-seconds",
+        type=float,
+        default=DEFAULT_MIN_MEASURE_SECONDS,
+        help="time every trial's throughput over at least this much training; steps past "
+        "--train-samples run after the metric is taken (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-memory",
         help="skip configurations predicted to need more than this per rank, e.g. 8GiB "
         "(default: the accelerator's memory, or on CPU the RAM's share per rank)",
@@ -111,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         max_memory=max_memory,
         warm_workers=not args.fresh_launches,
         reuse_accuracy=not args.no_accuracy_reuse,
+        min_measure_seconds=args.min_measure_seconds,
     )
     search(options, print_line=lambda line: print(line, flush=True))
     return 0
