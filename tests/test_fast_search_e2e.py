@@ -148,26 +148,30 @@ def test_group_restarts_after_a_failure_and_a_timeout(warm_runs: dict) -> None:
     assert "DivergedError" in log  # each trial's own log, even in a shared group
 
 
-def test_adaptive_measurement_stops_once_throughput_is_known(
-    model_path: Path, tmp_path: Path
-) -> None:
-    machine = detect_machine()
+def _reused_accuracy_run(model_path: Path, directory: Path, min_seconds: float) -> dict:
+    """A trial whose metric is known: it measures throughput only and may stop early. The
+    interval is loose, so the tests check the stopping, not this machine's step-time noise."""
+    adaptive = {"rel_halfwidth": 0.25, "min_steps": 5, "min_seconds": min_seconds}
     config = _config(model_path, micro_batch_size=16)
-    # A loose interval, so the test checks the stopping, not this machine's step-time noise.
-    adaptive = {"rel_halfwidth": 0.25, "min_steps": 5}
     result = run_trial(
         config,
-        machine,
+        detect_machine(),
         model_path,
         8192,
         [0],
-        tmp_path / "t",
+        directory,
         120,
         need_metric=False,
         adaptive=adaptive,
     )
     assert result.ok, result.failure_reason
-    measured = result.measurements
+    return result.measurements
+
+
+def test_adaptive_measurement_stops_once_throughput_is_known(
+    model_path: Path, tmp_path: Path
+) -> None:
+    measured = _reused_accuracy_run(model_path, tmp_path / "t", 0.0)
     assert measured["metric"] is None and measured["eval_seconds"] < 0.01
     assert measured["stable_after_steps"] == measured["measured_steps"]
     assert measured["steps"] < measured["budget_steps"] == 8192 // 16
@@ -176,22 +180,7 @@ def test_adaptive_measurement_stops_once_throughput_is_known(
 def test_reused_accuracy_trials_still_time_the_minimum_window(
     model_path: Path, tmp_path: Path
 ) -> None:
-    machine = detect_machine()
-    config = _config(model_path, micro_batch_size=16)
-    adaptive = {"rel_halfwidth": 0.25, "min_steps": 5, "min_seconds": 0.5}
-    result = run_trial(
-        config,
-        machine,
-        model_path,
-        8192,
-        [0],
-        tmp_path / "t",
-        120,
-        need_metric=False,
-        adaptive=adaptive,
-    )
-    assert result.ok, result.failure_reason
-    measured = result.measurements
+    measured = _reused_accuracy_run(model_path, tmp_path / "t", 0.5)
     # Stable early, but it keeps measuring until the window is long enough.
     assert measured["stable_after_steps"] < measured["measured_steps"]
     assert measured["measured_seconds"] >= 0.5
