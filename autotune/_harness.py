@@ -458,7 +458,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         engine.train()
         for _ in range(10):  # steps are estimated from the mean so far: one or two rounds do
             per_step = elapsed / (budget_measured_steps + extra_steps)
-            wanted = torch.tensor([0])
+            wanted = torch.tensor([0], device=device)  # NCCL broadcasts device tensors
             if elapsed < min_seconds:
                 wanted[0] = math.ceil((min_seconds - elapsed) / max(per_step, 1e-9))
             dist.broadcast(wanted, src=0)  # every rank runs the same number of steps

@@ -141,7 +141,9 @@ def main() -> None:
     dist.barrier()
     elapsed = time.perf_counter() - start
     if elapsed < args.min_seconds:
-        more = torch.tensor([math.ceil((args.min_seconds - elapsed) * measured / elapsed)])
+        more = torch.tensor(
+            [math.ceil((args.min_seconds - elapsed) * measured / elapsed)], device=engine.device
+        )
         dist.broadcast(more, src=0)
         resume = time.perf_counter()
         train_steps(int(more.item()))
