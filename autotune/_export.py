@@ -41,8 +41,16 @@ def export_trial(trial: optuna.trial.FrozenTrial, out_dir: str | Path) -> tuple[
     ds_config_path.write_text(json.dumps(attrs["ds_config"], indent=2) + "\n")
     launch: dict[str, Any] = dict(attrs["launch"])
     launch["trial"] = trial.number
+    timed = (
+        attrs["measured_seconds"] - attrs["eval_seconds"]
+        if attrs.get("measured_seconds") is not None and attrs.get("eval_seconds") is not None
+        else None
+    )
     launch["measured"] = {
         "throughput_samples_per_s": attrs.get("throughput"),
+        # The window the throughput was timed over: steps after warm-up, eval excluded.
+        "timed_seconds": timed,
+        "timed_steps": attrs.get("measured_steps"),
         "accuracy_loss": attrs.get("accuracy_loss"),
         "peak_memory_bytes": attrs.get("peak_memory_bytes"),
     }
@@ -184,6 +192,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["repeat_of"] = attrs.get("repeat_of")
         row["accuracy_reused_from"] = attrs.get("accuracy_reused_from")
         row["stable_after_steps"] = attrs.get("stable_after_steps")
+        row["extra_steps"] = attrs.get("extra_steps")
         row["launched"] = attrs.get("launched")
         row["memory_predicted_bytes"] = attrs.get("memory_predicted_bytes")
         for name in (

@@ -525,6 +525,7 @@ class _Objective:
             "steps",
             "budget_steps",
             "measured_steps",
+            "extra_steps",
             "stable_after_steps",
             "partition",
             "stage_compute_seconds",

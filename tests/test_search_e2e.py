@@ -45,6 +45,7 @@ REQUIRED_ATTRS = (
     "peak_memory_bytes",
     "step_time_p50",
     "measured_seconds",
+    "extra_steps",
 )
 
 
@@ -180,6 +181,10 @@ def test_best_is_feasible_and_exported_config_initializes_deepspeed(searched: tu
         launch = json.loads(launch_path.read_text())
         assert launch["processes"] == trial.user_attrs["settings"]["processes"]
         assert "deepspeed --num_gpus" in launch["command"]
+        # Timed over at least the search's minimum window (0.5 s here), steps past the budget
+        # included.
+        assert launch["measured"]["timed_seconds"] >= 0.5
+        assert launch["measured"]["timed_steps"] == trial.user_attrs["measured_steps"]
         output = _replay(tmp_path / "tiny.py", out, launch["processes"])
         if launch["pipeline_stages"] > 1:
             # The plain script rebuilt the trial's exact stages with build_pipeline_module.
