@@ -61,9 +61,8 @@ whose metric is reused from the same numerics stops training there (once it has 
 ``min_measure_seconds``)."""
 DEFAULT_MIN_MEASURE_SECONDS = 3.0
 """A trial's throughput is timed over at least this much training (steps past the sample
-budget run after the metric is taken): windows of a fraction of a second measured this
-machine's noise more than the configuration's speed, and replays of the export missed them by
-12-13%."""
+budget run after the metric is taken): windows of a second or less measured this machine's
+noise more than the configuration's speed, and replays of the export missed them by 12-13%."""
 _HEARTBEAT_SECONDS = 10
 _GRACE_SECONDS = 60
 
