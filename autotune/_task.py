@@ -208,19 +208,25 @@ class Task:
         return self.model_file.layers is not None
 
     def reference_settings(self) -> dict[str, Any]:
-        """What the user runs today: BATCH_SIZE, fp32, ZeRO 0, one process, no workers."""
-        return {
-            "micro_batch_size": self.model_file.batch_size,
-            "gradient_accumulation_steps": 1,
-            "precision": "fp32",
-            "zero_stage": 0,
-            "processes": 1,
-            "pipeline_stages": 1,
-            "partition_method": "parameters",
-            "num_workers": 0,
-            "pin_memory": False,
-            "prefetch_factor": 2,
-        }
+        """What the user runs today (see `reference_settings`)."""
+        return reference_settings(self.model_file.batch_size)
+
+
+def reference_settings(batch_size: int) -> dict[str, Any]:
+    """The reference trial: the model file's BATCH_SIZE, fp32, ZeRO 0, one process, no
+    DataLoader workers."""
+    return {
+        "micro_batch_size": batch_size,
+        "gradient_accumulation_steps": 1,
+        "precision": "fp32",
+        "zero_stage": 0,
+        "processes": 1,
+        "pipeline_stages": 1,
+        "partition_method": "parameters",
+        "num_workers": 0,
+        "pin_memory": False,
+        "prefetch_factor": 2,
+    }
 
 
 def _check_item(path: Path, name: str, item: Any) -> None:

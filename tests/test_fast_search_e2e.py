@@ -13,7 +13,7 @@ from autotune._harness import step_time_is_stable
 from autotune._plan import TrialConfig, detect_machine
 from autotune._run import run_trial
 from autotune._score import reference_noise
-from autotune._task import load_model_file
+from autotune._task import load_model_file, reference_settings
 from autotune._workers import WarmWorkers
 
 MODEL = textwrap.dedent(
@@ -54,20 +54,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(model_path: Path, **values: object) -> TrialConfig:
-    settings: dict[str, object] = {
-        "micro_batch_size": 32,
-        "gradient_accumulation_steps": 1,
-        "precision": "fp32",
-        "zero_stage": 0,
-        "processes": 1,
-        "pipeline_stages": 1,
-        "partition_method": "parameters",
-        "num_workers": 0,
-        "pin_memory": False,
-        "prefetch_factor": 2,
-    }
-    settings.update(values)
     model_file = load_model_file(model_path)
+    settings = {**reference_settings(32), **values}
     return TrialConfig.from_settings(settings, model_file.optimizer, 32, "sqrt")
 
 

@@ -23,21 +23,11 @@ from autotune._landscape import (
     summarise,
 )
 from autotune._space import IntRange, SearchSpace
+from autotune._task import reference_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
-REFERENCE = {
-    "micro_batch_size": 32,
-    "gradient_accumulation_steps": 1,
-    "precision": "fp32",
-    "zero_stage": 0,
-    "processes": 1,
-    "pipeline_stages": 1,
-    "partition_method": "parameters",
-    "num_workers": 0,
-    "pin_memory": False,
-    "prefetch_factor": 2,
-}
+REFERENCE = reference_settings(32)
 
 SPACE = SearchSpace(
     {

@@ -25,23 +25,12 @@ from autotune._memory import (
     why_over_memory,
 )
 from autotune._plan import Machine, TrialConfig
-from autotune._task import load_model_file
+from autotune._task import load_model_file, reference_settings
 
 CPU = Machine("cpu", devices=4, cores=4, fp16=False, bf16=True)
 GPUS = Machine("cuda", 8, 32, True, True)
 OPTIMIZER = {"type": "AdamW", "params": {"lr": 1e-3}}
-REFERENCE = {
-    "micro_batch_size": 32,
-    "gradient_accumulation_steps": 1,
-    "precision": "fp32",
-    "zero_stage": 0,
-    "processes": 1,
-    "pipeline_stages": 1,
-    "partition_method": "parameters",
-    "num_workers": 0,
-    "pin_memory": False,
-    "prefetch_factor": 2,
-}
+REFERENCE = reference_settings(32)
 # Round numbers so every expected total below can be checked by hand.
 FOOTPRINT = ModelFootprint(
     parameters=1000, activation_bytes_per_sample=100.0, optimizer_state_bytes_per_param=8.0

@@ -20,24 +20,14 @@ from autotune._plan import (
     why_not_runnable,
 )
 from autotune._space import PARAMETERS
+from autotune._task import reference_settings
 
 CPU = Machine("cpu", devices=2, cores=2, fp16=False, bf16=True)
 GPUS = Machine("cuda", 8, 32, True, True)
 OPTIMIZER = {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.01}}
 LAYERS = ("Linear", "ReLU", "Linear")
 REFERENCE_BATCH = 32
-REFERENCE = {
-    "micro_batch_size": REFERENCE_BATCH,
-    "gradient_accumulation_steps": 1,
-    "precision": "fp32",
-    "zero_stage": 0,
-    "processes": 1,
-    "pipeline_stages": 1,
-    "partition_method": "parameters",
-    "num_workers": 0,
-    "pin_memory": False,
-    "prefetch_factor": 2,
-}
+REFERENCE = reference_settings(REFERENCE_BATCH)
 
 
 def config(lr_scaling: str = "sqrt", **changes: object) -> TrialConfig:

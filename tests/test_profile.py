@@ -24,7 +24,7 @@ from autotune._profile import (
     profiled_partition,
     stage_cost_vectors,
 )
-from autotune._task import load_model_file
+from autotune._task import load_model_file, reference_settings
 
 MODEL = textwrap.dedent(
     """
@@ -53,19 +53,14 @@ CPU = Machine(accelerator="cpu", devices=2, cores=2, fp16=False, bf16=True)
 
 
 def _config(**values: object) -> TrialConfig:
-    settings: dict[str, object] = {
-        "micro_batch_size": 8,
+    settings = {
+        **reference_settings(8),
         "gradient_accumulation_steps": 4,
-        "precision": "fp32",
-        "zero_stage": 0,
         "processes": 2,
         "pipeline_stages": 2,
         "partition_method": "profile",
-        "num_workers": 0,
-        "pin_memory": False,
-        "prefetch_factor": 2,
+        **values,
     }
-    settings.update(values)
     return TrialConfig.from_settings(settings, {"type": "Adam", "params": {"lr": 1e-3}}, 8, "none")
 
 

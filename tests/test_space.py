@@ -17,22 +17,11 @@ from autotune._space import (
     sampled_reference_params,
     suggest,
 )
+from autotune._task import reference_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What autotune._task.ModelFile.reference_settings returns for a model with BATCH_SIZE 32.
-REFERENCE = {
-    "micro_batch_size": 32,
-    "gradient_accumulation_steps": 1,
-    "precision": "fp32",
-    "zero_stage": 0,
-    "processes": 1,
-    "pipeline_stages": 1,
-    "partition_method": "parameters",
-    "num_workers": 0,
-    "pin_memory": False,
-    "prefetch_factor": 2,
-}
+REFERENCE = reference_settings(32)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
