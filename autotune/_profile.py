@@ -308,10 +308,10 @@ def _time_in_graph(
             # its input at reached[i - 1] (the end of the pass, for the first layer); a layer
             # whose output gets no gradient does no backward.
             reached = [*arrived[: count - 1], start]
-            for index in range(count):
-                if reached[index] is not None:
+            for index, begin in enumerate(reached):
+                if begin is not None:
                     end = reached[index - 1] if index > 0 else None
-                    backward[index] = max(0.0, (end if end is not None else done) - reached[index])
+                    backward[index] = max(0.0, (end if end is not None else done) - begin)
         return forward, backward
 
     one_pass()  # warms up the allocator
