@@ -335,6 +335,12 @@ SEARCH_CASES = [
         {"model.py": BASE_MODEL},
         ("--max-memory",),
     ),
+    Case(
+        "min-measure-seconds-negative",
+        search("model.py", "--min-measure-seconds=-1"),
+        {"model.py": BASE_MODEL},
+        ("--min-measure-seconds", "0 or more"),
+    ),
 ]
 
 
