@@ -13,14 +13,27 @@ import optuna
 import pandas as pd
 
 from autotune import _score
+from autotune._confirm import (
+    best_trial,
+    estimated_throughput,
+    stored_confirmations,
+    throughput_runs,
+)
 from autotune._errors import UserError
 from autotune._report import LIBRARIES, MIN_TRIALS_FOR_IMPORTANCE, log_tail, write_report
 from autotune._space import PARAMETERS
 
 
-def export_trial(trial: optuna.trial.FrozenTrial, out_dir: str | Path) -> tuple[Path, Path]:
+def export_trial(
+    trial: optuna.trial.FrozenTrial,
+    out_dir: str | Path,
+    confirmations: dict[str, list[float]] | None = None,
+) -> tuple[Path, Path]:
     """Write ``ds_config.json`` (accepted unchanged by ``deepspeed.initialize``) and
     ``launch.json`` (processes, pipeline layout, data loading, the launch command).
+
+    ``confirmations`` (the study's confirmation runs, see `autotune._confirm`) add every
+    window the configuration was timed over and their median to ``launch.json``.
 
     Raises:
         UserError: The trial never ran, so it has no configuration worth exporting.
@@ -46,8 +59,11 @@ def export_trial(trial: optuna.trial.FrozenTrial, out_dir: str | Path) -> tuple[
         if attrs.get("measured_seconds") is not None and attrs.get("eval_seconds") is not None
         else None
     )
+    runs = throughput_runs(attrs, trial.number, confirmations or {})
     launch["measured"] = {
-        "throughput_samples_per_s": attrs.get("throughput"),
+        # The median of every timed window: the trial's own, then its confirmation runs.
+        "throughput_samples_per_s": estimated_throughput(runs),
+        "throughput_runs": runs,
         # The window the throughput was timed over: steps after warm-up, eval excluded.
         "timed_seconds": timed,
         "timed_steps": attrs.get("measured_steps"),
@@ -67,13 +83,13 @@ def export(
         UserError: No such trial, or no feasible trial when none is named.
     """
     if trial_number is None:
-        try:
-            trial = study.best_trial
-        except ValueError:
+        best = best_trial(study)
+        if best is None:
             raise UserError(
                 f"Study '{study.study_name}' has no feasible trial yet; name one with --trial N "
                 "(see `autotune trials`) or search further."
-            ) from None
+            )
+        trial = best
     else:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         if trial_number not in trials:
@@ -82,7 +98,7 @@ def export(
                 f"(it has {len(trials)} trials, numbered from 0)."
             )
         trial = trials[trial_number]
-    return export_trial(trial, out_dir)
+    return export_trial(trial, out_dir, stored_confirmations(study))
 
 
 def report_info(study: optuna.Study) -> dict[str, Any]:
@@ -94,10 +110,7 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
     compute them).
     """
     attrs = study.user_attrs
-    try:
-        best: optuna.trial.FrozenTrial | None = study.best_trial
-    except ValueError:
-        best = None
+    best = best_trial(study)
     best_number = None if best is None else best.number
     versions: dict[str, str | None] = {}
     for library in LIBRARIES:
@@ -155,6 +168,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with its settings, status and measurements (the `trials` table)."""
     rows = []
     budget = float(study.user_attrs.get("max_accuracy_loss", _score.DEFAULT_MAX_ACCURACY_LOSS))
+    confirmations = stored_confirmations(study)
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         status = attrs.get("status") or trial.state.name.lower()
@@ -180,6 +194,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         ):
             value = attrs.get(name)
             row[name] = math.nan if value is None else value
+        runs = throughput_runs(attrs, trial.number, confirmations)
+        # Every window the configuration was timed over, and their median (see _confirm).
+        row["throughput_runs"] = runs or None
+        estimate = estimated_throughput(runs)
+        row["estimated_throughput"] = math.nan if estimate is None else estimate
         row["feasible"] = status in ("ok", "repeat") and _score.is_feasible(trial.constraints)
         row["reason"] = attrs.get("reason") or ""
         row["datetime_start"] = trial.datetime_start

@@ -441,8 +441,9 @@ class BestInfo:
     Attributes:
         reference_number: The reference trial, or None when there is none in the frame.
         best_number: The best feasible trial, or None when there is none in the frame.
-        reference_throughput: Samples/s of the reference, or None when not measured.
-        best_throughput: Samples/s of the best trial, or None.
+        reference_throughput: Samples/s of the reference (the median of its timed windows,
+            confirmation runs included), or None when not measured.
+        best_throughput: Samples/s of the best trial, the same way, or None.
         speedup: best_throughput / reference_throughput, or None when either is missing.
         rows: The table's lines: trial, settings, then results.
         message: A sentence shown instead of the best column when there is no feasible trial.
@@ -467,8 +468,8 @@ def _get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
     ref_row = reference if reference is not None else empty
     best_row = best if best is not None else empty
 
-    reference_throughput = _float(ref_row.get("throughput")) if _is_measured(ref_row) else None
-    best_throughput = _float(best_row.get("throughput")) if _is_measured(best_row) else None
+    reference_throughput = _judged_throughput(ref_row) if _is_measured(ref_row) else None
+    best_throughput = _judged_throughput(best_row) if _is_measured(best_row) else None
     speedup = None
     if reference_throughput and best_throughput is not None:
         speedup = best_throughput / reference_throughput
@@ -497,6 +498,11 @@ def _get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
             "throughput (samples/s)",
             _format_throughput(reference_throughput),
             _format_throughput(best_throughput),
+        ),
+        ComparisonRow(
+            "timed windows (samples/s)",
+            _windows(ref_row),
+            _windows(best_row),
         ),
         ComparisonRow(
             "speed-up vs reference",
@@ -547,6 +553,19 @@ def _get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
         rows=tuple(table),
         message=message,
     )
+
+
+def _judged_throughput(row: dict[str, Any]) -> float | None:
+    """The median of the windows a trial's configuration was timed over (its own and its
+    confirmation runs), or its own figure in a frame without that column."""
+    return _float(row.get("estimated_throughput")) or _float(row.get("throughput"))
+
+
+def _windows(row: dict[str, Any]) -> str:
+    runs = row.get("throughput_runs")
+    if not isinstance(runs, list | tuple) or not runs:
+        return _MISSING
+    return ", ".join(_format_throughput(float(value)) for value in runs)
 
 
 def _step_times(row: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """The study: an Optuna study in any storage whose trials are real DeepSpeed runs.
 
 `search` is the top-level flow: check the inputs, open (or resume) the study, run the reference
-as trial 0, then let the sampler propose configurations until the study holds --n-trials runs.
+as trial 0, let the sampler propose configurations until the study holds --n-trials runs, then
+time the fastest and the reference again in alternation (`_confirm`) and export the best.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from typing import Any
 import optuna
 
 from autotune import _score
+from autotune._confirm import (
+    CONFIRM_ROUNDS,
+    DEFAULT_CONFIRM,
+    confirm,
+    estimated_throughput,
+    stored_confirmations,
+    throughput_runs,
+)
+from autotune._confirm import best_trial as _confirmed_best
 from autotune._errors import UserError
 from autotune._export import export_trial, write_study_report
 from autotune._memory import (
@@ -95,6 +105,7 @@ class SearchOptions:
     reuse_accuracy: bool = True
     max_memory: float | None = None
     min_measure_seconds: float = DEFAULT_MIN_MEASURE_SECONDS
+    confirm: int = DEFAULT_CONFIRM
 
     def __post_init__(self) -> None:
         problem = _score.validate_budget(self.max_accuracy_loss)
@@ -121,6 +132,8 @@ class SearchOptions:
                 "--min-measure-seconds must be a number of seconds, 0 or more, "
                 f"got {self.min_measure_seconds}."
             )
+        if self.confirm < 0:
+            raise UserError(f"--confirm must be 0 or more configurations, got {self.confirm}.")
 
     @property
     def study_name(self) -> str:
@@ -135,9 +148,12 @@ class SearchSummary:
         study: The study's name.
         runs: Trials in the study that launched a run.
         reference: The reference trial.
-        best: The fastest feasible trial, or None.
+        best: The fastest feasible trial (by the median of its timed windows), or None.
         export_dir: Where the best configuration was exported, or None.
         report_path: The HTML report.
+        reference_runs: Every window the reference was timed over (samples/s): its trial's,
+            then its confirmation runs.
+        best_runs: The same for the best trial; empty when there is none.
     """
 
     study: str
@@ -146,12 +162,25 @@ class SearchSummary:
     best: optuna.trial.FrozenTrial | None
     export_dir: Path | None
     report_path: Path | None
+    reference_runs: tuple[float, ...] = ()
+    best_runs: tuple[float, ...] = ()
+
+    @property
+    def reference_throughput(self) -> float | None:
+        """The reference's samples/s: the median of its windows."""
+        return estimated_throughput(self.reference_runs)
+
+    @property
+    def best_throughput(self) -> float | None:
+        """The best trial's samples/s: the median of its windows."""
+        return estimated_throughput(self.best_runs)
 
     @property
     def speedup(self) -> float | None:
-        if self.best is None or not self.reference.value:
+        best, reference = self.best_throughput, self.reference_throughput
+        if best is None or not reference:
             return None
-        return float(self.best.value or 0.0) / self.reference.value
+        return best / reference
 
 
 def redact(url: str) -> str:
@@ -293,11 +322,9 @@ def reference_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The fastest feasible trial, or None while there is none."""
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+    """The fastest feasible trial by the median of its timed windows (its own and any
+    confirmation runs), or None while there is none."""
+    return _confirmed_best(study)
 
 
 class _Objective:
@@ -433,6 +460,34 @@ class _Objective:
                 )
         trial.set_user_attr("launch", launch)
         return self._scored(trial, result, label, role)
+
+    def remeasure(
+        self, trial: optuna.trial.FrozenTrial, name: str
+    ) -> tuple[float | None, str | None]:
+        """Time a finished trial's configuration again, throughput only, on the same pipeline
+        boundaries: (samples/s, None), or (None, why the run failed)."""
+        config = TrialConfig.from_settings(
+            trial.user_attrs["settings"],
+            self.task.model_file.optimizer,
+            self.task.model_file.batch_size,
+            self.options.lr_scaling,
+        )
+        result = run_trial(
+            config,
+            self.machine,
+            self.task.model_file.path,
+            self.options.train_samples,
+            [self.options.seed],
+            self.trial_root / name,
+            self.options.trial_timeout,
+            partition_bounds=trial.user_attrs.get("partition"),
+            workers=self.workers,
+            need_metric=False,
+            adaptive={**ADAPTIVE, "min_seconds": self.options.min_measure_seconds},
+        )
+        if not result.ok or result.measurements is None:
+            return None, result.failure_reason
+        return float(result.measurements["throughput"]), None
 
     def _over_memory(self, trial: optuna.Trial, config: TrialConfig) -> str | None:
         """Why ``config`` is predicted not to fit in memory, or None: the estimate (parameters,
@@ -641,26 +696,28 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
             )
 
     already = len(_runs(study))
-    if already >= options.n_trials:
-        print_line(
-            f"study '{options.study_name}' already holds {already} runs (--n-trials {options.n_trials})."
-        )
-    else:
-        print_line(
-            f"study '{options.study_name}' in {redact(options.storage)}: {already} runs so far, "
-            f"searching until {options.n_trials}; budget {options.max_accuracy_loss:.2%} accuracy loss"
-        )
 
-        def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-            if len(_runs(study)) >= options.n_trials:
-                study.stop()
+    def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        if len(_runs(study)) >= options.n_trials:
+            study.stop()
 
-        objective = _Objective(options, task, machine, space, study, print_line)
-        with contextlib.ExitStack() as stack:
-            if options.warm_workers:
-                objective.workers = stack.enter_context(
-                    WarmWorkers(options.trials_dir / options.study_name / "workers")
-                )
+    objective = _Objective(options, task, machine, space, study, print_line)
+    with contextlib.ExitStack() as stack:
+        if options.warm_workers:
+            objective.workers = stack.enter_context(
+                WarmWorkers(options.trials_dir / options.study_name / "workers")
+            )
+        if already >= options.n_trials:
+            print_line(
+                f"study '{options.study_name}' already holds {already} runs "
+                f"(--n-trials {options.n_trials})."
+            )
+        else:
+            print_line(
+                f"study '{options.study_name}' in {redact(options.storage)}: {already} runs so "
+                f"far, searching until {options.n_trials}; budget "
+                f"{options.max_accuracy_loss:.2%} accuracy loss"
+            )
             study.optimize(
                 objective,
                 n_trials=(options.n_trials - already) * _ASKS_PER_RUN,
@@ -668,6 +725,10 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
                 callbacks=[stop_when_enough],
                 catch=(),
             )
+        # Stored confirmation runs count: a finished study confirmed before runs nothing here.
+        confirm(
+            study, objective.remeasure, options.confirm, CONFIRM_ROUNDS, options.seed, print_line
+        )
     return _finish(study, options, print_line)
 
 
@@ -685,20 +746,38 @@ def _finish(
             f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
         )
     export_dir = None
+    confirmations = stored_confirmations(study)
+    reference_runs = throughput_runs(reference.user_attrs, reference.number, confirmations)
+    best_runs = [] if best is None else throughput_runs(best.user_attrs, best.number, confirmations)
     if best is None:
         print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
     else:
         export_dir = options.trials_dir / options.study_name / "best"
-        export_trial(best, export_dir)
-        speedup = float(best.value or 0.0) / float(reference.value or math.nan)
+        export_trial(best, export_dir, confirmations)
+        best_value = estimated_throughput(best_runs) or 0.0
+        reference_value = estimated_throughput(reference_runs) or math.nan
         print_line(
             f"best: trial {best.number} [{_describe(best.user_attrs['settings'])}] "
-            f"{best.value:.1f} samples/s vs reference {reference.value:.1f} "
-            f"({speedup:.2f}x), accuracy loss {best.user_attrs['accuracy_loss']:+.2%}"
+            f"{best_value:.1f} samples/s{_windows(best_runs)} vs reference "
+            f"{reference_value:.1f}{_windows(reference_runs)} "
+            f"({best_value / reference_value:.2f}x), accuracy loss "
+            f"{best.user_attrs['accuracy_loss']:+.2%}"
         )
         print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
     report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
     print_line(f"report: {report_path}")
     return SearchSummary(
-        options.study_name, len(_runs(study)), reference, best, export_dir, report_path
+        options.study_name,
+        len(_runs(study)),
+        reference,
+        best,
+        export_dir,
+        report_path,
+        tuple(reference_runs),
+        tuple(best_runs),
     )
+
+
+def _windows(runs: list[float]) -> str:
+    """' (median of 3 windows)' when a figure is a median, else nothing."""
+    return f" (median of {len(runs)} windows)" if len(runs) > 1 else ""

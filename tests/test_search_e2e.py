@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from autotune import SearchOptions, export, load_study, search, trials_frame
+from autotune._score import is_feasible
 from autotune._workers import remove_shm_buffers
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +67,7 @@ def _options(tmp_path: Path, model: Path, space: Path, **overrides: object) -> S
         reports_dir=tmp_path / "reports",
         trial_timeout=120,
         min_measure_seconds=0.5,
+        confirm=0,
     )
     values.update(overrides)
     return SearchOptions(**values)  # type: ignore[arg-type]
@@ -74,7 +76,8 @@ def _options(tmp_path: Path, model: Path, space: Path, **overrides: object) -> S
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], object]:
     """One grid search over data parallelism, pipeline (DeepSpeed's uniform split and autotune's
-    profile) and precision: four real runs."""
+    profile) and precision: four real runs, then the fastest and the reference timed twice more
+    each (confirmation runs)."""
     tmp_path = tmp_path_factory.mktemp("search")
     model = _write(tmp_path / "tiny.py", TINY_MODEL)
     space = _write(
@@ -84,7 +87,9 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str],
     )
     lines: list[str] = []
     # More runs asked for than the grid holds: the grid sampler ends the study when exhausted.
-    summary = search(_options(tmp_path, model, space, n_trials=10), print_line=lines.append)
+    summary = search(
+        _options(tmp_path, model, space, n_trials=10, confirm=1), print_line=lines.append
+    )
     return tmp_path, lines, summary
 
 
@@ -189,6 +194,48 @@ def test_best_is_feasible_and_exported_config_initializes_deepspeed(searched: tu
         if launch["pipeline_stages"] > 1:
             # The plain script rebuilt the trial's exact stages with build_pipeline_module.
             assert f"pipeline bounds: {launch['partition_bounds']}" in output
+
+
+def test_confirmation_runs_time_the_fastest_and_the_reference_again(searched: tuple) -> None:
+    tmp_path, lines, summary = searched
+    study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
+    confirmations = study.user_attrs["confirmations"]
+    reference = str(study.user_attrs["reference_number"])
+    fastest = max(
+        (
+            t
+            for t in study.get_trials()
+            if t.user_attrs.get("role") == "search"
+            and t.user_attrs.get("status") == "ok"
+            and is_feasible(t.constraints)
+        ),
+        key=lambda t: t.value or 0.0,
+    )
+    assert set(confirmations) >= {reference, str(fastest.number)}
+    for number, runs in confirmations.items():
+        assert len(runs) == 2 and all(value > 0 for value in runs), number
+        for index in (1, 2):
+            # Each confirmation is a real run with its own folder (throughput only, no eval).
+            result = json.loads(
+                (
+                    tmp_path
+                    / "trials"
+                    / "tiny"
+                    / f"confirm_{int(number):04d}_{index}"
+                    / "result.json"
+                ).read_text()
+            )
+            assert result["throughput"] == pytest.approx(runs[index - 1])
+            assert result["measured_seconds"] >= 0.5
+    assert any(line.startswith("confirming: timing trials") for line in lines)
+    # The best and the speed-up go by the median of the three windows, and the export says so.
+    assert len(summary.best_runs) == 3 and len(summary.reference_runs) == 3
+    assert summary.best_throughput == pytest.approx(sorted(summary.best_runs)[1])
+    assert summary.speedup == pytest.approx(summary.best_throughput / summary.reference_throughput)
+    launch = json.loads((tmp_path / "trials" / "tiny" / "best" / "launch.json").read_text())
+    assert launch["measured"]["throughput_runs"] == pytest.approx(list(summary.best_runs))
+    assert launch["measured"]["throughput_samples_per_s"] == pytest.approx(summary.best_throughput)
+    assert any("(median of 3 windows)" in line for line in lines if line.startswith("best:"))
 
 
 def _replay(model: Path, export_dir: Path, processes: int) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import _score
+from autotune._confirm import CONFIRM_ROUNDS, DEFAULT_CONFIRM
 from autotune._errors import UserError
 from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
@@ -79,6 +80,15 @@ def add_parser(subparsers: Any, name: str) -> None:
         "--train-samples run after the metric is taken (default: %(default)s)",
     )
     parser.add_argument(
+        "--confirm",
+        type=int,
+        default=DEFAULT_CONFIRM,
+        metavar="N",
+        help="after the search, time the N fastest feasible configurations and the reference "
+        f"{CONFIRM_ROUNDS} more times each, in alternation, and pick the best by the median of "
+        "its windows; 0 turns this off (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-memory",
         help="skip configurations predicted to need more than this per rank, e.g. 8GiB "
         "(default: the accelerator's memory, or on CPU the RAM's share per rank)",
@@ -120,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         warm_workers=not args.fresh_launches,
         reuse_accuracy=not args.no_accuracy_reuse,
         min_measure_seconds=args.min_measure_seconds,
+        confirm=args.confirm,
     )
     search(options, print_line=lambda line: print(line, flush=True))
     return 0

@@ -1,0 +1,175 @@
+"""Confirmation runs: which trials are timed again, in what order, and how the best is chosen
+from every window (pure logic; `tests/test_search_e2e.py` runs them for real)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autotune._confirm import (
+    CONFIRMATIONS_ATTR,
+    FAILURES_ATTR,
+    best_trial,
+    confirm,
+    confirmation_order,
+    estimated_throughput,
+    throughput_runs,
+)
+from autotune._score import ACCURACY_CONSTRAINT, RUNNABLE_CONSTRAINT
+
+
+def _study(rows: list[tuple[str, str, float | None, bool, int]]) -> optuna.Study:
+    """Trials from (role, status, throughput, feasible, processes) rows, numbered in order."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize")
+    for role, status, throughput, feasible, processes in rows:
+        trial = study.ask()
+        trial.set_user_attr("role", role)
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("throughput", throughput)
+        trial.set_user_attr("settings", {"processes": processes})
+        trial.set_constraint(ACCURACY_CONSTRAINT, 0.0 if feasible else 0.01)
+        trial.set_constraint(RUNNABLE_CONSTRAINT, 0.0 if status == "ok" else 1.0)
+        study.tell(trial, throughput or 0.0)
+    return study
+
+
+class _Machine:
+    """Re-measures from a table of figures per trial, one after another, and logs the calls."""
+
+    def __init__(self, figures: dict[int, list[float | None]]) -> None:
+        self.figures = {number: list(values) for number, values in figures.items()}
+        self.calls: list[tuple[int, str]] = []
+
+    def __call__(
+        self, trial: optuna.trial.FrozenTrial, name: str
+    ) -> tuple[float | None, str | None]:
+        self.calls.append((trial.number, name))
+        value = self.figures[trial.number].pop(0)
+        return (value, None) if value is not None else (None, "oom: out of memory")
+
+
+def test_order_visits_each_configuration_once_per_round_grouped_by_layout() -> None:
+    layouts = {0: 1, 3: 2, 5: 1, 7: 2}
+    order = confirmation_order(layouts, rounds=3, seed=0)
+    assert len(order) == 12
+    for start in (0, 4, 8):
+        one_round = order[start : start + 4]
+        assert sorted(one_round) == [0, 3, 5, 7]
+        # Layouts stay together within a round; every other round walks them backwards.
+        processes = [layouts[n] for n in one_round]
+        assert processes == ([1, 1, 2, 2] if start in (0, 8) else [2, 2, 1, 1])
+    assert order == confirmation_order(layouts, rounds=3, seed=0)  # seeded: reproducible
+    # Within a layout the order is shuffled: over many rounds, several orders turn up.
+    many = confirmation_order({n: 1 for n in range(6)}, rounds=20, seed=1)
+    assert len({tuple(many[i : i + 6]) for i in range(0, 120, 6)}) > 1
+
+
+def test_best_is_chosen_on_the_median_of_every_window() -> None:
+    study = _study(
+        [
+            ("reference", "ok", 100.0, True, 1),
+            ("search", "ok", 300.0, True, 1),  # a lucky window
+            ("search", "ok", 250.0, True, 1),
+            ("search", "ok", 900.0, False, 1),  # over the accuracy budget: never the best
+        ]
+    )
+    assert best_trial(study).number == 1
+    study.set_user_attr(CONFIRMATIONS_ATTR, {"1": [200.0, 210.0], "2": [240.0, 260.0]})
+    assert best_trial(study).number == 2
+    runs = throughput_runs(study.trials[1].user_attrs, 1, {"1": [200.0, 210.0]})
+    assert runs == [300.0, 200.0, 210.0] and estimated_throughput(runs) == 210.0
+
+
+def test_a_repeat_shares_its_originals_windows_and_is_not_a_candidate() -> None:
+    study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 150.0, True, 1)])
+    trial = study.ask()
+    trial.set_user_attr("status", "repeat")
+    trial.set_user_attr("repeat_of", 1)
+    trial.set_user_attr("throughput", 150.0)
+    trial.set_constraint(ACCURACY_CONSTRAINT, 0.0)
+    trial.set_constraint(RUNNABLE_CONSTRAINT, 0.0)
+    study.tell(trial, 150.0)
+    confirmations = {"1": [140.0, 160.0]}
+    assert throughput_runs(study.trials[2].user_attrs, 2, confirmations) == [150.0, 140.0, 160.0]
+    study.set_user_attr(CONFIRMATIONS_ATTR, confirmations)
+    assert best_trial(study).number == 1
+
+
+def test_a_configuration_that_failed_its_confirmation_is_not_the_best() -> None:
+    study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 150.0, True, 2)])
+    study.set_user_attr(FAILURES_ATTR, {"1": "oom: out of memory"})
+    assert best_trial(study).number == 0
+
+
+def test_no_feasible_trial_means_no_best_and_nothing_to_confirm() -> None:
+    study = _study([("search", "failed", None, False, 1), ("search", "ok", 50.0, False, 1)])
+    machine = _Machine({})
+    confirm(study, machine, count=2, rounds=2, seed=0, print_line=lambda _: None)
+    assert best_trial(study) is None and machine.calls == []
+
+
+def test_confirm_times_the_fastest_and_the_reference_and_is_idempotent() -> None:
+    study = _study(
+        [
+            ("reference", "ok", 100.0, True, 1),
+            ("search", "ok", 300.0, True, 2),
+            ("search", "ok", 250.0, True, 1),
+            ("search", "ok", 120.0, True, 1),  # not among the 2 fastest: left alone
+            ("search", "ok", 500.0, False, 1),  # infeasible: never confirmed
+        ]
+    )
+    machine = _Machine({0: [110.0, 90.0], 1: [280.0, 290.0], 2: [230.0, 240.0]})
+    lines: list[str] = []
+    confirm(study, machine, count=2, rounds=2, seed=0, print_line=lines.append)
+    assert sorted(number for number, _ in machine.calls) == [0, 0, 1, 1, 2, 2]
+    assert study.user_attrs[CONFIRMATIONS_ATTR] == {
+        "0": [110.0, 90.0],
+        "1": [280.0, 290.0],
+        "2": [230.0, 240.0],
+    }
+    assert {name for _, name in machine.calls} >= {"confirm_0001_1", "confirm_0001_2"}
+    assert lines[0].startswith("confirming: timing trials 0, 1, 2 again (6 runs")
+    assert best_trial(study).number == 1
+    # Again: every chosen trial has its runs, so nothing runs.
+    confirm(study, machine, count=2, rounds=2, seed=0, print_line=lines.append)
+    assert len(machine.calls) == 6
+
+
+def test_a_best_that_appears_only_after_confirmation_is_confirmed_too() -> None:
+    study = _study(
+        [
+            ("reference", "ok", 100.0, True, 1),
+            ("search", "ok", 300.0, True, 1),  # a lucky window: confirms at 150
+            ("search", "ok", 200.0, True, 1),  # the third fastest: not chosen at first
+        ]
+    )
+    machine = _Machine({0: [100.0, 100.0], 1: [150.0, 140.0], 2: [190.0, 210.0]})
+    confirm(study, machine, count=1, rounds=2, seed=0, print_line=lambda _: None)
+    assert [number for number, _ in machine.calls].count(2) == 2
+    assert best_trial(study).number == 2
+
+
+def test_a_failed_confirmation_is_recorded_and_the_next_best_confirmed() -> None:
+    study = _study(
+        [
+            ("reference", "ok", 100.0, True, 1),
+            ("search", "ok", 300.0, True, 2),
+            ("search", "ok", 200.0, True, 1),
+        ]
+    )
+    machine = _Machine({0: [100.0, 100.0], 1: [None], 2: [190.0, 210.0]})
+    lines: list[str] = []
+    confirm(study, machine, count=1, rounds=2, seed=0, print_line=lines.append)
+    assert study.user_attrs[FAILURES_ATTR] == {"1": "oom: out of memory"}
+    assert [number for number, _ in machine.calls].count(1) == 1  # not retried
+    assert any("trial   1: failed: oom" in line for line in lines)
+    assert best_trial(study).number == 2
+
+
+@pytest.mark.parametrize("count, rounds", [(0, 2), (2, 0)])
+def test_confirm_zero_runs_nothing(count: int, rounds: int) -> None:
+    study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 300.0, True, 1)])
+    machine = _Machine({})
+    confirm(study, machine, count=count, rounds=rounds, seed=0, print_line=lambda _: None)
+    assert machine.calls == [] and CONFIRMATIONS_ATTR not in study.user_attrs
