@@ -4,8 +4,9 @@ For each example: a search (TPE, warm workers, accuracy reuse: the product's def
 CPU-sized space; then the exported best configuration is trained ``--replays`` times by
 ``benchmarks/replay_export.py``, a plain DeepSpeed script launched with DeepSpeed's launcher
 (not autotune's harness), and its throughput is set against what the trial measured. Prints a
-table: reference and best throughput, speed-up, accuracy loss, the best settings, the replays'
-median and their ratio to the trial.
+table: reference and best throughput (each the median of its windows: the trial's own and its
+confirmation runs), speed-up, accuracy loss, the best settings, the replays' median and their
+ratio to the best's figure (what ``launch.json`` states).
 
     python benchmarks/tuned_vs_reference.py
     python benchmarks/tuned_vs_reference.py --examples examples/digits_mlp.py --n-trials 20
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, search  # noqa: E402
+from autotune._confirm import DEFAULT_CONFIRM  # noqa: E402
 from autotune._study import DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
 from autotune._workers import remove_shm_buffers  # noqa: E402
 
@@ -88,6 +90,12 @@ def main() -> None:
         default=DEFAULT_MIN_MEASURE_SECONDS,
         help="the search's and the replays' shortest timed window",
     )
+    parser.add_argument(
+        "--confirm",
+        type=int,
+        default=DEFAULT_CONFIRM,
+        help="confirmation runs: the N fastest and the reference timed again (0: off)",
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="autotune-tuned-") as tmp:
@@ -104,6 +112,7 @@ def main() -> None:
                     trials_dir=work / "trials",
                     reports_dir=work / "reports",
                     min_measure_seconds=args.min_measure_seconds,
+                    confirm=args.confirm,
                 ),
                 print_line=lambda line, name=model.stem: print(f"[{name}] {line}", flush=True),
             )
@@ -122,23 +131,29 @@ def main() -> None:
     print(
         f"{args.n_trials} runs per search over {args.space.name}, "
         f"{args.train_samples} samples per trial, timed over at least "
-        f"{args.min_measure_seconds:g} s (trials and replays)"
+        f"{args.min_measure_seconds:g} s (trials and replays); reference and best are the "
+        f"medians of their windows (--confirm {args.confirm})"
     )
     print(
         f"{'example':<18} {'reference':>10} {'best':>10} {'speed-up':>9} {'acc. loss':>10} "
         f"{'search':>8} {'replay median':>14} {'replay/trial':>13}  best settings"
     )
     for name, summary, wall, replays in rows:
-        reference = float(summary.reference.value or 0.0)
+        reference = summary.reference_throughput or 0.0
         best = summary.best
-        if best is None:
+        if best is None or summary.best_throughput is None:
             print(f"{name:<18} {reference:>10.1f}  no feasible configuration")
             continue
         median = statistics.median(replays)
         print(
-            f"{name:<18} {reference:>10.1f} {best.value:>10.1f} {summary.speedup:>8.2f}x "
-            f"{best.user_attrs['accuracy_loss']:>+10.2%} {wall:>6.0f} s {median:>14.1f} "
-            f"{median / float(best.value or 1):>12.3f}  {_describe(best.user_attrs['settings'])}"
+            f"{name:<18} {reference:>10.1f} {summary.best_throughput:>10.1f} "
+            f"{summary.speedup:>8.2f}x {best.user_attrs['accuracy_loss']:>+10.2%} {wall:>6.0f} s "
+            f"{median:>14.1f} {median / summary.best_throughput:>12.3f}  "
+            f"{_describe(best.user_attrs['settings'])}"
+        )
+        print(
+            f"{'':<18} windows: reference {', '.join(f'{v:.0f}' for v in summary.reference_runs)}"
+            f"; best (trial {best.number}) {', '.join(f'{v:.0f}' for v in summary.best_runs)}"
         )
 
 
