@@ -83,6 +83,7 @@ def main() -> None:
                     warm_workers=warm,
                     reuse_accuracy=False,
                     min_measure_seconds=args.min_measure_seconds,
+                    confirm=0,  # trials' own overhead; confirmation runs are not trials
                 ),
                 print_line=lambda line, mode=mode: print(f"[{mode}] {line}", flush=True),
             )

@@ -341,6 +341,12 @@ SEARCH_CASES = [
         {"model.py": BASE_MODEL},
         ("--min-measure-seconds", "0 or more"),
     ),
+    Case(
+        "confirm-negative",
+        search("model.py", "--confirm=-1"),
+        {"model.py": BASE_MODEL},
+        ("--confirm", "0 or more"),
+    ),
 ]
 
 

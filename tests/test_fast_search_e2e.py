@@ -273,6 +273,7 @@ def test_search_reuses_accuracy_and_prescreens_memory(tmp_path: Path) -> None:
             trials_dir=tmp_path / "trials",
             reports_dir=tmp_path / "reports",
             trial_timeout=120,
+            confirm=0,
         ),
         print_line=lines.append,
     )
@@ -322,6 +323,7 @@ def test_search_reuses_accuracy_and_prescreens_memory(tmp_path: Path) -> None:
             reports_dir=tmp_path / "reports",
             trial_timeout=120,
             max_memory=2**20,
+            confirm=0,
         ),
         print_line=lines.append,
     )

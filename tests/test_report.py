@@ -187,6 +187,23 @@ def test_best_info_speedup_and_differing_settings(frame: pd.DataFrame) -> None:
     assert not rows["zero_stage"].differs
 
 
+def test_best_info_uses_the_median_of_confirmed_windows(frame: pd.DataFrame) -> None:
+    frame = frame.copy()
+    frame["throughput_runs"] = [None] * len(frame)
+    frame["estimated_throughput"] = math.nan
+    for number, runs in ((0, [100.0, 80.0, 90.0]), (3, [250.0, 200.0, 210.0])):
+        index = frame.index[frame.number == number][0]
+        frame.at[index, "throughput_runs"] = runs
+        frame.at[index, "estimated_throughput"] = sorted(runs)[1]
+
+    best = _report._get_best_info(frame, _info(best_number=3))
+
+    assert (best.reference_throughput, best.best_throughput) == (90.0, 210.0)
+    assert best.speedup == pytest.approx(210.0 / 90.0)
+    rows = {row.label: row for row in best.rows}
+    assert rows["timed windows (samples/s)"].best == "250.0, 200.0, 210.0"
+
+
 def test_best_info_without_feasible_trial_gives_the_sentence(frame: pd.DataFrame) -> None:
     best = _report._get_best_info(frame, _info(best_number=None))
 
