@@ -6,7 +6,10 @@ CPU-sized space; then the exported best configuration is trained ``--replays`` t
 (not autotune's harness), and its throughput is set against what the trial measured. Prints a
 table: reference and best throughput (each the median of its windows: the trial's own and its
 confirmation runs), speed-up, accuracy loss, the best settings, the replays' median and their
-ratio to the best's figure (what ``launch.json`` states).
+ratio to the best's figure (what ``launch.json`` states). Each replay alternates with a run of
+autotune's harness timing the same configuration in a fresh launch (throughput only):
+``replay/beside`` is the replays' median over those runs' median, the plain script against the
+harness with the machine's drift since the search taken out.
 
     python benchmarks/tuned_vs_reference.py
     python benchmarks/tuned_vs_reference.py --examples examples/digits_mlp.py --n-trials 20
@@ -27,13 +30,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, search  # noqa: E402
 from autotune._confirm import DEFAULT_CONFIRM  # noqa: E402
-from autotune._study import DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
+from autotune._plan import TrialConfig, detect_machine  # noqa: E402
+from autotune._run import run_trial  # noqa: E402
+from autotune._study import ADAPTIVE, DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
+from autotune._task import load_model_file  # noqa: E402
 from autotune._workers import remove_shm_buffers  # noqa: E402
 
 
@@ -73,6 +80,30 @@ def replay(model: Path, export_dir: Path, train_samples: int, min_seconds: float
     if not found:
         raise SystemExit(f"replay failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return float(found.group(1))
+
+
+def harness(model: Path, best: Any, train_samples: int, min_seconds: float, out: Path) -> float:
+    """The best configuration timed by autotune's own harness in a fresh launch, throughput
+    only, as a confirmation run times it: the replay's partner, taken right beside it."""
+    model_file = load_model_file(model)
+    config = TrialConfig.from_settings(
+        best.user_attrs["settings"], model_file.optimizer, model_file.batch_size, "sqrt"
+    )
+    result = run_trial(
+        config,
+        detect_machine(),
+        model,
+        train_samples,
+        [0],
+        out,
+        600,
+        partition_bounds=best.user_attrs.get("partition"),
+        need_metric=False,
+        adaptive={**ADAPTIVE, "min_seconds": min_seconds},
+    )
+    if result.measurements is None:
+        raise SystemExit(f"harness run failed: {result.failure_reason}")
+    return float(result.measurements["throughput"])
 
 
 def main() -> None:
@@ -119,14 +150,27 @@ def main() -> None:
             wall = time.perf_counter() - start
             best = summary.best
             if best is None or summary.export_dir is None:
-                rows.append((model.stem, summary, wall, []))
+                rows.append((model.stem, summary, wall, [], []))
                 continue
-            replays = [
-                replay(model, summary.export_dir, args.train_samples, args.min_measure_seconds)
-                for _ in range(args.replays)
-            ]
+            # Replays alternate with the harness timing the same configuration, so that the
+            # pair shares the machine's state: the search's figure is minutes older.
+            replays, partners = [], []
+            for index in range(args.replays):
+                replays.append(
+                    replay(model, summary.export_dir, args.train_samples, args.min_measure_seconds)
+                )
+                partners.append(
+                    harness(
+                        model,
+                        best,
+                        args.train_samples,
+                        args.min_measure_seconds,
+                        work / f"{model.stem}_harness_{index}",
+                    )
+                )
             print(f"[{model.stem}] replays: {', '.join(f'{r:.1f}' for r in replays)}", flush=True)
-            rows.append((model.stem, summary, wall, replays))
+            print(f"[{model.stem}] harness: {', '.join(f'{r:.1f}' for r in partners)}", flush=True)
+            rows.append((model.stem, summary, wall, replays, partners))
     print()
     print(
         f"{args.n_trials} runs per search over {args.space.name}, "
@@ -136,9 +180,10 @@ def main() -> None:
     )
     print(
         f"{'example':<18} {'reference':>10} {'best':>10} {'speed-up':>9} {'acc. loss':>10} "
-        f"{'search':>8} {'replay median':>14} {'replay/trial':>13}  best settings"
+        f"{'search':>8} {'replay median':>14} {'replay/trial':>13} {'replay/beside':>14}  "
+        "best settings"
     )
-    for name, summary, wall, replays in rows:
+    for name, summary, wall, replays, partners in rows:
         reference = summary.reference_throughput or 0.0
         best = summary.best
         if best is None or summary.best_throughput is None:
@@ -148,7 +193,8 @@ def main() -> None:
         print(
             f"{name:<18} {reference:>10.1f} {summary.best_throughput:>10.1f} "
             f"{summary.speedup:>8.2f}x {best.user_attrs['accuracy_loss']:>+10.2%} {wall:>6.0f} s "
-            f"{median:>14.1f} {median / summary.best_throughput:>12.3f}  "
+            f"{median:>14.1f} {median / summary.best_throughput:>12.3f} "
+            f"{median / statistics.median(partners):>14.3f}  "
             f"{_describe(best.user_attrs['settings'])}"
         )
         print(
