@@ -644,11 +644,16 @@ class HistoryInfo:
         points: Every trial, by number.
         best_numbers: Trial numbers of the running-best line, from the first feasible trial.
         best_throughputs: The highest feasible throughput up to each of ``best_numbers``.
+        confirmation_numbers: For each confirmation run (a trial's configuration timed again
+            after the search), its trial's number.
+        confirmation_throughputs: That run's samples/s.
     """
 
     points: tuple[HistoryPoint, ...]
     best_numbers: tuple[int, ...]
     best_throughputs: tuple[float, ...]
+    confirmation_numbers: tuple[int, ...] = ()
+    confirmation_throughputs: tuple[float, ...] = ()
 
 
 def _get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
@@ -660,8 +665,16 @@ def _get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
     best_numbers: list[int] = []
     best_throughputs: list[float] = []
     running_best: float | None = None
+    confirmation_numbers: list[int] = []
+    confirmation_throughputs: list[float] = []
     for row in rows:
         measured = _float(row.get("throughput")) if _is_measured(row) else None
+        runs = row.get("throughput_runs")
+        if row.get("status") == "ok" and isinstance(runs, list | tuple):
+            # The first window is the trial's own; the rest are its confirmation runs.
+            for value in runs[1:]:
+                confirmation_numbers.append(row["number"])
+                confirmation_throughputs.append(float(value))
         points.append(
             HistoryPoint(
                 number=row["number"],
@@ -676,7 +689,13 @@ def _get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
         if running_best is not None:
             best_numbers.append(row["number"])
             best_throughputs.append(running_best)
-    return HistoryInfo(tuple(points), tuple(best_numbers), tuple(best_throughputs))
+    return HistoryInfo(
+        tuple(points),
+        tuple(best_numbers),
+        tuple(best_throughputs),
+        tuple(confirmation_numbers),
+        tuple(confirmation_throughputs),
+    )
 
 
 def _render_history(history: HistoryInfo) -> go.Figure:
@@ -699,6 +718,23 @@ def _render_history(history: HistoryInfo) -> go.Figure:
                 hovertext=[point.hover for point in points],
                 hoverinfo="text",
                 cliponaxis=False,
+            )
+        )
+    if history.confirmation_numbers:
+        figure.add_trace(
+            go.Scatter(
+                x=list(history.confirmation_numbers),
+                y=list(history.confirmation_throughputs),
+                mode="markers",
+                name="confirmation runs",
+                marker={"color": "#888888", "size": 6, "symbol": "line-ew-open"},
+                hovertext=[
+                    f"trial {number}: confirmation run, {value:,.1f} samples/s"
+                    for number, value in zip(
+                        history.confirmation_numbers, history.confirmation_throughputs, strict=True
+                    )
+                ],
+                hoverinfo="text",
             )
         )
     if history.best_numbers:

@@ -145,6 +145,25 @@ def test_history_categories_and_unmeasured_trials_at_zero(frame: pd.DataFrame) -
     assert {by_number[n].throughput for n in (2, 4, 7)} == {0.0}
 
 
+def test_history_shows_confirmation_runs_beside_their_trial() -> None:
+    frame = pd.DataFrame(
+        [
+            _trial(0, role="reference", throughput=100.0, accuracy_loss=0.0),
+            _trial(1, throughput=150.0, accuracy_loss=0.0),
+            _trial(2, "repeat", throughput=150.0, accuracy_loss=0.0),
+        ]
+    )
+    frame["throughput_runs"] = [[100.0, 95.0, 105.0], [150.0, 120.0, 130.0], [150.0, 120.0, 130.0]]
+
+    history = _report._get_history_info(frame, _info(best_number=1))
+
+    # The trial's own window is its point; a repeat's windows are its original's, drawn once.
+    assert history.confirmation_numbers == (0, 0, 1, 1)
+    assert history.confirmation_throughputs == (95.0, 105.0, 120.0, 130.0)
+    figure = _report._render_history(history)
+    assert any(trace.name == "confirmation runs" for trace in figure.data)
+
+
 def test_history_hover_gives_the_reason_escaped(frame: pd.DataFrame) -> None:
     history = _report._get_history_info(frame, _info(best_number=3))
 
