@@ -134,9 +134,10 @@ def confirm(
     print_line: Callable[[str], None],
 ) -> None:
     """Time the ``count`` fastest feasible trials (by their own window) and the reference
-    again until each has ``rounds`` confirmation runs, then, while the best by median is a trial not yet confirmed
-    (the first ones' medians fell below it), confirm that one too (at most ``count`` more).
-    Runs already stored count: confirming a study again only fills what is missing."""
+    again until each has ``rounds`` confirmation runs; then, while the best by median is a
+    trial not yet confirmed (the first ones' medians fell below it), confirm that one too (at
+    most ``count`` more). Runs already stored count: confirming a study again only fills what
+    is missing."""
     if count < 1 or rounds < 1:
         return
     extra = 0
