@@ -9,7 +9,9 @@ confirmation runs), speed-up, accuracy loss, the best settings, the replays' med
 ratio to the best's figure (what ``launch.json`` states). Each replay alternates with a run of
 autotune's harness timing the same configuration in a fresh launch (throughput only):
 ``replay/beside`` is the replays' median over those runs' median, the plain script against the
-harness with the machine's drift since the search taken out.
+harness with the machine's drift since the search taken out. The reference is replayed after
+each replay of the best as well: ``replayed speed-up`` is the median of those pairs' ratios, the
+speed-up a plain script sees when the two run in alternation.
 
     python benchmarks/tuned_vs_reference.py
     python benchmarks/tuned_vs_reference.py --examples examples/digits_mlp.py --n-trials 20
@@ -35,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autotune import SearchOptions, search  # noqa: E402
+from autotune import SearchOptions, export, load_study, search  # noqa: E402
 from autotune._confirm import DEFAULT_CONFIRM  # noqa: E402
 from autotune._plan import TrialConfig, detect_machine  # noqa: E402
 from autotune._run import run_trial  # noqa: E402
@@ -150,15 +152,30 @@ def main() -> None:
             wall = time.perf_counter() - start
             best = summary.best
             if best is None or summary.export_dir is None:
-                rows.append((model.stem, summary, wall, [], []))
+                rows.append((model.stem, summary, wall, [], [], []))
                 continue
             # Replays alternate with the harness timing the same configuration, so that the
             # pair shares the machine's state: the search's figure is minutes older.
-            replays, partners = [], []
+            # The reference is replayed beside the best too: a speed-up measured in alternation
+            # by the plain script, against the one the search reported.
+            reference_dir = None
+            if best.number != summary.reference.number:
+                reference_dir = work / f"{model.stem}_reference"
+                export(
+                    load_study(model.stem, f"sqlite:///{work}/study.db"),
+                    reference_dir,
+                    summary.reference.number,
+                )
+            replays, partners, speedups = [], [], []
             for index in range(args.replays):
                 replays.append(
                     replay(model, summary.export_dir, args.train_samples, args.min_measure_seconds)
                 )
+                if reference_dir is not None:
+                    speedups.append(
+                        replays[-1]
+                        / replay(model, reference_dir, args.train_samples, args.min_measure_seconds)
+                    )
                 partners.append(
                     harness(
                         model,
@@ -170,7 +187,11 @@ def main() -> None:
                 )
             print(f"[{model.stem}] replays: {', '.join(f'{r:.1f}' for r in replays)}", flush=True)
             print(f"[{model.stem}] harness: {', '.join(f'{r:.1f}' for r in partners)}", flush=True)
-            rows.append((model.stem, summary, wall, replays, partners))
+            if speedups:
+                print(
+                    f"[{model.stem}] replayed speed-ups: {', '.join(f'{r:.2f}' for r in speedups)}"
+                )
+            rows.append((model.stem, summary, wall, replays, partners, speedups))
     print()
     print(
         f"{args.n_trials} runs per search over {args.space.name}, "
@@ -180,21 +201,22 @@ def main() -> None:
     )
     print(
         f"{'example':<18} {'reference':>10} {'best':>10} {'speed-up':>9} {'acc. loss':>10} "
-        f"{'search':>8} {'replay median':>14} {'replay/trial':>13} {'replay/beside':>14}  "
-        "best settings"
+        f"{'search':>8} {'replay median':>14} {'replay/trial':>13} {'replay/beside':>14} "
+        f"{'replayed speed-up':>18}  best settings"
     )
-    for name, summary, wall, replays, partners in rows:
+    for name, summary, wall, replays, partners, speedups in rows:
         reference = summary.reference_throughput or 0.0
         best = summary.best
         if best is None or summary.best_throughput is None:
             print(f"{name:<18} {reference:>10.1f}  no feasible configuration")
             continue
         median = statistics.median(replays)
+        replayed = f"{statistics.median(speedups):.2f}x" if speedups else "-"
         print(
             f"{name:<18} {reference:>10.1f} {summary.best_throughput:>10.1f} "
             f"{summary.speedup:>8.2f}x {best.user_attrs['accuracy_loss']:>+10.2%} {wall:>6.0f} s "
             f"{median:>14.1f} {median / summary.best_throughput:>12.3f} "
-            f"{median / statistics.median(partners):>14.3f}  "
+            f"{median / statistics.median(partners):>14.3f} {replayed:>18}  "
             f"{_describe(best.user_attrs['settings'])}"
         )
         print(
