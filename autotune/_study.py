@@ -346,6 +346,7 @@ class _Objective:
         self.profiles = ProfileCache(options.trials_dir / "profiles", machine)
         self.workers: WarmWorkers | None = None
         self.footprint = measure_footprint(task.model_file)
+        self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
 
     def _config(self, trial: optuna.Trial) -> TrialConfig:
         if trial.user_attrs.get("role") == "reference":
@@ -353,6 +354,9 @@ class _Objective:
             settings = record_reference(trial, self.space, self.reference_settings)
         else:
             settings = suggest(trial, self.space, self.reference_settings)
+        return self._config_of(settings)
+
+    def _config_of(self, settings: dict[str, Any]) -> TrialConfig:
         return TrialConfig.from_settings(
             settings,
             self.task.model_file.optimizer,
@@ -432,7 +436,7 @@ class _Objective:
             partition_bounds=bounds,
             workers=self.workers,
             need_metric=reused is None,
-            adaptive={**ADAPTIVE, "min_seconds": self.options.min_measure_seconds},
+            adaptive=self.adaptive,
         )
         trial.set_user_attr("numerics_key", config.numerics_key())
         trial.set_user_attr("launched", result.launched)
@@ -466,12 +470,7 @@ class _Objective:
     ) -> tuple[float | None, str | None]:
         """Time a finished trial's configuration again, throughput only, on the same pipeline
         boundaries: (samples/s, None), or (None, why the run failed)."""
-        config = TrialConfig.from_settings(
-            trial.user_attrs["settings"],
-            self.task.model_file.optimizer,
-            self.task.model_file.batch_size,
-            self.options.lr_scaling,
-        )
+        config = self._config_of(trial.user_attrs["settings"])
         result = run_trial(
             config,
             self.machine,
@@ -483,7 +482,7 @@ class _Objective:
             partition_bounds=trial.user_attrs.get("partition"),
             workers=self.workers,
             need_metric=False,
-            adaptive={**ADAPTIVE, "min_seconds": self.options.min_measure_seconds},
+            adaptive=self.adaptive,
         )
         if not result.ok or result.measurements is None:
             return None, result.failure_reason
