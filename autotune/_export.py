@@ -214,6 +214,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["extra_steps"] = attrs.get("extra_steps")
         row["launched"] = attrs.get("launched")
         row["memory_predicted_bytes"] = attrs.get("memory_predicted_bytes")
+        row["skipped_steps"] = attrs.get("skipped_steps")
+        row["loss_scale"] = attrs.get("loss_scale")
         for name in (
             "partition",
             "stage_compute_seconds",

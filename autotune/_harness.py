@@ -128,6 +128,12 @@ def _reset_peak_memory(accelerator: Any) -> None:
         pass
 
 
+def _loss_scale(engine: Any) -> float | None:
+    """fp16's current loss scale (every DeepSpeed fp16 and ZeRO optimizer has ``loss_scale``)."""
+    scale = getattr(engine.optimizer, "loss_scale", None)
+    return float(scale) if isinstance(scale, (int, float, torch.Tensor)) else None
+
+
 def _peak_memory_bytes(accelerator: Any) -> int:
     if accelerator.device_name() != "cpu":
         return int(accelerator.max_memory_allocated())
@@ -481,6 +487,7 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     timed = sorted(step_times[warmup:])
     partition = getattr(engine.module, "parts", None)
     stages = stage_clock.gather(measured_steps) if stage_clock is not None else None
+    loss_scale = _loss_scale(engine) if settings["precision"] == "fp16" else None
     result = {
         "throughput": measured_steps * ds_config["train_batch_size"] / elapsed,
         "metric": metric,
@@ -503,6 +510,10 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
         "world_size": dist.get_world_size(),
         "stage_compute_seconds": stages["compute"] if stages else None,
         "stage_comm_seconds": stages["comm"] if stages else None,
+        # fp16's dynamic loss scaling skips the optimizer step on every overflow: on a short
+        # budget those lost steps show up as accuracy loss, so the trial says how many.
+        "skipped_steps": int(getattr(engine, "skipped_steps", 0)),
+        "loss_scale": loss_scale,
     }
     engine.destroy()
     batches.close()

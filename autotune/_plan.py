@@ -31,6 +31,9 @@ class Machine:
         fp16: Whether the accelerator supports fp16.
         bf16: Whether the accelerator supports bf16.
         device_name: The accelerator's model, for reports ("" on CPU).
+        environment: Variables DeepSpeed needs set differently here for its ops to build
+            (see ``arch_list_deepspeed_can_parse``); trials run with them and the exported
+            launch command sets them.
     """
 
     accelerator: str
@@ -39,6 +42,7 @@ class Machine:
     fp16: bool
     bf16: bool
     device_name: str = ""
+    environment: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     def describe(self) -> str:
         if self.accelerator == "cpu":
@@ -67,6 +71,37 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+_ARCH_VARIANT = re.compile(r"^(\d+\.\d+)[a-z]+(\+PTX)?$", re.IGNORECASE)
+
+
+def arch_list_deepspeed_can_parse(value: str) -> str:
+    """``TORCH_CUDA_ARCH_LIST`` without architecture variant suffixes ("9.0a" -> "9.0").
+
+    DeepSpeed's op builders read every entry as integers and fail on PyTorch's variant
+    targets (deepspeedai/DeepSpeed#7589; the image of our H100 machine sets "9.0a"). The plain
+    target builds code that runs on the same GPU; the ops DeepSpeed builds use no
+    variant-only instructions. Entries keep their order; duplicates left by the strip go.
+    """
+    kept: list[str] = []
+    for entry in value.replace(",", ";").replace(" ", ";").split(";"):
+        if not entry:
+            continue
+        match = _ARCH_VARIANT.match(entry)
+        plain = match.group(1) + (match.group(2) or "") if match else entry
+        if plain not in kept:
+            kept.append(plain)
+    return ";".join(kept)
+
+
+def deepspeed_environment(accelerator: str, environ: dict[str, str]) -> dict[str, str]:
+    """The variables to change in ``environ`` before DeepSpeed builds ops on ``accelerator``."""
+    arch_list = environ.get("TORCH_CUDA_ARCH_LIST")
+    if accelerator == "cpu" or not arch_list:
+        return {}
+    parsable = arch_list_deepspeed_can_parse(arch_list)
+    return {} if parsable == arch_list else {"TORCH_CUDA_ARCH_LIST": parsable}
+
+
 def detect_machine() -> Machine:
     """Ask DeepSpeed which accelerator it would use here and what it supports."""
     import torch
@@ -86,6 +121,7 @@ def detect_machine() -> Machine:
         fp16=bool(accelerator.is_fp16_supported()),
         bf16=bool(accelerator.is_bf16_supported()),
         device_name=torch.cuda.get_device_name(0) if name == "cuda" else "",
+        environment=deepspeed_environment(name, dict(os.environ)),
     )
 
 
@@ -213,8 +249,10 @@ class TrialConfig:
         command = (
             f"deepspeed --num_gpus {self.processes} train.py --deepspeed_config ds_config.json"
         )
+        environment = dict(machine.environment)
         if threads is not None:
-            command = f"OMP_NUM_THREADS={threads} {command}"
+            environment["OMP_NUM_THREADS"] = str(threads)
+        command = " ".join([*(f"{k}={v}" for k, v in environment.items()), command])
         recipe: dict[str, Any] = {
             "processes": self.processes,
             "pipeline_stages": self.pipeline_stages,
@@ -229,6 +267,7 @@ class TrialConfig:
             "persistent_workers": self.num_workers > 0,
             "threads_per_process": threads,
             "accelerator": machine.accelerator,
+            "environment": environment,
             "command": command,
         }
         return recipe

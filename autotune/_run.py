@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autotune._errors import UserError
 from autotune._plan import WARMUP_STEPS, Machine, TrialConfig
 from autotune._workers import (
     Outcome,
@@ -202,6 +203,8 @@ def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[s
     from deepspeed.accelerator import get_accelerator
     from torch.utils import cpp_extension
 
+    # Set in this process, so every trial's ranks (which load the same ops) inherit it.
+    os.environ.update(machine.environment)
     built = []
     for name in _op_builders(machine, optimizer):
         builder = get_accelerator().create_op_builder(name)
@@ -214,9 +217,22 @@ def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[s
         fresh = not any(build_dir.glob("*.so"))
         try:
             builder.load(verbose=False)
-        except BaseException:
+        except KeyboardInterrupt:
             lock.unlink(missing_ok=True)
             raise
+        except Exception as exc:
+            lock.unlink(missing_ok=True)
+            hint = (
+                ' Setting "torch_adam": true in OPTIMIZER["params"] avoids this build.'
+                if name == "FusedAdamBuilder"
+                else ""
+            )
+            lines = str(exc).strip().splitlines()
+            detail = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+            raise UserError(
+                f"DeepSpeed could not build its {builder.absolute_name()} op on this machine "
+                f"({detail}); no trial can run without it.{hint}"
+            ) from exc
         if fresh:
             built.append(builder.absolute_name())
     return built

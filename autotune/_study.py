@@ -492,7 +492,7 @@ class _Objective:
         """Why ``config`` is predicted not to fit in memory, or None: the estimate (parameters,
         gradients, optimizer state by ZeRO stage, measured activations) plus what finished
         trials showed it misses."""
-        estimate = estimate_rank_bytes(self.footprint, config)
+        estimate = estimate_rank_bytes(self.footprint, config, self.machine.accelerator)
         pairs = [
             (t.user_attrs["memory_estimate_bytes"], t.user_attrs["peak_memory_bytes"])
             for t in self.study.get_trials(
@@ -583,6 +583,8 @@ class _Objective:
             "partition",
             "stage_compute_seconds",
             "stage_comm_seconds",
+            "skipped_steps",
+            "loss_scale",
         ):
             trial.set_user_attr(name, measured.get(name))
         if role == "reference":

@@ -46,6 +46,8 @@ def main() -> None:
 
     ds_config = json.loads((args.export / "ds_config.json").read_text())
     launch = json.loads((args.export / "launch.json").read_text())
+    # What launch.json's command sets on its command line, for a launch without that prefix.
+    os.environ.update(launch.get("environment") or {})
     if launch.get("threads_per_process"):
         torch.set_num_threads(launch["threads_per_process"])
 

@@ -148,6 +148,26 @@ def test_zero1_partitions_the_master_copy_too() -> None:
     assert (got.parameters, got.gradients) == (2000, 2000)
 
 
+@pytest.mark.parametrize(
+    ("precision", "zero_stage", "bucket"),
+    [("fp32", 0, 0), ("fp32", 1, 2_000_000_000), ("bf16", 2, 1_000_000_000), ("fp16", 3, 1e9)],
+)
+def test_zero_bucket_counts_on_an_accelerator(
+    precision: str, zero_stage: int, bucket: float
+) -> None:
+    settings = {"precision": precision, "zero_stage": zero_stage}
+    on_gpu = estimate_rank_bytes(FOOTPRINT, config(**settings), "cuda")
+    on_cpu = estimate_rank_bytes(FOOTPRINT, config(**settings), "cpu")
+    assert on_gpu.buffers == bucket
+    assert on_gpu.total == on_cpu.total + bucket
+    assert on_cpu.buffers == 0  # never resident on CPU: its pages are not touched
+
+
+def test_describe_names_the_zero_bucket() -> None:
+    got = estimate_rank_bytes(FOOTPRINT, config(zero_stage=1), "cuda")
+    assert "+ ZeRO bucket 1.9 GiB = 1.9 GiB" in got.describe()
+
+
 def test_pipeline_divides_the_model_not_the_activations() -> None:
     got = estimate(processes=2, pipeline_stages=2)
     assert (got.parameters, got.gradients, got.optimizer_states) == (2000, 2000, 4000)

@@ -243,6 +243,13 @@ def test_launch_recipe_on_gpus() -> None:
     assert "OMP_NUM_THREADS" not in recipe["command"]
 
 
+def test_launch_recipe_sets_what_deepspeed_needs_to_build_its_ops() -> None:
+    gpus = Machine("cuda", 8, 32, True, True, environment={"TORCH_CUDA_ARCH_LIST": "9.0"})
+    recipe = config(processes=8).launch_recipe(gpus)
+    assert recipe["environment"] == {"TORCH_CUDA_ARCH_LIST": "9.0"}
+    assert recipe["command"].startswith("TORCH_CUDA_ARCH_LIST=9.0 deepspeed --num_gpus 8 ")
+
+
 def test_launch_recipe_without_workers() -> None:
     recipe = config().launch_recipe(CPU)
     assert recipe["num_workers"] == 0
