@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 EVAL_BATCH_SIZE = 256
 _STARTED = time.perf_counter()
@@ -172,10 +172,42 @@ def _agree(flag: bool, world_size: int) -> bool:
     return bool(box[0])
 
 
+class WholeBatchSampler(Sampler[int]):
+    """One rank's share of each epoch, where every epoch is a whole number of global batches.
+
+    Each epoch is a seeded permutation of the data (``seed + epoch``, as DistributedSampler),
+    cut to a whole number of global batches, then dealt to the data-parallel ranks in turn.
+    So the items of every optimizer step, and where each epoch ends, depend only on the
+    global batch: one process at micro-batch 256, two at 128, or one at 128 accumulating 2
+    train on the same items in the same steps. (DistributedSampler with a DataLoader's
+    drop_last cuts each rank's share to whole micro-batches instead, so those splits used
+    different items after the first epoch, and their accuracies were not interchangeable.)
+    """
+
+    def __init__(self, size: int, global_batch: int, replicas: int, rank: int, seed: int) -> None:
+        if not 0 < global_batch <= size:
+            raise ValueError(f"a global batch of {global_batch} does not fit {size} items")
+        self.size, self.replicas, self.rank, self.seed = size, replicas, rank, seed
+        self.per_epoch = size // global_batch * global_batch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_epoch // self.replicas
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator)[: self.per_epoch]
+        return iter(order[self.rank :: self.replicas].tolist())
+
+
 class _Batches:
     """An endless iterator over a DataLoader, one epoch after another, each reshuffled."""
 
-    def __init__(self, loader: DataLoader[Any], sampler: DistributedSampler[Any]) -> None:
+    def __init__(self, loader: DataLoader[Any], sampler: WholeBatchSampler) -> None:
         self.loader, self.sampler, self.epoch = loader, sampler, 0
         self._it: Iterator[Any] = iter(loader)
 
@@ -270,10 +302,9 @@ class _StageClock:
 
 def _train_loader(
     data: Dataset[Any], settings: dict[str, Any], dp_size: int, dp_rank: int, seed: int
-) -> tuple[DataLoader[Any], DistributedSampler[Any]]:
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        data, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=seed, drop_last=True
-    )
+) -> tuple[DataLoader[Any], WholeBatchSampler]:
+    global_batch = settings["micro_batch_size"] * settings["gradient_accumulation_steps"] * dp_size
+    sampler = WholeBatchSampler(len(data), global_batch, dp_size, dp_rank, seed)  # type: ignore[arg-type]
     workers = settings["num_workers"]
     loader = DataLoader(
         data,

@@ -195,8 +195,9 @@ class TrialConfig:
         """What decides the trained model's numbers: trials with equal keys train the same
         model up to floating-point reduction order, so one's metric stands for the other's.
 
-        The samples of each optimizer step depend only on the global batch (DistributedSampler
-        interleaves ranks over one seeded order, accumulation takes consecutive micro-batches),
+        The samples of each optimizer step depend only on the global batch (the harness's
+        WholeBatchSampler cuts each epoch to whole global batches and deals one seeded order to
+        the ranks; accumulation takes consecutive micro-batches),
         the gradient is their mean however it is split over processes, stages or accumulation,
         and DataLoader settings change only who loads the items. Precision changes the numbers;
         so does ZeRO under bf16/fp16, whose optimizers keep master weights differently.
