@@ -1,18 +1,23 @@
 """Confirmation runs: once the search is over, the fastest feasible configurations and the
-reference are timed again, in alternation, and the best is chosen on the median of every
-window each one was timed over.
+reference are timed again, in rounds that each time the reference too, and the best is chosen
+on its speed-up over the reference measured side by side.
 
 Why: a trial's throughput is one timed window on a machine whose speed drifts (on the 2-core
 CPU machine a plain PyTorch loop swings by +-30% from one second to the next). The fastest of a
 dozen single windows is biased upwards, the winner's curse, and a speed-up that divides it by
 the reference's own single window carries both draws. Timing the top candidates and the
 reference side by side, several times each, gives the export a steadier figure and keeps a
-lucky window from choosing it.
+lucky window from choosing it. The drift follows time, not the configuration (two processes
+training the same model in alternating 1 s windows moved together between 1,094 and 1,705
+samples/s and their paired medians stayed within 2%), so a configuration is judged by the
+ratio of its window to the reference's window in the same round: the median of those ratios
+is its speed-up, and the best is the feasible configuration with the highest.
 
 The extra windows live in the study's user attributes (an Optuna trial cannot change once
 finished): ``confirmations`` maps a trial number to the samples/s of its confirmation runs,
-``confirmation_failures`` to the reason a confirmation run failed (such a configuration is not
-exported as the best: it did not train twice in a row).
+``confirmation_rounds`` lists the rounds (trial number -> samples/s, the reference in each),
+``confirmation_failures`` maps a trial number to the reason a confirmation run failed (such a
+configuration is not exported as the best: it did not train twice in a row).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import optuna
 from autotune import _score
 
 CONFIRMATIONS_ATTR = "confirmations"
+ROUNDS_ATTR = "confirmation_rounds"
 FAILURES_ATTR = "confirmation_failures"
 DEFAULT_CONFIRM = 2
 """Fastest feasible configurations (besides the reference) timed again by default."""
@@ -37,6 +43,11 @@ CONFIRM_ROUNDS = 2
 def stored_confirmations(study: optuna.Study) -> dict[str, list[float]]:
     """Confirmation runs' samples/s by trial number (as a string, as JSON keeps it)."""
     return {str(k): list(v) for k, v in study.user_attrs.get(CONFIRMATIONS_ATTR, {}).items()}
+
+
+def stored_rounds(study: optuna.Study) -> list[dict[str, float]]:
+    """Confirmation rounds, oldest first: trial number (a string) -> samples/s."""
+    return [dict(r) for r in study.user_attrs.get(ROUNDS_ATTR, [])]
 
 
 def stored_failures(study: optuna.Study) -> dict[str, str]:
@@ -60,6 +71,56 @@ def estimated_throughput(runs: Sequence[float]) -> float | None:
     return float(statistics.median(runs)) if runs else None
 
 
+def paired_speedups(number: int, reference: int, rounds: Sequence[dict[str, float]]) -> list[float]:
+    """Trial ``number``'s samples/s over the reference's in each round that timed both."""
+    if number == reference:
+        return [1.0 for r in rounds if r.get(str(reference))]
+    return [
+        r[str(number)] / r[str(reference)]
+        for r in rounds
+        if r.get(str(number)) is not None and r.get(str(reference))
+    ]
+
+
+def estimated_speedup(
+    attrs: dict[str, Any],
+    number: int,
+    reference: optuna.trial.FrozenTrial | None,
+    confirmations: dict[str, list[float]],
+    rounds: Sequence[dict[str, float]],
+) -> tuple[float | None, list[float]]:
+    """A trial's speed-up over the reference, and the paired ratios it is the median of.
+
+    With confirmation rounds that timed it beside the reference, the median of those ratios;
+    without, the median of its windows over the reference's (windows taken at other times,
+    so the drift between them counts as speed). None when either was never measured.
+    """
+    if reference is None or attrs.get("throughput") is None:
+        return None, []
+    measured = int(attrs.get("repeat_of", number))
+    pairs = paired_speedups(measured, reference.number, rounds)
+    if pairs:
+        return float(statistics.median(pairs)), pairs
+    mine = estimated_throughput(throughput_runs(attrs, number, confirmations))
+    theirs = estimated_throughput(
+        throughput_runs(reference.user_attrs, reference.number, confirmations)
+    )
+    if mine is None or not theirs:
+        return None, []
+    return mine / theirs, []
+
+
+def _reference(trials: Sequence[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    return next(
+        (
+            t
+            for t in trials
+            if t.user_attrs.get("role") == "reference" and t.user_attrs.get("status") == "ok"
+        ),
+        None,
+    )
+
+
 def candidates(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Trials that measured a feasible configuration (repeats and failures excluded)."""
     return [
@@ -76,22 +137,33 @@ def rank_candidates(
     trials: Sequence[optuna.trial.FrozenTrial],
     confirmations: dict[str, list[float]],
     failures: dict[str, str],
+    rounds: Sequence[dict[str, float]] = (),
 ) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials, fastest first by estimated throughput (earlier trial on a tie);
-    trials whose confirmation run failed are left out."""
+    """Feasible trials, fastest first by estimated speed-up over the reference (see
+    ``estimated_speedup``; the median of their windows without a reference), earlier trial on
+    a tie; trials whose confirmation run failed are left out."""
     kept = [t for t in candidates(trials) if str(t.number) not in failures]
+    reference = _reference(trials)
 
     def order(trial: optuna.trial.FrozenTrial) -> tuple[float, int]:
-        runs = throughput_runs(trial.user_attrs, trial.number, confirmations)
-        return (-(estimated_throughput(runs) or 0.0), trial.number)
+        if reference is None:
+            runs = throughput_runs(trial.user_attrs, trial.number, confirmations)
+            return (-(estimated_throughput(runs) or 0.0), trial.number)
+        speedup, _ = estimated_speedup(
+            trial.user_attrs, trial.number, reference, confirmations, rounds
+        )
+        return (-(speedup or 0.0), trial.number)
 
     return sorted(kept, key=order)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The fastest feasible trial by the median of its windows, or None while there is none."""
+    """The feasible trial with the highest estimated speed-up, or None while there is none."""
     ranked = rank_candidates(
-        study.get_trials(deepcopy=False), stored_confirmations(study), stored_failures(study)
+        study.get_trials(deepcopy=False),
+        stored_confirmations(study),
+        stored_failures(study),
+        stored_rounds(study),
     )
     return ranked[0] if ranked else None
 
@@ -133,11 +205,11 @@ def confirm(
     seed: int,
     print_line: Callable[[str], None],
 ) -> None:
-    """Time the ``count`` fastest feasible trials (by their own window) and the reference
-    again until each has ``rounds`` confirmation runs; then, while the best by median is a
-    trial not yet confirmed (the first ones' medians fell below it), confirm that one too (at
-    most ``count`` more). Runs already stored count: confirming a study again only fills what
-    is missing."""
+    """Time the ``count`` fastest feasible trials (by their own window) again until each has
+    ``rounds`` confirmation runs, the reference in every round; then, while the best is a trial
+    not yet confirmed (the first ones' speed-ups fell below its unpaired one), confirm that one
+    too, beside the reference again (at most ``count`` more). Runs already stored count:
+    confirming a study again only fills what is missing."""
     if count < 1 or rounds < 1:
         return
     extra = 0
@@ -145,35 +217,44 @@ def confirm(
     while True:
         trials = study.get_trials(deepcopy=False)
         confirmations, failures = stored_confirmations(study), stored_failures(study)
-        ranked = rank_candidates(trials, confirmations, failures)
+        ranked = rank_candidates(trials, confirmations, failures, stored_rounds(study))
         if not ranked:
             return
+        reference = _reference(ranked)
         if not chosen:
-            reference = next((t for t in ranked if t.user_attrs.get("role") == "reference"), None)
             # The first pick goes by each trial's own window, so that confirming the same
             # study again picks the same trials and finds nothing missing.
             searched = sorted(
                 (t for t in ranked if t.user_attrs.get("role") != "reference"),
                 key=lambda t: (-float(t.user_attrs["throughput"]), t.number),
             )
-            chosen = searched[:count] + ([reference] if reference is not None else [])
+            chosen = searched[:count]
         else:
             best = ranked[0]
-            if len(confirmations.get(str(best.number), [])) >= rounds or extra >= count:
+            if (
+                best is reference
+                or len(confirmations.get(str(best.number), [])) >= rounds
+                or extra >= count
+            ):
                 return
             chosen = [best]
             extra += 1
-        _run_rounds(study, chosen, remeasure, rounds, seed + extra, print_line)
+        if not chosen:
+            return
+        _run_rounds(study, chosen, reference, remeasure, rounds, seed + extra, print_line)
 
 
 def _run_rounds(
     study: optuna.Study,
     chosen: Sequence[optuna.trial.FrozenTrial],
+    reference: optuna.trial.FrozenTrial | None,
     remeasure: Remeasure,
     rounds: int,
     seed: int,
     print_line: Callable[[str], None],
 ) -> None:
+    """Rounds until every chosen trial has ``rounds`` confirmation runs; each round times
+    every chosen trial still short of them, and the reference."""
     confirmations = stored_confirmations(study)
     missing = {
         t.number: rounds - len(confirmations.get(str(t.number), []))
@@ -183,17 +264,25 @@ def _run_rounds(
     if not missing:
         return
     trials = {t.number: t for t in chosen}
+    count = max(missing.values())
+    if reference is not None:
+        trials[reference.number] = reference
+        missing[reference.number] = count
     layouts = {
         number: int(trials[number].user_attrs["settings"]["processes"]) for number in missing
     }
-    order = confirmation_order(layouts, max(missing.values()), seed)
+    order = confirmation_order(layouts, count, seed)
     total = sum(missing.values())
     print_line(
         f"confirming: timing trials {', '.join(str(n) for n in sorted(missing))} again "
-        f"({total} runs, in alternation)"
+        f"({total} runs in {count} rounds, each beside the reference)"
     )
     done = 0
-    for number in order:
+    round_size = len(layouts)
+    for index, number in enumerate(order):
+        if index % round_size == 0:
+            # A new round: it gets its own entry, filled as its runs finish.
+            study.set_user_attr(ROUNDS_ATTR, [*stored_rounds(study), {}])
         if missing.get(number, 0) <= 0:
             continue
         missing[number] -= 1
@@ -211,8 +300,16 @@ def _run_rounds(
             continue
         confirmations.setdefault(str(number), []).append(throughput)
         study.set_user_attr(CONFIRMATIONS_ATTR, confirmations)
+        all_rounds = stored_rounds(study)
+        all_rounds[-1][str(number)] = throughput
+        study.set_user_attr(ROUNDS_ATTR, all_rounds)
         runs = throughput_runs(trials[number].user_attrs, number, confirmations)
-        print_line(
+        line = (
             f"  [{done}/{total}] trial {number:>3}: {throughput:.1f} samples/s "
             f"(median of {len(runs)}: {estimated_throughput(runs):.1f})"
         )
+        if reference is not None and number != reference.number:
+            pairs = paired_speedups(number, reference.number, all_rounds)
+            if pairs:
+                line += f", {statistics.median(pairs):.2f}x the reference side by side"
+        print_line(line)

@@ -15,8 +15,10 @@ import pandas as pd
 from autotune import _score
 from autotune._confirm import (
     best_trial,
+    estimated_speedup,
     estimated_throughput,
     stored_confirmations,
+    stored_rounds,
     throughput_runs,
 )
 from autotune._errors import UserError
@@ -28,12 +30,15 @@ def export_trial(
     trial: optuna.trial.FrozenTrial,
     out_dir: str | Path,
     confirmations: dict[str, list[float]] | None = None,
+    speedup: tuple[float | None, list[float]] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``ds_config.json`` (accepted unchanged by ``deepspeed.initialize``) and
     ``launch.json`` (processes, pipeline layout, data loading, the launch command).
 
     ``confirmations`` (the study's confirmation runs, see `autotune._confirm`) add every
-    window the configuration was timed over and their median to ``launch.json``.
+    window the configuration was timed over and their median to ``launch.json``; ``speedup``
+    (from `autotune._confirm.estimated_speedup`) its speed-up over the reference and the
+    side-by-side ratios that speed-up is the median of.
 
     Raises:
         UserError: The trial never ran, so it has no configuration worth exporting.
@@ -69,6 +74,8 @@ def export_trial(
         "timed_steps": attrs.get("measured_steps"),
         "accuracy_loss": attrs.get("accuracy_loss"),
         "peak_memory_bytes": attrs.get("peak_memory_bytes"),
+        "speedup_vs_reference": speedup[0] if speedup else None,
+        "speedup_runs": speedup[1] if speedup else [],
     }
     launch_path.write_text(json.dumps(launch, indent=2) + "\n")
     return ds_config_path, launch_path
@@ -98,7 +105,22 @@ def export(
                 f"(it has {len(trials)} trials, numbered from 0)."
             )
         trial = trials[trial_number]
-    return export_trial(trial, out_dir, stored_confirmations(study))
+    confirmations = stored_confirmations(study)
+    speedup = estimated_speedup(
+        trial.user_attrs, trial.number, _reference(study), confirmations, stored_rounds(study)
+    )
+    return export_trial(trial, out_dir, confirmations, speedup)
+
+
+def _reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    return next(
+        (
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("role") == "reference" and t.user_attrs.get("status") == "ok"
+        ),
+        None,
+    )
 
 
 def report_info(study: optuna.Study) -> dict[str, Any]:
@@ -168,7 +190,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with its settings, status and measurements (the `trials` table)."""
     rows = []
     budget = float(study.user_attrs.get("max_accuracy_loss", _score.DEFAULT_MAX_ACCURACY_LOSS))
-    confirmations = stored_confirmations(study)
+    confirmations, rounds = stored_confirmations(study), stored_rounds(study)
+    reference = _reference(study)
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         status = attrs.get("status") or trial.state.name.lower()
@@ -199,6 +222,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["throughput_runs"] = runs or None
         estimate = estimated_throughput(runs)
         row["estimated_throughput"] = math.nan if estimate is None else estimate
+        # Over the reference: side by side in confirmation rounds where there were any.
+        speedup, pairs = estimated_speedup(attrs, trial.number, reference, confirmations, rounds)
+        row["speedup"] = math.nan if speedup is None else speedup
+        row["speedup_runs"] = pairs or None
         row["feasible"] = status in ("ok", "repeat") and _score.is_feasible(trial.constraints)
         row["reason"] = attrs.get("reason") or ""
         row["datetime_start"] = trial.datetime_start

@@ -444,7 +444,9 @@ class BestInfo:
         reference_throughput: Samples/s of the reference (the median of its timed windows,
             confirmation runs included), or None when not measured.
         best_throughput: Samples/s of the best trial, the same way, or None.
-        speedup: best_throughput / reference_throughput, or None when either is missing.
+        speedup: The best's speed-up: the frame's ``speedup`` (its windows over the
+            reference's in the same confirmation rounds), else best_throughput /
+            reference_throughput; None when missing.
         rows: The table's lines: trial, settings, then results.
         message: A sentence shown instead of the best column when there is no feasible trial.
     """
@@ -470,8 +472,9 @@ def _get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
 
     reference_throughput = _judged_throughput(ref_row) if _is_measured(ref_row) else None
     best_throughput = _judged_throughput(best_row) if _is_measured(best_row) else None
-    speedup = None
-    if reference_throughput and best_throughput is not None:
+    # Measured side by side in confirmation rounds where the frame has it (see _confirm).
+    speedup = _float(best_row.get("speedup")) if best is not None else None
+    if speedup is None and reference_throughput and best_throughput is not None:
         speedup = best_throughput / reference_throughput
 
     table: list[ComparisonRow] = [
@@ -507,7 +510,7 @@ def _get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
         ComparisonRow(
             "speed-up vs reference",
             "1.00×" if reference_throughput else _MISSING,
-            _MISSING if speedup is None else f"{speedup:.2f}×",
+            _MISSING if speedup is None else f"{speedup:.2f}×{_side_by_side(best_row)}",
         ),
         ComparisonRow(
             "accuracy loss",
@@ -553,6 +556,14 @@ def _get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
         rows=tuple(table),
         message=message,
     )
+
+
+def _side_by_side(row: dict[str, Any]) -> str:
+    """' (median of 2 rounds side by side)' when the speed-up was measured that way."""
+    pairs = row.get("speedup_runs")
+    if not isinstance(pairs, list | tuple) or not pairs:
+        return ""
+    return f" (median of {len(pairs)} rounds side by side)"
 
 
 def _judged_throughput(row: dict[str, Any]) -> float | None:

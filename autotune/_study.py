@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -24,8 +25,10 @@ from autotune._confirm import (
     CONFIRM_ROUNDS,
     DEFAULT_CONFIRM,
     confirm,
+    estimated_speedup,
     estimated_throughput,
     stored_confirmations,
+    stored_rounds,
     throughput_runs,
 )
 from autotune._confirm import best_trial as _confirmed_best
@@ -154,6 +157,8 @@ class SearchSummary:
         reference_runs: Every window the reference was timed over (samples/s): its trial's,
             then its confirmation runs.
         best_runs: The same for the best trial; empty when there is none.
+        best_speedups: The best's window over the reference's in each confirmation round
+            that timed both; empty without confirmation runs.
     """
 
     study: str
@@ -164,6 +169,7 @@ class SearchSummary:
     report_path: Path | None
     reference_runs: tuple[float, ...] = ()
     best_runs: tuple[float, ...] = ()
+    best_speedups: tuple[float, ...] = ()
 
     @property
     def reference_throughput(self) -> float | None:
@@ -177,6 +183,10 @@ class SearchSummary:
 
     @property
     def speedup(self) -> float | None:
+        """The best's speed-up: the median of ``best_speedups`` (its windows over the
+        reference's in the same confirmation rounds), else the ratio of the two medians."""
+        if self.best_speedups:
+            return float(statistics.median(self.best_speedups))
         best, reference = self.best_throughput, self.reference_throughput
         if best is None or not reference:
             return None
@@ -750,18 +760,24 @@ def _finish(
     confirmations = stored_confirmations(study)
     reference_runs = throughput_runs(reference.user_attrs, reference.number, confirmations)
     best_runs = [] if best is None else throughput_runs(best.user_attrs, best.number, confirmations)
+    speedup: float | None = None
+    pairs: list[float] = []
     if best is None:
         print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
     else:
+        speedup, pairs = estimated_speedup(
+            best.user_attrs, best.number, reference, confirmations, stored_rounds(study)
+        )
         export_dir = options.trials_dir / options.study_name / "best"
-        export_trial(best, export_dir, confirmations)
+        export_trial(best, export_dir, confirmations, (speedup, pairs))
         best_value = estimated_throughput(best_runs) or 0.0
         reference_value = estimated_throughput(reference_runs) or math.nan
+        side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
         print_line(
             f"best: trial {best.number} [{_describe(best.user_attrs['settings'])}] "
             f"{best_value:.1f} samples/s{_windows(best_runs)} vs reference "
             f"{reference_value:.1f}{_windows(reference_runs)} "
-            f"({best_value / reference_value:.2f}x), accuracy loss "
+            f"({speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
             f"{best.user_attrs['accuracy_loss']:+.2%}"
         )
         print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
@@ -776,6 +792,7 @@ def _finish(
         report_path,
         tuple(reference_runs),
         tuple(best_runs),
+        tuple(pairs),
     )
 
 

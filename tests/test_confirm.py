@@ -9,10 +9,13 @@ import pytest
 from autotune._confirm import (
     CONFIRMATIONS_ATTR,
     FAILURES_ATTR,
+    ROUNDS_ATTR,
     best_trial,
     confirm,
     confirmation_order,
+    estimated_speedup,
     estimated_throughput,
+    paired_speedups,
     throughput_runs,
 )
 from autotune._score import ACCURACY_CONSTRAINT, RUNNABLE_CONSTRAINT
@@ -144,10 +147,47 @@ def test_a_best_that_appears_only_after_confirmation_is_confirmed_too() -> None:
             ("search", "ok", 200.0, True, 1),  # the third fastest: not chosen at first
         ]
     )
-    machine = _Machine({0: [100.0, 100.0], 1: [150.0, 140.0], 2: [190.0, 210.0]})
+    machine = _Machine({0: [100.0] * 4, 1: [150.0, 140.0], 2: [190.0, 210.0]})
     confirm(study, machine, count=1, rounds=2, seed=0, print_line=lambda _: None)
     assert [number for number, _ in machine.calls].count(2) == 2
+    assert [number for number, _ in machine.calls].count(0) == 4  # beside both, every round
     assert best_trial(study).number == 2
+    rounds = study.user_attrs[ROUNDS_ATTR]
+    assert [sorted(r) for r in rounds] == [["0", "1"], ["0", "1"], ["0", "2"], ["0", "2"]]
+
+
+def test_the_best_is_judged_beside_the_reference_timed_in_the_same_rounds() -> None:
+    """The machine slows down between the first confirmation rounds and the extra ones. Medians
+    of windows would keep trial 1 (200 against 150); side by side, trial 2 is 2.5x the
+    reference and trial 1 only 2x."""
+    study = _study(
+        [
+            ("reference", "ok", 100.0, True, 1),
+            ("search", "ok", 400.0, True, 1),  # a lucky window
+            ("search", "ok", 260.0, True, 1),
+        ]
+    )
+    machine = _Machine({0: [100.0, 100.0, 60.0, 60.0], 1: [200.0, 200.0], 2: [150.0, 150.0]})
+    lines: list[str] = []
+    confirm(study, machine, count=1, rounds=2, seed=0, print_line=lines.append)
+    assert best_trial(study).number == 2
+    rounds = study.user_attrs[ROUNDS_ATTR]
+    assert paired_speedups(1, 0, rounds) == [2.0, 2.0]
+    assert paired_speedups(2, 0, rounds) == [2.5, 2.5]
+    attrs = study.trials[2].user_attrs
+    confirmations = study.user_attrs[CONFIRMATIONS_ATTR]
+    assert estimated_speedup(attrs, 2, study.trials[0], confirmations, rounds) == (2.5, [2.5, 2.5])
+    assert estimated_throughput(throughput_runs(attrs, 2, confirmations)) == 150.0
+    assert any("2.50x the reference side by side" in line for line in lines)
+
+
+def test_without_confirmation_rounds_the_speedup_is_the_ratio_of_medians() -> None:
+    study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 250.0, True, 1)])
+    study.set_user_attr(CONFIRMATIONS_ATTR, {"0": [100.0, 80.0]})
+    speedup = estimated_speedup(
+        study.trials[1].user_attrs, 1, study.trials[0], {"0": [100.0, 80.0]}, []
+    )
+    assert speedup == (2.5, [])
 
 
 def test_a_failed_confirmation_is_recorded_and_the_next_best_confirmed() -> None:
@@ -158,7 +198,7 @@ def test_a_failed_confirmation_is_recorded_and_the_next_best_confirmed() -> None
             ("search", "ok", 200.0, True, 1),
         ]
     )
-    machine = _Machine({0: [100.0, 100.0], 1: [None], 2: [190.0, 210.0]})
+    machine = _Machine({0: [100.0] * 4, 1: [None], 2: [190.0, 210.0]})
     lines: list[str] = []
     confirm(study, machine, count=1, rounds=2, seed=0, print_line=lines.append)
     assert study.user_attrs[FAILURES_ATTR] == {"1": "oom: out of memory"}

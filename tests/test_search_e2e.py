@@ -212,8 +212,11 @@ def test_confirmation_runs_time_the_fastest_and_the_reference_again(searched: tu
         key=lambda t: t.value or 0.0,
     )
     assert set(confirmations) >= {reference, str(fastest.number)}
+    rounds = study.user_attrs["confirmation_rounds"]
+    assert all(reference in r for r in rounds)  # every round times the reference too
     for number, runs in confirmations.items():
-        assert len(runs) == 2 and all(value > 0 for value in runs), number
+        assert len(runs) == (len(rounds) if number == reference else 2), number
+        assert all(value > 0 for value in runs), number
         for index in (1, 2):
             # Each confirmation is a real run with its own folder (throughput only, no eval).
             result = json.loads(
@@ -228,14 +231,21 @@ def test_confirmation_runs_time_the_fastest_and_the_reference_again(searched: tu
             assert result["throughput"] == pytest.approx(runs[index - 1])
             assert result["measured_seconds"] >= 0.5
     assert any(line.startswith("confirming: timing trials") for line in lines)
-    # The best and the speed-up go by the median of the three windows, and the export says so.
-    assert len(summary.best_runs) == 3 and len(summary.reference_runs) == 3
+    # Throughput is the median of the best's three windows; the speed-up the median of its
+    # windows over the reference's in the same rounds. The export says both.
+    assert len(summary.best_runs) == 3 and len(summary.reference_runs) == 1 + len(rounds)
     assert summary.best_throughput == pytest.approx(sorted(summary.best_runs)[1])
-    assert summary.speedup == pytest.approx(summary.best_throughput / summary.reference_throughput)
+    best = str(summary.best.number)
+    pairs = [r[best] / r[reference] for r in rounds if best in r]
+    assert len(pairs) == 2 and summary.best_speedups == pytest.approx(pairs)
+    assert summary.speedup == pytest.approx(sum(pairs) / 2)
     launch = json.loads((tmp_path / "trials" / "tiny" / "best" / "launch.json").read_text())
     assert launch["measured"]["throughput_runs"] == pytest.approx(list(summary.best_runs))
     assert launch["measured"]["throughput_samples_per_s"] == pytest.approx(summary.best_throughput)
-    assert any("(median of 3 windows)" in line for line in lines if line.startswith("best:"))
+    assert launch["measured"]["speedup_vs_reference"] == pytest.approx(summary.speedup)
+    assert launch["measured"]["speedup_runs"] == pytest.approx(pairs)
+    best_line = next(line for line in lines if line.startswith("best:"))
+    assert "(median of 3 windows)" in best_line and "median of 2 rounds side by side" in best_line
 
 
 def _replay(model: Path, export_dir: Path, processes: int) -> str:

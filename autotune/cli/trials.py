@@ -23,6 +23,7 @@ _COLUMNS = (
     "num_workers",
     "throughput",
     "estimated_throughput",
+    "speedup",
     "accuracy_loss",
     "feasible",
     "accuracy_reused_from",
@@ -49,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
             "pipeline_stages": "pp",
             "num_workers": "workers",
             "accuracy_reused_from": "acc. of",
-            # With confirmation runs, the median of every window (the best is chosen on it).
+            # With confirmation runs, the median of every window, and the median of its windows
+            # over the reference's in the same rounds (the best is chosen on that).
             "estimated_throughput": "median",
+            "speedup": "speed-up",
         }
     )
     with pd.option_context(
