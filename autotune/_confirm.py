@@ -67,7 +67,7 @@ def throughput_runs(
 
 
 def estimated_throughput(runs: Sequence[float]) -> float | None:
-    """The figure a configuration is judged by: the median of its windows."""
+    """A configuration's throughput: the median of its windows."""
     return float(statistics.median(runs)) if runs else None
 
 
@@ -110,7 +110,8 @@ def estimated_speedup(
     return mine / theirs, []
 
 
-def _reference(trials: Sequence[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+def reference_of(trials: Sequence[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The reference trial among ``trials``, once it has run; else None."""
     return next(
         (
             t
@@ -143,7 +144,7 @@ def rank_candidates(
     ``estimated_speedup``; the median of their windows without a reference), earlier trial on
     a tie; trials whose confirmation run failed are left out."""
     kept = [t for t in candidates(trials) if str(t.number) not in failures]
-    reference = _reference(trials)
+    reference = reference_of(trials)
 
     def order(trial: optuna.trial.FrozenTrial) -> tuple[float, int]:
         if reference is None:
@@ -220,7 +221,7 @@ def confirm(
         ranked = rank_candidates(trials, confirmations, failures, stored_rounds(study))
         if not ranked:
             return
-        reference = _reference(ranked)
+        reference = reference_of(ranked)
         if not chosen:
             # The first pick goes by each trial's own window, so that confirming the same
             # study again picks the same trials and finds nothing missing.

@@ -17,6 +17,7 @@ from autotune._confirm import (
     best_trial,
     estimated_speedup,
     estimated_throughput,
+    reference_of,
     stored_confirmations,
     stored_rounds,
     throughput_runs,
@@ -107,20 +108,13 @@ def export(
         trial = trials[trial_number]
     confirmations = stored_confirmations(study)
     speedup = estimated_speedup(
-        trial.user_attrs, trial.number, _reference(study), confirmations, stored_rounds(study)
+        trial.user_attrs,
+        trial.number,
+        reference_of(study.get_trials(deepcopy=False)),
+        confirmations,
+        stored_rounds(study),
     )
     return export_trial(trial, out_dir, confirmations, speedup)
-
-
-def _reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    return next(
-        (
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("role") == "reference" and t.user_attrs.get("status") == "ok"
-        ),
-        None,
-    )
 
 
 def report_info(study: optuna.Study) -> dict[str, Any]:
@@ -191,7 +185,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     budget = float(study.user_attrs.get("max_accuracy_loss", _score.DEFAULT_MAX_ACCURACY_LOSS))
     confirmations, rounds = stored_confirmations(study), stored_rounds(study)
-    reference = _reference(study)
+    reference = reference_of(study.get_trials(deepcopy=False))
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         status = attrs.get("status") or trial.state.name.lower()

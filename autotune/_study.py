@@ -2,7 +2,7 @@
 
 `search` is the top-level flow: check the inputs, open (or resume) the study, run the reference
 as trial 0, let the sampler propose configurations until the study holds --n-trials runs, then
-time the fastest and the reference again in alternation (`_confirm`) and export the best.
+time the fastest again beside the reference (`_confirm`) and export the best.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from autotune._confirm import (
     confirm,
     estimated_speedup,
     estimated_throughput,
+    reference_of,
     stored_confirmations,
     stored_rounds,
     throughput_runs,
@@ -151,7 +152,7 @@ class SearchSummary:
         study: The study's name.
         runs: Trials in the study that launched a run.
         reference: The reference trial.
-        best: The fastest feasible trial (by the median of its timed windows), or None.
+        best: The fastest feasible trial (by its speed-up, see `autotune._confirm`), or None.
         export_dir: Where the best configuration was exported, or None.
         report_path: The HTML report.
         reference_runs: Every window the reference was timed over (samples/s): its trial's,
@@ -325,15 +326,14 @@ def _runs(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def reference_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if trial.user_attrs.get("role") == "reference" and trial.user_attrs.get("status") == "ok":
-            return trial
-    return None
+    return reference_of(
+        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    )
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The fastest feasible trial by the median of its timed windows (its own and any
-    confirmation runs), or None while there is none."""
+    """The feasible trial with the highest speed-up over the reference (side by side in
+    confirmation rounds where it has them; see `autotune._confirm`), or None."""
     return _confirmed_best(study)
 
 

@@ -84,9 +84,10 @@ def add_parser(subparsers: Any, name: str) -> None:
         type=int,
         default=DEFAULT_CONFIRM,
         metavar="N",
-        help="after the search, time the N fastest feasible configurations and the reference "
-        f"{CONFIRM_ROUNDS} more times each, in alternation, and pick the best by the median of "
-        "its windows; 0 turns this off (default: %(default)s)",
+        help=f"after the search, time the N fastest feasible configurations {CONFIRM_ROUNDS} more "
+        "times each, in rounds that time the reference too, and pick the best by the median of "
+        "its speed-ups over the reference in the same rounds; 0 turns this off "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-memory",
