@@ -305,12 +305,17 @@ def _run_rounds(
         all_rounds[-1][str(number)] = throughput
         study.set_user_attr(ROUNDS_ATTR, all_rounds)
         runs = throughput_runs(trials[number].user_attrs, number, confirmations)
-        line = (
+        print_line(
             f"  [{done}/{total}] trial {number:>3}: {throughput:.1f} samples/s "
             f"(median of {len(runs)}: {estimated_throughput(runs):.1f})"
         )
-        if reference is not None and number != reference.number:
-            pairs = paired_speedups(number, reference.number, all_rounds)
-            if pairs:
-                line += f", {statistics.median(pairs):.2f}x the reference side by side"
-        print_line(line)
+    if reference is None:
+        return
+    all_rounds = stored_rounds(study)
+    for number in sorted(n for n in trials if n != reference.number):
+        pairs = paired_speedups(number, reference.number, all_rounds)
+        if pairs:
+            print_line(
+                f"  trial {number:>3}: {', '.join(f'{r:.2f}x' for r in pairs)} the reference "
+                f"side by side (median {statistics.median(pairs):.2f}x)"
+            )

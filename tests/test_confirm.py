@@ -178,7 +178,7 @@ def test_the_best_is_judged_beside_the_reference_timed_in_the_same_rounds() -> N
     confirmations = study.user_attrs[CONFIRMATIONS_ATTR]
     assert estimated_speedup(attrs, 2, study.trials[0], confirmations, rounds) == (2.5, [2.5, 2.5])
     assert estimated_throughput(throughput_runs(attrs, 2, confirmations)) == 150.0
-    assert any("2.50x the reference side by side" in line for line in lines)
+    assert "  trial   2: 2.50x, 2.50x the reference side by side (median 2.50x)" in lines
 
 
 def test_without_confirmation_rounds_the_speedup_is_the_ratio_of_medians() -> None:
