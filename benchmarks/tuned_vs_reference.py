@@ -5,7 +5,8 @@ CPU-sized space; then the exported best configuration is trained ``--replays`` t
 ``benchmarks/replay_export.py``, a plain DeepSpeed script launched with DeepSpeed's launcher
 (not autotune's harness), and its throughput is set against what the trial measured. Prints a
 table: reference and best throughput (each the median of its windows: the trial's own and its
-confirmation runs), speed-up, accuracy loss, the best settings, the replays' median and their
+confirmation runs), speed-up (the median of the best's windows over the reference's in the same
+confirmation rounds), accuracy loss, the best settings, the replays' median and their
 ratio to the best's figure (what ``launch.json`` states). Each replay alternates with a run of
 autotune's harness timing the same configuration in a fresh launch (throughput only):
 ``replay/beside`` is the replays' median over those runs' median, the plain script against the
@@ -197,7 +198,8 @@ def main() -> None:
         f"{args.n_trials} runs per search over {args.space.name}, "
         f"{args.train_samples} samples per trial, timed over at least "
         f"{args.min_measure_seconds:g} s (trials and replays); reference and best are the "
-        f"medians of their windows (--confirm {args.confirm})"
+        f"medians of their windows, the speed-up the median of the best's windows over the "
+        f"reference's in the same confirmation rounds (--confirm {args.confirm})"
     )
     print(
         f"{'example':<18} {'reference':>10} {'best':>10} {'speed-up':>9} {'acc. loss':>10} "
@@ -222,6 +224,7 @@ def main() -> None:
         print(
             f"{'':<18} windows: reference {', '.join(f'{v:.0f}' for v in summary.reference_runs)}"
             f"; best (trial {best.number}) {', '.join(f'{v:.0f}' for v in summary.best_runs)}"
+            f"; side by side {', '.join(f'{v:.2f}x' for v in summary.best_speedups) or '-'}"
         )
 
 
