@@ -126,7 +126,7 @@ def run_trial(
     }
     plan_path = directory / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=2))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **machine.environment)
     if machine.accelerator == "cpu":
         # A warm group serves trials with different worker counts; each trial sets its own
         # thread count, so the group starts with the most a rank of this layout may use.
@@ -203,8 +203,7 @@ def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[s
     from deepspeed.accelerator import get_accelerator
     from torch.utils import cpp_extension
 
-    # Set in this process, so every trial's ranks (which load the same ops) inherit it.
-    os.environ.update(machine.environment)
+    os.environ.update(machine.environment)  # DeepSpeed's builders read it in this process
     built = []
     for name in _op_builders(machine, optimizer):
         builder = get_accelerator().create_op_builder(name)
@@ -217,11 +216,10 @@ def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[s
         fresh = not any(build_dir.glob("*.so"))
         try:
             builder.load(verbose=False)
-        except KeyboardInterrupt:
+        except BaseException as exc:
             lock.unlink(missing_ok=True)
-            raise
-        except Exception as exc:
-            lock.unlink(missing_ok=True)
+            if not isinstance(exc, Exception):  # KeyboardInterrupt and the like
+                raise
             hint = (
                 ' Setting "torch_adam": true in OPTIMIZER["params"] avoids this build.'
                 if name == "FusedAdamBuilder"

@@ -34,7 +34,7 @@ from autotune._confirm import (
 )
 from autotune._confirm import best_trial as _confirmed_best
 from autotune._errors import UserError
-from autotune._export import export_trial, write_study_report
+from autotune._export import export, write_study_report
 from autotune._memory import (
     MemoryModel,
     estimate_rank_bytes,
@@ -769,7 +769,7 @@ def _finish(
             best.user_attrs, best.number, reference, confirmations, stored_rounds(study)
         )
         export_dir = options.trials_dir / options.study_name / "best"
-        export_trial(best, export_dir, confirmations, (speedup, pairs))
+        export(study, export_dir, best.number)
         best_value = estimated_throughput(best_runs) or 0.0
         reference_value = estimated_throughput(reference_runs) or math.nan
         side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
