@@ -1,34 +1,32 @@
 """Tuned against reference, and fidelity of the export, on every example.
 
 For each example: a search (TPE, warm workers, accuracy reuse: the product's defaults) over a
-CPU-sized space; then the exported best configuration is trained ``--replays`` times by
-``benchmarks/replay_export.py``, a plain DeepSpeed script launched with DeepSpeed's launcher
-(not autotune's harness), and its throughput is set against what the trial measured. Prints a
-table: reference and best throughput (each the median of its windows: the trial's own and its
-confirmation runs), speed-up (the median of the best's windows over the reference's in the same
-confirmation rounds), accuracy loss, the best settings, the replays' median and their
-ratio to the best's figure (what ``launch.json`` states). Each replay alternates with a run of
-autotune's harness timing the same configuration in a fresh launch (throughput only):
-``replay/beside`` is the replays' median over those runs' median, the plain script against the
-harness with the machine's drift since the search taken out. The reference is replayed after
-each replay of the best as well: ``replayed speed-up`` is the median of those pairs' ratios, the
-speed-up a plain script sees when the two run in alternation.
+CPU-sized space; then the fidelity check of ``benchmarks/fidelity.py`` on the exported best:
+``--pairs`` alternations (ABBA order) of ``benchmarks/replay_export.py``, a plain DeepSpeed
+script launched with DeepSpeed's launcher (not autotune's harness), and autotune's harness
+timing the same configuration in a fresh launch (throughput only). When the best is not the
+reference, the plain script also trains the exported reference next to its run of the best in
+every pair.
+
+Prints a table: reference and best throughput (each the median of its windows: the trial's own
+and its confirmation runs), speed-up (the median of the best's windows over the reference's in
+the same confirmation rounds), accuracy loss, the search's wall time, the plain script's median
+and its ratio to the best's figure (what ``launch.json`` states, minutes older), the fidelity
+(the median of the pairs' plain / harness ratios, the machine's drift taken out), the replayed
+speed-up (the median of the plain script's best / reference ratios) and the best settings.
 
     python benchmarks/tuned_vs_reference.py
     python benchmarks/tuned_vs_reference.py --examples examples/digits_mlp.py --n-trials 20
+    python benchmarks/tuned_vs_reference.py --keep /tmp/tuned   # studies stay for fidelity.py
 
 Targets (issue 5, this 2-core CPU machine): speed-up >= 2x at <= 0.5% accuracy loss on at
-least one example; fidelity (replay / trial) within +-10%.
+least one example; fidelity within +-10%.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,73 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, export, load_study, search  # noqa: E402
 from autotune._confirm import DEFAULT_CONFIRM  # noqa: E402
-from autotune._plan import TrialConfig, detect_machine  # noqa: E402
-from autotune._run import run_trial  # noqa: E402
-from autotune._study import ADAPTIVE, DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
-from autotune._task import load_model_file  # noqa: E402
-from autotune._workers import remove_shm_buffers  # noqa: E402
-
-
-def replay(model: Path, export_dir: Path, train_samples: int, min_seconds: float) -> float:
-    launch = json.loads((export_dir / "launch.json").read_text())
-    env = dict(os.environ, DS_ACCELERATOR="cpu") if launch["accelerator"] == "cpu" else None
-    if launch.get("threads_per_process"):
-        env = dict(env or os.environ, OMP_NUM_THREADS=str(launch["threads_per_process"]))
-    port = 29400 + os.getpid() % 500
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            "--num_gpus",
-            str(launch["processes"]),
-            "--master_port",
-            str(port),
-            str(ROOT / "benchmarks" / "replay_export.py"),
-            "--model",
-            str(model),
-            "--export",
-            str(export_dir),
-            "--train-samples",
-            str(train_samples),
-            "--min-seconds",
-            str(min_seconds),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    remove_shm_buffers(port)
-    found = re.search(r"replay: ([0-9.]+) samples/s", out.stdout)
-    if not found:
-        raise SystemExit(f"replay failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return float(found.group(1))
-
-
-def harness(model: Path, best: Any, train_samples: int, min_seconds: float, out: Path) -> float:
-    """The best configuration timed by autotune's own harness in a fresh launch, throughput
-    only, as a confirmation run times it: the replay's partner, taken right beside it."""
-    model_file = load_model_file(model)
-    config = TrialConfig.from_settings(
-        best.user_attrs["settings"], model_file.optimizer, model_file.batch_size, "sqrt"
-    )
-    result = run_trial(
-        config,
-        detect_machine(),
-        model,
-        train_samples,
-        [0],
-        out,
-        600,
-        partition_bounds=best.user_attrs.get("partition"),
-        need_metric=False,
-        adaptive={**ADAPTIVE, "min_seconds": min_seconds},
-    )
-    if result.measurements is None:
-        raise SystemExit(f"harness run failed: {result.failure_reason}")
-    return float(result.measurements["throughput"])
+from autotune._study import DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
+from benchmarks.fidelity import TOLERANCE, Pairs, time_pairs  # noqa: E402
 
 
 def main() -> None:
@@ -117,12 +50,12 @@ def main() -> None:
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "cpu_small.yaml")
     parser.add_argument("--n-trials", type=int, default=16)
     parser.add_argument("--train-samples", type=int, default=8192)
-    parser.add_argument("--replays", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=6, help="fidelity pairs per example")
     parser.add_argument(
         "--min-measure-seconds",
         type=float,
         default=DEFAULT_MIN_MEASURE_SECONDS,
-        help="the search's and the replays' shortest timed window",
+        help="the search's and the fidelity runs' shortest timed window",
     )
     parser.add_argument(
         "--confirm",
@@ -130,10 +63,13 @@ def main() -> None:
         default=DEFAULT_CONFIRM,
         help="confirmation runs: the N fastest and the reference timed again (0: off)",
     )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="a folder to keep the studies in (default: none)"
+    )
     args = parser.parse_args()
-    rows = []
+    rows: list[tuple[str, Any, float, Pairs | None]] = []
     with tempfile.TemporaryDirectory(prefix="autotune-tuned-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
         for model in args.examples:
             start = time.perf_counter()
             summary = search(
@@ -153,10 +89,10 @@ def main() -> None:
             wall = time.perf_counter() - start
             best = summary.best
             if best is None or summary.export_dir is None:
-                rows.append((model.stem, summary, wall, [], [], []))
+                rows.append((model.stem, summary, wall, None))
                 continue
-            # Replays alternate with the harness timing the same configuration, so that the
-            # pair shares the machine's state: the search's figure is minutes older.
+            # The plain script alternates with the harness timing the same configuration, so
+            # that each pair shares the machine's state: the search's figure is minutes older.
             # The reference is replayed beside the best too: a speed-up measured in alternation
             # by the plain script, against the one the search reported.
             reference_dir = None
@@ -167,58 +103,47 @@ def main() -> None:
                     reference_dir,
                     summary.reference.number,
                 )
-            replays, partners, speedups = [], [], []
-            for index in range(args.replays):
-                replays.append(
-                    replay(model, summary.export_dir, args.train_samples, args.min_measure_seconds)
-                )
-                if reference_dir is not None:
-                    speedups.append(
-                        replays[-1]
-                        / replay(model, reference_dir, args.train_samples, args.min_measure_seconds)
-                    )
-                partners.append(
-                    harness(
-                        model,
-                        best,
-                        args.train_samples,
-                        args.min_measure_seconds,
-                        work / f"{model.stem}_harness_{index}",
-                    )
-                )
-            print(f"[{model.stem}] replays: {', '.join(f'{r:.1f}' for r in replays)}", flush=True)
-            print(f"[{model.stem}] harness: {', '.join(f'{r:.1f}' for r in partners)}", flush=True)
-            if speedups:
-                print(
-                    f"[{model.stem}] replayed speed-ups: {', '.join(f'{r:.2f}' for r in speedups)}"
-                )
-            rows.append((model.stem, summary, wall, replays, partners, speedups))
+            pairs = time_pairs(
+                model,
+                summary.export_dir,
+                best,
+                "sqrt",
+                args.train_samples,
+                args.min_measure_seconds,
+                args.pairs,
+                work / f"{model.stem}_fidelity",
+                reference_dir,
+                print_line=lambda line, name=model.stem: print(f"[{name}] {line}", flush=True),
+            )
+            rows.append((model.stem, summary, wall, pairs))
     print()
     print(
         f"{args.n_trials} runs per search over {args.space.name}, "
         f"{args.train_samples} samples per trial, timed over at least "
-        f"{args.min_measure_seconds:g} s (trials and replays); reference and best are the "
+        f"{args.min_measure_seconds:g} s (trials and fidelity runs); reference and best are the "
         f"medians of their windows, the speed-up the median of the best's windows over the "
-        f"reference's in the same confirmation rounds (--confirm {args.confirm})"
+        f"reference's in the same confirmation rounds (--confirm {args.confirm}); "
+        f"{args.pairs} fidelity pairs"
     )
     print(
         f"{'example':<18} {'reference':>10} {'best':>10} {'speed-up':>9} {'acc. loss':>10} "
-        f"{'search':>8} {'replay median':>14} {'replay/trial':>13} {'replay/beside':>14} "
+        f"{'search':>8} {'plain median':>13} {'plain/trial':>12} {'fidelity':>9} "
         f"{'replayed speed-up':>18}  best settings"
     )
-    for name, summary, wall, replays, partners, speedups in rows:
+    for name, summary, wall, timed in rows:
         reference = summary.reference_throughput or 0.0
         best = summary.best
-        if best is None or summary.best_throughput is None:
+        if best is None or summary.best_throughput is None or timed is None:
             print(f"{name:<18} {reference:>10.1f}  no feasible configuration")
             continue
-        median = statistics.median(replays)
-        replayed = f"{statistics.median(speedups):.2f}x" if speedups else "-"
+        plain = statistics.median(timed.plain)
+        replayed = f"{statistics.median(timed.speedups):.2f}x" if timed.reference else "-"
+        mark = "" if abs(timed.fidelity - 1) <= TOLERANCE else "*"
         print(
             f"{name:<18} {reference:>10.1f} {summary.best_throughput:>10.1f} "
             f"{summary.speedup:>8.2f}x {best.user_attrs['accuracy_loss']:>+10.2%} {wall:>6.0f} s "
-            f"{median:>14.1f} {median / summary.best_throughput:>12.3f} "
-            f"{median / statistics.median(partners):>14.3f} {replayed:>18}  "
+            f"{plain:>13.1f} {plain / summary.best_throughput:>12.3f} "
+            f"{timed.fidelity:>8.3f}{mark or ' '} {replayed:>18}  "
             f"{_describe(best.user_attrs['settings'])}"
         )
         print(
@@ -226,6 +151,8 @@ def main() -> None:
             f"; best (trial {best.number}) {', '.join(f'{v:.0f}' for v in summary.best_runs)}"
             f"; side by side {', '.join(f'{v:.2f}x' for v in summary.best_speedups) or '-'}"
         )
+        print(f"{'':<18} fidelity pairs: {timed.spread()}")
+    print(f"* fidelity outside +-{TOLERANCE:.0%}")
 
 
 if __name__ == "__main__":
