@@ -4,7 +4,8 @@ For each example: a search (TPE, warm workers, accuracy reuse: the product's def
 CPU-sized space; then the fidelity check of ``benchmarks/fidelity.py`` on the exported best:
 ``--pairs`` alternations (ABBA order) of ``benchmarks/replay_export.py``, a plain DeepSpeed
 script launched with DeepSpeed's launcher (not autotune's harness), and autotune's harness
-timing the same configuration in a fresh launch (throughput only). When the best is not the
+timing the same configuration in a fresh launch (throughput only), each timed over at least
+``--fidelity-seconds`` (10 s; trials time 3 s). When the best is not the
 reference, the plain script also trains the exported reference next to its run of the best in
 every pair.
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from autotune import SearchOptions, export, load_study, search  # noqa: E402
 from autotune._confirm import DEFAULT_CONFIRM  # noqa: E402
 from autotune._study import DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
-from benchmarks.fidelity import TOLERANCE, Pairs, time_pairs  # noqa: E402
+from benchmarks.fidelity import TOLERANCE, WINDOW_SECONDS, Pairs, time_pairs  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +56,13 @@ def main() -> None:
         "--min-measure-seconds",
         type=float,
         default=DEFAULT_MIN_MEASURE_SECONDS,
-        help="the search's and the fidelity runs' shortest timed window",
+        help="the search's shortest timed window",
+    )
+    parser.add_argument(
+        "--fidelity-seconds",
+        type=float,
+        default=WINDOW_SECONDS,
+        help="the fidelity runs' shortest timed window (see benchmarks/fidelity.py)",
     )
     parser.add_argument(
         "--confirm",
@@ -109,7 +116,7 @@ def main() -> None:
                 best,
                 "sqrt",
                 args.train_samples,
-                args.min_measure_seconds,
+                args.fidelity_seconds,
                 args.pairs,
                 work / f"{model.stem}_fidelity",
                 reference_dir,
@@ -120,7 +127,8 @@ def main() -> None:
     print(
         f"{args.n_trials} runs per search over {args.space.name}, "
         f"{args.train_samples} samples per trial, timed over at least "
-        f"{args.min_measure_seconds:g} s (trials and fidelity runs); reference and best are the "
+        f"{args.min_measure_seconds:g} s ({args.fidelity_seconds:g} s in fidelity runs); "
+        "reference and best are the "
         f"medians of their windows, the speed-up the median of the best's windows over the "
         f"reference's in the same confirmation rounds (--confirm {args.confirm}); "
         f"{args.pairs} fidelity pairs"
