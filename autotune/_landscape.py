@@ -3,8 +3,9 @@ by replaying their searches without running anything.
 
 A landscape is recorded from a finished grid study (`autotune search --sampler grid`), saved
 as JSON, and replayed with each sampler exactly as `autotune search` would drive it: the same
-sampler construction, the same `suggest`, the reference enqueued first, the same constraints,
-and the same rule that a repeated configuration or one that cannot run costs no run. What a
+sampler construction, the same `suggest`, the reference enqueued first, then the same random
+start-up among runnable configurations (`enqueue_startup`), the same constraints, and the same
+rule that a repeated configuration or one that cannot run costs no run. What a
 replay measures is how many runs a sampler needs before its best feasible configuration
 reaches a fraction (95%) of the best feasible throughput in the whole grid.
 """
@@ -33,10 +34,10 @@ from autotune._space import (
     IntRange,
     SearchSpace,
     record_reference,
-    sampled_reference_params,
+    sampled_params,
     suggest,
 )
-from autotune._study import _ASKS_PER_RUN, _make_sampler
+from autotune._study import _ASKS_PER_RUN, _make_sampler, enqueue_startup
 
 STATUSES = ("ok", "infeasible", "failed")
 """A point ran and was measured, could not run on the machine (no run), or ran and failed."""
@@ -505,13 +506,23 @@ def replay(
             sampler=_make_sampler(sampler_name, seed, space.grid()), direction="maximize"
         )
         study.enqueue_trial(
-            sampled_reference_params(space, landscape.reference),
+            sampled_params(space, landscape.reference),
             user_attrs={"role": "reference"},
+        )
+        wanted = max_proposals or _ASKS_PER_RUN * max(1, landscape.runnable)
+        enqueue_startup(
+            study,
+            space,
+            landscape.reference,
+            lambda settings: landscape.lookup(settings).runnable,
+            sampler_name,
+            seed,
+            wanted,
         )
         objective = _ReplayObjective(landscape, target)
         study.optimize(
             objective,
-            n_trials=max_proposals or _ASKS_PER_RUN * max(1, landscape.runnable),
+            n_trials=wanted,
             callbacks=[objective.stop_when_done],
             catch=(),
         )

@@ -8,6 +8,9 @@ the CLI help and the report all read :data:`PARAMETERS`.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -277,22 +280,69 @@ def _suggest_one(trial: Any, name: str, domain: Choices | IntRange) -> Any:
 def record_reference(trial: Any, space: SearchSpace, reference: dict[str, Any]) -> dict[str, Any]:
     """For the reference trial: let the sampler see the reference values the space can express
     (they were enqueued) and return the reference settings unchanged."""
-    for name in sampled_reference_params(space, reference):
+    for name in sampled_params(space, reference):
         _suggest_one(trial, name, space.domains[name])
     return dict(reference)
 
 
-def sampled_reference_params(space: SearchSpace, reference: dict[str, Any]) -> dict[str, Any]:
-    """The reference values that the space can express, to enqueue the reference as trial 0."""
+def sampled_params(space: SearchSpace, settings: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``settings`` that the space samples, to enqueue them as a trial (the
+    reference as trial 0, the start-up draws after it)."""
     params: dict[str, Any] = {}
     for name, domain in space.domains.items():
         condition = PARAMETERS[name].active_when
-        if condition is not None and not condition(reference):
+        if condition is not None and not condition(settings):
             continue  # suggest() would not sample it for these settings either
-        value = reference[name]
+        value = settings[name]
         if isinstance(domain, IntRange):
             if domain.low <= value <= domain.high:
                 params[name] = value
         elif len(domain) > 1 and value in domain:
             params[name] = value
     return params
+
+
+def random_runnable_settings(
+    space: SearchSpace,
+    reference: dict[str, Any],
+    runnable: Callable[[dict[str, Any]], bool],
+    count: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Up to ``count`` distinct settings drawn at random from ``space``, each one that
+    ``runnable`` accepts and that is not the reference.
+
+    Each setting is drawn as Optuna's RandomSampler draws it (uniform over a list, uniform or
+    log-uniform over a range; inactive conditional settings take the reference value), and a
+    draw that cannot run is drawn again. Fewer come back when the space holds fewer such
+    settings than ``count`` (or rejection stops finding them: after 200 draws per wanted one).
+    """
+    rng = random.Random(seed)
+    seen = {json.dumps(reference, sort_keys=True)}
+    found: list[dict[str, Any]] = []
+    for _ in range(200 * count):
+        if len(found) >= count:
+            break
+        chosen: dict[str, Any] = {}
+        for name, parameter in PARAMETERS.items():
+            domain = space.domains.get(name)
+            active = parameter.active_when is None or parameter.active_when(chosen)
+            chosen[name] = reference[name] if domain is None or not active else _draw(rng, domain)
+        key = json.dumps(chosen, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        if runnable(chosen):
+            found.append(chosen)
+    return found
+
+
+def _draw(rng: random.Random, domain: Choices | IntRange) -> Any:
+    if isinstance(domain, IntRange):
+        if not domain.log:
+            return rng.randint(domain.low, domain.high)
+        # As Optuna draws a log int: uniform in log space over the rounding cells of the ends.
+        low, high = math.log(domain.low - 0.5), math.log(domain.high + 0.5)
+        value = round(math.exp(rng.uniform(low, high)))
+        return min(max(value, domain.low), domain.high)
+    return rng.choice(domain)

@@ -53,9 +53,11 @@ from autotune._profile import (
 )
 from autotune._run import RunResult, prepare_deepspeed_ops, run_trial
 from autotune._space import (
+    SearchSpace,
     load_space,
+    random_runnable_settings,
     record_reference,
-    sampled_reference_params,
+    sampled_params,
     suggest,
 )
 from autotune._task import Task, load_task
@@ -66,6 +68,9 @@ DEFAULT_STORAGE = "sqlite:///trials/autotune.db"
 DEFAULT_TRAIN_SAMPLES = 8192
 DEFAULT_TRIAL_TIMEOUT = 300.0
 SAMPLERS = ("tpe", "gp", "random", "grid")
+STARTUP_RUNS = 10
+"""Runs (the reference included) before TPE or GP model what they have seen; until then they
+try configurations at random, drawn among those this machine can run (`enqueue_startup`)."""
 _ASKS_PER_RUN = 25
 """Proposals that cost no run (repeats, configurations that cannot run) are cheap but not free;
 a study stops after this many proposals per wanted run, which only a tiny space reaches."""
@@ -263,12 +268,43 @@ def _make_sampler(
     name: str, seed: int, space_grid: dict[str, list[Any]]
 ) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP_RUNS
+        )
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_RUNS)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return _GridSampler(space_grid, seed=seed)
+
+
+def enqueue_startup(
+    study: optuna.Study,
+    space: SearchSpace,
+    reference: dict[str, Any],
+    runnable: Callable[[dict[str, Any]], bool],
+    sampler: str,
+    seed: int,
+    n_trials: int,
+) -> int:
+    """Queue the random start-up of a TPE or GP study after its reference: STARTUP_RUNS - 1
+    distinct configurations drawn from those this machine can run (at most n_trials - 1).
+    Returns how many were queued.
+
+    The samplers' own start-up draws at random from the whole space, and on a machine that
+    cannot run much of it most draws are skipped without a run; yet each counts towards the
+    sampler's start-up, and a skipped draw counts as an infeasible point. On the 2-core CPU
+    machine a TPE search over `cpu_small.yaml` once began modelling after 4 real runs: half its
+    start-up had proposed 2 processes with a DataLoader worker or a pipeline that cannot run
+    there, and it never tried data parallelism (2 processes) again.
+    """
+    if sampler not in ("tpe", "gp"):
+        return 0
+    count = min(STARTUP_RUNS - 1, n_trials - 1)
+    drawn = random_runnable_settings(space, reference, runnable, count, seed) if count > 0 else []
+    for settings in drawn:
+        study.enqueue_trial(sampled_params(space, settings), user_attrs={"role": "start-up"})
+    return len(drawn)
 
 
 def load_study(study: str | None, storage: str) -> optuna.Study:
@@ -374,6 +410,20 @@ class _Objective:
             self.options.lr_scaling,
         )
 
+    def can_run(self, settings: dict[str, Any]) -> bool:
+        """Whether these settings pass the rules checked before a launch (not the memory
+        pre-screen, which needs the configuration's footprint)."""
+        return self._why_not_runnable(self._config_of(settings)) is None
+
+    def _why_not_runnable(self, config: TrialConfig) -> str | None:
+        return why_not_runnable(
+            config,
+            self.machine,
+            self.options.train_samples,
+            self.task.train_size,
+            self.task.layer_types,
+        )
+
     def _find_repeat(self, key: str) -> optuna.trial.FrozenTrial | None:
         for done in self.study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
@@ -400,13 +450,7 @@ class _Objective:
         if earlier is not None:
             return self._copy(trial, earlier, label)
 
-        reason = why_not_runnable(
-            config,
-            self.machine,
-            self.options.train_samples,
-            self.task.train_size,
-            self.task.layer_types,
-        )
+        reason = self._why_not_runnable(config)
         if reason is not None:
             return self._infeasible(trial, label, reason)
         over = self._over_memory(trial, config)
@@ -698,12 +742,29 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
     study.set_user_attr("machine", machine.describe())
     study.set_user_attr("space", space.describe())
     optuna.storages.fail_stale_trials(study)
+    objective = _Objective(options, task, machine, space, study, print_line)
+    new_study = not study.get_trials(deepcopy=False)
     if reference_trial(study) is None:
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         if not any(t.user_attrs.get("role") == "reference" for t in waiting):
             study.enqueue_trial(
-                sampled_reference_params(space, task.reference_settings()),
+                sampled_params(space, task.reference_settings()),
                 user_attrs={"role": "reference"},
+            )
+    if new_study:
+        queued = enqueue_startup(
+            study,
+            space,
+            task.reference_settings(),
+            objective.can_run,
+            options.sampler,
+            options.seed,
+            options.n_trials,
+        )
+        if queued:
+            print_line(
+                f"start-up: the reference, then {queued} configurations drawn at random among "
+                f"those this machine can run; {options.sampler.upper()} proposes from then on"
             )
 
     already = len(_runs(study))
@@ -712,7 +773,6 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
         if len(_runs(study)) >= options.n_trials:
             study.stop()
 
-    objective = _Objective(options, task, machine, space, study, print_line)
     with contextlib.ExitStack() as stack:
         if options.warm_workers:
             objective.workers = stack.enter_context(

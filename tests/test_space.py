@@ -13,8 +13,9 @@ from autotune._space import (
     IntRange,
     SearchSpace,
     load_space,
+    random_runnable_settings,
     record_reference,
-    sampled_reference_params,
+    sampled_params,
     suggest,
 )
 from autotune._task import reference_settings
@@ -282,7 +283,7 @@ def test_enqueued_reference_comes_back_unchanged(tmp_path: Path) -> None:
         "micro_batch_size: [16, 32, 64]\nprecision: [bf16, fp32]\n"
         "zero_stage: {low: 0, high: 3}\nprocesses: [1, 2]\n",
     )
-    enqueued = sampled_reference_params(space, REFERENCE)
+    enqueued = sampled_params(space, REFERENCE)
     assert enqueued == {
         "micro_batch_size": 32,
         "precision": "fp32",
@@ -303,7 +304,7 @@ def test_enqueued_reference_comes_back_unchanged(tmp_path: Path) -> None:
 def test_record_reference_returns_a_copy(tmp_path: Path) -> None:
     space = _space(tmp_path, "micro_batch_size: [16, 32]\n")
     study = optuna.create_study()
-    study.enqueue_trial(sampled_reference_params(space, REFERENCE))
+    study.enqueue_trial(sampled_params(space, REFERENCE))
     settings = record_reference(study.ask(), space, REFERENCE)
     settings["micro_batch_size"] = 999
     assert REFERENCE["micro_batch_size"] == 32
@@ -315,7 +316,7 @@ def test_reference_values_the_space_cannot_express_are_not_enqueued(tmp_path: Pa
         "micro_batch_size: [64, 128]\nzero_stage: {low: 1, high: 3}\nprecision: fp32\n",
     )
     # Outside the list, outside the range, and pinned (a pin is never sampled).
-    assert sampled_reference_params(space, REFERENCE) == {}
+    assert sampled_params(space, REFERENCE) == {}
     trial = optuna.create_study().ask()
     assert record_reference(trial, space, REFERENCE) == REFERENCE
     assert trial.params == {}
@@ -328,7 +329,7 @@ def test_reference_trial_samples_what_suggest_would(tmp_path: Path) -> None:
         "num_workers: [0, 1]\nprefetch_factor: [2, 4]\n",
     )
     study = optuna.create_study()
-    study.enqueue_trial(sampled_reference_params(space, REFERENCE))
+    study.enqueue_trial(sampled_params(space, REFERENCE))
     reference_trial = study.ask()
     assert record_reference(reference_trial, space, REFERENCE) == REFERENCE
     study.enqueue_trial({"pipeline_stages": 1, "num_workers": 0})
@@ -336,3 +337,66 @@ def test_reference_trial_samples_what_suggest_would(tmp_path: Path) -> None:
     assert suggest(ordinary_trial, space, REFERENCE) == REFERENCE
     assert ordinary_trial.params == {"pipeline_stages": 1, "num_workers": 0}
     assert reference_trial.params == ordinary_trial.params
+
+
+# --- the random start-up -------------------------------------------------------------------
+
+
+def _two_core_rule(settings: dict) -> bool:
+    """As on the 2-core CPU machine: ranks plus their DataLoader workers fit the cores, and a
+    pipeline's stages divide the processes."""
+    fits = settings["processes"] * (1 + settings["num_workers"]) <= 2
+    return fits and settings["processes"] % settings["pipeline_stages"] == 0
+
+
+CPU_SMALL = load_space(REPO / "search_spaces" / "cpu_small.yaml")
+
+
+def test_start_up_draws_are_runnable_distinct_and_not_the_reference() -> None:
+    drawn = random_runnable_settings(CPU_SMALL, REFERENCE, _two_core_rule, 9, seed=0)
+    assert len(drawn) == 9
+    assert all(_two_core_rule(settings) for settings in drawn)
+    assert REFERENCE not in drawn
+    assert len({repr(sorted(s.items())) for s in drawn}) == 9
+    for settings in drawn:
+        # Each is a point of the space, filled in as suggest() fills it in.
+        assert set(settings) == set(REFERENCE)
+        for name, domain in CPU_SMALL.domains.items():
+            condition = PARAMETERS[name].active_when
+            if condition is None or condition(settings):
+                assert settings[name] in domain
+            else:
+                assert settings[name] == REFERENCE[name]
+    # Data parallelism does come up among the runnable draws (2 processes, no workers).
+    assert any(s["processes"] == 2 for s in drawn)
+
+
+def test_start_up_draws_are_seeded() -> None:
+    first = random_runnable_settings(CPU_SMALL, REFERENCE, _two_core_rule, 9, seed=1)
+    assert first == random_runnable_settings(CPU_SMALL, REFERENCE, _two_core_rule, 9, seed=1)
+    assert first != random_runnable_settings(CPU_SMALL, REFERENCE, _two_core_rule, 9, seed=2)
+
+
+def test_start_up_draws_stop_at_what_the_space_holds(tmp_path: Path) -> None:
+    space = _space(tmp_path, "micro_batch_size: [16, 32, 64]\nprocesses: [1, 2, 4]\n")
+
+    def one_process(settings: dict) -> bool:
+        return settings["processes"] == 1
+
+    drawn = random_runnable_settings(space, REFERENCE, one_process, 9, seed=0)
+    # 9 points, of which 3 run on one process, one of them the reference.
+    assert sorted(s["micro_batch_size"] for s in drawn) == [16, 64]
+    assert random_runnable_settings(space, REFERENCE, lambda _: False, 9, seed=0) == []
+
+
+def test_start_up_draws_from_ranges_stay_inside_them(tmp_path: Path) -> None:
+    space = _space(
+        tmp_path,
+        "micro_batch_size: {low: 1, high: 512, log: true}\nzero_stage: {low: 0, high: 3}\n",
+    )
+    drawn = random_runnable_settings(space, REFERENCE, lambda _: True, 50, seed=0)
+    assert len(drawn) == 50
+    assert all(1 <= s["micro_batch_size"] <= 512 and 0 <= s["zero_stage"] <= 3 for s in drawn)
+    # Log-uniform, as Optuna's log int draws: about 60% of draws are at most 32 (a uniform
+    # draw would give 6%).
+    assert sum(s["micro_batch_size"] <= 32 for s in drawn) > 15
