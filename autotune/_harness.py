@@ -368,9 +368,14 @@ def train_and_measure(plan: dict[str, Any], seed: int, model_file: Any) -> dict[
     import deepspeed
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
+    from deepspeed.utils import groups
 
     accelerator = get_accelerator()
     settings, ds_config = plan["settings"], plan["ds_config"]
+    # A pipeline engine built earlier in this (warm) process left its topology as DeepSpeed's
+    # global model-parallel unit, which an engine without a pipeline takes for model
+    # parallelism and fails on; each engine sets its own (a pipeline's) or none.
+    groups.mpu = None
     dtype = _dtype(settings["precision"])
     train_data, eval_data = model_file.datasets()
 

@@ -33,8 +33,11 @@ MODEL = textwrap.dedent(
                 time.sleep(3600)
             return x
 
+    def layers():
+        return [nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4), Gate()]
+
     def model():
-        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4), Gate())
+        return nn.Sequential(*layers())
 
     def train_data():
         g = torch.Generator().manual_seed(1)
@@ -74,6 +77,18 @@ def warm_runs(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             _config(model_path, processes=2, micro_batch_size=16, zero_stage=1),
             120,
         ),
+        (
+            "pipeline",
+            _config(
+                model_path,
+                processes=2,
+                pipeline_stages=2,
+                partition_method="uniform",
+                micro_batch_size=16,
+            ),
+            120,
+        ),
+        ("two_ranks_after_pipeline", _config(model_path, processes=2, micro_batch_size=16), 120),
         ("diverged", _config(model_path, micro_batch_size=64), 120),
         ("after_diverged", _config(model_path, gradient_accumulation_steps=2), 120),
         ("hangs", _config(model_path, micro_batch_size=8), 20),
@@ -122,6 +137,20 @@ def test_group_is_reused_until_the_layout_changes(warm_runs: dict) -> None:
     assert warm_runs["zero1"].ok and warm_runs["two_ranks_again"].ok
     # A warm trial's wall time is mostly its own training, not a launch.
     assert warm_runs["zero1"].wall_seconds < warm_runs["first"].wall_seconds
+
+
+def test_a_pipeline_trial_leaves_the_warm_group_as_it_found_it(warm_runs: dict) -> None:
+    """A pipeline engine registers its topology as DeepSpeed's global model-parallel unit; the
+    next engine without a pipeline in the same group took it for model parallelism and failed
+    (`'NoneType' object has no attribute 'get_model_parallel_rank'`)."""
+    pipeline, after = warm_runs["pipeline"], warm_runs["two_ranks_after_pipeline"]
+    assert pipeline.ok and not pipeline.launched
+    assert after.ok, after.failure_reason
+    assert not after.launched
+    # The same configuration trains as it did before the pipeline ran in this group.
+    before = warm_runs["two_ranks"]
+    assert after.measurements["metric"] == before.measurements["metric"]
+    assert after.measurements["train_loss"] == before.measurements["train_loss"]
 
 
 def test_group_restarts_after_a_failure_and_a_timeout(warm_runs: dict) -> None:
