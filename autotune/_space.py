@@ -310,16 +310,26 @@ def random_runnable_settings(
     seed: int,
 ) -> list[dict[str, Any]]:
     """Up to ``count`` distinct settings drawn at random from ``space``, each one that
-    ``runnable`` accepts and that is not the reference.
+    ``runnable`` accepts and that is not the reference, spread over each setting's values.
 
-    Each setting is drawn as Optuna's RandomSampler draws it (uniform over a list, uniform or
-    log-uniform over a range; inactive conditional settings take the reference value), and a
-    draw that cannot run is drawn again. Fewer come back when the space holds fewer such
-    settings than ``count`` (or rejection stops finding them: after 200 draws per wanted one).
+    A listed setting takes its values in turn, in random order, the reference's value last
+    (a Latin-hypercube-like design: with as many draws as a list has values, each value comes
+    up once); a range is drawn as Optuna's RandomSampler draws it (uniform, or log-uniform);
+    inactive conditional settings take the reference value. A draw that cannot run, or that
+    came up before, is drawn again; after 20 such draws in a row the values are drawn freely
+    from the whole lists. Fewer come back when the space holds fewer such settings than
+    ``count`` (or rejection stops finding them: after 200 draws per wanted one).
     """
     rng = random.Random(seed)
+    lists = {
+        name: list(domain)
+        for name, domain in space.domains.items()
+        if not isinstance(domain, IntRange) and len(domain) > 1
+    }
+    unused = {name: [v for v in values if v != reference[name]] for name, values in lists.items()}
     seen = {json.dumps(reference, sort_keys=True)}
     found: list[dict[str, Any]] = []
+    misses = 0
     for _ in range(200 * count):
         if len(found) >= count:
             break
@@ -327,13 +337,26 @@ def random_runnable_settings(
         for name, parameter in PARAMETERS.items():
             domain = space.domains.get(name)
             active = parameter.active_when is None or parameter.active_when(chosen)
-            chosen[name] = reference[name] if domain is None or not active else _draw(rng, domain)
+            if domain is None or not active:
+                chosen[name] = reference[name]
+            elif name in lists:
+                chosen[name] = rng.choice(unused[name] if misses < 20 else lists[name])
+            else:
+                chosen[name] = _draw(rng, domain)
         key = json.dumps(chosen, sort_keys=True)
-        if key in seen:
+        if key in seen or not runnable(chosen):
+            seen.add(key)
+            misses += 1
             continue
         seen.add(key)
-        if runnable(chosen):
-            found.append(chosen)
+        found.append(chosen)
+        misses = 0
+        for name, values in unused.items():
+            condition = PARAMETERS[name].active_when
+            if chosen[name] in values and (condition is None or condition(chosen)):
+                values.remove(chosen[name])
+            if not values:
+                values.extend(lists[name])
     return found
 
 

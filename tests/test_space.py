@@ -371,6 +371,21 @@ def test_start_up_draws_are_runnable_distinct_and_not_the_reference() -> None:
     assert any(s["processes"] == 2 for s in drawn)
 
 
+def test_start_up_draws_take_each_listed_value_in_turn(tmp_path: Path) -> None:
+    space = _space(tmp_path, "micro_batch_size: [16, 32, 64, 128]\nzero_stage: [0, 1, 2, 3]\n")
+    for seed in range(5):
+        drawn = random_runnable_settings(space, REFERENCE, lambda _: True, 3, seed)
+        # The values other than the reference's (32, ZeRO 0) each come up once.
+        assert sorted(s["micro_batch_size"] for s in drawn) == [16, 64, 128]
+        assert sorted(s["zero_stage"] for s in drawn) == [1, 2, 3]
+        # Past one turn the values come round again; all 15 other points can be drawn.
+        assert len(random_runnable_settings(space, REFERENCE, lambda _: True, 20, seed)) == 15
+    # On the 2-core CPU machine's small space the first draw tries 2 processes (the
+    # reference has 1), with no DataLoader worker, since a worker beside 2 ranks cannot run.
+    first = random_runnable_settings(CPU_SMALL, REFERENCE, _two_core_rule, 1, seed=0)[0]
+    assert first["processes"] == 2 and first["num_workers"] == 0
+
+
 def test_start_up_draws_are_seeded() -> None:
     first = random_runnable_settings(CPU_SMALL, REFERENCE, _two_core_rule, 9, seed=1)
     assert first == random_runnable_settings(CPU_SMALL, REFERENCE, _two_core_rule, 9, seed=1)
