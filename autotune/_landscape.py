@@ -555,8 +555,10 @@ def summarise(results: Iterable[ReplayResult]) -> dict[str, dict[str, Any]]:
     """Runs-to-target statistics per sampler, in the order samplers first appear.
 
     For each sampler: ``seeds`` replayed, ``reached`` (how many got to the target),
-    ``runnable``, and over the seeds that reached it ``median``, ``p25``, ``p75``, ``min``,
-    ``max`` runs and ``median_fraction`` of the runnable points (None where none reached it).
+    ``runnable``, and over the seeds that reached it ``median``, ``p25``, ``p75``, ``p90``,
+    ``mean``, ``min``, ``max`` runs and ``median_fraction`` of the runnable points (None where
+    none reached it). The median alone hides the tail: a sampler that models the results and
+    random search can share a median while random's worst quarter needs twice the runs.
     """
     by_sampler: dict[str, list[ReplayResult]] = {}
     for result in results:
@@ -572,11 +574,22 @@ def summarise(results: Iterable[ReplayResult]) -> dict[str, dict[str, Any]]:
                 median=median,
                 p25=percentile(runs, 25),
                 p75=percentile(runs, 75),
+                p90=percentile(runs, 90),
+                mean=statistics.mean(runs),
                 min=min(runs),
                 max=max(runs),
                 median_fraction=median / runnable,
             )
         else:
-            stats.update(median=None, p25=None, p75=None, min=None, max=None, median_fraction=None)
+            stats.update(
+                median=None,
+                p25=None,
+                p75=None,
+                p90=None,
+                mean=None,
+                min=None,
+                max=None,
+                median_fraction=None,
+            )
         summary[sampler] = stats
     return summary

@@ -292,6 +292,8 @@ def test_summarise_per_sampler() -> None:
         "median": 7.0,
         "p25": 5.5,
         "p75": 8.5,
+        "p90": pytest.approx(9.4),
+        "mean": 7.0,
         "min": 4.0,
         "max": 10.0,
         "median_fraction": 7.0 / 40,
