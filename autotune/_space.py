@@ -316,9 +316,11 @@ def random_runnable_settings(
     (a Latin-hypercube-like design: with as many draws as a list has values, each value comes
     up once); a range is drawn as Optuna's RandomSampler draws it (uniform, or log-uniform);
     inactive conditional settings take the reference value. A draw that cannot run, or that
-    came up before, is drawn again; after 20 such draws in a row the values are drawn freely
-    from the whole lists. Fewer come back when the space holds fewer such settings than
-    ``count`` (or rejection stops finding them: after 200 draws per wanted one).
+    came up before, is drawn again, each listed setting from its whole list with a chance that
+    grows by 5% with every such draw in a row (the values due may not combine into anything
+    that runs: 2 processes with a DataLoader worker on 2 cores). Fewer come back when the space
+    holds fewer such settings than ``count`` (or rejection stops finding them: after 200 draws
+    per wanted one).
     """
     rng = random.Random(seed)
     lists = {
@@ -340,7 +342,10 @@ def random_runnable_settings(
             if domain is None or not active:
                 chosen[name] = reference[name]
             elif name in lists:
-                chosen[name] = rng.choice(unused[name] if misses < 20 else lists[name])
+                # After draws that could not run, more settings are drawn from their whole list:
+                # the values still due may not combine into anything this machine can run.
+                free = rng.random() < misses / 20
+                chosen[name] = rng.choice(lists[name] if free else unused[name])
             else:
                 chosen[name] = _draw(rng, domain)
         key = json.dumps(chosen, sort_keys=True)
