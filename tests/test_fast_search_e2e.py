@@ -46,6 +46,7 @@ MODEL = textwrap.dedent(
     """
 )
 SAMPLES = 2048
+REUSED_SAMPLES = 32768
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +167,16 @@ def test_group_restarts_after_a_failure_and_a_timeout(warm_runs: dict) -> None:
 
 def _reused_accuracy_run(model_path: Path, directory: Path, min_seconds: float) -> dict:
     """A trial whose metric is known: it measures throughput only and may stop early. The
-    interval is loose, so the tests check the stopping, not this machine's step-time noise."""
+    interval is loose, so the tests check the stopping, not this machine's step-time noise.
+    The budget (2048 steps) takes well over the 0.5 s window even where a step of this tiny
+    model takes 1 ms (an AVX-512 machine trained 512 of them in under 0.5 s)."""
     adaptive = {"rel_halfwidth": 0.25, "min_steps": 5, "min_seconds": min_seconds}
     config = _config(model_path, micro_batch_size=16)
     result = run_trial(
         config,
         detect_machine(),
         model_path,
-        8192,
+        REUSED_SAMPLES,
         [0],
         directory,
         120,
@@ -190,7 +193,7 @@ def test_adaptive_measurement_stops_once_throughput_is_known(
     measured = _reused_accuracy_run(model_path, tmp_path / "t", 0.0)
     assert measured["metric"] is None and measured["eval_seconds"] < 0.01
     assert measured["stable_after_steps"] == measured["measured_steps"]
-    assert measured["steps"] < measured["budget_steps"] == 8192 // 16
+    assert measured["steps"] < measured["budget_steps"] == REUSED_SAMPLES // 16
 
 
 def test_reused_accuracy_trials_still_time_the_minimum_window(
