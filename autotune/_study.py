@@ -73,8 +73,8 @@ STARTUP_RUNS = 5
 try configurations drawn at random among those this machine can run, spread over each
 setting's values (`enqueue_startup`). Optuna's default is 10, which in a 12-run search leaves
 the model 2 runs. On the recorded digits landscape (40 configurations, 500 seeds each) TPE
-needed a median of 10 runs to reach 95% of the best with 10 start-up runs, and 7 with these 5
-(random search: 8); on a second one (80 configurations, the best one of a kind) neither
+needed a median of 9-10 runs to reach 95% of the best with 10 start-up runs, and 7 with these
+5 (random search: 8); on a second one (80 configurations, the best one of a kind) neither
 start-up beat random search (see the README)."""
 _ASKS_PER_RUN = 25
 """Proposals that cost no run (repeats, configurations that cannot run) are cheap but not free;
@@ -301,7 +301,7 @@ def enqueue_startup(
     sampler's start-up, and a skipped draw counts as an infeasible point. On the 2-core CPU
     machine a TPE search over `cpu_small.yaml` once began modelling after 4 real runs: half its
     start-up had proposed 2 processes with a DataLoader worker or a pipeline that cannot run
-    there, and it never tried data parallelism (2 processes) again.
+    there, and it never launched 2 processes.
     """
     if sampler not in ("tpe", "gp"):
         return 0
