@@ -33,6 +33,7 @@ from autotune._space import (
     PARAMETERS,
     IntRange,
     SearchSpace,
+    fill_settings,
     record_reference,
     sampled_params,
     suggest,
@@ -119,12 +120,13 @@ def reachable_settings(space: SearchSpace, reference: dict[str, Any]) -> list[di
     found: dict[str, dict[str, Any]] = {json.dumps(reference, sort_keys=True): dict(reference)}
     for combination in itertools.product(*(grid[name] for name in names)):
         values = dict(zip(names, combination, strict=True))
-        chosen: dict[str, Any] = {}
-        for name, parameter in PARAMETERS.items():
-            active = parameter.active_when is None or parameter.active_when(chosen)
-            chosen[name] = values[name] if name in values and active else reference[name]
+        chosen = fill_settings(space, reference, functools.partial(_value_of, values))
         found.setdefault(json.dumps(chosen, sort_keys=True), chosen)
     return list(found.values())
+
+
+def _value_of(values: dict[str, Any], name: str, _domain: Any) -> Any:
+    return values[name]
 
 
 def space_from_description(description: dict[str, Any], source: str) -> SearchSpace:
@@ -582,13 +584,7 @@ def summarise(results: Iterable[ReplayResult]) -> dict[str, dict[str, Any]]:
             )
         else:
             stats.update(
-                median=None,
-                p25=None,
-                p75=None,
-                p90=None,
-                mean=None,
-                min=None,
-                max=None,
+                dict.fromkeys(("median", "p25", "p75", "p90", "mean", "min", "max")),
                 median_fraction=None,
             )
         summary[sampler] = stats

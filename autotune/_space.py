@@ -259,13 +259,22 @@ def suggest(trial: Any, space: SearchSpace, reference: dict[str, Any]) -> dict[s
     take their reference value and are not sampled, so the sampler never sees a parameter that
     does not change the run.
     """
+    return fill_settings(space, reference, lambda name, domain: _suggest_one(trial, name, domain))
+
+
+def fill_settings(
+    space: SearchSpace,
+    reference: dict[str, Any],
+    pick: Callable[[str, Choices | IntRange], Any],
+) -> dict[str, Any]:
+    """Every setting, in `PARAMETERS` order: ``pick(name, domain)`` for those the space holds
+    and whose condition holds for the settings chosen before them, the reference value for
+    the rest."""
     chosen: dict[str, Any] = {}
     for name, parameter in PARAMETERS.items():
         domain = space.domains.get(name)
         active = parameter.active_when is None or parameter.active_when(chosen)
-        chosen[name] = (
-            reference[name] if domain is None or not active else _suggest_one(trial, name, domain)
-        )
+        chosen[name] = reference[name] if domain is None or not active else pick(name, domain)
     return chosen
 
 
@@ -335,33 +344,32 @@ def random_runnable_settings(
     for _ in range(200 * count):
         if len(found) >= count:
             break
-        chosen: dict[str, Any] = {}
-        for name, parameter in PARAMETERS.items():
-            domain = space.domains.get(name)
-            active = parameter.active_when is None or parameter.active_when(chosen)
-            if domain is None or not active:
-                chosen[name] = reference[name]
-            elif name in lists:
-                # After draws that could not run, more settings are drawn from their whole list:
-                # the values still due may not combine into anything this machine can run.
-                free = rng.random() < misses / 20
-                chosen[name] = rng.choice(lists[name] if free else unused[name])
-            else:
-                chosen[name] = _draw(rng, domain)
+        listed: dict[str, Any] = {}  # the listed settings this draw picked, and their values
+
+        # Called by fill_settings within this iteration only, so the loop variables are current.
+        def pick(name: str, domain: Choices | IntRange) -> Any:
+            if name not in lists:
+                return _draw(rng, domain)
+            # After draws that could not run, more settings are drawn from their whole list:
+            # the values still due may not combine into anything this machine can run.
+            free = rng.random() < misses / 20  # noqa: B023
+            listed[name] = rng.choice(lists[name] if free else unused[name])  # noqa: B023
+            return listed[name]  # noqa: B023
+
+        chosen = fill_settings(space, reference, pick)
         key = json.dumps(chosen, sort_keys=True)
-        if key in seen or not runnable(chosen):
-            seen.add(key)
+        fresh = key not in seen
+        seen.add(key)
+        if not fresh or not runnable(chosen):
             misses += 1
             continue
-        seen.add(key)
         found.append(chosen)
         misses = 0
-        for name, values in unused.items():
-            condition = PARAMETERS[name].active_when
-            if chosen[name] in values and (condition is None or condition(chosen)):
-                values.remove(chosen[name])
-            if not values:
-                values.extend(lists[name])
+        for name, value in listed.items():
+            if value in unused[name]:
+                unused[name].remove(value)
+            if not unused[name]:
+                unused[name].extend(lists[name])
     return found
 
 

@@ -296,12 +296,8 @@ def enqueue_startup(
     distinct configurations drawn from those this machine can run (at most n_trials - 1; see
     `random_runnable_settings`). Returns how many were queued.
 
-    The samplers' own start-up draws at random from the whole space, and on a machine that
-    cannot run much of it most draws are skipped without a run; yet each counts towards the
-    sampler's start-up, and a skipped draw counts as an infeasible point. On the 2-core CPU
-    machine a TPE search over `cpu_small.yaml` once began modelling after 4 real runs: half its
-    start-up had proposed 2 processes with a DataLoader worker or a pipeline that cannot run
-    there, and it never launched 2 processes.
+    The samplers' own start-up draws from the whole space, and a draw skipped without a run
+    still counts towards it, as an infeasible point (the README tells what that cost once).
     """
     if sampler not in ("tpe", "gp"):
         return 0
