@@ -1,0 +1,53 @@
+"""The start-up queued after the reference (autotune/_study.py, enqueue_startup): pure logic on
+in-memory Optuna studies, no runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune._space import load_space, suggest
+from autotune._study import STARTUP_RUNS, _make_sampler, enqueue_startup
+from autotune._task import reference_settings
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = reference_settings(32)
+SPACE = load_space(REPO / "search_spaces" / "cpu_small.yaml")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _one_process(settings: dict) -> bool:
+    return settings["processes"] == 1 and settings["pipeline_stages"] == 1
+
+
+def _study(sampler: str) -> optuna.Study:
+    return optuna.create_study(sampler=_make_sampler(sampler, 0, SPACE.grid()))
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_model_based_samplers_get_a_start_up_that_can_run(sampler: str) -> None:
+    study = _study(sampler)
+    queued = enqueue_startup(study, SPACE, REFERENCE, _one_process, sampler, 0, n_trials=16)
+    assert queued == STARTUP_RUNS - 1
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs["role"] for t in waiting] == ["start-up"] * queued
+    # Each queued trial comes back through suggest() as a runnable configuration.
+    for _ in range(queued):
+        settings = suggest(study.ask(), SPACE, REFERENCE)
+        assert _one_process(settings) and settings != REFERENCE
+
+
+@pytest.mark.parametrize("sampler", ["random", "grid"])
+def test_random_and_grid_get_no_start_up(sampler: str) -> None:
+    study = _study(sampler)
+    assert enqueue_startup(study, SPACE, REFERENCE, _one_process, sampler, 0, 16) == 0
+    assert not study.get_trials()
+
+
+def test_the_start_up_leaves_room_for_the_reference_in_a_short_search() -> None:
+    study = _study("tpe")
+    assert enqueue_startup(study, SPACE, REFERENCE, _one_process, "tpe", 0, n_trials=3) == 2
+    assert enqueue_startup(_study("tpe"), SPACE, REFERENCE, _one_process, "tpe", 0, 1) == 0
