@@ -17,6 +17,8 @@ REFERENCE = reference_settings(32)
 SPACE = load_space(REPO / "search_spaces" / "cpu_small.yaml")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# As search() does: TPE's `group` argument is marked experimental.
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
 def _one_process(settings: dict) -> bool:
