@@ -13,8 +13,9 @@ from autotune._export import export, export_trial, trials_frame, write_study_rep
 from autotune._pipeline import build_pipeline_module
 from autotune._plan import Machine, TrialConfig, detect_machine, why_not_runnable
 from autotune._run import RunResult, run_trial
+from autotune._search import SearchSummary, search
 from autotune._space import PARAMETERS, SearchSpace, load_space
-from autotune._study import SearchOptions, SearchSummary, load_study, search
+from autotune._study import SearchOptions, load_study
 from autotune._task import ModelFile, Task, load_task
 
 __all__ = [

@@ -38,7 +38,9 @@ from autotune._space import (
     sampled_params,
     suggest,
 )
-from autotune._study import _ASKS_PER_RUN, _make_sampler, enqueue_startup
+from autotune.study import ASKS_PER_RUN as _ASKS_PER_RUN
+from autotune.study import enqueue_startup
+from autotune.study import make_sampler as _make_sampler
 
 STATUSES = ("ok", "infeasible", "failed")
 """A point ran and was measured, could not run on the machine (no run), or ran and failed."""

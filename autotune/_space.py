@@ -71,6 +71,8 @@ class Parameter:
         name: The Optuna parameter name, also used in reports and exports.
         check: Returns None for a valid value, else a phrase naming what is expected.
         help: One line for the CLI help and the README.
+        label: Its name in the report's tables and plots.
+        short: Its abbreviation in a trial's one-line description and the trials table.
         integer: True when the value is an integer, so a ``{low, high}`` range is allowed.
         active_when: For conditional settings, a predicate over the settings chosen so far;
             when it is false the setting takes its reference value and is not sampled.
@@ -79,6 +81,8 @@ class Parameter:
     name: str
     check: Callable[[Any], str | None]
     help: str
+    label: str
+    short: str
     integer: bool = False
     active_when: Callable[[dict[str, Any]], bool] | None = None
 
@@ -86,34 +90,129 @@ class Parameter:
 PARAMETERS: dict[str, Parameter] = {
     p.name: p
     for p in (
-        Parameter("micro_batch_size", _check_positive_int, "samples per rank per step", True),
+        Parameter(
+            "micro_batch_size",
+            _check_positive_int,
+            "samples per rank per step",
+            "micro batch",
+            "mbs",
+            integer=True,
+        ),
         Parameter(
             "gradient_accumulation_steps",
             _check_positive_int,
             "micro-batches per optimizer step",
-            True,
+            "grad accum",
+            "gas",
+            integer=True,
         ),
-        Parameter("precision", _check_precision, "fp32, bf16 or fp16 (fp16 with loss scaling)"),
-        Parameter("zero_stage", _check_zero_stage, "DeepSpeed ZeRO stage 0-3", True),
-        Parameter("processes", _check_positive_int, "ranks in all: data-parallel x pipeline", True),
-        Parameter("pipeline_stages", _check_positive_int, "pipeline stages (1: no pipeline)", True),
+        Parameter(
+            "precision",
+            _check_precision,
+            "fp32, bf16 or fp16 (fp16 with loss scaling)",
+            "precision",
+            "precision",
+        ),
+        Parameter(
+            "zero_stage",
+            _check_zero_stage,
+            "DeepSpeed ZeRO stage 0-3",
+            "ZeRO",
+            "zero",
+            integer=True,
+        ),
+        Parameter(
+            "processes",
+            _check_positive_int,
+            "ranks in all: data-parallel x pipeline",
+            "processes",
+            "procs",
+            integer=True,
+        ),
+        Parameter(
+            "pipeline_stages",
+            _check_positive_int,
+            "pipeline stages (1: no pipeline)",
+            "pipeline stages",
+            "pp",
+            integer=True,
+        ),
         Parameter(
             "partition_method",
             _check_partition_method,
             "how layers are split over stages: parameters, uniform, profile, type:REGEX",
+            "partition",
+            "partition",
             active_when=lambda chosen: chosen.get("pipeline_stages", 1) > 1,
         ),
-        Parameter("num_workers", _check_nonnegative_int, "DataLoader worker processes", True),
-        Parameter("pin_memory", _check_bool, "DataLoader pin_memory (accelerators only)"),
+        Parameter(
+            "num_workers",
+            _check_nonnegative_int,
+            "DataLoader worker processes",
+            "workers",
+            "workers",
+            integer=True,
+        ),
+        Parameter(
+            "pin_memory",
+            _check_bool,
+            "DataLoader pin_memory (accelerators only)",
+            "pin memory",
+            "pin",
+        ),
         Parameter(
             "prefetch_factor",
             _check_positive_int,
             "batches each worker loads ahead",
-            True,
+            "prefetch",
+            "prefetch",
+            integer=True,
             active_when=lambda chosen: chosen.get("num_workers", 0) > 0,
         ),
     )
 }
+
+DERIVED_SETTINGS: dict[str, tuple[str, str]] = {
+    "global_batch_size": ("global batch", "samples per optimizer step over all ranks"),
+    "learning_rate": ("learning rate", "learning rate used by the trial"),
+}
+"""Settings that follow from the tuned ones, shown beside them: name -> (label, help)."""
+
+
+def setting_label(name: str) -> str:
+    """The report's label of a tuned or derived setting (the name itself for anything else)."""
+    if name in PARAMETERS:
+        return PARAMETERS[name].label
+    return DERIVED_SETTINGS[name][0] if name in DERIVED_SETTINGS else name
+
+
+def setting_help(name: str) -> str | None:
+    """One line on a tuned or derived setting, or None for anything else."""
+    if name in PARAMETERS:
+        return PARAMETERS[name].help
+    return DERIVED_SETTINGS[name][1] if name in DERIVED_SETTINGS else None
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """A trial's settings on one line: ``mbs=32 gas=1 fp32 zero=0 procs=1 workers=0``."""
+    short = {name: parameter.short for name, parameter in PARAMETERS.items()}
+    parts = [
+        f"{short['micro_batch_size']}={settings['micro_batch_size']}",
+        f"{short['gradient_accumulation_steps']}={settings['gradient_accumulation_steps']}",
+        str(settings["precision"]),
+        f"{short['zero_stage']}={settings['zero_stage']}",
+        f"{short['processes']}={settings['processes']}",
+    ]
+    if settings["pipeline_stages"] > 1:
+        parts.append(
+            f"{short['pipeline_stages']}={settings['pipeline_stages']}:{settings['partition_method']}"
+        )
+    parts.append(f"{short['num_workers']}={settings['num_workers']}")
+    if settings["num_workers"]:
+        parts.append(f"{short['prefetch_factor']}={settings['prefetch_factor']}")
+    if settings["pin_memory"]:
+        parts.append(short["pin_memory"])
+    return " ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import math
 import re
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -25,16 +24,10 @@ from autotune._confirm import (
     CONFIRM_ROUNDS,
     DEFAULT_CONFIRM,
     confirm,
-    estimated_speedup,
-    estimated_throughput,
     reference_of,
-    stored_confirmations,
-    stored_rounds,
-    throughput_runs,
 )
 from autotune._confirm import best_trial as _confirmed_best
 from autotune._errors import UserError
-from autotune._export import export, write_study_report
 from autotune._memory import (
     MemoryModel,
     estimate_rank_bytes,
@@ -54,6 +47,7 @@ from autotune._profile import (
 from autotune._run import RunResult, prepare_deepspeed_ops, run_trial
 from autotune._space import (
     SearchSpace,
+    describe_settings,
     load_space,
     random_runnable_settings,
     record_reference,
@@ -152,56 +146,6 @@ class SearchOptions:
     @property
     def study_name(self) -> str:
         return self.study or Path(self.model).stem
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchSummary:
-    """What a search found.
-
-    Attributes:
-        study: The study's name.
-        runs: Trials in the study that launched a run.
-        reference: The reference trial.
-        best: The fastest feasible trial (by its speed-up, see `autotune._confirm`), or None.
-        export_dir: Where the best configuration was exported, or None.
-        report_path: The HTML report.
-        reference_runs: Every window the reference was timed over (samples/s): its trial's,
-            then its confirmation runs.
-        best_runs: The same for the best trial; empty when there is none.
-        best_speedups: The best's window over the reference's in each confirmation round
-            that timed both; empty without confirmation runs.
-    """
-
-    study: str
-    runs: int
-    reference: optuna.trial.FrozenTrial
-    best: optuna.trial.FrozenTrial | None
-    export_dir: Path | None
-    report_path: Path | None
-    reference_runs: tuple[float, ...] = ()
-    best_runs: tuple[float, ...] = ()
-    best_speedups: tuple[float, ...] = ()
-
-    @property
-    def reference_throughput(self) -> float | None:
-        """The reference's samples/s: the median of its windows."""
-        return estimated_throughput(self.reference_runs)
-
-    @property
-    def best_throughput(self) -> float | None:
-        """The best trial's samples/s: the median of its windows."""
-        return estimated_throughput(self.best_runs)
-
-    @property
-    def speedup(self) -> float | None:
-        """The best's speed-up: the median of ``best_speedups`` (its windows over the
-        reference's in the same confirmation rounds), else the ratio of the two medians."""
-        if self.best_speedups:
-            return float(statistics.median(self.best_speedups))
-        best, reference = self.best_throughput, self.reference_throughput
-        if best is None or not reference:
-            return None
-        return best / reference
 
 
 def redact(url: str) -> str:
@@ -335,25 +279,7 @@ def load_study(study: str | None, storage: str) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=opened)
 
 
-def _describe(settings: dict[str, Any]) -> str:
-    parts = [
-        f"mbs={settings['micro_batch_size']}",
-        f"gas={settings['gradient_accumulation_steps']}",
-        settings["precision"],
-        f"zero={settings['zero_stage']}",
-        f"procs={settings['processes']}",
-    ]
-    if settings["pipeline_stages"] > 1:
-        parts.append(f"pp={settings['pipeline_stages']}:{settings['partition_method']}")
-    parts.append(f"workers={settings['num_workers']}")
-    if settings["num_workers"]:
-        parts.append(f"prefetch={settings['prefetch_factor']}")
-    if settings["pin_memory"]:
-        parts.append("pin")
-    return " ".join(parts)
-
-
-def _runs(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def runs_of(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that launched a real run (ok or failed), in order."""
     return [
         t
@@ -445,7 +371,7 @@ class _Objective:
         trial.set_user_attr("settings", config.settings())
         trial.set_user_attr("global_batch_size", config.global_batch_size)
         trial.set_user_attr("learning_rate", config.learning_rate)
-        label = f"trial {trial.number:>3} [{_describe(config.settings())}]"
+        label = f"trial {trial.number:>3} [{describe_settings(config.settings())}]"
 
         earlier = self._find_repeat(key) if role != "reference" else None
         if earlier is not None:
@@ -472,7 +398,7 @@ class _Objective:
             bounds = partition.bounds
 
         reused = self._same_numerics(config) if role != "reference" else None
-        done_runs = len(_runs(self.study))
+        done_runs = len(runs_of(self.study))
         self.print_line(f"{label} running (run {done_runs + 1} of {self.options.n_trials})")
         directory = self.trial_root / f"trial_{trial.number:04d}"
         seeds = (
@@ -709,8 +635,8 @@ def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> No
             )
 
 
-def search(options: SearchOptions, print_line: Callable[[str], None] = print) -> SearchSummary:
-    """Run or resume a search; see the module docstring.
+def run_study(options: SearchOptions, print_line: Callable[[str], None] = print) -> optuna.Study:
+    """Run or resume a study and its confirmation rounds; see the module docstring.
 
     Raises:
         UserError: Bad input (model file, space, storage, flags), caught before any trial runs,
@@ -768,10 +694,10 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
                 f"those this machine can run; {options.sampler.upper()} proposes from then on"
             )
 
-    already = len(_runs(study))
+    already = len(runs_of(study))
 
     def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-        if len(_runs(study)) >= options.n_trials:
+        if len(runs_of(study)) >= options.n_trials:
             study.stop()
 
     with contextlib.ExitStack() as stack:
@@ -801,62 +727,4 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
         confirm(
             study, objective.remeasure, options.confirm, CONFIRM_ROUNDS, options.seed, print_line
         )
-    return _finish(study, options, print_line)
-
-
-def _finish(
-    study: optuna.Study, options: SearchOptions, print_line: Callable[[str], None]
-) -> SearchSummary:
-    reference = reference_trial(study)
-    if reference is None:
-        raise UserError("The study has no finished reference run; run the search again.")
-    best = best_trial(study)
-    noise = study.user_attrs.get("reference_noise")
-    if noise is not None and noise > options.max_accuracy_loss:
-        print_line(
-            f"warning: the reference's metric moved {noise:.2%} between two training seeds, more "
-            f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
-        )
-    export_dir = None
-    confirmations = stored_confirmations(study)
-    reference_runs = throughput_runs(reference.user_attrs, reference.number, confirmations)
-    best_runs = [] if best is None else throughput_runs(best.user_attrs, best.number, confirmations)
-    speedup: float | None = None
-    pairs: list[float] = []
-    if best is None:
-        print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
-    else:
-        speedup, pairs = estimated_speedup(
-            best.user_attrs, best.number, reference, confirmations, stored_rounds(study)
-        )
-        export_dir = options.trials_dir / options.study_name / "best"
-        export(study, export_dir, best.number)
-        best_value = estimated_throughput(best_runs) or 0.0
-        reference_value = estimated_throughput(reference_runs) or math.nan
-        side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
-        print_line(
-            f"best: trial {best.number} [{_describe(best.user_attrs['settings'])}] "
-            f"{best_value:.1f} samples/s{_windows(best_runs)} vs reference "
-            f"{reference_value:.1f}{_windows(reference_runs)} "
-            f"({speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
-            f"{best.user_attrs['accuracy_loss']:+.2%}"
-        )
-        print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
-    report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
-    print_line(f"report: {report_path}")
-    return SearchSummary(
-        options.study_name,
-        len(_runs(study)),
-        reference,
-        best,
-        export_dir,
-        report_path,
-        tuple(reference_runs),
-        tuple(best_runs),
-        tuple(pairs),
-    )
-
-
-def _windows(runs: list[float]) -> str:
-    """' (median of 3 windows)' when a figure is a median, else nothing."""
-    return f" (median of {len(runs)} windows)" if len(runs) > 1 else ""
+    return study

@@ -47,11 +47,11 @@ from autotune._confirm import best_trial  # noqa: E402
 from autotune._errors import UserError  # noqa: E402
 from autotune._plan import TrialConfig, detect_machine  # noqa: E402
 from autotune._run import run_trial  # noqa: E402
+from autotune._space import describe_settings  # noqa: E402
 from autotune._study import (  # noqa: E402
     ADAPTIVE,
     DEFAULT_MIN_MEASURE_SECONDS,
     DEFAULT_STORAGE,
-    _describe,
 )
 from autotune._task import load_model_file  # noqa: E402
 from autotune._workers import remove_shm_buffers  # noqa: E402
@@ -246,7 +246,7 @@ def main() -> None:
         export(study, work / "export", trial.number)
         stated = json.loads((work / "export" / "launch.json").read_text())["measured"]
         print(
-            f"{study.study_name} trial {trial.number} ({_describe(trial.user_attrs['settings'])}): "
+            f"{study.study_name} trial {trial.number} ({describe_settings(trial.user_attrs['settings'])}): "
             f"launch.json states {stated['throughput_samples_per_s']:.1f} samples/s",
             flush=True,
         )

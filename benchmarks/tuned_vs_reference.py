@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, export, load_study, search  # noqa: E402
 from autotune._confirm import DEFAULT_CONFIRM  # noqa: E402
-from autotune._study import DEFAULT_MIN_MEASURE_SECONDS, _describe  # noqa: E402
+from autotune._space import describe_settings  # noqa: E402
+from autotune._study import DEFAULT_MIN_MEASURE_SECONDS  # noqa: E402
 from benchmarks.fidelity import TOLERANCE, WINDOW_SECONDS, Pairs, time_pairs  # noqa: E402
 
 
@@ -152,7 +153,7 @@ def main() -> None:
             f"{summary.speedup:>8.2f}x {best.user_attrs['accuracy_loss']:>+10.2%} {wall:>6.0f} s "
             f"{plain:>13.1f} {plain / summary.best_throughput:>12.3f} "
             f"{timed.fidelity:>8.3f}{mark or ' '} {replayed:>18}  "
-            f"{_describe(best.user_attrs['settings'])}"
+            f"{describe_settings(best.user_attrs['settings'])}"
         )
         print(
             f"{'':<18} windows: reference {', '.join(f'{v:.0f}' for v in summary.reference_runs)}"

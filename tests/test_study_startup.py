@@ -9,8 +9,9 @@ import optuna
 import pytest
 
 from autotune._space import load_space, suggest
-from autotune._study import STARTUP_RUNS, _make_sampler, enqueue_startup
 from autotune._task import reference_settings
+from autotune.study import STARTUP_RUNS, enqueue_startup
+from autotune.study import make_sampler as _make_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = reference_settings(32)

@@ -11,6 +11,7 @@ from autotune._confirm import CONFIRM_ROUNDS, DEFAULT_CONFIRM
 from autotune._errors import UserError
 from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
+from autotune._search import search
 from autotune._space import PARAMETERS
 from autotune._study import (
     DEFAULT_MIN_MEASURE_SECONDS,
@@ -19,7 +20,6 @@ from autotune._study import (
     DEFAULT_TRIAL_TIMEOUT,
     SAMPLERS,
     SearchOptions,
-    search,
 )
 from autotune.cli._common import add_study_flags
 

@@ -1,0 +1,266 @@
+"""What a study stores: the keys of a trial's record (its Optuna user attributes) and of the
+study's own attributes, the values of its status and role, and a typed view of a trial.
+
+This module is the one place these keys are spelled. Code that writes a record calls
+``trial.set_user_attr(records.STATUS, records.OK)``; code that reads one takes a
+:class:`TrialRecord` (``TrialRecord.of(trial)``) and its typed properties. A study written by an
+earlier version is read through the same keys, so they never change their spelling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+# --- what a trial's record holds ---------------------------------------------------------------
+
+ROLE = "role"
+"""Why the trial exists: `REFERENCE`, `STARTUP` or `SEARCH` (the default when absent)."""
+STATUS = "status"
+"""What happened to it: `OK`, `REPEAT`, `INFEASIBLE` or `FAILED`; absent while it runs."""
+REASON = "reason"
+FAILURE_REASON = "failure_reason"
+SETTINGS = "settings"
+"""The tuned settings by parameter name (`autotune._space.PARAMETERS`)."""
+CONFIG_KEY = "config_key"
+NUMERICS_KEY = "numerics_key"
+GLOBAL_BATCH_SIZE = "global_batch_size"
+LEARNING_RATE = "learning_rate"
+LAUNCHED = "launched"
+TRIAL_DIR = "trial_dir"
+WALL_SECONDS = "wall_seconds"
+DS_CONFIG = "ds_config"
+LAUNCH = "launch"
+REPEAT_OF = "repeat_of"
+ACCURACY_REUSED_FROM = "accuracy_reused_from"
+ACCURACY_LOSS = "accuracy_loss"
+MEMORY_ESTIMATE_BYTES = "memory_estimate_bytes"
+MEMORY_PREDICTED_BYTES = "memory_predicted_bytes"
+STAGE_PREDICTED_SECONDS = "stage_predicted_seconds"
+
+# What a run measured, copied from the harness's result under the same names.
+THROUGHPUT = "throughput"
+METRIC = "metric"
+SEED_METRICS = "seed_metrics"
+PEAK_MEMORY_BYTES = "peak_memory_bytes"
+PEAK_MEMORY_PER_RANK = "peak_memory_per_rank"
+STEP_TIME_P50 = "step_time_p50"
+STEP_TIME_P90 = "step_time_p90"
+STEP_TIME_SPREAD = "step_time_spread"
+MEASURED_SECONDS = "measured_seconds"
+TRAIN_SECONDS = "train_seconds"
+EVAL_SECONDS = "eval_seconds"
+SAMPLES_TRAINED = "samples_trained"
+STEPS = "steps"
+BUDGET_STEPS = "budget_steps"
+MEASURED_STEPS = "measured_steps"
+EXTRA_STEPS = "extra_steps"
+STABLE_AFTER_STEPS = "stable_after_steps"
+PARTITION = "partition"
+STAGE_COMPUTE_SECONDS = "stage_compute_seconds"
+STAGE_COMM_SECONDS = "stage_comm_seconds"
+SKIPPED_STEPS = "skipped_steps"
+LOSS_SCALE = "loss_scale"
+
+MEASURED: tuple[str, ...] = (
+    THROUGHPUT,
+    METRIC,
+    SEED_METRICS,
+    PEAK_MEMORY_BYTES,
+    PEAK_MEMORY_PER_RANK,
+    STEP_TIME_P50,
+    STEP_TIME_P90,
+    STEP_TIME_SPREAD,
+    MEASURED_SECONDS,
+    TRAIN_SECONDS,
+    EVAL_SECONDS,
+    SAMPLES_TRAINED,
+    STEPS,
+    BUDGET_STEPS,
+    MEASURED_STEPS,
+    EXTRA_STEPS,
+    STABLE_AFTER_STEPS,
+    PARTITION,
+    STAGE_COMPUTE_SECONDS,
+    STAGE_COMM_SECONDS,
+    SKIPPED_STEPS,
+    LOSS_SCALE,
+)
+"""The measurements a successful run stores, in the order they are written."""
+
+NOT_COPIED_BY_REPEAT: tuple[str, ...] = (ROLE, SETTINGS, CONFIG_KEY)
+"""Keys a repeat keeps its own values of when it copies an earlier trial's record."""
+
+# --- the values of STATUS and ROLE ---------------------------------------------------------------
+
+OK = "ok"
+REPEAT = "repeat"
+INFEASIBLE = "infeasible"
+FAILED = "failed"
+STATUSES: tuple[str, ...] = (OK, REPEAT, INFEASIBLE, FAILED)
+RAN: tuple[str, ...] = (OK, FAILED)
+"""Statuses of trials that launched a run (a repeat and a skipped proposal did not)."""
+MEASURED_STATUSES: tuple[str, ...] = (OK, REPEAT)
+"""Statuses whose record carries a throughput and an accuracy loss."""
+
+REFERENCE = "reference"
+STARTUP = "start-up"
+SEARCH = "search"
+
+# --- what the study's own record holds -------------------------------------------------------------
+
+STUDY_MODEL = "model"
+STUDY_TRAIN_SAMPLES = "train_samples"
+STUDY_MAX_ACCURACY_LOSS = "max_accuracy_loss"
+STUDY_LR_SCALING = "lr_scaling"
+STUDY_SEED = "seed"
+STUDY_METRIC_NAME = "metric_name"
+STUDY_EVAL_SOURCE = "eval_source"
+STUDY_MACHINE = "machine"
+STUDY_SPACE = "space"
+STUDY_REFERENCE_METRIC = "reference_metric"
+STUDY_REFERENCE_NOISE = "reference_noise"
+STUDY_REFERENCE_NUMBER = "reference_number"
+STUDY_CONFIRMATIONS = "confirmations"
+"""Trial number (as a string) -> samples/s of each confirmation run."""
+STUDY_CONFIRMATION_ROUNDS = "confirmation_rounds"
+"""One dict per round: trial number (as a string) -> samples/s in that round."""
+STUDY_CONFIRMATION_FAILURES = "confirmation_failures"
+STUDY_FIXED: tuple[str, ...] = (
+    STUDY_MODEL,
+    STUDY_TRAIN_SAMPLES,
+    STUDY_MAX_ACCURACY_LOSS,
+    STUDY_LR_SCALING,
+    STUDY_SEED,
+)
+"""What a resumed search must share with the study, so its trials stay comparable."""
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """A read-only, typed view of one trial's stored record.
+
+    Attributes:
+        number: The Optuna trial number.
+        attrs: The trial's user attributes, as stored.
+    """
+
+    number: int
+    attrs: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, trial: Any) -> TrialRecord:
+        """The record of an Optuna trial (frozen or live)."""
+        return cls(trial.number, trial.user_attrs)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A stored value by its key (one of this module's names)."""
+        return self.attrs.get(key, default)
+
+    @property
+    def role(self) -> str:
+        return str(self.attrs.get(ROLE) or SEARCH)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.attrs.get(ROLE) == REFERENCE
+
+    @property
+    def status(self) -> str | None:
+        return self.attrs.get(STATUS)
+
+    @property
+    def ran(self) -> bool:
+        """Whether the trial launched a run (ok or failed)."""
+        return self.status in RAN
+
+    @property
+    def is_ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def is_measured(self) -> bool:
+        """Whether the record carries a throughput and an accuracy loss (ok or a repeat)."""
+        return self.status in MEASURED_STATUSES
+
+    @property
+    def reason(self) -> str:
+        return str(self.attrs.get(REASON) or "")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.attrs.get(SETTINGS) or {})
+
+    @property
+    def config_key(self) -> str | None:
+        return self.attrs.get(CONFIG_KEY)
+
+    @property
+    def numerics_key(self) -> str | None:
+        return self.attrs.get(NUMERICS_KEY)
+
+    @property
+    def throughput(self) -> float | None:
+        return _float(self.attrs.get(THROUGHPUT))
+
+    @property
+    def metric(self) -> float | None:
+        return _float(self.attrs.get(METRIC))
+
+    @property
+    def accuracy_loss(self) -> float | None:
+        return _float(self.attrs.get(ACCURACY_LOSS))
+
+    @property
+    def peak_memory_bytes(self) -> float | None:
+        return _float(self.attrs.get(PEAK_MEMORY_BYTES))
+
+    @property
+    def memory_estimate_bytes(self) -> float | None:
+        return _float(self.attrs.get(MEMORY_ESTIMATE_BYTES))
+
+    @property
+    def accuracy_reused_from(self) -> int | None:
+        return _int(self.attrs.get(ACCURACY_REUSED_FROM))
+
+    @property
+    def repeat_of(self) -> int | None:
+        return _int(self.attrs.get(REPEAT_OF))
+
+    @property
+    def trial_dir(self) -> str | None:
+        return self.attrs.get(TRIAL_DIR)
+
+    @property
+    def ds_config(self) -> dict[str, Any] | None:
+        return self.attrs.get(DS_CONFIG)
+
+    @property
+    def launch(self) -> dict[str, Any] | None:
+        return self.attrs.get(LAUNCH)
+
+    @property
+    def processes(self) -> int:
+        return int(self.settings["processes"])
+
+    @property
+    def timed_seconds(self) -> float | None:
+        """The window the throughput was timed over: the measured time less evaluation."""
+        measured, evaluation = self.attrs.get(MEASURED_SECONDS), self.attrs.get(EVAL_SECONDS)
+        if measured is None or evaluation is None:
+            return None
+        return float(measured) - float(evaluation)
+
+
+def study_budget(study_attrs: Mapping[str, Any], default: float) -> float:
+    """The study's accuracy-loss budget, or ``default`` where it has none stored."""
+    return float(study_attrs.get(STUDY_MAX_ACCURACY_LOSS, default))

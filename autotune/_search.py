@@ -1,0 +1,146 @@
+"""The top-level flow of `autotune search`: run the study, then hand back what it found (the
+best configuration exported, the HTML report written, a summary)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+
+from autotune._errors import UserError
+from autotune._export import export, write_study_report
+from autotune._space import describe_settings
+from autotune.study import (
+    SearchOptions,
+    best_trial,
+    estimated_speedup,
+    estimated_throughput,
+    reference_trial,
+    run_study,
+    runs_of,
+    stored_confirmations,
+    stored_rounds,
+    throughput_runs,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSummary:
+    """What a search found.
+
+    Attributes:
+        study: The study's name.
+        runs: Trials in the study that launched a run.
+        reference: The reference trial.
+        best: The fastest feasible trial (by its speed-up, see `autotune._confirm`), or None.
+        export_dir: Where the best configuration was exported, or None.
+        report_path: The HTML report.
+        reference_runs: Every window the reference was timed over (samples/s): its trial's,
+            then its confirmation runs.
+        best_runs: The same for the best trial; empty when there is none.
+        best_speedups: The best's window over the reference's in each confirmation round
+            that timed both; empty without confirmation runs.
+    """
+
+    study: str
+    runs: int
+    reference: optuna.trial.FrozenTrial
+    best: optuna.trial.FrozenTrial | None
+    export_dir: Path | None
+    report_path: Path | None
+    reference_runs: tuple[float, ...] = ()
+    best_runs: tuple[float, ...] = ()
+    best_speedups: tuple[float, ...] = ()
+
+    @property
+    def reference_throughput(self) -> float | None:
+        """The reference's samples/s: the median of its windows."""
+        return estimated_throughput(self.reference_runs)
+
+    @property
+    def best_throughput(self) -> float | None:
+        """The best trial's samples/s: the median of its windows."""
+        return estimated_throughput(self.best_runs)
+
+    @property
+    def speedup(self) -> float | None:
+        """The best's speed-up: the median of ``best_speedups`` (its windows over the
+        reference's in the same confirmation rounds), else the ratio of the two medians."""
+        if self.best_speedups:
+            return float(statistics.median(self.best_speedups))
+        best, reference = self.best_throughput, self.reference_throughput
+        if best is None or not reference:
+            return None
+        return best / reference
+
+
+def search(options: SearchOptions, print_line: Callable[[str], None] = print) -> SearchSummary:
+    """Run or resume a search, export its best configuration and write its report.
+
+    Raises:
+        UserError: Bad input (model file, space, storage, flags), caught before any trial runs,
+            or a reference configuration that does not train.
+    """
+    return _finish(run_study(options, print_line), options, print_line)
+
+
+def _finish(
+    study: optuna.Study, options: SearchOptions, print_line: Callable[[str], None]
+) -> SearchSummary:
+    reference = reference_trial(study)
+    if reference is None:
+        raise UserError("The study has no finished reference run; run the search again.")
+    best = best_trial(study)
+    noise = study.user_attrs.get("reference_noise")
+    if noise is not None and noise > options.max_accuracy_loss:
+        print_line(
+            f"warning: the reference's metric moved {noise:.2%} between two training seeds, more "
+            f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
+        )
+    export_dir = None
+    confirmations = stored_confirmations(study)
+    reference_runs = throughput_runs(reference.user_attrs, reference.number, confirmations)
+    best_runs = [] if best is None else throughput_runs(best.user_attrs, best.number, confirmations)
+    speedup: float | None = None
+    pairs: list[float] = []
+    if best is None:
+        print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
+    else:
+        speedup, pairs = estimated_speedup(
+            best.user_attrs, best.number, reference, confirmations, stored_rounds(study)
+        )
+        export_dir = options.trials_dir / options.study_name / "best"
+        export(study, export_dir, best.number)
+        best_value = estimated_throughput(best_runs) or 0.0
+        reference_value = estimated_throughput(reference_runs) or math.nan
+        side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
+        print_line(
+            f"best: trial {best.number} [{describe_settings(best.user_attrs['settings'])}] "
+            f"{best_value:.1f} samples/s{_windows(best_runs)} vs reference "
+            f"{reference_value:.1f}{_windows(reference_runs)} "
+            f"({speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
+            f"{best.user_attrs['accuracy_loss']:+.2%}"
+        )
+        print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
+    report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
+    print_line(f"report: {report_path}")
+    return SearchSummary(
+        options.study_name,
+        len(runs_of(study)),
+        reference,
+        best,
+        export_dir,
+        report_path,
+        tuple(reference_runs),
+        tuple(best_runs),
+        tuple(pairs),
+    )
+
+
+def _windows(runs: list[float]) -> str:
+    """' (median of 3 windows)' when a figure is a median, else nothing."""
+    return f" (median of {len(runs)} windows)" if len(runs) > 1 else ""
