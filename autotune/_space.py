@@ -8,6 +8,7 @@ the CLI help and the report all read :data:`PARAMETERS`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import math
 import random
@@ -323,20 +324,56 @@ def _parse_domain(name: str, raw: Any, source: str) -> Choices | IntRange:
     return (raw,)
 
 
+def shipped_spaces() -> dict[str, Path]:
+    """The spaces that ship inside the package, by name (``default``, ``cpu_small``, ...)."""
+    folder = importlib.resources.files("autotune") / "search_spaces"
+    return {
+        entry.name.removesuffix(".yaml"): Path(str(entry))
+        for entry in sorted(folder.iterdir(), key=lambda entry: entry.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+DEFAULT_SPACE_NAME = "default"
+
+
+def default_space() -> Path:
+    """The space a search uses when none is given: the shipped ``default.yaml``."""
+    return shipped_spaces()[DEFAULT_SPACE_NAME]
+
+
+def resolve_space(given: str | Path) -> Path:
+    """The file behind ``--space``: a path to a YAML file, or the name of a shipped space
+    (``cpu_small`` or ``cpu_small.yaml``) when no such file exists.
+
+    Raises:
+        UserError: Neither a file nor a shipped space has that name.
+    """
+    path = Path(given)
+    if path.is_file():
+        return path
+    shipped = shipped_spaces()
+    name = path.name.removesuffix(".yaml")
+    if path.parent == Path(".") and name in shipped:
+        return shipped[name]
+    raise UserError(
+        f"Space file {given} does not exist. Pass --space with a YAML file or the name of a "
+        f"shipped space ({', '.join(shipped)})."
+    )
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file.
 
     Args:
         path: A YAML file mapping setting names to a list of choices, a single pinned value,
-            or an integer range ``{low, high, log}``.
+            or an integer range ``{low, high, log}``; or the name of a shipped space.
 
     Raises:
         UserError: The file is missing, not YAML, or names an unknown setting or value.
     """
-    path = Path(path)
+    path = resolve_space(path)
     source = str(path)
-    if not path.is_file():
-        raise UserError(f"Space file {source} does not exist. Pass --space with a YAML file.")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -47,6 +47,7 @@ from autotune._profile import (
 from autotune._run import RunResult, prepare_deepspeed_ops, run_trial
 from autotune._space import (
     SearchSpace,
+    default_space,
     describe_settings,
     load_space,
     random_runnable_settings,
@@ -57,7 +58,7 @@ from autotune._space import (
 from autotune._task import Task, load_task
 from autotune._workers import WarmWorkers
 
-DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+DEFAULT_SPACE = default_space()
 DEFAULT_STORAGE = "sqlite:///trials/autotune.db"
 DEFAULT_TRAIN_SAMPLES = 8192
 DEFAULT_TRIAL_TIMEOUT = 300.0
