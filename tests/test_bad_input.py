@@ -1,23 +1,27 @@
 """Bad input to the `autotune` CLI: a short message, exit status 2, no traceback, no study written.
 
-Every case runs the real CLI in a subprocess, in its own folder, with
-``--storage sqlite:///<folder>/db.sqlite3``. All of them must fail in the preflight, before any
-trial. Each subprocess spends a few seconds importing torch, so the module runs the cases the
-selected tests need in parallel, once, and each test checks its own outcome.
+Every case runs the CLI's entry point (`autotune.cli.main`) in its own folder, with
+``--storage sqlite:///<folder>/db.sqlite3``; all of them must fail in the preflight, before any
+trial. A few run the real command in a child process too (marked ``subprocess``), so the exit
+status and the absence of a traceback are also checked where a user sees them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from autotune.cli import main
 
 # ---------------------------------------------------------------------------------------------
 # Model and space files
@@ -171,9 +175,9 @@ def cli_command() -> list[str]:
     return [sys.executable, "-c", INLINE_CLI]
 
 
-def run_case(case: Case, folder: Path) -> Outcome:
-    db = folder / "db.sqlite3"
-    url = f"sqlite:///{db}"
+def _prepare(case: Case, folder: Path) -> list[str]:
+    """Write the case's files, run its setup and return its arguments."""
+    url = f"sqlite:///{folder / 'db.sqlite3'}"
     for name, text in case.files.items():
         path = folder / name
         if name.endswith("/"):
@@ -183,32 +187,42 @@ def run_case(case: Case, folder: Path) -> Outcome:
             path.write_text(text)
     if case.setup is not None:
         case.setup(folder, url)
-    argv = [arg.replace("{db}", url) for arg in case.argv]
+    return [arg.replace("{db}", url) for arg in case.argv]
+
+
+def run_in_process(case: Case, folder: Path) -> Outcome:
+    """The case through `autotune.cli.main`, in ``folder``; a traceback shows in stderr."""
+    argv = _prepare(case, folder)
+    out, err = io.StringIO(), io.StringIO()
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                returncode = main(argv)
+            except SystemExit as exc:  # argparse's own errors
+                returncode = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        os.chdir(cwd)
+    return Outcome(folder, folder / "db.sqlite3", returncode, out.getvalue(), err.getvalue())
+
+
+def run_in_subprocess(case: Case, folder: Path) -> Outcome:
+    """The case as a user runs it: the command in a child process."""
+    argv = _prepare(case, folder)
     command = list(case.command) if case.command else cli_command()
     done = subprocess.run(
         command + argv, cwd=folder, capture_output=True, text=True, timeout=180, check=False
     )
-    return Outcome(folder, db, done.returncode, done.stdout, done.stderr)
+    return Outcome(folder, folder / "db.sqlite3", done.returncode, done.stdout, done.stderr)
 
 
-@pytest.fixture(scope="module")
-def outcomes(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Outcome]:
-    """Run, in parallel, every case that a selected test of this module takes as ``case``."""
-    wanted: dict[str, Case] = {}
-    for item in request.session.items:
-        callspec = getattr(item, "callspec", None)
-        if item.module is request.module and callspec and "case" in callspec.params:
-            case = callspec.params["case"]
-            wanted[case.id] = case
-    folders = {case_id: tmp_path_factory.mktemp(case_id) for case_id in wanted}
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        futures = {
-            case_id: pool.submit(run_case, case, folders[case_id])
-            for case_id, case in wanted.items()
-        }
-        return {case_id: future.result() for case_id, future in futures.items()}
+@pytest.fixture
+def outcome(case: Case, tmp_path: Path) -> Outcome:
+    return run_in_process(case, tmp_path)
 
 
 def assert_user_error(outcome: Outcome, expect: tuple[str, ...]) -> None:
@@ -351,8 +365,7 @@ SEARCH_CASES = [
 
 
 @pytest.mark.parametrize("case", SEARCH_CASES, ids=str)
-def test_search_rejects_bad_input(case: Case, outcomes: dict[str, Outcome]) -> None:
-    outcome = outcomes[case.id]
+def test_search_rejects_bad_input(case: Case, outcome: Outcome) -> None:
     assert_user_error(outcome, case.expect)
     assert_nothing_written(outcome)
 
@@ -366,10 +379,7 @@ UNREACHABLE_STORAGE = Case(
 
 
 @pytest.mark.parametrize("case", [UNREACHABLE_STORAGE], ids=str)
-def test_unreachable_storage_never_shows_the_password(
-    case: Case, outcomes: dict[str, Outcome]
-) -> None:
-    outcome = outcomes[case.id]
+def test_unreachable_storage_never_shows_the_password(case: Case, outcome: Outcome) -> None:
     # Without psycopg2 the message may say that the driver is missing instead.
     assert_user_error(outcome, case.expect)
     assert PASSWORD not in outcome.stdout + outcome.stderr
@@ -394,12 +404,9 @@ EXISTING_STUDY = Case(
 
 
 @pytest.mark.parametrize("case", [EXISTING_STUDY], ids=str)
-def test_failed_search_leaves_existing_study_untouched(
-    case: Case, outcomes: dict[str, Outcome]
-) -> None:
+def test_failed_search_leaves_existing_study_untouched(case: Case, outcome: Outcome) -> None:
     import optuna
 
-    outcome = outcomes[case.id]
     assert_user_error(outcome, case.expect)
     study = optuna.load_study(study_name="m", storage=f"sqlite:///{outcome.db}")
     assert len(study.trials) == 1
@@ -437,10 +444,9 @@ READ_CASES = [
 
 
 @pytest.mark.parametrize("case", READ_CASES, ids=str)
-def test_read_commands_reject_missing_study(case: Case, outcomes: dict[str, Outcome]) -> None:
+def test_read_commands_reject_missing_study(case: Case, outcome: Outcome) -> None:
     import optuna
 
-    outcome = outcomes[case.id]
     assert_user_error(outcome, case.expect)
     assert not (outcome.folder / "out").exists()
     assert not (outcome.folder / "reports").exists()
@@ -488,8 +494,7 @@ FIXED_BUGS = [
 
 
 @pytest.mark.parametrize("case", FIXED_BUGS)
-def test_search_rejects_bad_input_fixed_bugs(case: Case, outcomes: dict[str, Outcome]) -> None:
-    outcome = outcomes[case.id]
+def test_search_rejects_bad_input_fixed_bugs(case: Case, outcome: Outcome) -> None:
     assert_user_error(outcome, case.expect)
     assert_nothing_written(outcome)
 
@@ -501,8 +506,17 @@ MODULE_ENTRY = Case(
 )
 
 
-@pytest.mark.parametrize("case", [MODULE_ENTRY], ids=str)
-def test_python_dash_m_runs_the_cli(case: Case, outcomes: dict[str, Outcome]) -> None:
-    outcome = outcomes[case.id]
+@pytest.mark.subprocess
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    outcome = run_in_subprocess(MODULE_ENTRY, tmp_path)
     assert outcome.returncode == 0, outcome.stderr
     assert "usage: autotune" in outcome.stdout
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("case", [SEARCH_CASES[2], UNREACHABLE_STORAGE], ids=str)
+def test_the_command_exits_2_without_a_traceback(case: Case, tmp_path: Path) -> None:
+    outcome = run_in_subprocess(case, tmp_path)
+    assert_user_error(outcome, case.expect)
+    assert PASSWORD not in outcome.stdout + outcome.stderr
+    assert_nothing_written(outcome)

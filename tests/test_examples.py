@@ -179,6 +179,7 @@ def test_digits_augmentation_is_deterministic() -> None:
     assert not torch.equal(first[0][0], eval_like[0][0])
 
 
+@pytest.mark.e2e  # trains each example to its threshold (seconds each)
 def test_example_learns(example: tuple[str, ModuleType]) -> None:
     """A short plain-PyTorch training run clears the example's eval threshold."""
     name, module = example
