@@ -58,15 +58,10 @@ FEASIBLE = "feasible"
 RUNNING = "running"
 """The status of a trial that has not finished (its Optuna state, as ``trials_frame`` gives)."""
 
-COLUMNS: tuple[str, ...] = (
-    NUMBER,
-    ROLE,
-    STATUS,
-    *SETTINGS,
+MEASUREMENTS: tuple[str, ...] = (
     THROUGHPUT,
     ACCURACY_LOSS,
     METRIC,
-    FEASIBLE,
     PEAK_MEMORY_BYTES,
     STEP_TIME_P50,
     STEP_TIME_P90,
@@ -74,6 +69,16 @@ COLUMNS: tuple[str, ...] = (
     TRAIN_SECONDS,
     EVAL_SECONDS,
     WALL_SECONDS,
+)
+"""The measurements of a trial's record the frame carries as numbers (NaN when absent)."""
+
+COLUMNS: tuple[str, ...] = (
+    NUMBER,
+    ROLE,
+    STATUS,
+    *SETTINGS,
+    *MEASUREMENTS,
+    FEASIBLE,
     REASON,
     "datetime_start",
     "datetime_complete",

@@ -12,10 +12,8 @@ import optuna
 import pandas as pd
 
 from autotune._records import (
-    ACCURACY_LOSS,
     ACCURACY_REUSED_FROM,
     DS_CONFIG,
-    EVAL_SECONDS,
     EXTRA_STEPS,
     FAILED,
     GLOBAL_BATCH_SIZE,
@@ -23,13 +21,10 @@ from autotune._records import (
     LAUNCHED,
     LEARNING_RATE,
     LOSS_SCALE,
-    MEASURED_SECONDS,
     MEASURED_STATUSES,
     MEMORY_PREDICTED_BYTES,
-    METRIC,
     OK,
     PARTITION,
-    PEAK_MEMORY_BYTES,
     REPEAT_OF,
     ROLE,
     SKIPPED_STEPS,
@@ -38,8 +33,6 @@ from autotune._records import (
     STAGE_COMPUTE_SECONDS,
     STAGE_PREDICTED_SECONDS,
     STATUS,
-    STEP_TIME_P50,
-    STEP_TIME_P90,
     STUDY_EVAL_SOURCE,
     STUDY_MACHINE,
     STUDY_MAX_ACCURACY_LOSS,
@@ -49,14 +42,12 @@ from autotune._records import (
     STUDY_REFERENCE_NOISE,
     STUDY_REFERENCE_NUMBER,
     STUDY_TRAIN_SAMPLES,
-    THROUGHPUT,
-    TRAIN_SECONDS,
-    WALL_SECONDS,
     TrialRecord,
     study_budget,
 )
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS, is_feasible
 from autotune._space import PARAMETERS
+from autotune.report._common import MEASUREMENTS
 from autotune.report._failures import log_tail
 from autotune.report._importance import MIN_TRIALS_FOR_IMPORTANCE
 from autotune.report._page import write_report
@@ -71,20 +62,7 @@ from autotune.study import (
     throughput_runs,
 )
 
-_MEASUREMENTS: tuple[str, ...] = (
-    GLOBAL_BATCH_SIZE,
-    LEARNING_RATE,
-    THROUGHPUT,
-    ACCURACY_LOSS,
-    METRIC,
-    PEAK_MEMORY_BYTES,
-    STEP_TIME_P50,
-    STEP_TIME_P90,
-    MEASURED_SECONDS,
-    TRAIN_SECONDS,
-    EVAL_SECONDS,
-    WALL_SECONDS,
-)
+_NUMBERS: tuple[str, ...] = (GLOBAL_BATCH_SIZE, LEARNING_RATE, *MEASUREMENTS)
 """Record values copied as numbers (NaN when absent)."""
 
 _DETAILS: tuple[str, ...] = (
@@ -132,7 +110,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     }
     settings = record.settings
     row.update({name: settings.get(name) for name in PARAMETERS})
-    for name in _MEASUREMENTS:
+    for name in _NUMBERS:
         value = record.get(name)
         row[name] = math.nan if value is None else value
     return row

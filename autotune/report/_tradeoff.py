@@ -160,19 +160,8 @@ def _add_points(figure: go.Figure, tradeoff: TradeoffInfo) -> None:
     """One trace of feasible trials, one of trials over the budget."""
     for feasible, name in ((True, "feasible"), (False, "over budget")):
         points = [point for point in tradeoff.points if point.feasible == feasible]
-        if not points:
-            continue
-        figure.add_trace(
-            go.Scatter(
-                x=[point.accuracy_loss_percent for point in points],
-                y=[point.throughput for point in points],
-                mode="markers",
-                name=name,
-                marker={"color": COLOURS[name], "size": 9},
-                hovertext=[point.hover for point in points],
-                hoverinfo="text",
-            )
-        )
+        if points:
+            figure.add_trace(_markers(points, name, {"color": COLOURS[name], "size": 9}))
 
 
 def _pareto_line(tradeoff: TradeoffInfo) -> go.Scatter:
@@ -193,21 +182,24 @@ def _add_highlights(figure: go.Figure, tradeoff: TradeoffInfo) -> None:
     """Large markers on the reference and the best trial."""
     for role, symbol, colour in _HIGHLIGHTS:
         points = [point for point in tradeoff.points if role in point.role.split(", ")]
-        if not points:
-            continue
-        figure.add_trace(
-            go.Scatter(
-                x=[point.accuracy_loss_percent for point in points],
-                y=[point.throughput for point in points],
-                mode="markers",
-                name=role,
-                marker={
-                    "color": colour,
-                    "size": 16,
-                    "symbol": symbol,
-                    "line": {"color": "#333333", "width": 1},
-                },
-                hovertext=[point.hover for point in points],
-                hoverinfo="text",
-            )
-        )
+        if points:
+            marker = {
+                "color": colour,
+                "size": 16,
+                "symbol": symbol,
+                "line": {"color": "#333333", "width": 1},
+            }
+            figure.add_trace(_markers(points, role, marker))
+
+
+def _markers(points: list[TradeoffPoint], name: str, marker: dict[str, Any]) -> go.Scatter:
+    """The points as markers, each with its hover text."""
+    return go.Scatter(
+        x=[point.accuracy_loss_percent for point in points],
+        y=[point.throughput for point in points],
+        mode="markers",
+        name=name,
+        marker=marker,
+        hovertext=[point.hover for point in points],
+        hoverinfo="text",
+    )
