@@ -9,7 +9,7 @@ The Python API does everything the CLI does::
 from __future__ import annotations
 
 from autotune._errors import UserError
-from autotune._export import export, export_trial, trials_frame, write_study_report
+from autotune._export import export, export_trial
 from autotune._pipeline import build_pipeline_module
 from autotune._plan import Machine, TrialConfig, detect_machine, why_not_runnable
 from autotune._run import RunResult, run_trial
@@ -17,6 +17,7 @@ from autotune._search import SearchSummary, search
 from autotune._space import PARAMETERS, SearchSpace, load_space
 from autotune._study import SearchOptions, load_study
 from autotune._task import ModelFile, Task, load_task
+from autotune.report import trials_frame, write_study_report
 
 __all__ = [
     "PARAMETERS",

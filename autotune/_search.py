@@ -12,8 +12,9 @@ from pathlib import Path
 import optuna
 
 from autotune._errors import UserError
-from autotune._export import export, write_study_report
+from autotune._export import export
 from autotune._space import describe_settings
+from autotune.report import write_study_report
 from autotune.study import (
     SearchOptions,
     best_trial,

@@ -13,8 +13,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from autotune import _report
-from autotune._export import report_info, trials_frame
+from autotune import report
+from autotune.report import report_info, trials_frame
 
 BUDGET = 0.01
 
@@ -104,7 +104,7 @@ def frame() -> pd.DataFrame:
 
 
 def test_running_best_is_monotone_and_counts_only_feasible_trials(frame: pd.DataFrame) -> None:
-    history = _report._get_history_info(frame, _info(best_number=3))
+    history = report.get_history_info(frame, _info(best_number=3))
 
     assert history.best_numbers == (0, 1, 2, 3, 4, 5, 6, 7)
     # Trial 1 is faster (300) but over the budget, so the line stays at 100 until trial 3.
@@ -124,14 +124,14 @@ def test_running_best_starts_at_the_first_feasible_trial() -> None:
         ]
     )
 
-    history = _report._get_history_info(frame, _info())
+    history = report.get_history_info(frame, _info())
 
     assert history.best_numbers == (2, 3)
     assert history.best_throughputs == (80.0, 90.0)
 
 
 def test_history_categories_and_unmeasured_trials_at_zero(frame: pd.DataFrame) -> None:
-    history = _report._get_history_info(frame, _info(best_number=3))
+    history = report.get_history_info(frame, _info(best_number=3))
 
     by_number = {point.number: point for point in history.points}
     assert [point.number for point in history.points] == list(range(8))
@@ -155,17 +155,17 @@ def test_history_shows_confirmation_runs_beside_their_trial() -> None:
     )
     frame["throughput_runs"] = [[100.0, 95.0, 105.0], [150.0, 120.0, 130.0], [150.0, 120.0, 130.0]]
 
-    history = _report._get_history_info(frame, _info(best_number=1))
+    history = report.get_history_info(frame, _info(best_number=1))
 
     # The trial's own window is its point; a repeat's windows are its original's, drawn once.
     assert history.confirmation_numbers == (0, 0, 1, 1)
     assert history.confirmation_throughputs == (95.0, 105.0, 120.0, 130.0)
-    figure = _report._render_history(history)
+    figure = report.render_history(history)
     assert any(trace.name == "confirmation runs" for trace in figure.data)
 
 
 def test_history_hover_gives_the_reason_escaped(frame: pd.DataFrame) -> None:
-    history = _report._get_history_info(frame, _info(best_number=3))
+    history = report.get_history_info(frame, _info(best_number=3))
 
     hover = {point.number: point.hover for point in history.points}
     assert "pipeline_stages 4 needs &lt;= 2 processes" in hover[2]
@@ -180,7 +180,7 @@ def test_history_hover_shortens_a_long_reason() -> None:
     reason = "error: exit status 1: " + "x" * 2000
     frame = pd.DataFrame([_trial(0, "failed", reason=reason)])
 
-    hover = _report._get_history_info(frame, _info()).points[0].hover
+    hover = report.get_history_info(frame, _info()).points[0].hover
 
     assert "…" in hover
     assert len(hover) < 1000
@@ -190,7 +190,7 @@ def test_history_hover_shortens_a_long_reason() -> None:
 
 
 def test_best_info_speedup_and_differing_settings(frame: pd.DataFrame) -> None:
-    best = _report._get_best_info(frame, _info(best_number=3))
+    best = report.get_best_info(frame, _info(best_number=3))
 
     assert best.message is None
     assert (best.reference_number, best.best_number) == (0, 3)
@@ -215,7 +215,7 @@ def test_best_info_uses_the_median_of_confirmed_windows(frame: pd.DataFrame) -> 
         frame.at[index, "throughput_runs"] = runs
         frame.at[index, "estimated_throughput"] = sorted(runs)[1]
 
-    best = _report._get_best_info(frame, _info(best_number=3))
+    best = report.get_best_info(frame, _info(best_number=3))
 
     assert (best.reference_throughput, best.best_throughput) == (90.0, 210.0)
     assert best.speedup == pytest.approx(210.0 / 90.0)
@@ -224,14 +224,14 @@ def test_best_info_uses_the_median_of_confirmed_windows(frame: pd.DataFrame) -> 
 
 
 def test_best_info_without_feasible_trial_gives_the_sentence(frame: pd.DataFrame) -> None:
-    best = _report._get_best_info(frame, _info(best_number=None))
+    best = report.get_best_info(frame, _info(best_number=None))
 
     assert best.best_number is None
     assert best.speedup is None
     assert best.message is not None
     assert best.message.startswith("No feasible trial yet")
     assert "1.00%" in best.message
-    html = _report._render_best(best)
+    html = report.render_best(best)
     assert "No feasible trial yet" in html
     assert "<th>best</th>" not in html
     assert "<th>reference</th>" in html
@@ -242,7 +242,7 @@ def test_best_info_when_the_reference_failed() -> None:
         [_trial(0, "failed", role="reference", reason="oom"), _trial(1, "infeasible")]
     )
 
-    best = _report._get_best_info(frame, _info())
+    best = report.get_best_info(frame, _info())
 
     assert best.reference_throughput is None
     assert best.message is not None
@@ -261,17 +261,17 @@ def test_noise_warning_exactly_when_budget_below_noise(
 ) -> None:
     info = _info(max_accuracy_loss=budget, reference_noise=noise)
 
-    header = _report._get_header_info(pd.DataFrame(), info)
+    header = report.get_header_info(pd.DataFrame(), info)
 
     assert header.budget_below_noise is warned
-    assert ("Warning:" in _report._render_header(header)) is warned
+    assert ("Warning:" in report.render_header(header)) is warned
 
 
 def test_header_shows_facts_and_eval_source(frame: pd.DataFrame) -> None:
     info = _info(eval_source="held-out 20% of train_data(), as the model file has no eval_data()")
 
-    header = _report._get_header_info(frame, info)
-    html = _report._render_header(header)
+    header = report.get_header_info(frame, info)
+    html = report.render_header(header)
 
     assert dict(header.status_counts) == {
         "ok": 4,
@@ -290,7 +290,7 @@ def test_header_shows_facts_and_eval_source(frame: pd.DataFrame) -> None:
 
 
 def test_tradeoff_points_are_ok_trials_with_roles(frame: pd.DataFrame) -> None:
-    tradeoff = _report._get_tradeoff_info(frame, _info(best_number=3))
+    tradeoff = report.get_tradeoff_info(frame, _info(best_number=3))
 
     points = {point.number: point for point in tradeoff.points}
     assert sorted(points) == [0, 1, 3, 5]
@@ -306,7 +306,7 @@ def test_tradeoff_points_are_ok_trials_with_roles(frame: pd.DataFrame) -> None:
 
 
 def test_tradeoff_keeps_a_best_trial_that_is_a_repeat(frame: pd.DataFrame) -> None:
-    tradeoff = _report._get_tradeoff_info(frame, _info(best_number=6))
+    tradeoff = report.get_tradeoff_info(frame, _info(best_number=6))
 
     roles = {point.number: point.role for point in tradeoff.points}
     assert roles[6] == "best"
@@ -316,7 +316,7 @@ def test_tradeoff_keeps_a_best_trial_that_is_a_repeat(frame: pd.DataFrame) -> No
 
 
 def test_table_has_every_trial_with_reasons_and_percent(frame: pd.DataFrame) -> None:
-    table = _report._get_table_info(frame, _info(best_number=3))
+    table = report.get_table_info(frame, _info(best_number=3))
 
     assert len(table.rows) == 8
     by_number = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
@@ -330,7 +330,7 @@ def test_table_has_every_trial_with_reasons_and_percent(frame: pd.DataFrame) -> 
     assert cells[0]["partition_method"] == "—"
     highlights = dict(zip((row[0] for row in table.rows), table.highlights, strict=True))
     assert highlights["0"] == "reference" and highlights["3"] == "best"
-    html = _report._render_table(table)
+    html = report.render_table(table)
     assert "pipeline_stages 4 needs &lt;= 2 processes" in html
 
 
@@ -338,7 +338,7 @@ def test_table_has_every_trial_with_reasons_and_percent(frame: pd.DataFrame) -> 
 
 
 def test_render_report_embeds_plotlyjs_once(frame: pd.DataFrame) -> None:
-    html = _report.render_report(frame, _info(best_number=3))
+    html = report.render_report(frame, _info(best_number=3))
 
     assert html.startswith("<!DOCTYPE html>")
     assert html.count("* plotly.js v") == 1
@@ -353,7 +353,7 @@ def test_render_report_embeds_plotlyjs_once(frame: pd.DataFrame) -> None:
 def test_render_report_escapes_user_text(frame: pd.DataFrame) -> None:
     info = _info(study="<script>alert('study')</script>", model="a&b.py", best_number=3)
 
-    html = _report.render_report(frame, info)
+    html = report.render_report(frame, info)
 
     assert "<script>alert(" not in html
     assert "&lt;script&gt;alert(&#x27;study&#x27;)" in html
@@ -371,10 +371,10 @@ def test_render_report_escapes_user_text(frame: pd.DataFrame) -> None:
 )
 def test_render_report_with_no_or_one_trial(frame: pd.DataFrame) -> None:
     best_number = 0 if len(frame) else None
-    html = _report.render_report(frame, _info(best_number=best_number))
+    html = report.render_report(frame, _info(best_number=best_number))
 
     assert html.count("* plotly.js v") == 1
-    assert "demo" in html
+    assert "<h1>autotune report: demo</h1>" in html
     if len(frame):
         assert "1.00×" in html
     else:
@@ -384,7 +384,7 @@ def test_render_report_with_no_or_one_trial(frame: pd.DataFrame) -> None:
 def test_write_report_creates_parent_folders(tmp_path: Path, frame: pd.DataFrame) -> None:
     target = tmp_path / "reports" / "nested" / "demo.html"
 
-    written = _report.write_report(frame, _info(best_number=3), target)
+    written = report.write_report(frame, _info(best_number=3), target)
 
     assert written == target
     text = target.read_text(encoding="utf-8")
@@ -393,7 +393,7 @@ def test_write_report_creates_parent_folders(tmp_path: Path, frame: pd.DataFrame
 
 
 def test_table_is_sorted_best_first(frame: pd.DataFrame) -> None:
-    table = _report._get_table_info(frame, _info(best_number=3))
+    table = report.get_table_info(frame, _info(best_number=3))
 
     # Feasible by throughput (ties by number), then over budget, then the rest by number.
     assert [row[0] for row in table.rows] == ["3", "6", "5", "0", "1", "2", "4", "7"]
@@ -418,7 +418,7 @@ def test_table_is_sorted_best_first(frame: pd.DataFrame) -> None:
     ],
 )
 def test_failure_class_is_the_reasons_first_word(reason: str, expected: str) -> None:
-    assert _report.failure_class(reason) == expected
+    assert report.failure_class(reason) == expected
 
 
 def test_summary_counts_failures_and_gives_dates_versions_and_best_config() -> None:
@@ -440,7 +440,7 @@ def test_summary_counts_failures_and_gives_dates_versions_and_best_config() -> N
         best_launch={"processes": 1, "command": "deepspeed --num_gpus 1 train.py"},
     )
 
-    summary = _report._get_summary_info(frame, info)
+    summary = report.get_summary_info(frame, info)
 
     assert summary.failure_counts == (("oom", 2), ("timeout", 1), ("error", 1))
     assert summary.first_trial == "2025-01-01 12:00:00"
@@ -453,31 +453,31 @@ def test_summary_counts_failures_and_gives_dates_versions_and_best_config() -> N
     assert summary.best_ds_config is not None
     assert '"train_batch_size": 8' in summary.best_ds_config
     assert summary.best_launch_command == "deepspeed --num_gpus 1 train.py"
-    html = _report._render_summary(summary)
+    html = report.render_summary(summary)
     assert "2 oom, 1 timeout, 1 error" in html
     assert '<pre class="config">{\n  &quot;train_batch_size&quot;: 8' in html
     assert "deepspeed --num_gpus 1 train.py</pre>" in html
 
 
 def test_summary_without_best_trial_says_so(frame: pd.DataFrame) -> None:
-    summary = _report._get_summary_info(frame, _info())
+    summary = report.get_summary_info(frame, _info())
 
     assert summary.best_ds_config is None and summary.best_launch_command is None
     assert summary.failure_counts == (("oom", 1),)
     assert summary.versions == ()
-    assert "No feasible trial to export yet." in _report._render_summary(summary)
+    assert "No feasible trial to export yet." in report.render_summary(summary)
 
 
 # --- Pareto front ------------------------------------------------------------------------------
 
 
 def test_pareto_front_keeps_the_undominated_trials(frame: pd.DataFrame) -> None:
-    tradeoff = _report._get_tradeoff_info(frame, _info(best_number=3))
+    tradeoff = report.get_tradeoff_info(frame, _info(best_number=3))
 
     # Losses: 5 -0.1%, 0 0%, 3 0.3%, 1 5%; throughputs 120, 100, 250, 300. Trial 0 is
     # dominated by 5 (faster with less loss).
     assert tradeoff.pareto_numbers == (5, 3, 1)
-    figure = _report._render_tradeoff(tradeoff)
+    figure = report.render_tradeoff(tradeoff)
     front = [trace for trace in figure.data if trace.name == "Pareto front"]
     assert len(front) == 1
     assert list(front[0].y) == [120.0, 250.0, 300.0]
@@ -492,14 +492,14 @@ def test_pareto_front_of_equal_points_keeps_one() -> None:
         ]
     )
 
-    assert _report._get_tradeoff_info(frame, _info()).pareto_numbers == (0,)
+    assert report.get_tradeoff_info(frame, _info()).pareto_numbers == (0,)
 
 
 # --- parallel coordinates and slices -----------------------------------------------------------
 
 
 def test_parallel_coordinates_use_searched_settings_of_ok_trials(frame: pd.DataFrame) -> None:
-    parallel = _report._get_parallel_info(frame, _info(best_number=3))
+    parallel = report.get_parallel_info(frame, _info(best_number=3))
 
     assert parallel.numbers == (0, 1, 3, 5)  # 'ok' trials only: no repeat, no failure
     assert parallel.throughputs == (100.0, 300.0, 250.0, 120.0)
@@ -509,7 +509,7 @@ def test_parallel_coordinates_use_searched_settings_of_ok_trials(frame: pd.DataF
     assert dims["micro_batch_size"].tick_labels == ("8", "32")  # not 10, 15, 20, ...
     assert dims["precision"].tick_labels == ("bf16", "fp16", "fp32")
     assert dims["precision"].values == (2.0, 1.0, 0.0, 2.0)
-    figure = _report._render_parallel(parallel)
+    figure = report.render_parallel(parallel)
     assert [d.label for d in figure.data[0].dimensions] == [
         "micro batch",
         "precision",
@@ -520,21 +520,21 @@ def test_parallel_coordinates_use_searched_settings_of_ok_trials(frame: pd.DataF
 def test_parallel_coordinates_without_variation_is_a_note() -> None:
     frame = pd.DataFrame([_trial(0, throughput=100.0, accuracy_loss=0.0)])
 
-    parallel = _report._get_parallel_info(frame, _info())
+    parallel = report.get_parallel_info(frame, _info())
 
     assert parallel.dimensions == ()
-    assert len(_report._render_parallel(parallel).data) == 0
+    assert len(report.render_parallel(parallel).data) == 0
 
 
 def test_slices_one_per_searched_setting(frame: pd.DataFrame) -> None:
-    slices = _report._get_slice_info(frame, _info(best_number=3))
+    slices = report.get_slice_info(frame, _info(best_number=3))
 
     assert [item.name for item in slices.slices] == ["micro_batch_size", "precision"]
     assert slices.slices[0].numeric and not slices.slices[1].numeric
     assert slices.slices[0].ticks == (8.0, 32.0) and slices.slices[1].ticks == ()
     assert slices.slices[1].values == ("fp32", "fp16", "bf16", "fp32")
     assert slices.feasible == (True, False, True, True)
-    figure = _report._render_slices(slices)
+    figure = report.render_slices(slices)
     assert len(figure.data) == 2
 
 
@@ -544,7 +544,7 @@ def test_slices_one_per_searched_setting(frame: pd.DataFrame) -> None:
 def test_importances_sorted_from_info(frame: pd.DataFrame) -> None:
     info = _info(importances={"precision": 0.2, "micro_batch_size": 0.7, "zero_stage": 0.1})
 
-    importance = _report._get_importance_info(frame, info)
+    importance = report.get_importance_info(frame, info)
 
     assert importance.names == ("micro_batch_size", "precision", "zero_stage")
     assert importance.importances == (0.7, 0.2, 0.1)
@@ -552,7 +552,7 @@ def test_importances_sorted_from_info(frame: pd.DataFrame) -> None:
 
 
 def test_importances_note_with_few_trials(frame: pd.DataFrame) -> None:
-    importance = _report._get_importance_info(frame, _info(importances=None))
+    importance = report.get_importance_info(frame, _info(importances=None))
 
     assert importance.names == ()
     assert importance.note is not None and "(4 so far)" in importance.note
@@ -570,14 +570,14 @@ def test_memory_points_by_zero_stage() -> None:
         ]
     )
 
-    memory = _report._get_memory_info(frame, _info())
+    memory = report.get_memory_info(frame, _info())
 
     assert [(p.number, p.micro_batch_size, p.zero_stage) for p in memory.points] == [
         (0, 8.0, "0"),
         (1, 16.0, "2"),
     ]
     assert memory.points[0].peak_memory_gib == pytest.approx(3.0)
-    names = [trace.name for trace in _report._render_memory(memory).data]
+    names = [trace.name for trace in report.render_memory(memory).data]
     assert names == ["ZeRO 0", "ZeRO 2"]
 
 
@@ -593,13 +593,13 @@ def test_timeline_splits_wall_time_and_treats_missing_parts_as_setup() -> None:
     rows[2].update(wall_seconds=math.nan)
     frame = pd.DataFrame(rows)
 
-    timeline = _report._get_timeline_info(frame, _info())
+    timeline = report.get_timeline_info(frame, _info())
 
     assert timeline.numbers == (0, 1)  # infeasible never ran; a repeat reuses trial 0's run
     assert timeline.setup_seconds == pytest.approx((6.0, 12.0))
     assert timeline.train_seconds == (20.0, 0.0)
     assert timeline.eval_seconds == (4.0, 0.0)
-    figure = _report._render_timeline(timeline)
+    figure = report.render_timeline(timeline)
     assert [trace.name for trace in figure.data] == ["launch/setup", "training", "eval"]
     assert figure.layout.barmode == "stack"
 
@@ -614,14 +614,14 @@ def test_failures_table_has_reasons_classes_and_escaped_log_tail() -> None:
         _trial(2, "failed", reason="oom: CUDA out of memory"),
     ]
     rows[2]["log_tail"] = "step 1\n<b>RuntimeError</b>: out of memory\n"
-    failures = _report._get_failure_info(pd.DataFrame(rows), _info())
+    failures = report.get_failure_info(pd.DataFrame(rows), _info())
 
     assert [(r.number, r.status, r.failure_class) for r in failures.rows] == [
         (2, "failed", "oom"),
         (1, "infeasible", "infeasible"),
     ]
     assert failures.rows[0].log_tail == "step 1\n<b>RuntimeError</b>: out of memory"
-    html = _report._render_failures(failures)
+    html = report.render_failures(failures)
     assert "&lt;b&gt;RuntimeError&lt;/b&gt;" in html and "<b>RuntimeError" not in html
     assert "needs &lt;= 2 processes" in html
 
@@ -630,9 +630,9 @@ def test_log_tail_reads_the_last_lines(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
     log.write_text("".join(f"line {i}\n" for i in range(100)) + "\n\n", encoding="utf-8")
 
-    assert _report.log_tail(log) == "\n".join(f"line {i}" for i in range(95, 100))
-    assert _report.log_tail(log, lines=2, max_bytes=20) == "line 98\nline 99"
-    assert _report.log_tail(tmp_path / "missing.txt") == ""
+    assert report.log_tail(log) == "\n".join(f"line {i}" for i in range(95, 100))
+    assert report.log_tail(log, lines=2, max_bytes=20) == "line 98\nline 99"
+    assert report.log_tail(tmp_path / "missing.txt") == ""
 
 
 # --- size of a long study ----------------------------------------------------------------------
@@ -679,7 +679,7 @@ def test_a_500_trial_report_is_small_and_quick(tmp_path: Path) -> None:
     )
 
     start = time.perf_counter()
-    path = _report.write_report(frame, info, tmp_path / "long.html")
+    path = report.write_report(frame, info, tmp_path / "long.html")
     seconds = time.perf_counter() - start
 
     size = path.stat().st_size
@@ -740,7 +740,7 @@ def test_report_info_and_frame_from_a_study(tmp_path: Path) -> None:
     assert info["importances"]["micro_batch_size"] > info["importances"]["zero_stage"]
     assert frame.loc[6, "log_tail"] == "line 6\nline 7\nline 8\nline 9\n<script>x</script>"
     assert frame.loc[0, "log_tail"] == ""
-    html = _report.render_report(frame, info)
+    html = report.render_report(frame, info)
     assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
     assert html.count("Plotly.newPlot(") == 8
 
@@ -771,7 +771,7 @@ def test_report_of_a_study_with_only_failed_trials(tmp_path: Path) -> None:
 
     info = report_info(study)
     frame = trials_frame(study)
-    html = _report.render_report(frame, info)
+    html = report.render_report(frame, info)
 
     assert info["best_number"] is None
     assert "No feasible trial yet" in html
@@ -788,8 +788,12 @@ def test_report_of_a_study_with_a_trial_still_running() -> None:
     running.set_user_attr("settings", {"micro_batch_size": 32, "zero_stage": 0})
 
     frame = trials_frame(study)
-    html = _report.render_report(frame, report_info(study))
+    info = report_info(study)
+    html = report.render_report(frame, info)
 
     assert frame.loc[2, "status"] == "running"
-    assert "running" in html
-    assert report_info(study)["best_number"] == 1
+    assert dict(report.get_header_info(frame, info).status_counts) == {"ok": 2, "running": 1}
+    assert report.get_history_info(frame, info).points[2].category == "running"
+    assert report.get_table_info(frame, info).categories[-1] == "running"
+    assert '<tr class="cat-running"><td>2</td><td>search</td><td>running</td>' in html
+    assert info["best_number"] == 1

@@ -19,15 +19,18 @@ import pandas as pd
 import pytest
 from test_report import _info, _trial
 
-from autotune import _report
+from autotune import report
 
 CHROMIUM = shutil.which("chromium")
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (apt-get install -y chromium): the report is not "
-    "checked in a real browser",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed (apt-get install -y chromium): the report is not "
+        "checked in a real browser",
+    ),
+]
 
 INJECTED = "<script>alert(1)</script>"
 INJECTED_IMG = "<img src=x onerror=\"console.error('xss')\">"
@@ -130,7 +133,7 @@ def _report_info() -> dict[str, object]:
 def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The report of :func:`_frame`, written once for the module."""
     folder = tmp_path_factory.mktemp("report")
-    return _report.write_report(_frame(), _report_info(), folder / "report.html")
+    return report.write_report(_frame(), _report_info(), folder / "report.html")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +184,7 @@ def test_screenshot_is_not_blank(tmp_path: Path, page: Path) -> None:
 
 
 def test_an_empty_study_renders(tmp_path: Path) -> None:
-    page = _report.write_report(pd.DataFrame(), _info(), tmp_path / "empty.html")
+    page = report.write_report(pd.DataFrame(), _info(), tmp_path / "empty.html")
     ids = _figure_ids(page.read_text(encoding="utf-8"))
 
     result = _chromium(page, tmp_path, "--dump-dom")

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from autotune._report_stages import get_stages_info, render_stages, stages_height
+from autotune.report import get_stages_info, render_stages, stages_height
 
 
 def _row(number: int, throughput: float, **values: object) -> dict[str, object]:

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autotune._export import write_study_report
-from autotune._study import load_study
+from autotune import load_study, write_study_report
 from autotune.cli._common import add_study_flags
 
 

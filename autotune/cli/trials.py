@@ -7,13 +7,13 @@ from typing import Any
 
 import pandas as pd
 
-from autotune._export import trials_frame
-from autotune._study import load_study
+from autotune import PARAMETERS, load_study, trials_frame
+from autotune._records import ACCURACY_LOSS, ACCURACY_REUSED_FROM, REASON, STATUS, THROUGHPUT
 from autotune.cli._common import add_study_flags
 
 _COLUMNS = (
     "number",
-    "status",
+    STATUS,
     "micro_batch_size",
     "gradient_accumulation_steps",
     "precision",
@@ -21,14 +21,24 @@ _COLUMNS = (
     "processes",
     "pipeline_stages",
     "num_workers",
-    "throughput",
+    THROUGHPUT,
     "estimated_throughput",
     "speedup",
-    "accuracy_loss",
+    ACCURACY_LOSS,
     "feasible",
-    "accuracy_reused_from",
-    "reason",
+    ACCURACY_REUSED_FROM,
+    REASON,
 )
+
+_HEADERS: dict[str, str] = {
+    **{name: PARAMETERS[name].short for name in _COLUMNS if name in PARAMETERS},
+    ACCURACY_REUSED_FROM: "acc. of",
+    # With confirmation runs, the median of every window, and the median of its windows over
+    # the reference's in the same rounds (the best is chosen on that).
+    "estimated_throughput": "median",
+    "speedup": "speed-up",
+}
+"""Column headers: each setting's abbreviation, and a few shorter names."""
 
 
 def add_parser(subparsers: Any, name: str) -> None:
@@ -42,20 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"study '{study.study_name}' has no trials yet")
         return 0
-    table = frame[list(_COLUMNS)].rename(
-        columns={
-            "micro_batch_size": "mbs",
-            "gradient_accumulation_steps": "gas",
-            "zero_stage": "zero",
-            "pipeline_stages": "pp",
-            "num_workers": "workers",
-            "accuracy_reused_from": "acc. of",
-            # With confirmation runs, the median of every window, and the median of its windows
-            # over the reference's in the same rounds (the best is chosen on that).
-            "estimated_throughput": "median",
-            "speedup": "speed-up",
-        }
-    )
+    table = frame[list(_COLUMNS)].rename(columns=_HEADERS)
     with pd.option_context(
         "display.max_rows", None, "display.width", 200, "display.max_colwidth", 60
     ):

@@ -15,7 +15,18 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-STAGE_COLUMNS = ("partition", "stage_compute_seconds", "stage_comm_seconds")
+from autotune._records import (
+    OK,
+    PARTITION,
+    STAGE_COMM_SECONDS,
+    STAGE_COMPUTE_SECONDS,
+    STAGE_PREDICTED_SECONDS,
+    STATUS,
+    THROUGHPUT,
+)
+from autotune.report._common import NUMBER
+
+STAGE_COLUMNS = (PARTITION, STAGE_COMPUTE_SECONDS, STAGE_COMM_SECONDS)
 """The trial-frame columns read (plus ``number``, ``status``, ``partition_method``, ``throughput``
 and, when present, ``stage_predicted_seconds``)."""
 
@@ -73,22 +84,22 @@ def _float_list(value: Any) -> list[float] | None:
 
 def get_stages_info(frame: pd.DataFrame) -> StagesInfo:
     """Gathers the measured stages of pipeline trials that ran ('ok'; repeats are copies)."""
-    if frame.empty or "stage_compute_seconds" not in frame.columns:
+    if frame.empty or STAGE_COMPUTE_SECONDS not in frame.columns:
         return StagesInfo((), {})
     rows = [
         row
         for row in frame.to_dict("records")
-        if row.get("status") == "ok" and _float_list(row.get("stage_compute_seconds"))
+        if row.get(STATUS) == OK and _float_list(row.get(STAGE_COMPUTE_SECONDS))
     ]
-    rows.sort(key=lambda row: -(row.get("throughput") or 0.0))
+    rows.sort(key=lambda row: -(row.get(THROUGHPUT) or 0.0))
     bars: list[StageBar] = []
     imbalance: dict[int, float] = {}
     for row in rows:
-        number = int(row["number"])
-        compute = _float_list(row.get("stage_compute_seconds")) or []
-        comm = _float_list(row.get("stage_comm_seconds")) or [0.0] * len(compute)
-        predicted = _float_list(row.get("stage_predicted_seconds"))
-        bounds = _float_list(row.get("partition"))
+        number = int(row[NUMBER])
+        compute = _float_list(row.get(STAGE_COMPUTE_SECONDS)) or []
+        comm = _float_list(row.get(STAGE_COMM_SECONDS)) or [0.0] * len(compute)
+        predicted = _float_list(row.get(STAGE_PREDICTED_SECONDS))
+        bounds = _float_list(row.get(PARTITION))
         mean = sum(compute) / len(compute)
         imbalance[number] = max(compute) / mean if mean > 0 else 1.0
         method = row.get("partition_method") or "?"
