@@ -19,6 +19,7 @@ from autotune._plan import (
     arch_list_deepspeed_can_parse,
     deepspeed_environment,
 )
+from autotune._task import reference_settings
 from autotune.runner import (
     STALE_LOCK_SECONDS,
     build_locks,
@@ -131,20 +132,8 @@ def test_a_trial_fails_at_once_while_another_process_builds_the_ops(
 ) -> None:
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
     machine = Machine(accelerator="cpu", devices=1, cores=2, fp16=False, bf16=True)
-    config = TrialConfig(
-        micro_batch_size=8,
-        gradient_accumulation_steps=1,
-        precision="fp32",
-        zero_stage=0,
-        processes=1,
-        pipeline_stages=1,
-        partition_method="parameters",
-        num_workers=0,
-        pin_memory=False,
-        prefetch_factor=2,
-        learning_rate=1e-3,
-        optimizer={"type": "Adam", "params": {"lr": 1e-3}},
-    )
+    optimizer = {"type": "Adam", "params": {"lr": 1e-3}}
+    config = TrialConfig.from_settings(reference_settings(8), optimizer, 8, "none")
     locks = build_locks(machine, config.optimizer)
     if not locks:
         pytest.skip("DeepSpeed builds no op for this machine here")

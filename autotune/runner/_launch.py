@@ -96,6 +96,10 @@ def run_trial(
 ) -> RunResult:
     """Run one real DeepSpeed training of ``config`` and wait for it.
 
+    DeepSpeed's ops are built first, outside the trial's time (once per process; the search
+    has already built them). While another process is building them, the trial fails at once
+    with that reason instead of waiting on the build's lock.
+
     Args:
         config: What to run.
         machine: Where (decides the accelerator and the threads each rank gets).
@@ -113,6 +117,9 @@ def run_trial(
         adaptive: ``{"rel_halfwidth": 0.02, "min_steps": 5}`` to record when the step-time
             estimate became stable (95% interval within +-2%), and, without ``need_metric``,
             stop there; None measures every step of the budget.
+
+    Raises:
+        UserError: DeepSpeed cannot build an op the trial needs on this machine.
     """
     directory.mkdir(parents=True, exist_ok=True)
     not_now = ensure_deepspeed_ops(machine, config.optimizer)

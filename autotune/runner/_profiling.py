@@ -167,6 +167,53 @@ def _time_in_graph(
     return [statistics.median(values) for values in samples]
 
 
+def _optimizer_costs(
+    layers: Sequence[nn.Module],
+    inputs: torch.Tensor,
+    optimizer: dict[str, Any],
+    dtype: torch.dtype,
+    synchronize: Callable[[], None],
+) -> tuple[list[int], list[int], list[float], list[int]]:
+    """Each layer's output bytes and parameter bytes, its optimizer step's seconds (timed on
+    its own, less the fixed cost of a step call) and its optimizer state's bytes."""
+    activation: list[int] = []
+    parameter: list[int] = []
+    optimizers: dict[int, torch.optim.Optimizer] = {}
+    tasks: list[tuple[str, int, Callable[[], None]]] = []
+    with torch.no_grad():
+        x = inputs
+        for index, layer in enumerate(layers):
+            x = layer(x)
+            activation.append(tensor_bytes(x))
+            params = [p for p in layer.parameters() if p.requires_grad]
+            parameter.append(sum(tensor_bytes(p) for p in params))
+            if params:
+                for p in params:
+                    p.grad = torch.randn_like(p) * 1e-3
+                optimizers[index] = _optimizer_class(optimizer)(
+                    params, **_optimizer_params(optimizer)
+                )
+                tasks.append(("opt", index, optimizers[index].step))
+    # A stage steps one optimizer over all its layers, so the fixed cost of a step call (timed
+    # on one scalar parameter) is the stage's, not each layer's.
+    scalar = nn.Parameter(torch.zeros((), device=inputs.device, dtype=dtype))
+    scalar.grad = torch.zeros_like(scalar)
+    empty = _optimizer_class(optimizer)([scalar], **_optimizer_params(optimizer))
+    tasks.append(("opt", -1, empty.step))
+    times = _time_round_robin(tasks, synchronize)
+    call = times[("opt", -1)]
+    opt_seconds = [
+        max(0.0, times[("opt", i)] - call) if i in optimizers else 0.0 for i in range(len(layers))
+    ]
+    state = [
+        sum(tensor_bytes(v) for s in optimizers[i].state.values() for v in s.values())
+        if i in optimizers
+        else 0
+        for i in range(len(layers))
+    ]
+    return activation, parameter, opt_seconds, state
+
+
 def measure_layers(
     model_file: ModelFile,
     micro_batch_size: int,
@@ -196,43 +243,9 @@ def measure_layers(
     )
 
     # Each layer's output bytes and parameters, and its optimizer step timed on its own.
-    activation: list[int] = []
-    parameter: list[int] = []
-    optimizers: dict[int, torch.optim.Optimizer] = {}
-    tasks: list[tuple[str, int, Callable[[], None]]] = []
-    with torch.no_grad():
-        x = inputs
-        for index, layer in enumerate(layers):
-            x = layer(x)
-            activation.append(tensor_bytes(x))
-            params = [p for p in layer.parameters() if p.requires_grad]
-            parameter.append(sum(tensor_bytes(p) for p in params))
-            if params:
-                for p in params:
-                    p.grad = torch.randn_like(p) * 1e-3
-                optimizers[index] = _optimizer_class(model_file.optimizer)(
-                    params, **_optimizer_params(model_file.optimizer)
-                )
-                tasks.append(("opt", index, optimizers[index].step))
-    # A stage steps one optimizer over all its layers, so the fixed cost of a step call (timed
-    # on one scalar parameter) is the stage's, not each layer's.
-    scalar = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
-    scalar.grad = torch.zeros_like(scalar)
-    empty = _optimizer_class(model_file.optimizer)(
-        [scalar], **_optimizer_params(model_file.optimizer)
+    activation, parameter, opt_seconds, state = _optimizer_costs(
+        layers, inputs, model_file.optimizer, dtype, synchronize
     )
-    tasks.append(("opt", -1, empty.step))
-    times = _time_round_robin(tasks, synchronize)
-    call = times[("opt", -1)]
-    opt_seconds = [
-        max(0.0, times[("opt", i)] - call) if i in optimizers else 0.0 for i in range(len(layers))
-    ]
-    state = [
-        sum(tensor_bytes(v) for s in optimizers[i].state.values() for v in s.values())
-        if i in optimizers
-        else 0
-        for i in range(len(layers))
-    ]
     return LayerProfile(
         names=tuple(type(layer).__name__ for layer in layers),
         forward_backward_seconds=tuple(fb_seconds),
