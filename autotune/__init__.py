@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from autotune._errors import UserError
 from autotune._export import export, export_trial
-from autotune._pipeline import build_pipeline_module
 from autotune._plan import Machine, TrialConfig, detect_machine, why_not_runnable
-from autotune._run import RunResult, run_trial
 from autotune._search import SearchSummary, search
 from autotune._space import PARAMETERS, SearchSpace, load_space
 from autotune._study import SearchOptions, load_study
 from autotune._task import ModelFile, Task, load_task
+from autotune.pipeline import build_pipeline_module
 from autotune.report import trials_frame, write_study_report
+from autotune.runner import RunResult, run_trial
 
 __all__ = [
     "PARAMETERS",

@@ -140,13 +140,14 @@ def optimizer_state_bytes_per_param(optimizer: dict[str, Any]) -> float:
     return _OPTIMIZER_STATE_BYTES.get(kind, DEFAULT_OPTIMIZER_STATE_BYTES)
 
 
-def _tensor_bytes(value: Any) -> int:
+def tensor_bytes(value: Any) -> int:
+    """Bytes held by a tensor, or by the tensors in a (nested) tuple, list or dict."""
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
     if isinstance(value, tuple | list):
-        return sum(_tensor_bytes(item) for item in value)
+        return sum(tensor_bytes(item) for item in value)
     if isinstance(value, dict):
-        return sum(_tensor_bytes(item) for item in value.values())
+        return sum(tensor_bytes(item) for item in value.values())
     return 0
 
 
@@ -174,7 +175,7 @@ def measure_footprint(model_file: ModelFile, sample_batch: int = 4) -> ModelFoot
 
     def count_output(module: nn.Module, args: Any, output: Any) -> None:
         nonlocal total
-        total += _tensor_bytes(output)
+        total += tensor_bytes(output)
 
     # Only leaves: a container's output is its last child's output, already counted.
     leaves = [module for module in model.modules() if not any(module.children())]

@@ -170,10 +170,9 @@ class TrialConfig:
         # Settings that do not change the run are normalised so equal runs have equal keys.
         values["partition_method"] = values["partition_method"] if pipeline else "parameters"
         values["prefetch_factor"] = values["prefetch_factor"] if workers else 2
-        data_parallel = max(1, values["processes"] // values["pipeline_stages"])
-        batch = values["micro_batch_size"] * values["gradient_accumulation_steps"] * data_parallel
-        lr = scale_learning_rate(base_lr, reference_batch, batch, lr_scaling)
-        return cls(**values, learning_rate=lr, optimizer=copy.deepcopy(optimizer))
+        unscaled = cls(**values, learning_rate=base_lr, optimizer=copy.deepcopy(optimizer))
+        lr = scale_learning_rate(base_lr, reference_batch, unscaled.global_batch_size, lr_scaling)
+        return dataclasses.replace(unscaled, learning_rate=lr)
 
     @property
     def data_parallel(self) -> int:
@@ -182,6 +181,17 @@ class TrialConfig:
     @property
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.gradient_accumulation_steps * self.data_parallel
+
+    def dataloader_arguments(self) -> dict[str, Any]:
+        """The training DataLoader's keyword arguments that the settings decide: what the
+        harness builds its loader with and what the launch recipe tells a user's script."""
+        workers = self.num_workers > 0
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "prefetch_factor": self.prefetch_factor if workers else None,
+            "persistent_workers": workers,
+        }
 
     def settings(self) -> dict[str, Any]:
         """The tuned settings by parameter name."""
@@ -262,10 +272,7 @@ class TrialConfig:
             # autotune.build_pipeline_module turns back into the same pipeline.
             "partition_bounds": None,
             "data_parallel": self.data_parallel,
-            "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory,
-            "prefetch_factor": self.prefetch_factor if self.num_workers > 0 else None,
-            "persistent_workers": self.num_workers > 0,
+            **self.dataloader_arguments(),
             "threads_per_process": threads,
             "accelerator": machine.accelerator,
             "environment": environment,

@@ -62,6 +62,10 @@ STAGE_COMPUTE_SECONDS = "stage_compute_seconds"
 STAGE_COMM_SECONDS = "stage_comm_seconds"
 SKIPPED_STEPS = "skipped_steps"
 LOSS_SCALE = "loss_scale"
+TRAIN_LOSS = "train_loss"
+"""In the harness's result only (a trial's record does not keep it)."""
+WORLD_SIZE = "world_size"
+"""In the harness's result only (a trial's record does not keep it)."""
 
 MEASURED: tuple[str, ...] = (
     THROUGHPUT,

@@ -36,15 +36,7 @@ from autotune._memory import (
     memory_limit_source,
     why_over_memory,
 )
-from autotune._partition import PartitionError
 from autotune._plan import LR_SCALINGS, Machine, TrialConfig, detect_machine, why_not_runnable
-from autotune._profile import (
-    LayerProfile,
-    ProfileCache,
-    predicted_stage_seconds,
-    profiled_partition,
-)
-from autotune._run import RunResult, prepare_deepspeed_ops, run_trial
 from autotune._space import (
     SearchSpace,
     default_space,
@@ -56,7 +48,13 @@ from autotune._space import (
     suggest,
 )
 from autotune._task import Task, load_task
-from autotune._workers import WarmWorkers
+from autotune.pipeline import (
+    LayerProfile,
+    PartitionError,
+    predicted_stage_seconds,
+    profiled_partition,
+)
+from autotune.runner import ProfileCache, RunResult, WarmWorkers, prepare_deepspeed_ops, run_trial
 
 DEFAULT_SPACE = default_space()
 DEFAULT_STORAGE = "sqlite:///trials/autotune.db"

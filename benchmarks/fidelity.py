@@ -46,7 +46,6 @@ from autotune import export, load_study  # noqa: E402
 from autotune._confirm import best_trial  # noqa: E402
 from autotune._errors import UserError  # noqa: E402
 from autotune._plan import TrialConfig, detect_machine  # noqa: E402
-from autotune._run import run_trial  # noqa: E402
 from autotune._space import describe_settings  # noqa: E402
 from autotune._study import (  # noqa: E402
     ADAPTIVE,
@@ -54,7 +53,7 @@ from autotune._study import (  # noqa: E402
     DEFAULT_STORAGE,
 )
 from autotune._task import load_model_file  # noqa: E402
-from autotune._workers import remove_shm_buffers  # noqa: E402
+from autotune.runner import remove_shm_buffers, run_trial  # noqa: E402
 
 TOLERANCE = 0.10
 WINDOW_SECONDS = 10.0

@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import build_pipeline_module  # noqa: E402
-from autotune._harness import _Batches, _Casting, _train_loader  # noqa: E402
+from autotune._plan import TrialConfig  # noqa: E402
 from autotune._task import load_model_file  # noqa: E402
+from autotune.runner import Batches, CastingBatches, train_loader  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +64,21 @@ def main() -> None:
         "optimizer": model_file.optimizer,
         "steps_per_print": 10**9,
     }
-    settings = {"micro_batch_size": mbs, "num_workers": 0, "pin_memory": False}
+    # One data-parallel rank of two stages, no DataLoader workers: the loader a trial builds.
+    config = TrialConfig(
+        micro_batch_size=mbs,
+        gradient_accumulation_steps=gas,
+        precision="fp32",
+        zero_stage=0,
+        processes=2,
+        pipeline_stages=2,
+        partition_method="parameters",
+        num_workers=0,
+        pin_memory=False,
+        prefetch_factor=2,
+        learning_rate=float(model_file.optimizer["params"]["lr"]),
+        optimizer=model_file.optimizer,
+    )
     engines: dict[str, tuple[Any, Any, list[int]]] = {}
     same_as: dict[str, str] = {}
     # Two engines of the same pipeline in one process can differ by a few percent (where
@@ -92,8 +107,8 @@ def main() -> None:
         engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=module.parameters(), config=ds_config
         )
-        loader, sampler = _train_loader(train, settings, 1, 0, 0)
-        batches = _Casting(_Batches(loader, sampler), torch.float32, engine.device)
+        loader, sampler = train_loader(train, config, 0, 0)
+        batches = CastingBatches(Batches(loader, sampler), torch.float32, engine.device)
         engines[method] = (engine, batches, parts)
     warm: list[float] = []
     for engine, batches, _ in engines.values():

@@ -43,16 +43,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune._memory import memory_limit_bytes  # noqa: E402
-from autotune._partition import partition_layers  # noqa: E402
 from autotune._plan import TrialConfig, detect_machine  # noqa: E402
-from autotune._profile import (  # noqa: E402
-    ProfileCache,
+from autotune._task import load_model_file  # noqa: E402
+from autotune.pipeline import (  # noqa: E402
+    partition_layers,
     predicted_stage_seconds,
     profiled_partition,
 )
-from autotune._run import prepare_deepspeed_ops, run_trial  # noqa: E402
-from autotune._task import load_model_file  # noqa: E402
-from autotune._workers import remove_shm_buffers  # noqa: E402
+from autotune.runner import (  # noqa: E402
+    ProfileCache,
+    prepare_deepspeed_ops,
+    remove_shm_buffers,
+    run_trial,
+)
 
 BUILT_IN = ("parameters", "uniform")
 METHODS = (*BUILT_IN, "profile")

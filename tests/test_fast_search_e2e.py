@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from autotune import SearchOptions, load_study, search
-from autotune._harness import step_time_is_stable
 from autotune._plan import TrialConfig, detect_machine
-from autotune._run import run_trial
 from autotune._task import load_model_file, reference_settings
-from autotune._workers import WarmWorkers
+from autotune.runner import WarmWorkers, run_trial, step_time_is_stable
 
 MODEL = textwrap.dedent(
     """

@@ -1,4 +1,4 @@
-"""Pipeline partitioning (autotune/_partition.py): the DP against brute force, tie-breaking,
+"""Pipeline partitioning (autotune/pipeline/_partition.py): the DP against brute force, tie-breaking,
 worked examples and input validation."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 
-from autotune import _partition
-from autotune._partition import (
+from autotune.pipeline import (
     ABS_TOL,
     REL_TOL,
     Partition,
     PartitionError,
+    _partition,
     partition_layers,
     stage_costs,
 )
@@ -313,8 +313,8 @@ def test_blocked_path_for_many_layers_gives_the_same_answer(
     total = float(nbytes.sum())
     cases = [(stages, cap) for stages in (1, 3, 6) for cap in (None, 1.4 * total / stages)]
     expected = [partition_layers(seconds, send, nbytes, s, memory_cap=c) for s, c in cases]
-    monkeypatch.setattr(_partition, "_CACHE_ELEMENTS", 0)
-    monkeypatch.setattr(_partition, "_BLOCK_ELEMENTS", 3 * (n + 1))
+    monkeypatch.setattr(_partition, "CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(_partition, "BLOCK_ELEMENTS", 3 * (n + 1))
     assert [partition_layers(seconds, send, nbytes, s, memory_cap=c) for s, c in cases] == expected
     with pytest.raises(PartitionError, match="memory_cap"):
         partition_layers(seconds, send, nbytes, 6, memory_cap=1.0)

@@ -448,3 +448,17 @@ def test_ranks_and_workers_never_oversubscribe_cpu_cores() -> None:
     assert "need 3 cores" in (_reason(config(num_workers=2)) or "")
     assert _reason(config(num_workers=1)) is None
     assert _reason(config(processes=2, num_workers=4), GPUS) is None  # workers use host cores
+
+
+def test_dataloader_arguments_are_what_the_recipe_exports() -> None:
+    with_workers = config(processes=2, num_workers=1, prefetch_factor=4)
+    assert with_workers.dataloader_arguments() == {
+        "num_workers": 1,
+        "pin_memory": False,
+        "prefetch_factor": 4,
+        "persistent_workers": True,
+    }
+    assert config().dataloader_arguments()["prefetch_factor"] is None  # no workers, no prefetch
+    for trial in (with_workers, config()):
+        recipe = trial.launch_recipe(CPU)
+        assert {k: recipe[k] for k in trial.dataloader_arguments()} == trial.dataloader_arguments()

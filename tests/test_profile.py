@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from autotune._partition import partition_layers
-from autotune._pipeline import build_pipeline_module, check_partition_bounds
 from autotune._plan import Machine, TrialConfig
-from autotune._profile import (
-    PROFILE_VERSION,
+from autotune._task import load_model_file, reference_settings
+from autotune.pipeline import (
     LayerProfile,
     LinkCost,
-    ProfileCache,
-    measure_layers,
+    PartitionError,
+    build_pipeline_module,
+    check_partition_bounds,
+    partition_layers,
     predicted_stage_seconds,
     profiled_partition,
     stage_cost_vectors,
 )
-from autotune._task import load_model_file, reference_settings
+from autotune.runner import ProfileCache, measure_layers
 
 MODEL = textwrap.dedent(
     """
@@ -216,8 +216,6 @@ def _vectors(
 
 
 def test_a_memory_cap_nothing_fits_is_a_partition_error(profile: LayerProfile) -> None:
-    from autotune._partition import PartitionError
-
     with pytest.raises(PartitionError, match="memory_cap"):
         profiled_partition(profile, _config(), memory_cap=1000.0)
 
@@ -227,7 +225,7 @@ def test_cache_measures_once_per_micro_batch_and_precision(tmp_path: Path) -> No
     model_path.write_text(MODEL)
     cache = ProfileCache(tmp_path / "profiles", CPU)
     # A stored link cost, so this test times layers but not two-process messages.
-    cache._write(cache._link_path(), {"version": PROFILE_VERSION, **dataclasses.asdict(LINK)})
+    cache.store_link(LINK)
     model_file = load_model_file(model_path)
     assert not cache.is_cached(model_file, _config())
     first = cache.profile(model_file, _config())

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from autotune._harness import WholeBatchSampler
+from autotune.runner import WholeBatchSampler
 
 SIZE = 1437  # digits_mlp's training items: no global batch below divides it
 

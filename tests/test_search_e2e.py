@@ -14,7 +14,7 @@ import pytest
 
 from autotune import SearchOptions, export, load_study, search, trials_frame
 from autotune._score import is_feasible
-from autotune._workers import remove_shm_buffers
+from autotune.runner import remove_shm_buffers
 
 pytestmark = pytest.mark.e2e
 

@@ -3,9 +3,10 @@ stages, and building the DeepSpeed PipelineModule."""
 
 from __future__ import annotations
 
-from autotune._partition import Partition, PartitionError, partition_layers, stage_costs
-from autotune._pipeline import build_pipeline_module, check_partition_bounds
-from autotune._profile import (
+from autotune.pipeline._build import build_pipeline_module, check_partition_bounds
+from autotune.pipeline._costs import (
+    BOTTLENECK_TOLERANCE,
+    PROFILE_VERSION,
     LayerProfile,
     LinkCost,
     StageCosts,
@@ -13,8 +14,20 @@ from autotune._profile import (
     profiled_partition,
     stage_cost_vectors,
 )
+from autotune.pipeline._partition import (
+    ABS_TOL,
+    REL_TOL,
+    Partition,
+    PartitionError,
+    partition_layers,
+    stage_costs,
+)
 
 __all__ = [
+    "ABS_TOL",
+    "BOTTLENECK_TOLERANCE",
+    "PROFILE_VERSION",
+    "REL_TOL",
     "LayerProfile",
     "LinkCost",
     "Partition",

@@ -1,23 +1,58 @@
 """The runner: launches a trial's DeepSpeed ranks (fresh, or in a warm group that stays up
-between trials), the harness that trains and measures inside them, and the profiling runs."""
+between trials), the harness that trains and measures inside them, the build of DeepSpeed's
+ops before anything is timed, and the profiling runs."""
 
 from __future__ import annotations
 
-from autotune._harness import WholeBatchSampler, step_time_is_stable
-from autotune._profile import ProfileCache, measure_layers, measure_link
-from autotune._run import RunResult, prepare_deepspeed_ops, run_trial
-from autotune._workers import WarmWorkers, launch_command, remove_shm_buffers
+from autotune.runner._data import (
+    Batches,
+    CastingBatches,
+    WholeBatchSampler,
+    cast_batch,
+    torch_dtype,
+    train_loader,
+)
+from autotune.runner._launch import RunResult, free_port, run_trial
+from autotune.runner._ops import (
+    STALE_LOCK_SECONDS,
+    build_locks,
+    clear_stale_lock,
+    ensure_deepspeed_ops,
+    extensions_directory,
+    lock_holders,
+    ops_environment,
+    prepare_deepspeed_ops,
+)
+from autotune.runner._profiling import ProfileCache, measure_layers, measure_link
+from autotune.runner._protocol import AdaptiveStop, TrialPlan
+from autotune.runner._timing import step_time_is_stable
+from autotune.runner._workers import WarmWorkers, launch_command, remove_shm_buffers
 
 __all__ = [
+    "STALE_LOCK_SECONDS",
+    "AdaptiveStop",
+    "Batches",
+    "CastingBatches",
     "ProfileCache",
     "RunResult",
+    "TrialPlan",
     "WarmWorkers",
     "WholeBatchSampler",
+    "build_locks",
+    "cast_batch",
+    "clear_stale_lock",
+    "ensure_deepspeed_ops",
+    "extensions_directory",
+    "free_port",
     "launch_command",
+    "lock_holders",
     "measure_layers",
     "measure_link",
+    "ops_environment",
     "prepare_deepspeed_ops",
     "remove_shm_buffers",
     "run_trial",
     "step_time_is_stable",
+    "torch_dtype",
+    "train_loader",
 ]

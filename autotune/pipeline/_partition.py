@@ -46,9 +46,9 @@ ABS_TOL = 1e-12
 
 # Elements per temporary (split point x stage end) block: bounds memory at ~8 MiB per array, so
 # thousands of layers do not need an n^2 matrix at once.
-_BLOCK_ELEMENTS = 1 << 20
+BLOCK_ELEMENTS = 1 << 20
 # Largest full stage-value matrix kept for reuse (32 MiB of float64, about 2000 layers).
-_CACHE_ELEMENTS = 1 << 22
+CACHE_ELEMENTS = 1 << 22
 
 
 class PartitionError(ValueError):
@@ -224,7 +224,7 @@ def _cached(block: _Block, n: int) -> _Block:
     Both DPs ask for the same stage values once per stage count; computing them once instead of
     num_stages times makes the whole search several times faster whenever the matrix fits.
     """
-    if (n + 1) ** 2 > _CACHE_ELEMENTS:
+    if (n + 1) ** 2 > CACHE_ELEMENTS:
         return block
     full = block(0, n + 1, 0, n + 1)
 
@@ -235,7 +235,7 @@ def _cached(block: _Block, n: int) -> _Block:
 
 
 def _chunk(n: int) -> int:
-    return max(1, _BLOCK_ELEMENTS // (n + 1))
+    return max(1, BLOCK_ELEMENTS // (n + 1))
 
 
 def _min_bottleneck(block: _Block, n: int, num_stages: int) -> float:

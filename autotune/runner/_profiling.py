@@ -1,4 +1,5 @@
-"""Layer profiles for pipeline partitioning: what each layer of ``layers()`` costs, measured.
+"""Profiling runs: what each layer of ``layers()`` costs, and what a message between two
+ranks costs, measured on this machine (the costs become partitions in ``autotune.pipeline``).
 
 DeepSpeed's ``PipelineModule`` splits layers by parameter count, layer count or a class-name
 regex; its ``profile`` method is unimplemented. Parameter count is a poor proxy for time (an
@@ -33,182 +34,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from autotune._memory import _tensor_bytes
-from autotune._partition import Partition, partition_layers, stage_costs
-from autotune._plan import Machine, TrialConfig
-from autotune._run import _free_port
+from autotune._memory import tensor_bytes
+from autotune._plan import Machine, TrialConfig, cpu_model
 from autotune._task import ModelFile
+from autotune.pipeline import PROFILE_VERSION, LayerProfile, LinkCost
+from autotune.runner import _link
+from autotune.runner._data import cast_batch, torch_dtype
+from autotune.runner._launch import free_port
+from autotune.runner._ops import ops_environment
 
-PROFILE_VERSION = 3
-"""Bumped when what a profile measures changes, so stale cache files are not read."""
-BOTTLENECK_TOLERANCE = 0.03
-"""Layer timings repeat within a few percent, so a partition whose slowest stage is within 3% of
-the best is taken instead of the best when it sends less between stages."""
 _MIN_ROUNDS = 7
 _MAX_ROUNDS = 200
 _MIN_SECONDS = 0.5
 """Layers are timed in rounds until the rounds add up to this (and at least _MIN_ROUNDS)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LinkCost:
-    """What one point-to-point message between two ranks costs on this machine.
-
-    The cost is not linear in size (on loopback gloo, messages up to some tens of KB cost the
-    same and larger ones jump), so it is measured at a ladder of sizes and interpolated.
-
-    Attributes:
-        sizes: Message bytes measured, ascending.
-        seconds: One-way seconds of a message of each size.
-        backend: The torch.distributed backend it was measured with.
-    """
-
-    sizes: tuple[int, ...]
-    seconds: tuple[float, ...]
-    backend: str
-
-    @property
-    def latency_seconds(self) -> float:
-        """The cost of the smallest message measured."""
-        return self.seconds[0] if self.seconds else 0.0
-
-    def message_seconds(self, nbytes: float) -> float:
-        """Interpolated between the measured sizes; beyond the largest, at its bandwidth."""
-        if not self.sizes:
-            return 0.0
-        if nbytes >= self.sizes[-1]:
-            slope = self.seconds[-1] / self.sizes[-1]
-            return self.seconds[-1] + (nbytes - self.sizes[-1]) * slope
-        return float(np.interp(nbytes, self.sizes, self.seconds))
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LinkCost:
-        return cls(tuple(data["sizes"]), tuple(data["seconds"]), data["backend"])
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerProfile:
-    """Measured costs of each layer of ``layers()`` for one micro-batch size and precision.
-
-    Attributes:
-        names: Each layer's class name.
-        forward_backward_seconds: Forward plus backward time per micro-batch.
-        optimizer_seconds: Optimizer-step time over the layer's parameters.
-        activation_bytes: Bytes of the layer's output for one micro-batch.
-        parameter_bytes: Bytes of the layer's parameters in the trial's precision.
-        optimizer_state_bytes: Bytes of the optimizer's state for the layer's parameters.
-        micro_batch_size: The micro-batch it was measured with.
-        precision: fp32, bf16 or fp16.
-        device: Where it was measured (accelerator, model, threads).
-        link: What sending an activation to the next stage costs.
-    """
-
-    names: tuple[str, ...]
-    forward_backward_seconds: tuple[float, ...]
-    optimizer_seconds: tuple[float, ...]
-    activation_bytes: tuple[int, ...]
-    parameter_bytes: tuple[int, ...]
-    optimizer_state_bytes: tuple[int, ...]
-    micro_batch_size: int
-    precision: str
-    device: str
-    link: LinkCost
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": PROFILE_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LayerProfile:
-        values = {key: value for key, value in data.items() if key != "version"}
-        values["link"] = LinkCost.from_json(values["link"])
-        for name in (
-            "names",
-            "forward_backward_seconds",
-            "optimizer_seconds",
-            "activation_bytes",
-            "parameter_bytes",
-            "optimizer_state_bytes",
-        ):
-            values[name] = tuple(values[name])
-        return cls(**values)
-
-
-@dataclasses.dataclass(frozen=True)
-class StageCosts:
-    """The per-layer cost vectors the partitioner balances, for one trial's layout.
-
-    Attributes:
-        layer_seconds: Per micro-batch: forward + backward, plus the optimizer step shared over
-            the step's micro-batches.
-        send_seconds: Per micro-batch: sending the layer's output to the next stage and
-            receiving its gradient back (two messages).
-        layer_bytes: Memory the layer holds on its stage: parameters, gradients, optimizer
-            state, fp32 master weights under bf16/fp16, and its output for every micro-batch
-            a stage keeps in flight.
-    """
-
-    layer_seconds: tuple[float, ...]
-    send_seconds: tuple[float, ...]
-    layer_bytes: tuple[float, ...]
-
-
-def stage_cost_vectors(profile: LayerProfile, config: TrialConfig) -> StageCosts:
-    """The partitioner's inputs for ``config`` from a layer profile."""
-    gas = config.gradient_accumulation_steps
-    master_copy = 0 if config.precision == "fp32" else 2  # fp32 master weights: 4 B vs 2 B
-    in_flight = config.pipeline_stages  # DeepSpeed's 1F1B schedule keeps at most this many
-    layer_seconds = tuple(
-        fb + opt / gas
-        for fb, opt in zip(profile.forward_backward_seconds, profile.optimizer_seconds, strict=True)
-    )
-    send_seconds = tuple(2 * profile.link.message_seconds(b) for b in profile.activation_bytes)
-    layer_bytes = tuple(
-        float(params * (2 + master_copy) + state + activation * in_flight)
-        for params, state, activation in zip(
-            profile.parameter_bytes,
-            profile.optimizer_state_bytes,
-            profile.activation_bytes,
-            strict=True,
-        )
-    )
-    return StageCosts(layer_seconds, send_seconds, layer_bytes)
-
-
-def profiled_partition(
-    profile: LayerProfile, config: TrialConfig, memory_cap: float | None
-) -> Partition:
-    """Stage boundaries for ``config`` that minimise the slowest stage under ``memory_cap``.
-
-    Raises:
-        PartitionError: No partition fits (more stages than layers, or the memory cap).
-    """
-    costs = stage_cost_vectors(profile, config)
-    vectors = (costs.layer_seconds, costs.send_seconds, costs.layer_bytes, config.pipeline_stages)
-    fastest = partition_layers(*vectors, memory_cap=memory_cap)
-    # A near-tie (within the profile's noise) is worth taking only to send less between
-    # stages; between equally chatty partitions the measured-fastest one stays.
-    quieter = partition_layers(
-        *vectors, memory_cap=memory_cap, bottleneck_tolerance=BOTTLENECK_TOLERANCE
-    )
-    total_fastest, total_quieter = (
-        math.fsum(fastest.stage_seconds),
-        math.fsum(quieter.stage_seconds),
-    )
-    return quieter if total_quieter < total_fastest * (1 - 1e-9) else fastest
-
-
-def predicted_stage_seconds(
-    profile: LayerProfile, config: TrialConfig, bounds: Sequence[int]
-) -> tuple[float, ...]:
-    """What the profile predicts each stage costs per micro-batch for given boundaries (any
-    partition method's), so trials can be compared on balance."""
-    costs = stage_cost_vectors(profile, config)
-    seconds, _ = stage_costs(costs.layer_seconds, costs.send_seconds, costs.layer_bytes, bounds)
-    return seconds
 
 
 def _optimizer_class(optimizer: dict[str, Any]) -> type[torch.optim.Optimizer]:
@@ -326,6 +167,53 @@ def _time_in_graph(
     return [statistics.median(values) for values in samples]
 
 
+def _optimizer_costs(
+    layers: Sequence[nn.Module],
+    inputs: torch.Tensor,
+    optimizer: dict[str, Any],
+    dtype: torch.dtype,
+    synchronize: Callable[[], None],
+) -> tuple[list[int], list[int], list[float], list[int]]:
+    """Each layer's output bytes and parameter bytes, its optimizer step's seconds (timed on
+    its own, less the fixed cost of a step call) and its optimizer state's bytes."""
+    activation: list[int] = []
+    parameter: list[int] = []
+    optimizers: dict[int, torch.optim.Optimizer] = {}
+    tasks: list[tuple[str, int, Callable[[], None]]] = []
+    with torch.no_grad():
+        x = inputs
+        for index, layer in enumerate(layers):
+            x = layer(x)
+            activation.append(tensor_bytes(x))
+            params = [p for p in layer.parameters() if p.requires_grad]
+            parameter.append(sum(tensor_bytes(p) for p in params))
+            if params:
+                for p in params:
+                    p.grad = torch.randn_like(p) * 1e-3
+                optimizers[index] = _optimizer_class(optimizer)(
+                    params, **_optimizer_params(optimizer)
+                )
+                tasks.append(("opt", index, optimizers[index].step))
+    # A stage steps one optimizer over all its layers, so the fixed cost of a step call (timed
+    # on one scalar parameter) is the stage's, not each layer's.
+    scalar = nn.Parameter(torch.zeros((), device=inputs.device, dtype=dtype))
+    scalar.grad = torch.zeros_like(scalar)
+    empty = _optimizer_class(optimizer)([scalar], **_optimizer_params(optimizer))
+    tasks.append(("opt", -1, empty.step))
+    times = _time_round_robin(tasks, synchronize)
+    call = times[("opt", -1)]
+    opt_seconds = [
+        max(0.0, times[("opt", i)] - call) if i in optimizers else 0.0 for i in range(len(layers))
+    ]
+    state = [
+        sum(tensor_bytes(v) for s in optimizers[i].state.values() for v in s.values())
+        if i in optimizers
+        else 0
+        for i in range(len(layers))
+    ]
+    return activation, parameter, opt_seconds, state
+
+
 def measure_layers(
     model_file: ModelFile,
     micro_batch_size: int,
@@ -336,9 +224,7 @@ def measure_layers(
     seed: int = 0,
 ) -> LayerProfile:
     """Time every layer of ``model_file.layers()`` on one micro-batch of its training data."""
-    from autotune._harness import _cast, _dtype
-
-    dtype = _dtype(precision)
+    dtype = torch_dtype(precision)
     synchronize: Callable[[], None] = (
         torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     )
@@ -349,7 +235,7 @@ def measure_layers(
     count = min(micro_batch_size, len(train))  # type: ignore[arg-type]
     items = [train[i] for i in range(count)]
     batch = torch.utils.data.default_collate(items)
-    inputs, targets = _cast(batch, dtype, device)
+    inputs, targets = cast_batch(batch, dtype, device)
 
     # Forward + backward of each layer, timed inside whole-model passes on the real batch.
     fb_seconds = _time_in_graph(
@@ -357,43 +243,9 @@ def measure_layers(
     )
 
     # Each layer's output bytes and parameters, and its optimizer step timed on its own.
-    activation: list[int] = []
-    parameter: list[int] = []
-    optimizers: dict[int, torch.optim.Optimizer] = {}
-    tasks: list[tuple[str, int, Callable[[], None]]] = []
-    with torch.no_grad():
-        x = inputs
-        for index, layer in enumerate(layers):
-            x = layer(x)
-            activation.append(_tensor_bytes(x))
-            params = [p for p in layer.parameters() if p.requires_grad]
-            parameter.append(sum(_tensor_bytes(p) for p in params))
-            if params:
-                for p in params:
-                    p.grad = torch.randn_like(p) * 1e-3
-                optimizers[index] = _optimizer_class(model_file.optimizer)(
-                    params, **_optimizer_params(model_file.optimizer)
-                )
-                tasks.append(("opt", index, optimizers[index].step))
-    # A stage steps one optimizer over all its layers, so the fixed cost of a step call (timed
-    # on one scalar parameter) is the stage's, not each layer's.
-    scalar = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
-    scalar.grad = torch.zeros_like(scalar)
-    empty = _optimizer_class(model_file.optimizer)(
-        [scalar], **_optimizer_params(model_file.optimizer)
+    activation, parameter, opt_seconds, state = _optimizer_costs(
+        layers, inputs, model_file.optimizer, dtype, synchronize
     )
-    tasks.append(("opt", -1, empty.step))
-    times = _time_round_robin(tasks, synchronize)
-    call = times[("opt", -1)]
-    opt_seconds = [
-        max(0.0, times[("opt", i)] - call) if i in optimizers else 0.0 for i in range(len(layers))
-    ]
-    state = [
-        sum(_tensor_bytes(v) for s in optimizers[i].state.values() for v in s.values())
-        if i in optimizers
-        else 0
-        for i in range(len(layers))
-    ]
     return LayerProfile(
         names=tuple(type(layer).__name__ for layer in layers),
         forward_backward_seconds=tuple(fb_seconds),
@@ -410,16 +262,14 @@ def measure_layers(
 
 def measure_link(machine: Machine, scratch: Path, timeout: float = 120.0) -> LinkCost:
     """Time point-to-point messages between two ranks with the backend a pipeline uses here."""
-    from autotune import _link
-
     backend = "gloo" if machine.accelerator == "cpu" else "nccl"
     if backend == "nccl" and machine.devices < 2:
         # One device holds no pipeline; a trial asking for one is never launched.
         return LinkCost((), (), "none")
     scratch.mkdir(parents=True, exist_ok=True)
     out = scratch / f"link-{os.getpid()}.json"
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **ops_environment()}
     ranks = [
         subprocess.Popen(
             [
@@ -453,8 +303,6 @@ def measure_link(machine: Machine, scratch: Path, timeout: float = 120.0) -> Lin
 
 def _device_label(machine: Machine, threads: int | None) -> str:
     if machine.accelerator == "cpu":
-        from autotune._plan import cpu_model
-
         return f"cpu ({cpu_model() or 'unknown'}), {threads} threads"
     return f"{machine.accelerator} ({machine.device_name or 'unknown'})"
 
@@ -480,8 +328,12 @@ class ProfileCache:
             if data.get("version") == PROFILE_VERSION:
                 return LinkCost.from_json(data)
         link = measure_link(self.machine, self.directory)
-        self._write(path, {"version": PROFILE_VERSION, **dataclasses.asdict(link)})
+        self.store_link(link)
         return link
+
+    def store_link(self, link: LinkCost) -> None:
+        """Keep ``link`` as this machine's link cost (as if measured here)."""
+        self._write(self._link_path(), {"version": PROFILE_VERSION, **dataclasses.asdict(link)})
 
     def is_cached(self, model_file: ModelFile, config: TrialConfig) -> bool:
         return self._profile_path(model_file, config).exists()

@@ -14,12 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune._errors import UserError
 from autotune._plan import WARMUP_STEPS, Machine, TrialConfig
-from autotune._workers import (
+from autotune.runner._ops import ensure_deepspeed_ops, ops_environment
+from autotune.runner._protocol import (
+    FAILURE_GLOB,
+    LOG_FILE,
+    PLAN_FILE,
+    RESULT_FILE,
+    AdaptiveStop,
+    TrialPlan,
+)
+from autotune.runner._workers import (
     Outcome,
     WarmWorkers,
-    _kill_group,
+    kill_group,
     launch_command,
     remove_shm_buffers,
 )
@@ -51,7 +59,8 @@ class RunResult:
         return self.measurements is not None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -63,7 +72,7 @@ def _log_tail(log: Path) -> str:
 
 
 def _read_failure(directory: Path, returncode: int, log: Path) -> str:
-    reasons = sorted(directory.glob("failure.rank*.json"))
+    reasons = sorted(directory.glob(FAILURE_GLOB))
     if reasons:
         reason = json.loads(reasons[0].read_text())["reason"]
         return reason if not reason.startswith("error") else f"{reason} (log: {log})"
@@ -87,6 +96,10 @@ def run_trial(
 ) -> RunResult:
     """Run one real DeepSpeed training of ``config`` and wait for it.
 
+    DeepSpeed's ops are built first, outside the trial's time (once per process; the search
+    has already built them). While another process is building them, the trial fails at once
+    with that reason instead of waiting on the build's lock.
+
     Args:
         config: What to run.
         machine: Where (decides the accelerator and the threads each rank gets).
@@ -104,47 +117,67 @@ def run_trial(
         adaptive: ``{"rel_halfwidth": 0.02, "min_steps": 5}`` to record when the step-time
             estimate became stable (95% interval within +-2%), and, without ``need_metric``,
             stop there; None measures every step of the budget.
+
+    Raises:
+        UserError: DeepSpeed cannot build an op the trial needs on this machine.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in [*directory.glob("failure.rank*.json"), directory / "result.json"]:
-        stale.unlink(missing_ok=True)
-    ds_config = config.ds_config()
-    (directory / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-    threads = config.threads_per_process(machine)
-    plan = {
-        "model_path": str(model_path),
-        "package_root": str(Path(__file__).resolve().parent.parent),
-        "settings": config.settings(),
-        "ds_config": ds_config,
-        "train_samples": train_samples,
-        "seeds": seeds,
-        "warmup_steps": WARMUP_STEPS,
-        "threads_per_rank": threads,
-        "partition_bounds": list(partition_bounds) if partition_bounds else None,
-        "need_metric": need_metric,
-        "adaptive": adaptive,
-    }
-    plan_path = directory / "plan.json"
-    plan_path.write_text(json.dumps(plan, indent=2))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **machine.environment)
-    if machine.accelerator == "cpu":
-        # A warm group serves trials with different worker counts; each trial sets its own
-        # thread count, so the group starts with the most a rank of this layout may use.
-        most = threads if workers is None else max(1, machine.cores // config.processes)
-        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(most))
-    log = directory / "log.txt"
+    not_now = ensure_deepspeed_ops(machine, config.optimizer)
+    if not_now is not None:
+        return RunResult(None, not_now, 0.0, directory, launched=False)
+    plan = TrialPlan(
+        model_path=str(model_path),
+        config=config,
+        ds_config=config.ds_config(),
+        train_samples=train_samples,
+        seeds=tuple(seeds),
+        warmup_steps=WARMUP_STEPS,
+        threads_per_rank=config.threads_per_process(machine),
+        partition_bounds=tuple(partition_bounds) if partition_bounds else None,
+        need_metric=need_metric,
+        adaptive=AdaptiveStop.from_dict(adaptive),
+    )
+    plan_path = _write_plan(directory, plan)
+    env = _trial_environment(plan, machine, warm=workers is not None)
+    log = directory / LOG_FILE
     log.unlink(missing_ok=True)
     start = time.perf_counter()
     if workers is None:
         outcome = _launch_fresh(plan_path, config.processes, env, log, timeout)
     else:
-        outcome = workers.run(plan_path, config.processes, _free_port(), timeout, env)
-    wall = time.perf_counter() - start
+        outcome = workers.run(plan_path, config.processes, free_port(), timeout, env)
+    return _result(directory, outcome, time.perf_counter() - start, timeout, log)
+
+
+def _write_plan(directory: Path, plan: TrialPlan) -> Path:
+    """The trial's folder with its ds_config and plan, and no result of an earlier run."""
+    for stale in [*directory.glob(FAILURE_GLOB), directory / RESULT_FILE]:
+        stale.unlink(missing_ok=True)
+    (directory / "ds_config.json").write_text(json.dumps(plan.ds_config, indent=2))
+    plan_path = directory / PLAN_FILE
+    plan.write(plan_path)
+    return plan_path
+
+
+def _trial_environment(plan: TrialPlan, machine: Machine, warm: bool) -> dict[str, str]:
+    """The ranks' environment: this one, the machine's DeepSpeed variables, the ops folder."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **machine.environment, **ops_environment()}
+    if machine.accelerator == "cpu":
+        # A warm group serves trials with different worker counts; each trial sets its own
+        # thread count, so the group starts with the most a rank of this layout may use.
+        threads = plan.threads_per_rank
+        most = max(1, machine.cores // plan.config.processes) if warm else threads
+        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(most))
+    return env
+
+
+def _result(directory: Path, outcome: Outcome, wall: float, timeout: float, log: Path) -> RunResult:
+    """The run's measurements from result.json, or the one-line reason it failed."""
     if outcome.timed_out:
         return RunResult(
             None, f"timeout: still running after {timeout:g} s", wall, directory, outcome.launched
         )
-    result_path = directory / "result.json"
+    result_path = directory / RESULT_FILE
     if outcome.returncode == 0 and result_path.exists():
         return RunResult(
             json.loads(result_path.read_text()), None, wall, directory, outcome.launched
@@ -159,7 +192,7 @@ def _launch_fresh(
     plan_path: Path, processes: int, env: dict[str, str], log: Path, timeout: float
 ) -> Outcome:
     """One launch of DeepSpeed's launcher for this plan alone, in its own process group."""
-    port = _free_port()
+    port = free_port()
     command = launch_command(processes, port, ["--plan", str(plan_path)])
     with log.open("wb") as log_file:
         process = subprocess.Popen(
@@ -168,10 +201,10 @@ def _launch_fresh(
         try:
             return Outcome(process.wait(timeout=timeout))
         except subprocess.TimeoutExpired:
-            _kill_group(process)
+            kill_group(process)
             return Outcome(-signal.SIGKILL, timed_out=True)
         except BaseException:  # Ctrl-C: leave no rank behind
-            _kill_group(process)
+            kill_group(process)
             raise
         finally:
             # Ranks or DataLoader workers may outlive the launcher; the group goes with it.
@@ -180,57 +213,3 @@ def _launch_fresh(
             except ProcessLookupError:
                 pass
             remove_shm_buffers(port)
-
-
-_STALE_LOCK_SECONDS = 15 * 60
-
-
-def _op_builders(machine: Machine, optimizer: dict[str, Any]) -> list[str]:
-    names = ["ShareMemCommBuilder"] if machine.accelerator == "cpu" else []
-    params = optimizer.get("params", {})
-    if str(optimizer.get("type", "")).lower() in ("adam", "adamw") and not params.get("torch_adam"):
-        names.append("FusedAdamBuilder")
-    return names
-
-
-def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[str]:
-    """Build the DeepSpeed ops every trial loads, once, before any trial is timed.
-
-    DeepSpeed compiles them just in time on first use (about a minute each on a small CPU);
-    done inside a trial that would blow its timeout and leave a build lock that hangs every
-    later trial. Returns the ops it had to build now.
-    """
-    from deepspeed.accelerator import get_accelerator
-    from torch.utils import cpp_extension
-
-    os.environ.update(machine.environment)  # DeepSpeed's builders read it in this process
-    built = []
-    for name in _op_builders(machine, optimizer):
-        builder = get_accelerator().create_op_builder(name)
-        if builder is None or not builder.is_compatible(verbose=False):
-            continue
-        build_dir = Path(cpp_extension._get_build_directory(builder.name, verbose=False))
-        lock = build_dir / "lock"
-        if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_SECONDS:
-            lock.unlink()  # left by a build that was killed; torch would wait on it forever
-        fresh = not any(build_dir.glob("*.so"))
-        try:
-            builder.load(verbose=False)
-        except BaseException as exc:
-            lock.unlink(missing_ok=True)
-            if not isinstance(exc, Exception):  # KeyboardInterrupt and the like
-                raise
-            hint = (
-                ' Setting "torch_adam": true in OPTIMIZER["params"] avoids this build.'
-                if name == "FusedAdamBuilder"
-                else ""
-            )
-            lines = str(exc).strip().splitlines()
-            detail = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
-            raise UserError(
-                f"DeepSpeed could not build its {builder.absolute_name()} op on this machine "
-                f"({detail}); no trial can run without it.{hint}"
-            ) from exc
-        if fresh:
-            built.append(builder.absolute_name())
-    return built

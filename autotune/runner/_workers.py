@@ -20,10 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from autotune import _harness
+from autotune.runner._protocol import FAILURE_GLOB, RESULT_FILE, STOP
 
 POLL_SECONDS = 0.005
 SHM_DIR = Path("/dev/shm")
+HARNESS = Path(__file__).resolve().with_name("_harness.py")
+"""The harness script, run by path in every rank (it imports nothing of the orchestrator's)."""
 
 
 def remove_shm_buffers(port: int) -> int:
@@ -43,7 +45,8 @@ def remove_shm_buffers(port: int) -> int:
     return removed
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process``'s whole process group (its ranks, their DataLoader workers) and reap it."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -64,7 +67,7 @@ def launch_command(processes: int, port: int, harness_args: list[str]) -> list[s
         "--world_info=" + base64.urlsafe_b64encode(json.dumps(world_info).encode()).decode(),
         "--master_addr=127.0.0.1",
         f"--master_port={port}",
-        str(Path(_harness.__file__).resolve()),
+        str(HARNESS),
         *harness_args,
     ]
 
@@ -123,12 +126,12 @@ class WarmWorkers:
         if group is None:
             return
         if group.process.poll() is None:
-            (group.inbox / "zz-stop.request").write_text(_harness.STOP)
+            (group.inbox / "zz-stop.request").write_text(STOP)
             try:
                 group.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        _kill_group(group.process)
+        kill_group(group.process)
         remove_shm_buffers(group.port)
 
     def run(
@@ -152,9 +155,9 @@ class WarmWorkers:
         deadline = time.monotonic() + timeout
         try:
             while True:
-                if (directory / "result.json").exists():
+                if (directory / RESULT_FILE).exists():
                     return Outcome(0, launched=fresh)
-                if any(directory.glob("failure.rank*.json")):
+                if any(directory.glob(FAILURE_GLOB)):
                     self.close()  # its other ranks may wait forever on the failed one
                     return Outcome(1, launched=fresh)
                 returncode = group.process.poll()

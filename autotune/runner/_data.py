@@ -1,0 +1,122 @@
+"""The data side of a trial inside a rank: the training DataLoader (one seeded order of whole
+global batches, dealt to the data-parallel ranks), an endless iterator over its epochs, and
+batches cast to the engine's dtype and device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from autotune._plan import TrialConfig
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a precision setting (fp32, bf16, fp16)."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cast_batch(
+    batch: Any, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (inputs, targets) batch on ``device``, floating-point inputs in ``dtype``."""
+    inputs, targets = batch
+    inputs = inputs.to(device, non_blocking=True)
+    if inputs.is_floating_point():
+        inputs = inputs.to(dtype)
+    return inputs, targets.to(device, non_blocking=True)
+
+
+class WholeBatchSampler(Sampler[int]):
+    """One rank's share of each epoch, where every epoch is a whole number of global batches.
+
+    Each epoch is a seeded permutation of the data (``seed + epoch``, as DistributedSampler),
+    cut to a whole number of global batches, then dealt to the data-parallel ranks in turn.
+    So the items of every optimizer step, and where each epoch ends, depend only on the
+    global batch: one process at micro-batch 256, two at 128, or one at 128 accumulating 2
+    train on the same items in the same steps. (DistributedSampler with a DataLoader's
+    drop_last cuts each rank's share to whole micro-batches instead, so those splits used
+    different items after the first epoch, and their accuracies were not interchangeable.)
+    """
+
+    def __init__(self, size: int, global_batch: int, replicas: int, rank: int, seed: int) -> None:
+        if not 0 < global_batch <= size:
+            raise ValueError(f"a global batch of {global_batch} does not fit {size} items")
+        self.size, self.replicas, self.rank, self.seed = size, replicas, rank, seed
+        self.per_epoch = size // global_batch * global_batch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_epoch // self.replicas
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator)[: self.per_epoch]
+        return iter(order[self.rank :: self.replicas].tolist())
+
+
+def train_loader(
+    data: Dataset[Any], config: TrialConfig, dp_rank: int, seed: int
+) -> tuple[DataLoader[Any], WholeBatchSampler]:
+    """The training DataLoader of data-parallel rank ``dp_rank`` and its sampler, with the
+    DataLoader arguments ``config`` decides (``TrialConfig.dataloader_arguments``)."""
+    sampler = WholeBatchSampler(
+        len(data),  # type: ignore[arg-type]
+        config.global_batch_size,
+        config.data_parallel,
+        dp_rank,
+        seed,
+    )
+    loader = DataLoader(
+        data,
+        batch_size=config.micro_batch_size,
+        sampler=sampler,
+        drop_last=True,
+        **config.dataloader_arguments(),
+    )
+    return loader, sampler
+
+
+class Batches:
+    """An endless iterator over a DataLoader, one epoch after another, each reshuffled."""
+
+    def __init__(self, loader: DataLoader[Any], sampler: WholeBatchSampler) -> None:
+        self.loader, self.sampler, self.epoch = loader, sampler, 0
+        self._it: Iterator[Any] = iter(loader)
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes now (a warm rank goes on to other trials)."""
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self.sampler.set_epoch(self.epoch)
+            self._it = iter(self.loader)
+            return next(self._it)
+
+
+class CastingBatches:
+    """Wraps a batch iterator so inputs arrive in the engine's dtype (for PipelineEngine)."""
+
+    def __init__(self, batches: Iterator[Any], dtype: torch.dtype, device: torch.device) -> None:
+        self.batches, self.dtype, self.device = batches, dtype, device
+
+    def __iter__(self) -> CastingBatches:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return cast_batch(next(self.batches), self.dtype, self.device)

@@ -1,0 +1,394 @@
+"""One measured training run inside the ranks, in named steps: build the engine, open the
+training loader, run the timed loop (warm-up, adaptive stop, stage clock), evaluate the
+metric, lengthen the timed window when it was too short, and gather peak memory into the
+result. ``train_and_measure`` is the flow over them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from autotune._records import (
+    BUDGET_STEPS,
+    EVAL_SECONDS,
+    EXTRA_STEPS,
+    LOSS_SCALE,
+    MEASURED_SECONDS,
+    MEASURED_STEPS,
+    METRIC,
+    PARTITION,
+    PEAK_MEMORY_BYTES,
+    PEAK_MEMORY_PER_RANK,
+    SAMPLES_TRAINED,
+    SKIPPED_STEPS,
+    STABLE_AFTER_STEPS,
+    STAGE_COMM_SECONDS,
+    STAGE_COMPUTE_SECONDS,
+    STEP_TIME_P50,
+    STEP_TIME_P90,
+    STEP_TIME_SPREAD,
+    STEPS,
+    THROUGHPUT,
+    TRAIN_LOSS,
+    TRAIN_SECONDS,
+    WORLD_SIZE,
+)
+from autotune.runner._data import Batches, CastingBatches, cast_batch, torch_dtype, train_loader
+from autotune.runner._protocol import TrialPlan
+from autotune.runner._rank import (
+    DivergedError,
+    agree,
+    gather_peak_memory,
+    log,
+    loss_scale,
+    reset_peak_memory,
+    synchronize,
+)
+from autotune.runner._timing import STABILITY_CHECK_EVERY, StageClock, step_time_is_stable
+
+EVAL_BATCH_SIZE = 256
+EXTEND_ROUNDS = 10
+"""Rounds of extra steps at most; each is estimated from the mean so far, so one or two do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """A built engine and what the steps need to drive it on this rank."""
+
+    engine: Any
+    accelerator: Any
+    pipeline: bool
+    dtype: torch.dtype
+    device: torch.device
+    dp_rank: int
+    gas: int
+    loss_fn: Any
+
+
+@dataclasses.dataclass
+class Timing:
+    """What the timed loop measured; extra steps past the budget add to it."""
+
+    step_times: list[float]
+    loss_sum: torch.Tensor
+    steps_run: int = 0
+    elapsed: float = 0.0
+    train_seconds: float = 0.0
+    stable_after: int | None = None
+    extra_steps: int = 0
+
+
+def build_engine(plan: TrialPlan, seed: int, model_file: Any, accelerator: Any) -> Ranks:
+    """The engine step: the model (or pipeline) from seeded weights, under DeepSpeed."""
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    # A pipeline engine built earlier in this (warm) process left its topology as DeepSpeed's
+    # global model-parallel unit, which an engine without a pipeline takes for model
+    # parallelism and fails on; each engine sets its own (a pipeline's) or none.
+    groups.mpu = None
+    torch.manual_seed(seed)
+    module = _build_module(plan, model_file)
+    log(f"seed {seed}: model and data ready")
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=module.parameters(), config=plan.ds_config
+    )
+    log(f"seed {seed}: engine ready, training {plan.train_samples} samples")
+    if plan.pipeline:
+        dp_rank = engine.grid.data_parallel_id
+    else:
+        dp_rank = dist.get_rank(group=engine.data_parallel_group)
+    return Ranks(
+        engine=engine,
+        accelerator=accelerator,
+        pipeline=plan.pipeline,
+        dtype=torch_dtype(plan.config.precision),
+        device=engine.device,
+        dp_rank=dp_rank,
+        gas=plan.config.gradient_accumulation_steps,
+        loss_fn=model_file.loss,
+    )
+
+
+def _build_module(plan: TrialPlan, model_file: Any) -> nn.Module:
+    if not plan.pipeline:
+        return model_file.model()
+    from deepspeed.pipe import PipelineModule
+
+    from autotune.pipeline import build_pipeline_module
+
+    if plan.partition_bounds:
+        return build_pipeline_module(
+            model_file.layers(), plan.partition_bounds, loss_fn=model_file.loss
+        )
+    return PipelineModule(
+        layers=model_file.layers(),
+        num_stages=plan.config.pipeline_stages,
+        partition_method=plan.config.partition_method,
+        loss_fn=model_file.loss,
+    )
+
+
+def train_step(ranks: Ranks, batches: Iterator[Any]) -> torch.Tensor:
+    """One optimizer step over ``gas`` micro-batches; returns the sum of their losses (the
+    pipeline engine's mean over them, for a pipeline)."""
+    engine = ranks.engine
+    if ranks.pipeline:
+        return engine.train_batch(batches).detach().float()
+    total = torch.zeros((), device=engine.device)
+    for _ in range(ranks.gas):
+        inputs, targets = next(batches)
+        loss = ranks.loss_fn(engine(inputs), targets)
+        engine.backward(loss)
+        engine.step()
+        total += loss.detach().float()
+    return total
+
+
+def _timed_step(ranks: Ranks, batches: Iterator[Any], step_times: list[float]) -> torch.Tensor:
+    step_start = time.perf_counter()
+    loss = train_step(ranks, batches)
+    synchronize(ranks.accelerator)
+    step_times.append(time.perf_counter() - step_start)
+    return loss
+
+
+def _min_seconds(plan: TrialPlan) -> float:
+    return plan.adaptive.min_seconds if plan.adaptive else 0.0
+
+
+def _stops_early(plan: TrialPlan, timing: Timing, window_start: float) -> bool:
+    """The adaptive stop, every STABILITY_CHECK_EVERY measured steps: note when the step time
+    became stable, and stop there when only throughput is wanted (after ``min_seconds``)."""
+    import torch.distributed as dist
+
+    adaptive, warmup = plan.adaptive, plan.warmup_steps
+    measured_so_far = len(timing.step_times) - warmup
+    if (
+        adaptive is None
+        or measured_so_far < adaptive.min_steps
+        or measured_so_far % STABILITY_CHECK_EVERY
+    ):
+        return False
+    world = dist.get_world_size()
+    if timing.stable_after is None:
+        stable = step_time_is_stable(
+            timing.step_times[warmup:], adaptive.rel_halfwidth, adaptive.min_steps
+        )
+        if agree(stable, world):
+            timing.stable_after = measured_so_far
+    # The accuracy for these numerics is known; only throughput was wanted.
+    return (
+        not plan.need_metric
+        and timing.stable_after is not None
+        and agree(time.perf_counter() - window_start >= adaptive.min_seconds, world)
+    )
+
+
+def timed_loop(
+    plan: TrialPlan, ranks: Ranks, batches: Iterator[Any], clock: StageClock | None
+) -> Timing:
+    """The timed loop: warm-up steps, then timed steps over the sample budget (or until the
+    adaptive stop); the window excludes warm-up and includes data loading."""
+    import torch.distributed as dist
+
+    warmup = plan.warmup_steps
+    timing = Timing(step_times=[], loss_sum=torch.zeros((), device=ranks.device))
+    ranks.engine.train()
+    dist.barrier()
+    start = train_start = time.perf_counter()
+    for step in range(plan.budget_steps):
+        if step == warmup:
+            synchronize(ranks.accelerator)
+            dist.barrier()
+            if clock is not None:
+                clock.reset()
+            start = time.perf_counter()
+        step_start = time.perf_counter()
+        timing.loss_sum += train_step(ranks, batches)
+        if step == warmup - 1 and not torch.isfinite(timing.loss_sum):
+            raise DivergedError(f"loss is {timing.loss_sum.item()} after {warmup} warm-up steps")
+        synchronize(ranks.accelerator)
+        timing.step_times.append(time.perf_counter() - step_start)
+        if _stops_early(plan, timing, start):
+            break
+    dist.barrier()
+    timing.elapsed = time.perf_counter() - start
+    timing.train_seconds = time.perf_counter() - train_start
+    if not torch.isfinite(timing.loss_sum):
+        raise DivergedError(f"training loss became {timing.loss_sum.item()}")
+    timing.steps_run = len(timing.step_times)
+    return timing
+
+
+def _evaluate(
+    forward: Any, data: Dataset[Any], dtype: torch.dtype, device: torch.device, model_file: Any
+) -> float:
+    outputs, targets = [], []
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=EVAL_BATCH_SIZE, shuffle=False):
+            inputs, target = cast_batch(batch, dtype, device)
+            outputs.append(forward(inputs).float().cpu())
+            targets.append(target.cpu())
+    return float(model_file.metric(torch.cat(outputs), torch.cat(targets)))
+
+
+def _gather_pipeline_model(engine: Any, model_file: Any, dtype: torch.dtype) -> nn.Module:
+    """Reassemble the trained stages into one nn.Sequential for evaluation on every rank."""
+    import torch.distributed as dist
+
+    local = {key: value.detach().float().cpu() for key, value in engine.module.state_dict().items()}
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, local)
+    merged: dict[str, torch.Tensor] = {}
+    for part in parts:
+        merged.update(part)
+    model = nn.Sequential(*model_file.layers())
+    model.load_state_dict(merged)
+    return model.to(dtype=dtype).eval()
+
+
+def evaluate_metric(
+    plan: TrialPlan,
+    ranks: Ranks,
+    eval_data: Dataset[Any],
+    model_file: Any,
+    timing: Timing,
+    seed: int,
+) -> tuple[float | None, float]:
+    """The eval step: the metric on the eval data (None when it is not needed) and the
+    seconds it took."""
+    eval_start = time.perf_counter()
+    metric: float | None = None
+    if plan.need_metric:
+        log(f"seed {seed}: trained {timing.steps_run} steps, evaluating")
+        ranks.engine.eval()
+        evaluator = ranks.engine
+        if ranks.pipeline:
+            evaluator = _gather_pipeline_model(ranks.engine, model_file, ranks.dtype)
+            evaluator = evaluator.to(ranks.device)
+        metric = _evaluate(evaluator, eval_data, ranks.dtype, ranks.device, model_file)
+        if not math.isfinite(metric):
+            raise DivergedError(f"metric on eval data is {metric}")
+    else:
+        budget_measured = timing.steps_run - plan.warmup_steps
+        stability = (
+            f"step time stable after {timing.stable_after} measured steps"
+            if timing.stable_after is not None
+            else f"step time not stable within the budget ({budget_measured} measured steps)"
+        )
+        log(f"seed {seed}: {stability}; metric reused, no eval")
+    return metric, time.perf_counter() - eval_start
+
+
+def lengthen_window(
+    plan: TrialPlan, ranks: Ranks, batches: Iterator[Any], timing: Timing, seed: int
+) -> None:
+    """Time more steps until the window reaches ``min_seconds``.
+
+    A short window measures noise more than speed. Steps past the sample budget come after
+    the metric was taken (on the budget's model), are timed the same way and leave the metric
+    alone.
+    """
+    import torch.distributed as dist
+
+    min_seconds = _min_seconds(plan)
+    budget_measured = timing.steps_run - plan.warmup_steps
+    if timing.elapsed >= min_seconds or budget_measured <= 0:
+        return
+    log(f"seed {seed}: timing more steps, for at least {min_seconds:g} s in all")
+    ranks.engine.train()
+    for _ in range(EXTEND_ROUNDS):
+        per_step = timing.elapsed / (budget_measured + timing.extra_steps)
+        wanted = torch.tensor([0], device=ranks.device)  # NCCL broadcasts device tensors
+        if timing.elapsed < min_seconds:
+            wanted[0] = math.ceil((min_seconds - timing.elapsed) / max(per_step, 1e-9))
+        dist.broadcast(wanted, src=0)  # every rank runs the same number of steps
+        count = int(wanted.item())
+        if count == 0:
+            break
+        dist.barrier()
+        resume = time.perf_counter()
+        for _ in range(count):
+            _timed_step(ranks, batches, timing.step_times)
+        dist.barrier()
+        timing.elapsed += time.perf_counter() - resume
+        timing.extra_steps += count
+
+
+def measurements(
+    plan: TrialPlan,
+    ranks: Ranks,
+    timing: Timing,
+    metric: float | None,
+    eval_seconds: float,
+    clock: StageClock | None,
+) -> dict[str, Any]:
+    """The memory step and the result: every rank's peak memory, the stage clock's figures,
+    and the run's measurements under their record names (collectives: every rank calls it)."""
+    import torch.distributed as dist
+
+    engine, warmup = ranks.engine, plan.warmup_steps
+    measured_steps = timing.steps_run - warmup + timing.extra_steps
+    batch = plan.config.global_batch_size
+    peaks = gather_peak_memory(ranks.accelerator)
+    timed = sorted(timing.step_times[warmup:])
+    partition = getattr(engine.module, "parts", None)
+    stages = clock.gather(measured_steps) if clock is not None else None
+    gas = 1 if ranks.pipeline else ranks.gas
+    return {
+        THROUGHPUT: measured_steps * batch / timing.elapsed,
+        METRIC: metric,
+        TRAIN_LOSS: float(timing.loss_sum.item()) / max(1, timing.steps_run * gas),
+        STEPS: timing.steps_run,
+        EXTRA_STEPS: timing.extra_steps,
+        BUDGET_STEPS: plan.budget_steps,
+        MEASURED_STEPS: measured_steps,
+        STABLE_AFTER_STEPS: timing.stable_after,
+        SAMPLES_TRAINED: timing.steps_run * batch,
+        STEP_TIME_P50: statistics.median(timed),
+        STEP_TIME_P90: timed[min(len(timed) - 1, int(0.9 * len(timed)))],
+        STEP_TIME_SPREAD: (timed[-1] - timed[0]) / statistics.median(timed),
+        MEASURED_SECONDS: timing.elapsed + eval_seconds,
+        TRAIN_SECONDS: timing.train_seconds,
+        EVAL_SECONDS: eval_seconds,
+        PEAK_MEMORY_BYTES: max(peaks),
+        PEAK_MEMORY_PER_RANK: peaks,
+        PARTITION: [int(p) for p in partition] if partition is not None else None,
+        WORLD_SIZE: dist.get_world_size(),
+        STAGE_COMPUTE_SECONDS: stages["compute"] if stages else None,
+        STAGE_COMM_SECONDS: stages["comm"] if stages else None,
+        # fp16's dynamic loss scaling skips the optimizer step on every overflow: on a short
+        # budget those lost steps show up as accuracy loss, so the trial says how many.
+        SKIPPED_STEPS: int(getattr(engine, "skipped_steps", 0)),
+        LOSS_SCALE: loss_scale(engine) if plan.config.precision == "fp16" else None,
+    }
+
+
+def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, Any]:
+    """One training run from seeded weights on the fixed sample budget, measured on rank 0."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    train_data, eval_data = model_file.datasets()
+    reset_peak_memory(accelerator)
+    ranks = build_engine(plan, seed, model_file, accelerator)
+    batches = Batches(*train_loader(train_data, plan.config, ranks.dp_rank, seed))
+    casting = CastingBatches(batches, ranks.dtype, ranks.device)
+    clock = StageClock(ranks.engine, accelerator) if ranks.pipeline else None
+    timing = timed_loop(plan, ranks, casting, clock)
+    metric, eval_seconds = evaluate_metric(plan, ranks, eval_data, model_file, timing, seed)
+    lengthen_window(plan, ranks, casting, timing, seed)
+    result = measurements(plan, ranks, timing, metric, eval_seconds, clock)
+    ranks.engine.destroy()
+    batches.close()
+    return result
