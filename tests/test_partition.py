@@ -16,7 +16,6 @@ from autotune.pipeline import (
     REL_TOL,
     Partition,
     PartitionError,
-    _partition,
     partition_layers,
     stage_costs,
 )
@@ -300,9 +299,7 @@ def test_rejects_a_negative_or_nan_memory_cap() -> None:
             partition_layers([1.0], [0.0], [1.0], 1, memory_cap=cap)
 
 
-def test_blocked_path_for_many_layers_gives_the_same_answer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_blocked_path_for_many_layers_gives_the_same_answer() -> None:
     # Past a few thousand layers the DP works in blocks instead of one cached matrix; force that
     # path on a small case (blocks of a few columns, no cache) and compare.
     rng = np.random.default_rng(5)
@@ -313,8 +310,9 @@ def test_blocked_path_for_many_layers_gives_the_same_answer(
     total = float(nbytes.sum())
     cases = [(stages, cap) for stages in (1, 3, 6) for cap in (None, 1.4 * total / stages)]
     expected = [partition_layers(seconds, send, nbytes, s, memory_cap=c) for s, c in cases]
-    monkeypatch.setattr(_partition, "CACHE_ELEMENTS", 0)
-    monkeypatch.setattr(_partition, "BLOCK_ELEMENTS", 3 * (n + 1))
-    assert [partition_layers(seconds, send, nbytes, s, memory_cap=c) for s, c in cases] == expected
+    blocked = {"cache_elements": 0, "block_elements": 3 * (n + 1)}
+    assert [
+        partition_layers(seconds, send, nbytes, s, memory_cap=c, **blocked) for s, c in cases
+    ] == expected
     with pytest.raises(PartitionError, match="memory_cap"):
-        partition_layers(seconds, send, nbytes, 6, memory_cap=1.0)
+        partition_layers(seconds, send, nbytes, 6, memory_cap=1.0, **blocked)

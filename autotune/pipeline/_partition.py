@@ -218,13 +218,13 @@ def _bytes_block(prefix: _Prefix) -> _Block:
     return block
 
 
-def _cached(block: _Block, n: int) -> _Block:
+def _cached(block: _Block, n: int, cache_elements: int) -> _Block:
     """The same block function, served from one full matrix when that is small enough.
 
     Both DPs ask for the same stage values once per stage count; computing them once instead of
     num_stages times makes the whole search several times faster whenever the matrix fits.
     """
-    if (n + 1) ** 2 > CACHE_ELEMENTS:
+    if (n + 1) ** 2 > cache_elements:
         return block
     full = block(0, n + 1, 0, n + 1)
 
@@ -234,11 +234,11 @@ def _cached(block: _Block, n: int) -> _Block:
     return cached
 
 
-def _chunk(n: int) -> int:
-    return max(1, BLOCK_ELEMENTS // (n + 1))
+def _chunk(n: int, block_elements: int) -> int:
+    return max(1, block_elements // (n + 1))
 
 
-def _min_bottleneck(block: _Block, n: int, num_stages: int) -> float:
+def _min_bottleneck(block: _Block, n: int, num_stages: int, step: int) -> float:
     """Smallest achievable largest stage value over all splits into ``num_stages`` stages.
 
     best[b] holds the optimum for layers 0..b-1 in k stages; each round extends by one stage,
@@ -246,7 +246,6 @@ def _min_bottleneck(block: _Block, n: int, num_stages: int) -> float:
     """
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
-    step = _chunk(n)
     for k in range(1, num_stages + 1):
         new = np.full(n + 1, np.inf)
         # Stage k ends at b >= k and must leave a layer for each of the stages after it.
@@ -261,7 +260,7 @@ def _min_bottleneck(block: _Block, n: int, num_stages: int) -> float:
 
 
 def _min_cut_sends(
-    prefix: _Prefix, block: _Block, num_stages: int, limit: float
+    prefix: _Prefix, block: _Block, num_stages: int, limit: float, step: int
 ) -> list[FloatArray]:
     """Suffix DP: rest[k][a] = least summed send cost to split layers a..n-1 into k stages,
     every stage cost <= ``limit`` (and within the memory cap, via ``block``).
@@ -271,7 +270,6 @@ def _min_cut_sends(
     :func:`_walk` pick the smallest next bound first, which yields the lexicographic tie-break.
     """
     n = prefix.n
-    step = _chunk(n)
     rest = np.full(n + 1, np.inf)
     rest[n] = 0.0
     tables = [rest]
@@ -316,6 +314,24 @@ def _walk(
     return tuple(bounds)
 
 
+def _checked_request(num_stages: int, n: int, memory_cap: float | None) -> tuple[int, float | None]:
+    """``num_stages`` as an int and ``memory_cap`` as a float, or the error they deserve."""
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int | np.integer):
+        raise ValueError(f"num_stages must be an integer, got {num_stages!r}")
+    num_stages = int(num_stages)
+    if num_stages < 1:
+        raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+    if num_stages > n:
+        raise PartitionError(
+            f"{num_stages} stages but only {n} layers: every stage needs at least one layer"
+        )
+    if memory_cap is not None:
+        memory_cap = float(memory_cap)
+        if math.isnan(memory_cap) or memory_cap < 0:
+            raise ValueError(f"memory_cap must be >= 0 (or None for no cap), got {memory_cap}")
+    return num_stages, memory_cap
+
+
 def partition_layers(
     layer_seconds: Sequence[float],
     send_seconds: Sequence[float],
@@ -323,6 +339,9 @@ def partition_layers(
     num_stages: int,
     memory_cap: float | None = None,
     bottleneck_tolerance: float = REL_TOL,
+    *,
+    block_elements: int = BLOCK_ELEMENTS,
+    cache_elements: int = CACHE_ELEMENTS,
 ) -> Partition:
     """Split layers into ``num_stages`` contiguous, non-empty stages with the fastest bottleneck.
 
@@ -346,6 +365,8 @@ def partition_layers(
             The default only absorbs float rounding; measured costs carry a few percent of
             noise, and a wider tolerance stops that noise from choosing a boundary that sends
             more.
+        block_elements: Elements of the DP's temporary blocks; cache_elements: of the largest
+            stage-value matrix kept whole (tests shrink both to reach the blocked path).
 
     Returns:
         The optimal :class:`Partition`.
@@ -357,24 +378,12 @@ def partition_layers(
     """
     prefix = _prefix(layer_seconds, send_seconds, layer_bytes)
     n = prefix.n
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int | np.integer):
-        raise ValueError(f"num_stages must be an integer, got {num_stages!r}")
-    num_stages = int(num_stages)
-    if num_stages < 1:
-        raise ValueError(f"num_stages must be >= 1, got {num_stages}")
-    if num_stages > n:
-        raise PartitionError(
-            f"{num_stages} stages but only {n} layers: every stage needs at least one layer"
-        )
-    if memory_cap is not None:
-        memory_cap = float(memory_cap)
-        if math.isnan(memory_cap) or memory_cap < 0:
-            raise ValueError(f"memory_cap must be >= 0 (or None for no cap), got {memory_cap}")
-
-    block = _cached(_seconds_block(prefix, memory_cap), n)
-    bottleneck = _min_bottleneck(block, n, num_stages)
+    num_stages, memory_cap = _checked_request(num_stages, n, memory_cap)
+    step = _chunk(n, block_elements)
+    block = _cached(_seconds_block(prefix, memory_cap), n, cache_elements)
+    bottleneck = _min_bottleneck(block, n, num_stages, step)
     if not math.isfinite(bottleneck):
-        least = _min_bottleneck(_bytes_block(prefix), n, num_stages)
+        least = _min_bottleneck(_bytes_block(prefix), n, num_stages, step)
         raise PartitionError(
             f"no split of {n} layers into {num_stages} stages fits memory_cap={memory_cap:g}: "
             f"the smallest achievable largest-stage memory is {least:g}; raise the cap to at "
@@ -384,7 +393,7 @@ def partition_layers(
     if not (math.isfinite(bottleneck_tolerance) and bottleneck_tolerance >= 0):
         raise ValueError(f"bottleneck_tolerance must be >= 0, got {bottleneck_tolerance!r}")
     limit = bottleneck * (1.0 + max(bottleneck_tolerance, REL_TOL)) + ABS_TOL
-    tables = _min_cut_sends(prefix, block, num_stages, limit)
+    tables = _min_cut_sends(prefix, block, num_stages, limit, step)
     least_sends = float(tables[num_stages][0])
     # The tolerance is relative to the whole sum of stage costs (compute + sends), matching how
     # the bottleneck tolerance is relative to the bottleneck.
