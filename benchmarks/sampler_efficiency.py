@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 
 from autotune._errors import UserError  # noqa: E402
-from autotune._landscape import (  # noqa: E402
+from autotune.study import DEFAULT_STORAGE, SAMPLERS, load_study  # noqa: E402
+from benchmarks.landscape import (  # noqa: E402
     TARGET_FRACTION,
     Landscape,
     ReplayResult,
@@ -52,7 +53,6 @@ from autotune._landscape import (  # noqa: E402
     replay,
     summarise,
 )
-from autotune._study import DEFAULT_STORAGE, SAMPLERS, load_study  # noqa: E402
 
 
 def record(out: Path, model: Path, space_path: Path, storage: str, study_name: str | None) -> None:

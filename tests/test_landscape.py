@@ -1,18 +1,20 @@
-"""Landscapes and sampler replays (autotune/_landscape.py), on synthetic landscapes."""
+"""Landscapes and sampler replays (benchmarks/landscape.py), on synthetic landscapes."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 
-from autotune import _score
-from autotune._errors import UserError
-from autotune._landscape import (
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the landscape is a benchmark helper
+
+from landscape import (  # noqa: E402
     Landscape,
     LandscapePoint,
     ReplayResult,
@@ -22,10 +24,11 @@ from autotune._landscape import (
     replay,
     summarise,
 )
-from autotune._space import IntRange, SearchSpace
-from autotune._task import reference_settings
 
-REPO = Path(__file__).resolve().parents[1]
+from autotune._errors import UserError  # noqa: E402
+from autotune._score import constraints_for_no_run, constraints_for_run  # noqa: E402
+from autotune._space import IntRange, SearchSpace  # noqa: E402
+from autotune._task import reference_settings  # noqa: E402
 
 REFERENCE = reference_settings(32)
 
@@ -305,12 +308,12 @@ def test_summarise_per_sampler() -> None:
 def test_feasibility_follows_the_tool_constraints() -> None:
     point = LANDSCAPE.lookup({**REFERENCE, "micro_batch_size": 128})
     assert point.accuracy_loss == pytest.approx(0.004)
-    assert point.constraints(0.005) == _score.constraints_for_run(0.004, 0.005)
+    assert point.constraints(0.005) == constraints_for_run(0.004, 0.005)
     assert point.is_feasible(0.005) and not point.is_feasible(0.003)
     infeasible = LANDSCAPE.lookup(
         {**REFERENCE, "micro_batch_size": 256, "gradient_accumulation_steps": 2}
     )
-    assert infeasible.constraints(0.005) == _score.constraints_for_no_run()
+    assert infeasible.constraints(0.005) == constraints_for_no_run()
     assert infeasible.value() == 0.0 and not infeasible.runnable
 
 

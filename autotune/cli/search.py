@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autotune import _score
-from autotune._confirm import CONFIRM_ROUNDS, DEFAULT_CONFIRM
+from autotune import search
 from autotune._errors import UserError
 from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
-from autotune._search import search
+from autotune._score import DEFAULT_MAX_ACCURACY_LOSS
 from autotune._space import PARAMETERS
-from autotune._study import (
+from autotune.cli._common import add_study_flags
+from autotune.study import (
+    CONFIRM_ROUNDS,
+    DEFAULT_CONFIRM,
     DEFAULT_MIN_MEASURE_SECONDS,
     DEFAULT_SPACE,
     DEFAULT_TRAIN_SAMPLES,
@@ -21,7 +23,6 @@ from autotune._study import (
     SAMPLERS,
     SearchOptions,
 )
-from autotune.cli._common import add_study_flags
 
 
 def add_parser(subparsers: Any, name: str) -> None:
@@ -60,7 +61,7 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument(
         "--max-accuracy-loss",
         type=float,
-        default=_score.DEFAULT_MAX_ACCURACY_LOSS,
+        default=DEFAULT_MAX_ACCURACY_LOSS,
         help="largest relative metric loss vs the reference, as a fraction (default: %(default)s)",
     )
     parser.add_argument(

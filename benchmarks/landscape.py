@@ -8,6 +8,9 @@ start-up among runnable configurations (`enqueue_startup`), the same constraints
 rule that a repeated configuration or one that cannot run costs no run. What a
 replay measures is how many runs a sampler needs before its best feasible configuration
 reaches a fraction (95%) of the best feasible throughput in the whole grid.
+
+A benchmark helper, not part of the product: `benchmarks/sampler_efficiency.py` records and
+replays landscapes with it, through the public names of `autotune.study` only.
 """
 
 from __future__ import annotations
@@ -26,25 +29,45 @@ from typing import Any
 
 import optuna
 
-from autotune import _score
 from autotune._errors import UserError
 from autotune._plan import LR_SCALINGS, TrialConfig
+from autotune._records import (
+    ACCURACY_LOSS,
+    CONFIG_KEY,
+    FAILED,
+    INFEASIBLE,
+    OK,
+    RAN,
+    SETTINGS,
+    STATUS,
+    STUDY_LR_SCALING,
+    STUDY_MACHINE,
+    STUDY_MAX_ACCURACY_LOSS,
+    STUDY_MODEL,
+    STUDY_SPACE,
+    THROUGHPUT,
+    TrialRecord,
+)
+from autotune._score import (
+    DEFAULT_MAX_ACCURACY_LOSS,
+    constraints_for_no_run,
+    constraints_for_run,
+    is_feasible,
+    validate_budget,
+)
 from autotune._space import (
     PARAMETERS,
     IntRange,
     SearchSpace,
     fill_settings,
     record_reference,
-    sampled_params,
     suggest,
 )
-from autotune.study import ASKS_PER_RUN as _ASKS_PER_RUN
-from autotune.study import enqueue_startup
-from autotune.study import make_sampler as _make_sampler
+from autotune.study import ASKS_PER_RUN, enqueue_reference, enqueue_startup, make_sampler
 
-STATUSES = ("ok", "infeasible", "failed")
+STATUSES = (OK, INFEASIBLE, FAILED)
 """A point ran and was measured, could not run on the machine (no run), or ran and failed."""
-RUNNABLE_STATUSES = ("ok", "failed")
+RUNNABLE_STATUSES = RAN
 """Statuses that cost a run when the search first proposes the configuration."""
 DEFAULT_OPTIMIZER: dict[str, Any] = {"type": "AdamW", "params": {"lr": 1e-3}}
 TARGET_FRACTION = 0.95
@@ -71,7 +94,7 @@ class LandscapePoint:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"point status must be one of {STATUSES}, got {self.status!r}")
-        if self.status == "ok" and (self.throughput is None or self.accuracy_loss is None):
+        if self.status == OK and (self.throughput is None or self.accuracy_loss is None):
             raise ValueError(f"an 'ok' point needs a throughput and an accuracy loss: {self.key}")
 
     @property
@@ -80,17 +103,17 @@ class LandscapePoint:
 
     def constraints(self, max_accuracy_loss: float) -> dict[str, float]:
         """The Optuna constraints `autotune search` sets for this outcome."""
-        if self.status != "ok":
-            return _score.constraints_for_no_run()
+        if self.status != OK:
+            return constraints_for_no_run()
         assert self.accuracy_loss is not None
-        return _score.constraints_for_run(self.accuracy_loss, max_accuracy_loss)
+        return constraints_for_run(self.accuracy_loss, max_accuracy_loss)
 
     def value(self) -> float:
         """The objective value `autotune search` returns for this outcome."""
-        return float(self.throughput) if self.status == "ok" and self.throughput else 0.0
+        return float(self.throughput) if self.status == OK and self.throughput else 0.0
 
     def is_feasible(self, max_accuracy_loss: float) -> bool:
-        return _score.is_feasible(self.constraints(max_accuracy_loss))
+        return is_feasible(self.constraints(max_accuracy_loss))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,7 +183,7 @@ class Landscape:
     space: SearchSpace
     reference: dict[str, Any]
     points: tuple[LandscapePoint, ...]
-    max_accuracy_loss: float = _score.DEFAULT_MAX_ACCURACY_LOSS
+    max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS
     optimizer: dict[str, Any] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_OPTIMIZER)
     )
@@ -169,7 +192,7 @@ class Landscape:
     model: str = ""
 
     def __post_init__(self) -> None:
-        problem = _score.validate_budget(self.max_accuracy_loss)
+        problem = validate_budget(self.max_accuracy_loss)
         if problem:
             raise ValueError(problem)
         if self.lr_scaling not in LR_SCALINGS:
@@ -350,48 +373,28 @@ def landscape_from_study(
         UserError: The study ran another space or model, or does not cover the whole grid.
     """
     attrs = study.user_attrs
-    if attrs.get("space") is not None and attrs["space"] != space.describe():
+    if attrs.get(STUDY_SPACE) is not None and attrs[STUDY_SPACE] != space.describe():
         raise UserError(
-            f"Study '{study.study_name}' searched {attrs['space']}, not the space in "
+            f"Study '{study.study_name}' searched {attrs[STUDY_SPACE]}, not the space in "
             f"{space.source}; pass the --space it was run with."
         )
     empty = Landscape(
         space,
         dict(reference),
         (),
-        max_accuracy_loss=float(attrs.get("max_accuracy_loss", _score.DEFAULT_MAX_ACCURACY_LOSS)),
+        max_accuracy_loss=float(attrs.get(STUDY_MAX_ACCURACY_LOSS, DEFAULT_MAX_ACCURACY_LOSS)),
         optimizer=copy.deepcopy(optimizer),
-        lr_scaling=str(attrs.get("lr_scaling", "sqrt")),
-        machine=str(attrs.get("machine", "")),
-        model=model if model is not None else Path(str(attrs.get("model", ""))).name,
+        lr_scaling=str(attrs.get(STUDY_LR_SCALING, "sqrt")),
+        machine=str(attrs.get(STUDY_MACHINE, "")),
+        model=model if model is not None else Path(str(attrs.get(STUDY_MODEL, ""))).name,
     )
     points: dict[str, LandscapePoint] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        status = trial.user_attrs.get("status")
-        if status not in STATUSES:
-            continue  # a repeat: its configuration has a trial of its own
-        settings = dict(trial.user_attrs["settings"])
-        key = empty.key_of(settings)
-        if trial.user_attrs.get("role") == "reference" and key != empty.key_of(reference):
-            raise UserError(
-                f"Study '{study.study_name}' ran the reference {trial.user_attrs['settings']}, "
-                "not this model file's; pass the --model it was run with."
-            )
-        if key != trial.user_attrs.get("config_key", key):
-            raise UserError(
-                f"Study '{study.study_name}' trial {trial.number} has another learning rate than "
-                "this model file's optimizer gives; pass the --model it was run with."
-            )
-        if key in points:
-            continue  # two workers ran the same configuration; keep the first
-        ok = status == "ok"
-        points[key] = LandscapePoint(
-            key,
-            settings,
-            status,
-            float(trial.user_attrs["throughput"]) if ok else None,
-            float(trial.user_attrs["accuracy_loss"]) if ok else None,
-        )
+        point = _point_of(study, TrialRecord.of(trial), empty)
+        # A repeat has none (its configuration has a trial of its own); of two workers that
+        # ran the same configuration, the first is kept.
+        if point is not None and point.key not in points:
+            points[point.key] = point
     landscape = dataclasses.replace(empty, points=tuple(points.values()))
     missing = landscape.missing()
     if missing:
@@ -401,6 +404,37 @@ def landscape_from_study(
             f"on it again with --n-trials {len(points) + len(missing)} or more."
         )
     return landscape
+
+
+def _point_of(study: optuna.Study, record: TrialRecord, empty: Landscape) -> LandscapePoint | None:
+    """The point a trial of a grid study measured; None for a repeat.
+
+    Raises:
+        UserError: The trial ran another model file's reference or learning rate.
+    """
+    status = record.get(STATUS)
+    if status not in STATUSES:
+        return None
+    settings = dict(record.get(SETTINGS))
+    key = empty.key_of(settings)
+    if record.is_reference and key != empty.key_of(empty.reference):
+        raise UserError(
+            f"Study '{study.study_name}' ran the reference {record.get(SETTINGS)}, "
+            "not this model file's; pass the --model it was run with."
+        )
+    if key != record.get(CONFIG_KEY, key):
+        raise UserError(
+            f"Study '{study.study_name}' trial {record.number} has another learning rate than "
+            "this model file's optimizer gives; pass the --model it was run with."
+        )
+    ok = status == OK
+    return LandscapePoint(
+        key,
+        settings,
+        status,
+        float(record.get(THROUGHPUT)) if ok else None,
+        float(record.get(ACCURACY_LOSS)) if ok else None,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,7 +489,7 @@ class _ReplayObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         landscape = self.landscape
-        if trial.user_attrs.get("role") == "reference":
+        if TrialRecord.of(trial).is_reference:
             settings = record_reference(trial, landscape.space, landscape.reference)
         else:
             settings = suggest(trial, landscape.space, landscape.reference)
@@ -507,13 +541,10 @@ def replay(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
-            sampler=_make_sampler(sampler_name, seed, space.grid()), direction="maximize"
+            sampler=make_sampler(sampler_name, seed, space.grid()), direction="maximize"
         )
-        study.enqueue_trial(
-            sampled_params(space, landscape.reference),
-            user_attrs={"role": "reference"},
-        )
-        wanted = max_proposals or _ASKS_PER_RUN * max(1, landscape.runnable)
+        enqueue_reference(study, space, landscape.reference)
+        wanted = max_proposals or ASKS_PER_RUN * max(1, landscape.runnable)
         enqueue_startup(
             study,
             space,
