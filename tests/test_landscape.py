@@ -1,4 +1,5 @@
-"""Landscapes and sampler replays (benchmarks/landscape.py), on synthetic landscapes."""
+"""Landscapes and sampler replays (benchmarks/landscape.py, benchmarks/sampler_replay.py), on
+synthetic landscapes."""
 
 from __future__ import annotations
 
@@ -17,13 +18,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # the landscape is a benchmark hel
 from landscape import (  # noqa: E402
     Landscape,
     LandscapePoint,
-    ReplayResult,
     landscape_from_study,
-    percentile,
     reachable_settings,
-    replay,
-    summarise,
 )
+from sampler_replay import ReplayResult, percentile, replay, summarise  # noqa: E402
 
 from autotune._errors import UserError  # noqa: E402
 from autotune._score import constraints_for_no_run, constraints_for_run  # noqa: E402

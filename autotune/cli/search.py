@@ -37,6 +37,12 @@ def add_parser(subparsers: Any, name: str) -> None:
         ),
     )
     parser.add_argument("model", type=Path, help="the model file (see the README's contract)")
+    _add_search_flags(parser)
+    _add_measurement_flags(parser)
+
+
+def _add_search_flags(parser: argparse.ArgumentParser) -> None:
+    """What to search, for how long, and against which budget."""
     parser.add_argument(
         "--space", type=Path, default=DEFAULT_SPACE, help="search space YAML (default: %(default)s)"
     )
@@ -73,6 +79,10 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
     add_study_flags(parser, "study name (default: the model file's name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampler")
+
+
+def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
+    """How each trial is measured, and what runs around the search."""
     parser.add_argument(
         "--min-measure-seconds",
         type=float,
