@@ -5,28 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # the landscape is a benchmark helper
-
-from landscape import (  # noqa: E402
+from landscape import (
     Landscape,
     LandscapePoint,
     landscape_from_study,
     reachable_settings,
 )
-from sampler_replay import ReplayResult, percentile, replay, summarise  # noqa: E402
+from sampler_replay import ReplayResult, percentile, replay, summarise
 
-from autotune._errors import UserError  # noqa: E402
-from autotune._score import constraints_for_no_run, constraints_for_run  # noqa: E402
-from autotune._space import IntRange, SearchSpace  # noqa: E402
-from autotune._task import reference_settings  # noqa: E402
+from autotune._errors import UserError
+from autotune._score import constraints_for_no_run, constraints_for_run
+from autotune._space import IntRange, SearchSpace
+from autotune._task import reference_settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 REFERENCE = reference_settings(32)
 
