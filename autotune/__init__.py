@@ -13,11 +13,11 @@ from autotune._export import export, export_trial
 from autotune._plan import Machine, TrialConfig, detect_machine, why_not_runnable
 from autotune._search import SearchSummary, search
 from autotune._space import PARAMETERS, SearchSpace, load_space
-from autotune._study import SearchOptions, load_study
 from autotune._task import ModelFile, Task, load_task
 from autotune.pipeline import build_pipeline_module
 from autotune.report import trials_frame, write_study_report
 from autotune.runner import RunResult, run_trial
+from autotune.study import SearchOptions, load_study
 
 __all__ = [
     "PARAMETERS",

@@ -13,6 +13,7 @@ import optuna
 
 from autotune._errors import UserError
 from autotune._export import export
+from autotune._records import STUDY_REFERENCE_NOISE, TrialRecord
 from autotune._space import describe_settings
 from autotune.report import write_study_report
 from autotune.study import (
@@ -37,7 +38,7 @@ class SearchSummary:
         study: The study's name.
         runs: Trials in the study that launched a run.
         reference: The reference trial.
-        best: The fastest feasible trial (by its speed-up, see `autotune._confirm`), or None.
+        best: The fastest feasible trial (by its speed-up, see `autotune.study`), or None.
         export_dir: Where the best configuration was exported, or None.
         report_path: The HTML report.
         reference_runs: Every window the reference was timed over (samples/s): its trial's,
@@ -96,37 +97,17 @@ def _finish(
     if reference is None:
         raise UserError("The study has no finished reference run; run the search again.")
     best = best_trial(study)
-    noise = study.user_attrs.get("reference_noise")
-    if noise is not None and noise > options.max_accuracy_loss:
-        print_line(
-            f"warning: the reference's metric moved {noise:.2%} between two training seeds, more "
-            f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
-        )
-    export_dir = None
+    _warn_if_noisy(study, options, print_line)
     confirmations = stored_confirmations(study)
     reference_runs = throughput_runs(reference.user_attrs, reference.number, confirmations)
     best_runs = [] if best is None else throughput_runs(best.user_attrs, best.number, confirmations)
-    speedup: float | None = None
+    export_dir: Path | None = None
     pairs: list[float] = []
     if best is None:
         print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
     else:
-        speedup, pairs = estimated_speedup(
-            best.user_attrs, best.number, reference, confirmations, stored_rounds(study)
-        )
+        pairs = _export_best(study, best, reference, reference_runs, best_runs, options, print_line)
         export_dir = options.trials_dir / options.study_name / "best"
-        export(study, export_dir, best.number)
-        best_value = estimated_throughput(best_runs) or 0.0
-        reference_value = estimated_throughput(reference_runs) or math.nan
-        side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
-        print_line(
-            f"best: trial {best.number} [{describe_settings(best.user_attrs['settings'])}] "
-            f"{best_value:.1f} samples/s{_windows(best_runs)} vs reference "
-            f"{reference_value:.1f}{_windows(reference_runs)} "
-            f"({speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
-            f"{best.user_attrs['accuracy_loss']:+.2%}"
-        )
-        print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
     report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
     print_line(f"report: {report_path}")
     return SearchSummary(
@@ -140,6 +121,52 @@ def _finish(
         tuple(best_runs),
         tuple(pairs),
     )
+
+
+def _warn_if_noisy(
+    study: optuna.Study, options: SearchOptions, print_line: Callable[[str], None]
+) -> None:
+    noise = study.user_attrs.get(STUDY_REFERENCE_NOISE)
+    if noise is not None and noise > options.max_accuracy_loss:
+        print_line(
+            f"warning: the reference's metric moved {noise:.2%} between two training seeds, more "
+            f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
+        )
+
+
+def _export_best(
+    study: optuna.Study,
+    best: optuna.trial.FrozenTrial,
+    reference: optuna.trial.FrozenTrial,
+    reference_runs: list[float],
+    best_runs: list[float],
+    options: SearchOptions,
+    print_line: Callable[[str], None],
+) -> list[float]:
+    """Export the best trial and print it against the reference; returns its speed-ups over
+    the reference in the confirmation rounds that timed both."""
+    speedup, pairs = estimated_speedup(
+        best.user_attrs,
+        best.number,
+        reference,
+        stored_confirmations(study),
+        stored_rounds(study),
+    )
+    export_dir = options.trials_dir / options.study_name / "best"
+    export(study, export_dir, best.number)
+    record = TrialRecord.of(best)
+    best_value = estimated_throughput(best_runs) or 0.0
+    reference_value = estimated_throughput(reference_runs) or math.nan
+    side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
+    print_line(
+        f"best: trial {best.number} [{describe_settings(record.settings)}] "
+        f"{best_value:.1f} samples/s{_windows(best_runs)} vs reference "
+        f"{reference_value:.1f}{_windows(reference_runs)} "
+        f"({speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
+        f"{record.accuracy_loss:+.2%}"
+    )
+    print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
+    return pairs
 
 
 def _windows(runs: list[float]) -> str:

@@ -43,17 +43,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import export, load_study  # noqa: E402
-from autotune._confirm import best_trial  # noqa: E402
 from autotune._errors import UserError  # noqa: E402
 from autotune._plan import TrialConfig, detect_machine  # noqa: E402
 from autotune._space import describe_settings  # noqa: E402
-from autotune._study import (  # noqa: E402
+from autotune._task import load_model_file  # noqa: E402
+from autotune.runner import remove_shm_buffers, run_trial  # noqa: E402
+from autotune.study import (  # noqa: E402
     ADAPTIVE,
     DEFAULT_MIN_MEASURE_SECONDS,
     DEFAULT_STORAGE,
+    best_trial,
 )
-from autotune._task import load_model_file  # noqa: E402
-from autotune.runner import remove_shm_buffers, run_trial  # noqa: E402
 
 TOLERANCE = 0.10
 WINDOW_SECONDS = 10.0

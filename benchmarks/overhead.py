@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, load_study, search  # noqa: E402
-from autotune._study import DEFAULT_MIN_MEASURE_SECONDS  # noqa: E402
+from autotune.study import DEFAULT_MIN_MEASURE_SECONDS  # noqa: E402
 
 SPACE = """\
 micro_batch_size: [32, 64, 128, 256]

@@ -42,17 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
+from landscape import TARGET_FRACTION, Landscape, landscape_from_study  # noqa: E402
+from sampler_replay import ReplayResult, replay, summarise  # noqa: E402
 
 from autotune._errors import UserError  # noqa: E402
-from autotune._landscape import (  # noqa: E402
-    TARGET_FRACTION,
-    Landscape,
-    ReplayResult,
-    landscape_from_study,
-    replay,
-    summarise,
-)
-from autotune._study import DEFAULT_STORAGE, SAMPLERS, load_study  # noqa: E402
+from autotune.study import DEFAULT_STORAGE, SAMPLERS, load_study  # noqa: E402
 
 
 def record(out: Path, model: Path, space_path: Path, storage: str, study_name: str | None) -> None:

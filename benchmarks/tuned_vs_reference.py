@@ -38,9 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, export, load_study, search  # noqa: E402
-from autotune._confirm import DEFAULT_CONFIRM  # noqa: E402
 from autotune._space import describe_settings  # noqa: E402
-from autotune._study import DEFAULT_MIN_MEASURE_SECONDS  # noqa: E402
+from autotune.study import DEFAULT_CONFIRM, DEFAULT_MIN_MEASURE_SECONDS  # noqa: E402
 from benchmarks.fidelity import TOLERANCE, WINDOW_SECONDS, Pairs, time_pairs  # noqa: E402
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autotune._confirm import (
-    CONFIRMATIONS_ATTR,
-    FAILURES_ATTR,
-    ROUNDS_ATTR,
+from autotune._records import (
+    STUDY_CONFIRMATION_FAILURES,
+    STUDY_CONFIRMATION_ROUNDS,
+    STUDY_CONFIRMATIONS,
+)
+from autotune._score import ACCURACY_CONSTRAINT, RUNNABLE_CONSTRAINT
+from autotune.study import (
     best_trial,
     confirm,
     confirmation_order,
@@ -18,7 +21,6 @@ from autotune._confirm import (
     paired_speedups,
     throughput_runs,
 )
-from autotune._score import ACCURACY_CONSTRAINT, RUNNABLE_CONSTRAINT
 
 
 def _study(rows: list[tuple[str, str, float | None, bool, int]]) -> optuna.Study:
@@ -78,7 +80,7 @@ def test_best_is_chosen_on_the_median_of_every_window() -> None:
         ]
     )
     assert best_trial(study).number == 1
-    study.set_user_attr(CONFIRMATIONS_ATTR, {"1": [200.0, 210.0], "2": [240.0, 260.0]})
+    study.set_user_attr(STUDY_CONFIRMATIONS, {"1": [200.0, 210.0], "2": [240.0, 260.0]})
     assert best_trial(study).number == 2
     runs = throughput_runs(study.trials[1].user_attrs, 1, {"1": [200.0, 210.0]})
     assert runs == [300.0, 200.0, 210.0] and estimated_throughput(runs) == 210.0
@@ -95,13 +97,13 @@ def test_a_repeat_shares_its_originals_windows_and_is_not_a_candidate() -> None:
     study.tell(trial, 150.0)
     confirmations = {"1": [140.0, 160.0]}
     assert throughput_runs(study.trials[2].user_attrs, 2, confirmations) == [150.0, 140.0, 160.0]
-    study.set_user_attr(CONFIRMATIONS_ATTR, confirmations)
+    study.set_user_attr(STUDY_CONFIRMATIONS, confirmations)
     assert best_trial(study).number == 1
 
 
 def test_a_configuration_that_failed_its_confirmation_is_not_the_best() -> None:
     study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 150.0, True, 2)])
-    study.set_user_attr(FAILURES_ATTR, {"1": "oom: out of memory"})
+    study.set_user_attr(STUDY_CONFIRMATION_FAILURES, {"1": "oom: out of memory"})
     assert best_trial(study).number == 0
 
 
@@ -126,7 +128,7 @@ def test_confirm_times_the_fastest_and_the_reference_and_is_idempotent() -> None
     lines: list[str] = []
     confirm(study, machine, count=2, rounds=2, seed=0, print_line=lines.append)
     assert sorted(number for number, _ in machine.calls) == [0, 0, 1, 1, 2, 2]
-    assert study.user_attrs[CONFIRMATIONS_ATTR] == {
+    assert study.user_attrs[STUDY_CONFIRMATIONS] == {
         "0": [110.0, 90.0],
         "1": [280.0, 290.0],
         "2": [230.0, 240.0],
@@ -152,7 +154,7 @@ def test_a_best_that_appears_only_after_confirmation_is_confirmed_too() -> None:
     assert [number for number, _ in machine.calls].count(2) == 2
     assert [number for number, _ in machine.calls].count(0) == 4  # beside both, every round
     assert best_trial(study).number == 2
-    rounds = study.user_attrs[ROUNDS_ATTR]
+    rounds = study.user_attrs[STUDY_CONFIRMATION_ROUNDS]
     assert [sorted(r) for r in rounds] == [["0", "1"], ["0", "1"], ["0", "2"], ["0", "2"]]
 
 
@@ -171,11 +173,11 @@ def test_the_best_is_judged_beside_the_reference_timed_in_the_same_rounds() -> N
     lines: list[str] = []
     confirm(study, machine, count=1, rounds=2, seed=0, print_line=lines.append)
     assert best_trial(study).number == 2
-    rounds = study.user_attrs[ROUNDS_ATTR]
+    rounds = study.user_attrs[STUDY_CONFIRMATION_ROUNDS]
     assert paired_speedups(1, 0, rounds) == [2.0, 2.0]
     assert paired_speedups(2, 0, rounds) == [2.5, 2.5]
     attrs = study.trials[2].user_attrs
-    confirmations = study.user_attrs[CONFIRMATIONS_ATTR]
+    confirmations = study.user_attrs[STUDY_CONFIRMATIONS]
     assert estimated_speedup(attrs, 2, study.trials[0], confirmations, rounds) == (2.5, [2.5, 2.5])
     assert estimated_throughput(throughput_runs(attrs, 2, confirmations)) == 150.0
     assert "  trial   2: 2.50x, 2.50x the reference side by side (median 2.50x)" in lines
@@ -183,7 +185,7 @@ def test_the_best_is_judged_beside_the_reference_timed_in_the_same_rounds() -> N
 
 def test_without_confirmation_rounds_the_speedup_is_the_ratio_of_medians() -> None:
     study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 250.0, True, 1)])
-    study.set_user_attr(CONFIRMATIONS_ATTR, {"0": [100.0, 80.0]})
+    study.set_user_attr(STUDY_CONFIRMATIONS, {"0": [100.0, 80.0]})
     speedup = estimated_speedup(
         study.trials[1].user_attrs, 1, study.trials[0], {"0": [100.0, 80.0]}, []
     )
@@ -201,7 +203,7 @@ def test_a_failed_confirmation_is_recorded_and_the_next_best_confirmed() -> None
     machine = _Machine({0: [100.0] * 4, 1: [None], 2: [190.0, 210.0]})
     lines: list[str] = []
     confirm(study, machine, count=1, rounds=2, seed=0, print_line=lines.append)
-    assert study.user_attrs[FAILURES_ATTR] == {"1": "oom: out of memory"}
+    assert study.user_attrs[STUDY_CONFIRMATION_FAILURES] == {"1": "oom: out of memory"}
     assert [number for number, _ in machine.calls].count(1) == 1  # not retried
     assert any("trial   1: failed: oom" in line for line in lines)
     assert best_trial(study).number == 2
@@ -212,4 +214,4 @@ def test_confirm_zero_runs_nothing(count: int, rounds: int) -> None:
     study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 300.0, True, 1)])
     machine = _Machine({})
     confirm(study, machine, count=count, rounds=rounds, seed=0, print_line=lambda _: None)
-    assert machine.calls == [] and CONFIRMATIONS_ATTR not in study.user_attrs
+    assert machine.calls == [] and STUDY_CONFIRMATIONS not in study.user_attrs

@@ -1,4 +1,5 @@
-"""Landscapes and sampler replays (autotune/_landscape.py), on synthetic landscapes."""
+"""Landscapes and sampler replays (benchmarks/landscape.py, benchmarks/sampler_replay.py), on
+synthetic landscapes."""
 
 from __future__ import annotations
 
@@ -9,19 +10,16 @@ from typing import Any
 
 import optuna
 import pytest
-
-from autotune import _score
-from autotune._errors import UserError
-from autotune._landscape import (
+from landscape import (
     Landscape,
     LandscapePoint,
-    ReplayResult,
     landscape_from_study,
-    percentile,
     reachable_settings,
-    replay,
-    summarise,
 )
+from sampler_replay import ReplayResult, percentile, replay, summarise
+
+from autotune._errors import UserError
+from autotune._score import constraints_for_no_run, constraints_for_run
 from autotune._space import IntRange, SearchSpace
 from autotune._task import reference_settings
 
@@ -305,12 +303,12 @@ def test_summarise_per_sampler() -> None:
 def test_feasibility_follows_the_tool_constraints() -> None:
     point = LANDSCAPE.lookup({**REFERENCE, "micro_batch_size": 128})
     assert point.accuracy_loss == pytest.approx(0.004)
-    assert point.constraints(0.005) == _score.constraints_for_run(0.004, 0.005)
+    assert point.constraints(0.005) == constraints_for_run(0.004, 0.005)
     assert point.is_feasible(0.005) and not point.is_feasible(0.003)
     infeasible = LANDSCAPE.lookup(
         {**REFERENCE, "micro_batch_size": 256, "gradient_accumulation_steps": 2}
     )
-    assert infeasible.constraints(0.005) == _score.constraints_for_no_run()
+    assert infeasible.constraints(0.005) == constraints_for_no_run()
     assert infeasible.value() == 0.0 and not infeasible.runnable
 
 

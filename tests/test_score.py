@@ -1,5 +1,5 @@
 """Scoring against the reference (autotune/_score.py) and storage URL redaction
-(autotune/_study.py: redact)."""
+(autotune.study.redact)."""
 
 from __future__ import annotations
 
@@ -8,82 +8,91 @@ import sys
 
 import pytest
 
-from autotune import _score
-from autotune._study import redact
+from autotune._score import (
+    ACCURACY_CONSTRAINT,
+    RUNNABLE_CONSTRAINT,
+    accuracy_loss,
+    constraints_for_no_run,
+    constraints_for_run,
+    is_feasible,
+    reference_noise,
+    validate_budget,
+)
+from autotune.study import redact
 
 # --- accuracy loss -------------------------------------------------------------------------
 
 
 def test_accuracy_loss_is_relative_to_the_reference() -> None:
-    assert _score.accuracy_loss(0.8, 0.76) == pytest.approx(0.05)
-    assert _score.accuracy_loss(0.5, 0.25) == pytest.approx(0.5)
-    assert _score.accuracy_loss(0.8, 0.8) == 0.0
+    assert accuracy_loss(0.8, 0.76) == pytest.approx(0.05)
+    assert accuracy_loss(0.5, 0.25) == pytest.approx(0.5)
+    assert accuracy_loss(0.8, 0.8) == 0.0
 
 
 def test_accuracy_loss_is_negative_when_the_trial_does_better() -> None:
-    assert _score.accuracy_loss(0.8, 0.84) == pytest.approx(-0.05)
-    assert _score.accuracy_loss(0.5, 1.0) == pytest.approx(-1.0)
+    assert accuracy_loss(0.8, 0.84) == pytest.approx(-0.05)
+    assert accuracy_loss(0.5, 1.0) == pytest.approx(-1.0)
 
 
 def test_accuracy_loss_with_a_negative_metric() -> None:
     # Higher is better, e.g. a negated validation loss: -2.2 is worse than -2.0.
-    assert _score.accuracy_loss(-2.0, -2.2) == pytest.approx(0.1)
-    assert _score.accuracy_loss(-2.0, -1.8) == pytest.approx(-0.1)
+    assert accuracy_loss(-2.0, -2.2) == pytest.approx(0.1)
+    assert accuracy_loss(-2.0, -1.8) == pytest.approx(-0.1)
 
 
 def test_accuracy_loss_against_a_zero_reference_is_absolute() -> None:
-    assert _score.accuracy_loss(0.0, -0.1) == pytest.approx(0.1)
-    assert _score.accuracy_loss(0.0, 0.25) == pytest.approx(-0.25)
-    assert _score.accuracy_loss(0.0, 0.0) == 0.0
+    assert accuracy_loss(0.0, -0.1) == pytest.approx(0.1)
+    assert accuracy_loss(0.0, 0.25) == pytest.approx(-0.25)
+    assert accuracy_loss(0.0, 0.0) == 0.0
 
 
 # --- reference noise -----------------------------------------------------------------------
 
 
 def test_reference_noise_needs_two_seeds() -> None:
-    assert _score.reference_noise([]) is None
-    assert _score.reference_noise([0.9]) is None
+    assert reference_noise([]) is None
+    assert reference_noise([0.9]) is None
 
 
 def test_reference_noise_is_the_relative_spread() -> None:
-    assert _score.reference_noise([0.9, 0.81]) == pytest.approx(0.1)
-    assert _score.reference_noise([0.81, 0.9]) == pytest.approx(0.09 / 0.81)
-    assert _score.reference_noise([0.5, 0.5]) == 0.0
-    assert _score.reference_noise([0.8, 0.7, 0.9]) == pytest.approx(0.25)
-    assert _score.reference_noise([0.0, 0.1]) == pytest.approx(0.1)  # zero first seed: absolute
+    assert reference_noise([0.9, 0.81]) == pytest.approx(0.1)
+    assert reference_noise([0.81, 0.9]) == pytest.approx(0.09 / 0.81)
+    assert reference_noise([0.5, 0.5]) == 0.0
+    assert reference_noise([0.8, 0.7, 0.9]) == pytest.approx(0.25)
+    assert reference_noise([0.0, 0.1]) == pytest.approx(0.1)  # zero first seed: absolute
 
 
 # --- constraints ---------------------------------------------------------------------------
 
 
 def test_constraints_are_feasible_up_to_the_budget() -> None:
-    at_budget = _score.constraints_for_run(0.005, 0.005)
-    assert at_budget == {_score.ACCURACY_CONSTRAINT: 0.0, _score.RUNNABLE_CONSTRAINT: 0.0}
-    assert _score.is_feasible(at_budget)
-    assert _score.is_feasible(_score.constraints_for_run(0.0, 0.0))
-    assert _score.is_feasible(_score.constraints_for_run(-0.02, 0.005))  # better than reference
-    assert _score.is_feasible(_score.constraints_for_run(0.0049, 0.005))
+    at_budget = constraints_for_run(0.005, 0.005)
+    assert at_budget == {ACCURACY_CONSTRAINT: 0.0, RUNNABLE_CONSTRAINT: 0.0}
+    assert is_feasible(at_budget)
+    assert is_feasible(constraints_for_run(0.0, 0.0))
+    assert is_feasible(constraints_for_run(-0.02, 0.005))  # better than reference
+    assert is_feasible(constraints_for_run(0.0049, 0.005))
 
 
 def test_constraints_are_infeasible_above_the_budget() -> None:
-    over = _score.constraints_for_run(0.0051, 0.005)
-    assert over[_score.ACCURACY_CONSTRAINT] == pytest.approx(0.0001)
-    assert not _score.is_feasible(over)
-    assert not _score.is_feasible(_score.constraints_for_run(0.001, 0.0))
-    assert not _score.is_feasible(_score.constraints_for_run(math.nan, 0.005))
+    over = constraints_for_run(0.0051, 0.005)
+    assert over[ACCURACY_CONSTRAINT] == pytest.approx(0.0001)
+    assert not is_feasible(over)
+    assert not is_feasible(constraints_for_run(0.001, 0.0))
+    assert not is_feasible(constraints_for_run(math.nan, 0.005))
 
 
 def test_a_trial_that_did_not_run_is_infeasible() -> None:
-    constraints = _score.constraints_for_no_run()
-    assert constraints[_score.RUNNABLE_CONSTRAINT] > 0
-    assert not _score.is_feasible(constraints)
-    assert not _score.is_feasible({})
+    constraints = constraints_for_no_run()
+    assert constraints[RUNNABLE_CONSTRAINT] > 0
+    assert not is_feasible(constraints)
+    assert not is_feasible({})
 
 
 @pytest.mark.parametrize(("reference", "metric"), [(0.8, 0.796), (0.9, 0.8955), (1.0, 0.995)])
 def test_a_loss_of_exactly_the_budget_is_feasible(reference: float, metric: float) -> None:
-    loss = _score.accuracy_loss(reference, metric)
-    assert _score.is_feasible(_score.constraints_for_run(loss, 0.005))
+    loss = accuracy_loss(reference, metric)
+    assert is_feasible(constraints_for_run(loss, 0.005))
 
 
 # --- budget --------------------------------------------------------------------------------
@@ -91,12 +100,12 @@ def test_a_loss_of_exactly_the_budget_is_feasible(reference: float, metric: floa
 
 @pytest.mark.parametrize("budget", [0.0, 0.005, 0.5, 0.999])
 def test_budget_accepted(budget: float) -> None:
-    assert _score.validate_budget(budget) is None
+    assert validate_budget(budget) is None
 
 
 @pytest.mark.parametrize("budget", [1.0, 1.5, -0.01, math.nan, math.inf, -math.inf])
 def test_budget_rejected(budget: float) -> None:
-    message = _score.validate_budget(budget)
+    message = validate_budget(budget)
     assert message is not None
     assert "--max-accuracy-loss must be a fraction in [0, 1)" in message
     assert f"got {budget}" in message

@@ -1,4 +1,4 @@
-"""The start-up queued after the reference (autotune/_study.py, enqueue_startup): pure logic on
+"""The start-up queued after the reference (autotune.study.enqueue_startup): pure logic on
 in-memory Optuna studies, no runs."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import pytest
 
 from autotune._space import load_space, suggest
 from autotune._task import reference_settings
-from autotune.study import STARTUP_RUNS, enqueue_startup
-from autotune.study import make_sampler as _make_sampler
+from autotune.study import STARTUP_RUNS, enqueue_startup, make_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = reference_settings(32)
@@ -27,7 +26,7 @@ def _one_process(settings: dict) -> bool:
 
 
 def _study(sampler: str) -> optuna.Study:
-    return optuna.create_study(sampler=_make_sampler(sampler, 0, SPACE.grid()))
+    return optuna.create_study(sampler=make_sampler(sampler, 0, SPACE.grid()))
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp"])

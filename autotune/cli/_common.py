@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from autotune._study import DEFAULT_STORAGE
+from autotune.study import DEFAULT_STORAGE
 
 
 def add_study_flags(parser: argparse.ArgumentParser, study_help: str) -> None:

@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autotune import _score
-from autotune._confirm import CONFIRM_ROUNDS, DEFAULT_CONFIRM
+from autotune import search
 from autotune._errors import UserError
 from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
-from autotune._search import search
+from autotune._score import DEFAULT_MAX_ACCURACY_LOSS
 from autotune._space import PARAMETERS
-from autotune._study import (
+from autotune.cli._common import add_study_flags
+from autotune.study import (
+    CONFIRM_ROUNDS,
+    DEFAULT_CONFIRM,
     DEFAULT_MIN_MEASURE_SECONDS,
     DEFAULT_SPACE,
     DEFAULT_TRAIN_SAMPLES,
@@ -21,7 +23,6 @@ from autotune._study import (
     SAMPLERS,
     SearchOptions,
 )
-from autotune.cli._common import add_study_flags
 
 
 def add_parser(subparsers: Any, name: str) -> None:
@@ -36,6 +37,12 @@ def add_parser(subparsers: Any, name: str) -> None:
         ),
     )
     parser.add_argument("model", type=Path, help="the model file (see the README's contract)")
+    _add_search_flags(parser)
+    _add_measurement_flags(parser)
+
+
+def _add_search_flags(parser: argparse.ArgumentParser) -> None:
+    """What to search, for how long, and against which budget."""
     parser.add_argument(
         "--space", type=Path, default=DEFAULT_SPACE, help="search space YAML (default: %(default)s)"
     )
@@ -60,7 +67,7 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument(
         "--max-accuracy-loss",
         type=float,
-        default=_score.DEFAULT_MAX_ACCURACY_LOSS,
+        default=DEFAULT_MAX_ACCURACY_LOSS,
         help="largest relative metric loss vs the reference, as a fraction (default: %(default)s)",
     )
     parser.add_argument(
@@ -72,6 +79,10 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
     add_study_flags(parser, "study name (default: the model file's name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampler")
+
+
+def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
+    """How each trial is measured, and what runs around the search."""
     parser.add_argument(
         "--min-measure-seconds",
         type=float,

@@ -3,42 +3,49 @@ confirmation rounds that rank its fastest configurations side by side with the r
 
 from __future__ import annotations
 
-from autotune._confirm import (
+from autotune.study._confirm import (
     CONFIRM_ROUNDS,
     DEFAULT_CONFIRM,
-    best_trial,
+    Remeasure,
+    confirm,
     confirmation_order,
-    estimated_speedup,
-    estimated_throughput,
-    paired_speedups,
-    rank_candidates,
-    reference_of,
-    stored_confirmations,
-    stored_failures,
-    stored_rounds,
-    throughput_runs,
 )
-from autotune._study import _ASKS_PER_RUN as ASKS_PER_RUN
-from autotune._study import (
+from autotune.study._loop import run_study
+from autotune.study._options import (
+    ADAPTIVE,
     DEFAULT_MIN_MEASURE_SECONDS,
     DEFAULT_SPACE,
     DEFAULT_STORAGE,
     DEFAULT_TRAIN_SAMPLES,
     DEFAULT_TRIAL_TIMEOUT,
     SAMPLERS,
-    STARTUP_RUNS,
     SearchOptions,
-    enqueue_startup,
-    load_study,
-    open_storage,
-    redact,
-    reference_trial,
-    run_study,
-    runs_of,
 )
-from autotune._study import _make_sampler as make_sampler
+from autotune.study._ranking import (
+    best_trial,
+    estimated_speedup,
+    estimated_throughput,
+    paired_speedups,
+    rank_candidates,
+    reference_of,
+    reference_trial,
+    runs_of,
+    stored_confirmations,
+    stored_failures,
+    stored_rounds,
+    throughput_runs,
+)
+from autotune.study._samplers import (
+    ASKS_PER_RUN,
+    STARTUP_RUNS,
+    enqueue_reference,
+    enqueue_startup,
+    make_sampler,
+)
+from autotune.study._storage import load_study, open_storage, redact
 
 __all__ = [
+    "ADAPTIVE",
     "ASKS_PER_RUN",
     "CONFIRM_ROUNDS",
     "DEFAULT_CONFIRM",
@@ -49,9 +56,12 @@ __all__ = [
     "DEFAULT_TRIAL_TIMEOUT",
     "SAMPLERS",
     "STARTUP_RUNS",
+    "Remeasure",
     "SearchOptions",
     "best_trial",
+    "confirm",
     "confirmation_order",
+    "enqueue_reference",
     "enqueue_startup",
     "estimated_speedup",
     "estimated_throughput",

@@ -5,9 +5,13 @@ A landscape is recorded from a finished grid study (`autotune search --sampler g
 as JSON, and replayed with each sampler exactly as `autotune search` would drive it: the same
 sampler construction, the same `suggest`, the reference enqueued first, then the same random
 start-up among runnable configurations (`enqueue_startup`), the same constraints, and the same
-rule that a repeated configuration or one that cannot run costs no run. What a
-replay measures is how many runs a sampler needs before its best feasible configuration
-reaches a fraction (95%) of the best feasible throughput in the whole grid.
+rule that a repeated configuration or one that cannot run costs no run
+(`benchmarks/sampler_replay.py`). What a replay measures is how many runs a sampler needs
+before its best feasible configuration reaches a fraction (95%) of the best feasible
+throughput in the whole grid.
+
+A benchmark helper, not part of the product: `benchmarks/sampler_efficiency.py` records
+landscapes with it and replays them.
 """
 
 from __future__ import annotations
@@ -17,34 +21,43 @@ import dataclasses
 import functools
 import itertools
 import json
-import math
-import statistics
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from autotune import _score
 from autotune._errors import UserError
 from autotune._plan import LR_SCALINGS, TrialConfig
+from autotune._records import (
+    FAILED,
+    INFEASIBLE,
+    OK,
+    RAN,
+    STUDY_LR_SCALING,
+    STUDY_MACHINE,
+    STUDY_MAX_ACCURACY_LOSS,
+    STUDY_MODEL,
+    STUDY_SPACE,
+    TrialRecord,
+)
+from autotune._score import (
+    DEFAULT_MAX_ACCURACY_LOSS,
+    constraints_for_no_run,
+    constraints_for_run,
+    is_feasible,
+    validate_budget,
+)
 from autotune._space import (
     PARAMETERS,
     IntRange,
     SearchSpace,
     fill_settings,
-    record_reference,
-    sampled_params,
-    suggest,
 )
-from autotune.study import ASKS_PER_RUN as _ASKS_PER_RUN
-from autotune.study import enqueue_startup
-from autotune.study import make_sampler as _make_sampler
 
-STATUSES = ("ok", "infeasible", "failed")
+STATUSES = (OK, INFEASIBLE, FAILED)
 """A point ran and was measured, could not run on the machine (no run), or ran and failed."""
-RUNNABLE_STATUSES = ("ok", "failed")
+RUNNABLE_STATUSES = RAN
 """Statuses that cost a run when the search first proposes the configuration."""
 DEFAULT_OPTIMIZER: dict[str, Any] = {"type": "AdamW", "params": {"lr": 1e-3}}
 TARGET_FRACTION = 0.95
@@ -71,7 +84,7 @@ class LandscapePoint:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"point status must be one of {STATUSES}, got {self.status!r}")
-        if self.status == "ok" and (self.throughput is None or self.accuracy_loss is None):
+        if self.status == OK and (self.throughput is None or self.accuracy_loss is None):
             raise ValueError(f"an 'ok' point needs a throughput and an accuracy loss: {self.key}")
 
     @property
@@ -80,17 +93,17 @@ class LandscapePoint:
 
     def constraints(self, max_accuracy_loss: float) -> dict[str, float]:
         """The Optuna constraints `autotune search` sets for this outcome."""
-        if self.status != "ok":
-            return _score.constraints_for_no_run()
+        if self.status != OK:
+            return constraints_for_no_run()
         assert self.accuracy_loss is not None
-        return _score.constraints_for_run(self.accuracy_loss, max_accuracy_loss)
+        return constraints_for_run(self.accuracy_loss, max_accuracy_loss)
 
     def value(self) -> float:
         """The objective value `autotune search` returns for this outcome."""
-        return float(self.throughput) if self.status == "ok" and self.throughput else 0.0
+        return float(self.throughput) if self.status == OK and self.throughput else 0.0
 
     def is_feasible(self, max_accuracy_loss: float) -> bool:
-        return _score.is_feasible(self.constraints(max_accuracy_loss))
+        return is_feasible(self.constraints(max_accuracy_loss))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,7 +173,7 @@ class Landscape:
     space: SearchSpace
     reference: dict[str, Any]
     points: tuple[LandscapePoint, ...]
-    max_accuracy_loss: float = _score.DEFAULT_MAX_ACCURACY_LOSS
+    max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS
     optimizer: dict[str, Any] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_OPTIMIZER)
     )
@@ -169,7 +182,7 @@ class Landscape:
     model: str = ""
 
     def __post_init__(self) -> None:
-        problem = _score.validate_budget(self.max_accuracy_loss)
+        problem = validate_budget(self.max_accuracy_loss)
         if problem:
             raise ValueError(problem)
         if self.lr_scaling not in LR_SCALINGS:
@@ -350,48 +363,28 @@ def landscape_from_study(
         UserError: The study ran another space or model, or does not cover the whole grid.
     """
     attrs = study.user_attrs
-    if attrs.get("space") is not None and attrs["space"] != space.describe():
+    if attrs.get(STUDY_SPACE) is not None and attrs[STUDY_SPACE] != space.describe():
         raise UserError(
-            f"Study '{study.study_name}' searched {attrs['space']}, not the space in "
+            f"Study '{study.study_name}' searched {attrs[STUDY_SPACE]}, not the space in "
             f"{space.source}; pass the --space it was run with."
         )
     empty = Landscape(
         space,
         dict(reference),
         (),
-        max_accuracy_loss=float(attrs.get("max_accuracy_loss", _score.DEFAULT_MAX_ACCURACY_LOSS)),
+        max_accuracy_loss=float(attrs.get(STUDY_MAX_ACCURACY_LOSS, DEFAULT_MAX_ACCURACY_LOSS)),
         optimizer=copy.deepcopy(optimizer),
-        lr_scaling=str(attrs.get("lr_scaling", "sqrt")),
-        machine=str(attrs.get("machine", "")),
-        model=model if model is not None else Path(str(attrs.get("model", ""))).name,
+        lr_scaling=str(attrs.get(STUDY_LR_SCALING, "sqrt")),
+        machine=str(attrs.get(STUDY_MACHINE, "")),
+        model=model if model is not None else Path(str(attrs.get(STUDY_MODEL, ""))).name,
     )
     points: dict[str, LandscapePoint] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        status = trial.user_attrs.get("status")
-        if status not in STATUSES:
-            continue  # a repeat: its configuration has a trial of its own
-        settings = dict(trial.user_attrs["settings"])
-        key = empty.key_of(settings)
-        if trial.user_attrs.get("role") == "reference" and key != empty.key_of(reference):
-            raise UserError(
-                f"Study '{study.study_name}' ran the reference {trial.user_attrs['settings']}, "
-                "not this model file's; pass the --model it was run with."
-            )
-        if key != trial.user_attrs.get("config_key", key):
-            raise UserError(
-                f"Study '{study.study_name}' trial {trial.number} has another learning rate than "
-                "this model file's optimizer gives; pass the --model it was run with."
-            )
-        if key in points:
-            continue  # two workers ran the same configuration; keep the first
-        ok = status == "ok"
-        points[key] = LandscapePoint(
-            key,
-            settings,
-            status,
-            float(trial.user_attrs["throughput"]) if ok else None,
-            float(trial.user_attrs["accuracy_loss"]) if ok else None,
-        )
+        point = _point_of(study, TrialRecord.of(trial), empty)
+        # A repeat has none (its configuration has a trial of its own); of two workers that
+        # ran the same configuration, the first is kept.
+        if point is not None and point.key not in points:
+            points[point.key] = point
     landscape = dataclasses.replace(empty, points=tuple(points.values()))
     missing = landscape.missing()
     if missing:
@@ -403,191 +396,30 @@ def landscape_from_study(
     return landscape
 
 
-@dataclasses.dataclass(frozen=True)
-class ReplayResult:
-    """One replayed search.
-
-    Attributes:
-        sampler: The sampler's name.
-        seed: The sampler's seed.
-        runs_to_target: Runs spent when the best feasible throughput found first reached the
-            target, or None if it never did.
-        proposals_to_target: Proposals (trials, repeats included) made by then, or None.
-        runs: Runs spent when the replay stopped.
-        proposals: Proposals made when the replay stopped.
-        repeats: Of those, proposals of a configuration proposed before.
-        runnable: The landscape's runnable points: what an exhaustive search spends.
-        best_found: The best feasible throughput found (0 when none).
-        target: The throughput to reach.
-    """
-
-    sampler: str
-    seed: int
-    runs_to_target: int | None
-    proposals_to_target: int | None
-    runs: int
-    proposals: int
-    repeats: int
-    runnable: int
-    best_found: float
-    target: float
-
-    @property
-    def fraction(self) -> float | None:
-        """Runs to the target as a fraction of the runnable points."""
-        if self.runs_to_target is None:
-            return None
-        return self.runs_to_target / self.runnable
-
-
-class _ReplayObjective:
-    """`autotune search`'s objective with the landscape in place of the runs."""
-
-    def __init__(self, landscape: Landscape, target: float) -> None:
-        self.landscape, self.target = landscape, target
-        self.seen: set[str] = set()
-        self.runs = 0
-        self.proposals = 0
-        self.repeats = 0
-        self.best_found = 0.0
-        self.runs_to_target: int | None = None
-        self.proposals_to_target: int | None = None
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        landscape = self.landscape
-        if trial.user_attrs.get("role") == "reference":
-            settings = record_reference(trial, landscape.space, landscape.reference)
-        else:
-            settings = suggest(trial, landscape.space, landscape.reference)
-        point = landscape.lookup(settings)
-        self.proposals += 1
-        for name, value in point.constraints(landscape.max_accuracy_loss).items():
-            trial.set_constraint(name, value)
-        if point.key in self.seen:
-            self.repeats += 1
-            return point.value()  # a repeat: the tool reuses the stored result, no run
-        self.seen.add(point.key)
-        if point.runnable:  # an infeasible point is recorded without launching anything
-            self.runs += 1
-        if point.is_feasible(landscape.max_accuracy_loss):
-            self.best_found = max(self.best_found, point.value())
-            if self.runs_to_target is None and self.best_found >= self.target:
-                self.runs_to_target, self.proposals_to_target = self.runs, self.proposals
-        return point.value()
-
-    def stop_when_done(self, study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-        if self.runs_to_target is not None or self.runs >= self.landscape.runnable:
-            study.stop()
-
-
-def replay(
-    landscape: Landscape,
-    sampler_name: str,
-    seed: int,
-    max_proposals: int | None = None,
-    target_fraction: float = TARGET_FRACTION,
-) -> ReplayResult:
-    """Search the landscape as `autotune search --sampler NAME --seed SEED` would.
-
-    Stops once the best feasible throughput found reaches ``target_fraction`` of the
-    landscape's best, once every runnable point has run, or after ``max_proposals``
-    proposals (by default the tool's own cap: 25 per runnable point).
+def _point_of(study: optuna.Study, record: TrialRecord, empty: Landscape) -> LandscapePoint | None:
+    """The point a trial of a grid study measured; None for a repeat.
 
     Raises:
-        UserError: The landscape misses configurations of its space or has no feasible point.
+        UserError: The trial ran another model file's reference or learning rate.
     """
-    missing = landscape.missing()
-    if missing:
+    if record.status not in STATUSES:
+        return None
+    key = empty.key_of(record.settings)
+    if record.is_reference and key != empty.key_of(empty.reference):
         raise UserError(
-            f"The landscape misses {len(missing)} configurations of its space (e.g. "
-            f"{missing[0]}); record the full grid."
+            f"Study '{study.study_name}' ran the reference {record.settings}, "
+            "not this model file's; pass the --model it was run with."
         )
-    target = landscape.target_throughput(target_fraction)
-    space = landscape.space
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(
-            sampler=_make_sampler(sampler_name, seed, space.grid()), direction="maximize"
+    if key != (record.config_key or key):
+        raise UserError(
+            f"Study '{study.study_name}' trial {record.number} has another learning rate than "
+            "this model file's optimizer gives; pass the --model it was run with."
         )
-        study.enqueue_trial(
-            sampled_params(space, landscape.reference),
-            user_attrs={"role": "reference"},
-        )
-        wanted = max_proposals or _ASKS_PER_RUN * max(1, landscape.runnable)
-        enqueue_startup(
-            study,
-            space,
-            landscape.reference,
-            lambda settings: landscape.lookup(settings).runnable,
-            sampler_name,
-            seed,
-            wanted,
-        )
-        objective = _ReplayObjective(landscape, target)
-        study.optimize(
-            objective,
-            n_trials=wanted,
-            callbacks=[objective.stop_when_done],
-            catch=(),
-        )
-    return ReplayResult(
-        sampler=sampler_name,
-        seed=seed,
-        runs_to_target=objective.runs_to_target,
-        proposals_to_target=objective.proposals_to_target,
-        runs=objective.runs,
-        proposals=objective.proposals,
-        repeats=objective.repeats,
-        runnable=landscape.runnable,
-        best_found=objective.best_found,
-        target=target,
+    ok = record.is_ok
+    return LandscapePoint(
+        key,
+        record.settings,
+        str(record.status),
+        record.throughput if ok else None,
+        record.accuracy_loss if ok else None,
     )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation, as numpy's default."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("percentile of no values")
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summarise(results: Iterable[ReplayResult]) -> dict[str, dict[str, Any]]:
-    """Runs-to-target statistics per sampler, in the order samplers first appear.
-
-    For each sampler: ``seeds`` replayed, ``reached`` (how many got to the target),
-    ``runnable``, and over the seeds that reached it ``median``, ``p25``, ``p75``, ``p90``,
-    ``mean``, ``min``, ``max`` runs and ``median_fraction`` of the runnable points (None where
-    none reached it). The median alone hides the tail: a sampler that models the results and
-    random search can share a median while random's worst quarter needs twice the runs.
-    """
-    by_sampler: dict[str, list[ReplayResult]] = {}
-    for result in results:
-        by_sampler.setdefault(result.sampler, []).append(result)
-    summary: dict[str, dict[str, Any]] = {}
-    for sampler, replays in by_sampler.items():
-        runs = [float(r.runs_to_target) for r in replays if r.runs_to_target is not None]
-        runnable = replays[0].runnable
-        stats: dict[str, Any] = {"seeds": len(replays), "reached": len(runs), "runnable": runnable}
-        if runs:
-            median = statistics.median(runs)
-            stats.update(
-                median=median,
-                p25=percentile(runs, 25),
-                p75=percentile(runs, 75),
-                p90=percentile(runs, 90),
-                mean=statistics.mean(runs),
-                min=min(runs),
-                max=max(runs),
-                median_fraction=median / runnable,
-            )
-        else:
-            stats.update(
-                dict.fromkeys(("median", "p25", "p75", "p90", "mean", "min", "max")),
-                median_fraction=None,
-            )
-        summary[sampler] = stats
-    return summary

@@ -1,0 +1,439 @@
+"""The objective: what the study does with one proposal.
+
+A proposal passes through gates in order, and the first that stops it decides what is stored:
+a configuration tried before reuses its stored result (a repeat); one that cannot run on this
+machine, is predicted not to fit in memory, or whose profile partition fails is skipped without
+a run (infeasible); the rest runs (`autotune.runner.run_trial`) and is scored against the
+reference, or recorded as failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autotune._errors import UserError
+from autotune._memory import (
+    MemoryModel,
+    estimate_rank_bytes,
+    measure_footprint,
+    memory_limit_bytes,
+    memory_limit_source,
+    why_over_memory,
+)
+from autotune._plan import Machine, TrialConfig, why_not_runnable
+from autotune._records import (
+    ACCURACY_LOSS,
+    ACCURACY_REUSED_FROM,
+    CONFIG_KEY,
+    DS_CONFIG,
+    FAILED,
+    FAILURE_REASON,
+    GLOBAL_BATCH_SIZE,
+    INFEASIBLE,
+    LAUNCH,
+    LAUNCHED,
+    LEARNING_RATE,
+    MEASURED,
+    MEMORY_ESTIMATE_BYTES,
+    MEMORY_PREDICTED_BYTES,
+    METRIC,
+    NOT_COPIED_BY_REPEAT,
+    NUMERICS_KEY,
+    OK,
+    PARTITION,
+    PEAK_MEMORY_BYTES,
+    REASON,
+    REFERENCE,
+    REPEAT,
+    REPEAT_OF,
+    ROLE,
+    SEED_METRICS,
+    SETTINGS,
+    STAGE_PREDICTED_SECONDS,
+    STATUS,
+    STUDY_REFERENCE_METRIC,
+    STUDY_REFERENCE_NOISE,
+    STUDY_REFERENCE_NUMBER,
+    THROUGHPUT,
+    TRIAL_DIR,
+    WALL_SECONDS,
+    TrialRecord,
+)
+from autotune._score import (
+    accuracy_loss,
+    constraints_for_no_run,
+    constraints_for_run,
+    is_feasible,
+    reference_noise,
+)
+from autotune._space import SearchSpace, describe_settings, record_reference, suggest
+from autotune._task import Task
+from autotune.pipeline import (
+    LayerProfile,
+    PartitionError,
+    predicted_stage_seconds,
+    profiled_partition,
+)
+from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
+from autotune.study._options import ADAPTIVE, SearchOptions
+from autotune.study._ranking import runs_of
+
+_COMPLETE = (optuna.trial.TrialState.COMPLETE,)
+_RESULT_INDENT = " " * 10
+
+
+@dataclasses.dataclass(frozen=True)
+class _Proposal:
+    """One trial's proposal, as the gates see it."""
+
+    trial: optuna.Trial
+    role: str
+    config: TrialConfig
+    label: str
+
+    @property
+    def is_reference(self) -> bool:
+        return self.role == REFERENCE
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stages:
+    """A pipeline trial's layer profile and, for the "profile" method, its stage boundaries."""
+
+    profile: LayerProfile | None = None
+    bounds: tuple[int, ...] | None = None
+
+
+class Objective:
+    """Runs one proposal: the reference, a repeat, a configuration that cannot run, or a run.
+
+    Attributes:
+        workers: The warm process groups trials run in, or None to launch each afresh.
+    """
+
+    def __init__(
+        self,
+        options: SearchOptions,
+        task: Task,
+        machine: Machine,
+        space: SearchSpace,
+        study: optuna.Study,
+        print_line: Callable[[str], None],
+    ) -> None:
+        self.options, self.task, self.machine, self.space = options, task, machine, space
+        self.study, self.print_line = study, print_line
+        self.reference_settings = task.reference_settings()
+        self.trial_root = options.trials_dir / options.study_name
+        self.profiles = ProfileCache(options.trials_dir / "profiles", machine)
+        self.workers: WarmWorkers | None = None
+        self.footprint = measure_footprint(task.model_file)
+        self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        proposal = self._propose(trial)
+        earlier = self._find_repeat(proposal)
+        if earlier is not None:
+            return self._copy(proposal, earlier)
+        reason = self._why_not_runnable(proposal.config)
+        if reason is None:
+            reason = self._over_memory(proposal)
+        if reason is not None:
+            return self._infeasible(proposal, reason)
+        try:
+            stages = self._stages(proposal)
+        except PartitionError as exc:
+            return self._infeasible(proposal, f"profile partition: {exc}")
+        result = self._run(proposal, stages)
+        if not result.ok:
+            return self._failed(proposal, result)
+        return self._scored(proposal, result)
+
+    def can_run(self, settings: dict[str, Any]) -> bool:
+        """Whether these settings pass the rules checked before a launch (not the memory
+        pre-screen, which needs the configuration's footprint)."""
+        return self._why_not_runnable(self._config_of(settings)) is None
+
+    def remeasure(
+        self, trial: optuna.trial.FrozenTrial, name: str
+    ) -> tuple[float | None, str | None]:
+        """Time a finished trial's configuration again, throughput only, on the same pipeline
+        boundaries: (samples/s, None), or (None, why the run failed)."""
+        record = TrialRecord.of(trial)
+        result = run_trial(
+            self._config_of(record.settings),
+            self.machine,
+            self.task.model_file.path,
+            self.options.train_samples,
+            [self.options.seed],
+            self.trial_root / name,
+            self.options.trial_timeout,
+            partition_bounds=record.get(PARTITION),
+            workers=self.workers,
+            need_metric=False,
+            adaptive=self.adaptive,
+        )
+        if not result.ok or result.measurements is None:
+            return None, result.failure_reason
+        return float(result.measurements[THROUGHPUT]), None
+
+    # --- the proposal ----------------------------------------------------------------------
+
+    def _propose(self, trial: optuna.Trial) -> _Proposal:
+        """The proposal's configuration, recorded with its role before any gate."""
+        role = TrialRecord.of(trial).role
+        if role == REFERENCE:
+            # The reference runs as the user runs it today, whatever the space allows.
+            settings = record_reference(trial, self.space, self.reference_settings)
+        else:
+            settings = suggest(trial, self.space, self.reference_settings)
+        config = self._config_of(settings)
+        trial.set_user_attr(ROLE, role)
+        trial.set_user_attr(CONFIG_KEY, config.key())
+        trial.set_user_attr(SETTINGS, config.settings())
+        trial.set_user_attr(GLOBAL_BATCH_SIZE, config.global_batch_size)
+        trial.set_user_attr(LEARNING_RATE, config.learning_rate)
+        label = f"trial {trial.number:>3} [{describe_settings(config.settings())}]"
+        return _Proposal(trial, role, config, label)
+
+    def _config_of(self, settings: dict[str, Any]) -> TrialConfig:
+        return TrialConfig.from_settings(
+            settings,
+            self.task.model_file.optimizer,
+            self.task.model_file.batch_size,
+            self.options.lr_scaling,
+        )
+
+    def _completed(self) -> list[TrialRecord]:
+        return [TrialRecord.of(t) for t in self.study.get_trials(deepcopy=False, states=_COMPLETE)]
+
+    # --- the gates, in order ---------------------------------------------------------------
+
+    def _find_repeat(self, proposal: _Proposal) -> optuna.trial.FrozenTrial | None:
+        """An earlier trial of the same configuration (not itself a repeat); the reference
+        always runs."""
+        if proposal.is_reference:
+            return None
+        key = proposal.config.key()
+        for done in self.study.get_trials(deepcopy=False, states=_COMPLETE):
+            record = TrialRecord.of(done)
+            if record.config_key == key and record.status != REPEAT:
+                return done
+        return None
+
+    def _why_not_runnable(self, config: TrialConfig) -> str | None:
+        return why_not_runnable(
+            config,
+            self.machine,
+            self.options.train_samples,
+            self.task.train_size,
+            self.task.layer_types,
+        )
+
+    def _over_memory(self, proposal: _Proposal) -> str | None:
+        """Why the configuration is predicted not to fit in memory, or None: the estimate
+        (parameters, gradients, optimizer state by ZeRO stage, measured activations) plus what
+        finished trials showed it misses. The reference runs whatever the prediction: it is
+        what the user runs today."""
+        config = proposal.config
+        estimate = estimate_rank_bytes(self.footprint, config, self.machine.accelerator)
+        pairs = [
+            (record.get(MEMORY_ESTIMATE_BYTES), record.get(PEAK_MEMORY_BYTES))
+            for record in self._completed()
+            if record.is_ok
+            and record.get(MEMORY_ESTIMATE_BYTES) is not None
+            and record.get(PEAK_MEMORY_BYTES) is not None
+        ]
+        prediction = MemoryModel.from_pairs(pairs).predict(estimate)
+        proposal.trial.set_user_attr(MEMORY_ESTIMATE_BYTES, estimate.total)
+        proposal.trial.set_user_attr(MEMORY_PREDICTED_BYTES, prediction)
+        limit = memory_limit_bytes(self.machine, config.processes, self.options.max_memory)
+        source = memory_limit_source(self.machine, self.options.max_memory)
+        over = why_over_memory(prediction, limit, estimate, source)
+        return None if proposal.is_reference else over
+
+    def _stages(self, proposal: _Proposal) -> _Stages:
+        """A pipeline trial's layer profile and, for the "profile" method, the boundaries it
+        gives.
+
+        Raises:
+            PartitionError: No partition of the profile fits the memory limit.
+        """
+        config = proposal.config
+        if config.pipeline_stages <= 1:
+            return _Stages()
+        profile = self._layer_profile(config, proposal.label)
+        if config.partition_method != "profile":
+            return _Stages(profile)
+        limit = memory_limit_bytes(self.machine, config.processes, self.options.max_memory)
+        return _Stages(profile, profiled_partition(profile, config, limit).bounds)
+
+    def _layer_profile(self, config: TrialConfig, label: str) -> LayerProfile:
+        """The layer profile for a pipeline trial's micro-batch and precision (measured once
+        per study storage folder, then read from the cache)."""
+        if not self.profiles.is_cached(self.task.model_file, config):
+            self.print_line(
+                f"{label} profiling each layer (micro-batch {config.micro_batch_size}, "
+                f"{config.precision}); cached for later trials"
+            )
+        return self.profiles.profile(self.task.model_file, config)
+
+    def _run(self, proposal: _Proposal, stages: _Stages) -> RunResult:
+        """Launch the trial's run (throughput only where an earlier trial measured the metric
+        of the same numerics) and record what it launched."""
+        trial, config = proposal.trial, proposal.config
+        reused = None if proposal.is_reference else self._same_numerics(config)
+        done_runs = len(runs_of(self.study))
+        self.print_line(
+            f"{proposal.label} running (run {done_runs + 1} of {self.options.n_trials})"
+        )
+        directory = self.trial_root / f"trial_{trial.number:04d}"
+        seeds = [self.options.seed]
+        if proposal.is_reference:
+            seeds.append(self.options.seed + 1)  # two seeds measure the metric's own noise
+        result = run_trial(
+            config,
+            self.machine,
+            self.task.model_file.path,
+            self.options.train_samples,
+            seeds,
+            directory,
+            self.options.trial_timeout,
+            partition_bounds=stages.bounds,
+            workers=self.workers,
+            need_metric=reused is None,
+            adaptive=self.adaptive,
+        )
+        self._record_run(proposal, stages, result, reused, directory)
+        return result
+
+    def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
+        """An earlier trial that measured the metric of the same numerics, if any."""
+        if not self.options.reuse_accuracy:
+            return None
+        key = config.numerics_key()
+        for record in self._completed():
+            if (
+                record.is_ok
+                and record.numerics_key == key
+                and record.accuracy_reused_from is None
+                and record.metric is not None
+            ):
+                return record
+        return None
+
+    def _record_run(
+        self,
+        proposal: _Proposal,
+        stages: _Stages,
+        result: RunResult,
+        reused: TrialRecord | None,
+        directory: Path,
+    ) -> None:
+        trial, config = proposal.trial, proposal.config
+        trial.set_user_attr(NUMERICS_KEY, config.numerics_key())
+        trial.set_user_attr(LAUNCHED, result.launched)
+        if result.ok and reused is not None:
+            # Only throughput was measured; the metric is the earlier trial's, same numerics.
+            assert result.measurements is not None
+            result.measurements[METRIC] = reused.get(METRIC)
+            result.measurements[SEED_METRICS] = [reused.get(METRIC)]
+            trial.set_user_attr(ACCURACY_REUSED_FROM, reused.number)
+        trial.set_user_attr(TRIAL_DIR, str(directory))
+        trial.set_user_attr(WALL_SECONDS, result.wall_seconds)
+        trial.set_user_attr(DS_CONFIG, config.ds_config())
+        trial.set_user_attr(LAUNCH, self._launch_recipe(proposal, stages, result))
+
+    def _launch_recipe(
+        self, proposal: _Proposal, stages: _Stages, result: RunResult
+    ) -> dict[str, Any]:
+        """How to launch the configuration again; a run that partitioned a pipeline adds the
+        boundaries it used (and the profile's prediction of each stage's time)."""
+        launch = proposal.config.launch_recipe(self.machine)
+        used = (result.measurements or {}).get(PARTITION) if result.ok else None
+        if used:
+            # Whatever the method, the boundaries it produced rebuild the same pipeline
+            # (autotune.build_pipeline_module), and the profile says how balanced they are.
+            launch["partition_bounds"] = used
+            if stages.profile is not None:
+                predicted = predicted_stage_seconds(stages.profile, proposal.config, used)
+                proposal.trial.set_user_attr(STAGE_PREDICTED_SECONDS, list(predicted))
+        return launch
+
+    # --- what is stored -------------------------------------------------------------------
+
+    def _copy(self, proposal: _Proposal, earlier: optuna.trial.FrozenTrial) -> float:
+        trial = proposal.trial
+        for name, value in earlier.user_attrs.items():
+            if name not in NOT_COPIED_BY_REPEAT:
+                trial.set_user_attr(name, value)
+        trial.set_user_attr(STATUS, REPEAT)
+        trial.set_user_attr(REPEAT_OF, earlier.number)
+        for name, value in earlier.constraints.items():
+            trial.set_constraint(name, value)
+        self.print_line(f"{proposal.label} repeat of trial {earlier.number}: stored result reused")
+        return float(earlier.value or 0.0)
+
+    def _infeasible(self, proposal: _Proposal, reason: str) -> float:
+        trial = proposal.trial
+        trial.set_user_attr(STATUS, INFEASIBLE)
+        trial.set_user_attr(REASON, reason)
+        for name, value in constraints_for_no_run().items():
+            trial.set_constraint(name, value)
+        self.print_line(f"{proposal.label} skipped: {reason}")
+        return 0.0
+
+    def _failed(self, proposal: _Proposal, result: RunResult) -> float:
+        trial = proposal.trial
+        trial.set_user_attr(STATUS, FAILED)
+        trial.set_user_attr(FAILURE_REASON, result.failure_reason)
+        trial.set_user_attr(REASON, result.failure_reason)
+        for name, value in constraints_for_no_run().items():
+            trial.set_constraint(name, value)
+        self.print_line(f"{_RESULT_INDENT}-> failed: {result.failure_reason}")
+        if proposal.is_reference:
+            raise UserError(
+                f"The reference configuration (what the model file runs today) failed: "
+                f"{result.failure_reason}. Every trial is scored against it; fix the model file "
+                f"or raise --trial-timeout. Its log: {result.directory / 'log.txt'}"
+            )
+        return 0.0
+
+    def _scored(self, proposal: _Proposal, result: RunResult) -> float:
+        trial = proposal.trial
+        measured = result.measurements or {}
+        for name in MEASURED:
+            trial.set_user_attr(name, measured.get(name))
+        if proposal.is_reference:
+            noise = reference_noise(measured[SEED_METRICS])
+            self.study.set_user_attr(STUDY_REFERENCE_METRIC, measured[METRIC])
+            self.study.set_user_attr(STUDY_REFERENCE_NOISE, noise)
+            self.study.set_user_attr(STUDY_REFERENCE_NUMBER, trial.number)
+        loss = accuracy_loss(self._reference_metric(), measured[METRIC])
+        constraints = constraints_for_run(loss, self.options.max_accuracy_loss)
+        for name, value in constraints.items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr(ACCURACY_LOSS, loss)
+        trial.set_user_attr(STATUS, OK)
+        verdict = "feasible" if is_feasible(constraints) else "over the accuracy budget"
+        self.print_line(
+            f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s, accuracy loss "
+            f"{loss * 100:+.2f}%, {verdict} ({result.wall_seconds:.0f} s)"
+        )
+        return float(measured[THROUGHPUT])
+
+    def _reference_metric(self) -> float:
+        # Another worker of a shared study may still be running the reference.
+        deadline = time.monotonic() + self.options.trial_timeout * 3
+        while True:
+            value = self.study.user_attrs.get(STUDY_REFERENCE_METRIC)
+            if value is not None:
+                return float(value)
+            if time.monotonic() > deadline:
+                raise UserError("The study has no reference result yet; run the search again.")
+            time.sleep(2)

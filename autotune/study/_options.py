@@ -1,0 +1,97 @@
+"""What a search is asked to do: `SearchOptions` (the `autotune search` flags, validated on
+construction) and the defaults they start from."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from autotune._errors import UserError
+from autotune._plan import LR_SCALINGS
+from autotune._score import DEFAULT_MAX_ACCURACY_LOSS, validate_budget
+from autotune._space import default_space
+from autotune.study._confirm import DEFAULT_CONFIRM
+
+DEFAULT_SPACE = default_space()
+DEFAULT_STORAGE = "sqlite:///trials/autotune.db"
+DEFAULT_TRAIN_SAMPLES = 8192
+DEFAULT_TRIAL_TIMEOUT = 300.0
+SAMPLERS = ("tpe", "gp", "random", "grid")
+ADAPTIVE = {"rel_halfwidth": 0.02, "min_steps": 5}
+"""Throughput is stable once the 95% interval of the mean step time is within +-2%; a trial
+whose metric is reused from the same numerics stops training there (once it has measured
+``min_measure_seconds``)."""
+DEFAULT_MIN_MEASURE_SECONDS = 3.0
+"""A trial's throughput is timed over at least this much training (steps past the sample
+budget run after the metric is taken): windows of a second or less measured this machine's
+noise more than the configuration's speed, and replays of the export missed them by 12-13%."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """Everything `search` needs; validated on construction.
+
+    Attributes mirror the `autotune search` flags.
+    """
+
+    model: Path
+    space: Path = DEFAULT_SPACE
+    n_trials: int = 12
+    timeout: float | None = None
+    trial_timeout: float = DEFAULT_TRIAL_TIMEOUT
+    train_samples: int = DEFAULT_TRAIN_SAMPLES
+    max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS
+    lr_scaling: str = "sqrt"
+    sampler: str = "tpe"
+    study: str | None = None
+    storage: str = DEFAULT_STORAGE
+    seed: int = 0
+    trials_dir: Path = Path("trials")
+    reports_dir: Path = Path("reports")
+    warm_workers: bool = True
+    reuse_accuracy: bool = True
+    max_memory: float | None = None
+    min_measure_seconds: float = DEFAULT_MIN_MEASURE_SECONDS
+    confirm: int = DEFAULT_CONFIRM
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise UserError(problem)
+
+    def _problem(self) -> str | None:
+        """The first flag out of its range, as a sentence with the fix; None when all fit."""
+        budget = validate_budget(self.max_accuracy_loss)
+        if budget:
+            return budget + "."
+        if self.n_trials < 1:
+            return f"--n-trials must be at least 1, got {self.n_trials}."
+        if self.timeout is not None and not _positive(self.timeout):
+            return f"--timeout must be a positive number of seconds, got {self.timeout}."
+        if not _positive(self.trial_timeout):
+            return f"--trial-timeout must be positive, got {self.trial_timeout}."
+        if self.train_samples < 1:
+            return f"--train-samples must be at least 1, got {self.train_samples}."
+        if self.lr_scaling not in LR_SCALINGS:
+            return f"--lr-scaling must be one of {', '.join(LR_SCALINGS)}."
+        if self.sampler not in SAMPLERS:
+            return f"--sampler must be one of {', '.join(SAMPLERS)}."
+        if self.max_memory is not None and not _positive(self.max_memory):
+            return f"--max-memory must be a positive size, got {self.max_memory}."
+        if not (math.isfinite(self.min_measure_seconds) and self.min_measure_seconds >= 0):
+            return (
+                "--min-measure-seconds must be a number of seconds, 0 or more, "
+                f"got {self.min_measure_seconds}."
+            )
+        if self.confirm < 0:
+            return f"--confirm must be 0 or more configurations, got {self.confirm}."
+        return None
+
+    @property
+    def study_name(self) -> str:
+        return self.study or Path(self.model).stem
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0

@@ -1,0 +1,166 @@
+"""Which configuration is fastest: every window a trial was timed over (its own and its
+confirmation runs, see `autotune.study._confirm`), its speed-up over the reference, and the
+feasible trials ranked by it.
+
+The confirmation windows live in the study's user attributes (an Optuna trial cannot change
+once finished): `STUDY_CONFIRMATIONS` maps a trial number to the samples/s of its confirmation
+runs, `STUDY_CONFIRMATION_ROUNDS` lists the rounds (trial number -> samples/s, the reference in
+each), `STUDY_CONFIRMATION_FAILURES` maps a trial number to the reason a confirmation run
+failed (such a configuration is not exported as the best: it did not train twice in a row).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+
+from autotune._records import (
+    STUDY_CONFIRMATION_FAILURES,
+    STUDY_CONFIRMATION_ROUNDS,
+    STUDY_CONFIRMATIONS,
+    THROUGHPUT,
+    TrialRecord,
+)
+from autotune._score import is_feasible
+
+_COMPLETE = (optuna.trial.TrialState.COMPLETE,)
+
+
+def stored_confirmations(study: optuna.Study) -> dict[str, list[float]]:
+    """Confirmation runs' samples/s by trial number (as a string, as JSON keeps it)."""
+    return {str(k): list(v) for k, v in study.user_attrs.get(STUDY_CONFIRMATIONS, {}).items()}
+
+
+def stored_rounds(study: optuna.Study) -> list[dict[str, float]]:
+    """Confirmation rounds, oldest first: trial number (a string) -> samples/s."""
+    return [dict(r) for r in study.user_attrs.get(STUDY_CONFIRMATION_ROUNDS, [])]
+
+
+def stored_failures(study: optuna.Study) -> dict[str, str]:
+    """Why a trial's confirmation run failed, by trial number."""
+    return dict(study.user_attrs.get(STUDY_CONFIRMATION_FAILURES, {}))
+
+
+def throughput_runs(
+    attrs: dict[str, Any], number: int, confirmations: dict[str, list[float]]
+) -> list[float]:
+    """Every window a trial's configuration was timed over: its own, then its confirmation
+    runs (a repeat's are those of the trial it repeats)."""
+    record = TrialRecord(number, attrs)
+    if record.throughput is None:
+        return []
+    measured_number = record.repeat_of if record.repeat_of is not None else number
+    return [record.throughput, *confirmations.get(str(measured_number), [])]
+
+
+def estimated_throughput(runs: Sequence[float]) -> float | None:
+    """A configuration's throughput: the median of its windows."""
+    return float(statistics.median(runs)) if runs else None
+
+
+def paired_speedups(number: int, reference: int, rounds: Sequence[dict[str, float]]) -> list[float]:
+    """Trial ``number``'s samples/s over the reference's in each round that timed both."""
+    if number == reference:
+        return [1.0 for r in rounds if r.get(str(reference))]
+    return [
+        r[str(number)] / r[str(reference)]
+        for r in rounds
+        if r.get(str(number)) is not None and r.get(str(reference))
+    ]
+
+
+def estimated_speedup(
+    attrs: dict[str, Any],
+    number: int,
+    reference: optuna.trial.FrozenTrial | None,
+    confirmations: dict[str, list[float]],
+    rounds: Sequence[dict[str, float]],
+) -> tuple[float | None, list[float]]:
+    """A trial's speed-up over the reference, and the paired ratios it is the median of.
+
+    With confirmation rounds that timed it beside the reference, the median of those ratios;
+    without, the median of its windows over the reference's (windows taken at other times,
+    so the drift between them counts as speed). None when either was never measured.
+    """
+    record = TrialRecord(number, attrs)
+    if reference is None or record.throughput is None:
+        return None, []
+    measured = record.repeat_of if record.repeat_of is not None else number
+    pairs = paired_speedups(measured, reference.number, rounds)
+    if pairs:
+        return float(statistics.median(pairs)), pairs
+    mine = estimated_throughput(throughput_runs(attrs, number, confirmations))
+    theirs = estimated_throughput(
+        throughput_runs(reference.user_attrs, reference.number, confirmations)
+    )
+    if mine is None or not theirs:
+        return None, []
+    return mine / theirs, []
+
+
+def reference_of(trials: Sequence[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The reference trial among ``trials``, once it has run; else None."""
+    return next(
+        (t for t in trials if TrialRecord.of(t).is_reference and TrialRecord.of(t).is_ok), None
+    )
+
+
+def reference_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's reference trial, once it has run; else None."""
+    return reference_of(study.get_trials(deepcopy=False, states=_COMPLETE))
+
+
+def runs_of(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that launched a real run (ok or failed), in order."""
+    return [t for t in study.get_trials(deepcopy=False, states=_COMPLETE) if TrialRecord.of(t).ran]
+
+
+def candidates(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that measured a feasible configuration (repeats and failures excluded)."""
+    return [
+        t
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        and TrialRecord.of(t).is_ok
+        and TrialRecord.of(t).get(THROUGHPUT) is not None
+        and is_feasible(t.constraints)
+    ]
+
+
+def rank_candidates(
+    trials: Sequence[optuna.trial.FrozenTrial],
+    confirmations: dict[str, list[float]],
+    failures: dict[str, str],
+    rounds: Sequence[dict[str, float]] = (),
+) -> list[optuna.trial.FrozenTrial]:
+    """Feasible trials, fastest first by estimated speed-up over the reference (see
+    ``estimated_speedup``; the median of their windows without a reference), earlier trial on
+    a tie; trials whose confirmation run failed are left out."""
+    kept = [t for t in candidates(trials) if str(t.number) not in failures]
+    reference = reference_of(trials)
+
+    def order(trial: optuna.trial.FrozenTrial) -> tuple[float, int]:
+        if reference is None:
+            runs = throughput_runs(trial.user_attrs, trial.number, confirmations)
+            return (-(estimated_throughput(runs) or 0.0), trial.number)
+        speedup, _ = estimated_speedup(
+            trial.user_attrs, trial.number, reference, confirmations, rounds
+        )
+        return (-(speedup or 0.0), trial.number)
+
+    return sorted(kept, key=order)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The feasible trial with the highest estimated speed-up over the reference (side by side
+    in confirmation rounds where it has them), or None while there is none."""
+    ranked = rank_candidates(
+        study.get_trials(deepcopy=False),
+        stored_confirmations(study),
+        stored_failures(study),
+        stored_rounds(study),
+    )
+    return ranked[0] if ranked else None

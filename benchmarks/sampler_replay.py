@@ -1,0 +1,211 @@
+"""Sampler replays: a search over a landscape (`benchmarks/landscape.py`) driven exactly as
+`autotune search` drives one, with the landscape's recorded outcomes in place of the runs, and
+the statistics of how many runs each sampler needed to reach the target.
+
+Only the public names of `autotune.study` are used, so a replay follows the product: the same
+sampler construction, the reference enqueued first, the same random start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import optuna
+from landscape import TARGET_FRACTION, Landscape
+
+from autotune._errors import UserError
+from autotune._records import TrialRecord
+from autotune._space import record_reference, suggest
+from autotune.study import ASKS_PER_RUN, enqueue_reference, enqueue_startup, make_sampler
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayResult:
+    """One replayed search.
+
+    Attributes:
+        sampler: The sampler's name.
+        seed: The sampler's seed.
+        runs_to_target: Runs spent when the best feasible throughput found first reached the
+            target, or None if it never did.
+        proposals_to_target: Proposals (trials, repeats included) made by then, or None.
+        runs: Runs spent when the replay stopped.
+        proposals: Proposals made when the replay stopped.
+        repeats: Of those, proposals of a configuration proposed before.
+        runnable: The landscape's runnable points: what an exhaustive search spends.
+        best_found: The best feasible throughput found (0 when none).
+        target: The throughput to reach.
+    """
+
+    sampler: str
+    seed: int
+    runs_to_target: int | None
+    proposals_to_target: int | None
+    runs: int
+    proposals: int
+    repeats: int
+    runnable: int
+    best_found: float
+    target: float
+
+    @property
+    def fraction(self) -> float | None:
+        """Runs to the target as a fraction of the runnable points."""
+        if self.runs_to_target is None:
+            return None
+        return self.runs_to_target / self.runnable
+
+
+class _ReplayObjective:
+    """`autotune search`'s objective with the landscape in place of the runs."""
+
+    def __init__(self, landscape: Landscape, target: float) -> None:
+        self.landscape, self.target = landscape, target
+        self.seen: set[str] = set()
+        self.runs = 0
+        self.proposals = 0
+        self.repeats = 0
+        self.best_found = 0.0
+        self.runs_to_target: int | None = None
+        self.proposals_to_target: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        landscape = self.landscape
+        if TrialRecord.of(trial).is_reference:
+            settings = record_reference(trial, landscape.space, landscape.reference)
+        else:
+            settings = suggest(trial, landscape.space, landscape.reference)
+        point = landscape.lookup(settings)
+        self.proposals += 1
+        for name, value in point.constraints(landscape.max_accuracy_loss).items():
+            trial.set_constraint(name, value)
+        if point.key in self.seen:
+            self.repeats += 1
+            return point.value()  # a repeat: the tool reuses the stored result, no run
+        self.seen.add(point.key)
+        if point.runnable:  # an infeasible point is recorded without launching anything
+            self.runs += 1
+        if point.is_feasible(landscape.max_accuracy_loss):
+            self.best_found = max(self.best_found, point.value())
+            if self.runs_to_target is None and self.best_found >= self.target:
+                self.runs_to_target, self.proposals_to_target = self.runs, self.proposals
+        return point.value()
+
+    def stop_when_done(self, study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        if self.runs_to_target is not None or self.runs >= self.landscape.runnable:
+            study.stop()
+
+
+def replay(
+    landscape: Landscape,
+    sampler_name: str,
+    seed: int,
+    max_proposals: int | None = None,
+    target_fraction: float = TARGET_FRACTION,
+) -> ReplayResult:
+    """Search the landscape as `autotune search --sampler NAME --seed SEED` would.
+
+    Stops once the best feasible throughput found reaches ``target_fraction`` of the
+    landscape's best, once every runnable point has run, or after ``max_proposals``
+    proposals (by default the tool's own cap: 25 per runnable point).
+
+    Raises:
+        UserError: The landscape misses configurations of its space or has no feasible point.
+    """
+    missing = landscape.missing()
+    if missing:
+        raise UserError(
+            f"The landscape misses {len(missing)} configurations of its space (e.g. "
+            f"{missing[0]}); record the full grid."
+        )
+    target = landscape.target_throughput(target_fraction)
+    space = landscape.space
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            sampler=make_sampler(sampler_name, seed, space.grid()), direction="maximize"
+        )
+        enqueue_reference(study, space, landscape.reference)
+        wanted = max_proposals or ASKS_PER_RUN * max(1, landscape.runnable)
+        enqueue_startup(
+            study,
+            space,
+            landscape.reference,
+            lambda settings: landscape.lookup(settings).runnable,
+            sampler_name,
+            seed,
+            wanted,
+        )
+        objective = _ReplayObjective(landscape, target)
+        study.optimize(
+            objective,
+            n_trials=wanted,
+            callbacks=[objective.stop_when_done],
+            catch=(),
+        )
+    return ReplayResult(
+        sampler=sampler_name,
+        seed=seed,
+        runs_to_target=objective.runs_to_target,
+        proposals_to_target=objective.proposals_to_target,
+        runs=objective.runs,
+        proposals=objective.proposals,
+        repeats=objective.repeats,
+        runnable=landscape.runnable,
+        best_found=objective.best_found,
+        target=target,
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation, as numpy's default."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarise(results: Iterable[ReplayResult]) -> dict[str, dict[str, Any]]:
+    """Runs-to-target statistics per sampler, in the order samplers first appear.
+
+    For each sampler: ``seeds`` replayed, ``reached`` (how many got to the target),
+    ``runnable``, and over the seeds that reached it ``median``, ``p25``, ``p75``, ``p90``,
+    ``mean``, ``min``, ``max`` runs and ``median_fraction`` of the runnable points (None where
+    none reached it). The median alone hides the tail: a sampler that models the results and
+    random search can share a median while random's worst quarter needs twice the runs.
+    """
+    by_sampler: dict[str, list[ReplayResult]] = {}
+    for result in results:
+        by_sampler.setdefault(result.sampler, []).append(result)
+    summary: dict[str, dict[str, Any]] = {}
+    for sampler, replays in by_sampler.items():
+        runs = [float(r.runs_to_target) for r in replays if r.runs_to_target is not None]
+        runnable = replays[0].runnable
+        stats: dict[str, Any] = {"seeds": len(replays), "reached": len(runs), "runnable": runnable}
+        if runs:
+            median = statistics.median(runs)
+            stats.update(
+                median=median,
+                p25=percentile(runs, 25),
+                p75=percentile(runs, 75),
+                p90=percentile(runs, 90),
+                mean=statistics.mean(runs),
+                min=min(runs),
+                max=max(runs),
+                median_fraction=median / runnable,
+            )
+        else:
+            stats.update(
+                dict.fromkeys(("median", "p25", "p75", "p90", "mean", "min", "max")),
+                median_fraction=None,
+            )
+        summary[sampler] = stats
+    return summary
