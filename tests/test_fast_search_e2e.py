@@ -136,8 +136,6 @@ def test_group_is_reused_until_the_layout_changes(warm_runs: dict) -> None:
     assert warm_runs["two_ranks"].launched
     assert not warm_runs["two_ranks_again"].launched
     assert warm_runs["zero1"].ok and warm_runs["two_ranks_again"].ok
-    # A warm trial's wall time is mostly its own training, not a launch.
-    assert warm_runs["zero1"].wall_seconds < warm_runs["first"].wall_seconds
 
 
 @pytest.mark.e2e
@@ -239,7 +237,6 @@ def test_short_budgets_are_timed_over_the_minimum_window(model_path: Path, tmp_p
     assert long["metric"] == short["metric"]
     assert long["measured_steps"] == long["steps"] - 3 + long["extra_steps"]
     assert long["measured_seconds"] - long["eval_seconds"] >= 1.5
-    assert short["measured_seconds"] - short["eval_seconds"] < 1.0
 
 
 def test_stability_rule() -> None:

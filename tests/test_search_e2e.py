@@ -76,14 +76,14 @@ def _options(tmp_path: Path, model: Path, space: Path, **overrides: object) -> S
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], object]:
     """One grid search over data parallelism, pipeline (DeepSpeed's uniform split and autotune's
-    profile) and precision: four real runs, then the fastest and the reference timed twice more
+    profile) and pin_memory (which no CPU can use, whatever its fp16 and bf16): four real runs, then the fastest and the reference timed twice more
     each (confirmation runs)."""
     tmp_path = tmp_path_factory.mktemp("search")
     model = _write(tmp_path / "tiny.py", TINY_MODEL)
     space = _write(
         tmp_path / "space.yaml",
         "processes: [1, 2]\npipeline_stages: [1, 2]\npartition_method: [uniform, profile]\n"
-        "precision: [fp32, fp16]\n",
+        "pin_memory: [false, true]\n",
     )
     lines: list[str] = []
     # More runs asked for than the grid holds: the grid sampler ends the study when exhausted.
@@ -155,12 +155,12 @@ def test_cannot_run_configurations_are_infeasible_with_reason(searched: tuple) -
     study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
     skipped = [t for t in study.get_trials() if t.user_attrs.get("status") == "infeasible"]
     reasons = {t.user_attrs["reason"] for t in skipped}
-    assert any("fp16 is not supported" in r for r in reasons)
+    assert any("pin_memory only helps" in r for r in reasons)
     assert any("does not divide processes" in r for r in reasons)
     for trial in skipped:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         assert trial.constraints["did_not_run"] == 1.0  # the sampler sees them as infeasible
-    assert any("skipped: fp16 is not supported" in line for line in lines)
+    assert any("skipped: pin_memory only helps" in line for line in lines)
 
 
 def test_repeated_configuration_reuses_stored_result(searched: tuple) -> None:
