@@ -1,5 +1,5 @@
 """The training sampler: every split of one global batch trains on the same items in the same
-steps, across epochs (autotune/_harness.py, WholeBatchSampler). Accuracy reuse relies on it."""
+steps, across epochs (autotune/runner/_data.py, WholeBatchSampler). Accuracy reuse relies on it."""
 
 from __future__ import annotations
 

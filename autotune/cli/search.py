@@ -11,7 +11,7 @@ from autotune._errors import UserError
 from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS
-from autotune._space import PARAMETERS
+from autotune._space import PARAMETERS, shipped_spaces
 from autotune.cli._common import add_study_flags
 from autotune.study import (
     CONFIRM_ROUNDS,
@@ -44,7 +44,11 @@ def add_parser(subparsers: Any, name: str) -> None:
 def _add_search_flags(parser: argparse.ArgumentParser) -> None:
     """What to search, for how long, and against which budget."""
     parser.add_argument(
-        "--space", type=Path, default=DEFAULT_SPACE, help="search space YAML (default: %(default)s)"
+        "--space",
+        type=Path,
+        default=DEFAULT_SPACE,
+        help="search space: a YAML file, or the name of a shipped space "
+        f"({', '.join(shipped_spaces())}; default: default)",
     )
     parser.add_argument(
         "--n-trials", type=int, default=12, help="runs the study should hold (default: %(default)s)"

@@ -18,7 +18,7 @@ setting's values (`enqueue_startup`). Optuna's default is 10, which in a 12-run 
 the model 2 runs. On the recorded digits landscape (40 configurations, 500 seeds each) TPE
 needed a median of 9-10 runs to reach 95% of the best with 10 start-up runs, and 7 with these
 5 (random search: 8); on a second one (80 configurations, the best one of a kind) neither
-start-up beat random search (see the README)."""
+start-up beat random search (see benchmarks/RESULTS.md)."""
 ASKS_PER_RUN = 25
 """Proposals that cost no run (repeats, configurations that cannot run) are cheap but not free;
 a study stops after this many proposals per wanted run, which only a tiny space reaches."""
