@@ -4,6 +4,7 @@ the memory pre-screen. No mocks on the trial path."""
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,8 @@ REUSED_SAMPLES = 32768
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "gated.py"
-    path.write_text(MODEL)
-    return path
+def model_path(write_model: Callable[[str, str], Path]) -> Path:
+    return write_model(MODEL, "gated.py")
 
 
 def _config(model_path: Path, **values: object) -> TrialConfig:

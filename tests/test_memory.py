@@ -7,6 +7,7 @@ import os
 import sys
 import textwrap
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from autotune._memory import (
 from autotune._plan import Machine, TrialConfig
 from autotune._task import load_model_file, reference_settings
 
+WriteModel = Callable[[str, str], Path]
 CPU = Machine("cpu", devices=4, cores=4, fp16=False, bf16=True)
 GPUS = Machine("cuda", 8, 32, True, True)
 OPTIMIZER = {"type": "AdamW", "params": {"lr": 1e-3}}
@@ -68,9 +70,8 @@ def estimate(**changes: object) -> MemoryEstimate:
 # --- footprint -----------------------------------------------------------------------------
 
 
-def test_footprint_counts_parameters_and_leaf_outputs(tmp_path: Path) -> None:
-    path = tmp_path / "nested.py"
-    path.write_text(NESTED_MODEL)
+def test_footprint_counts_parameters_and_leaf_outputs(write_model: WriteModel) -> None:
+    path = write_model(NESTED_MODEL, "nested.py")
     footprint = measure_footprint(load_model_file(path))
     assert footprint.parameters == (16 * 64 + 64) + (64 * 4 + 4)
     # Leaf outputs per sample: Linear 64, ReLU 64, Linear 4 fp32 values.
@@ -78,9 +79,8 @@ def test_footprint_counts_parameters_and_leaf_outputs(tmp_path: Path) -> None:
     assert footprint.optimizer_state_bytes_per_param == 4.0
 
 
-def test_footprint_divides_by_the_items_it_had(tmp_path: Path) -> None:
-    path = tmp_path / "nested.py"
-    path.write_text(NESTED_MODEL)
+def test_footprint_divides_by_the_items_it_had(write_model: WriteModel) -> None:
+    path = write_model(NESTED_MODEL, "nested.py")
     model_file = load_model_file(path)
     assert measure_footprint(model_file, sample_batch=1) == measure_footprint(model_file, 7)
 

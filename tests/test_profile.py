@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,10 +66,8 @@ def _config(**values: object) -> TrialConfig:
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "embed.py"
-    path.write_text(MODEL)
-    return path
+def model_path(write_model: Callable[[str, str], Path]) -> Path:
+    return write_model(MODEL, "embed.py")
 
 
 @pytest.fixture(scope="module")
