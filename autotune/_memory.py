@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autotune._batch import forward
 from autotune._plan import Machine, TrialConfig
 from autotune._task import ModelFile
 
@@ -169,7 +170,7 @@ def measure_footprint(model_file: ModelFile, sample_batch: int = 4) -> ModelFoot
     parameters = sum(parameter.numel() for parameter in model.parameters())
     train = model_file.datasets()[0]
     count = min(sample_batch, len(train))  # type: ignore[arg-type]
-    inputs, _ = torch.utils.data.default_collate([train[i] for i in range(count)])
+    batch = model_file.collate([train[i] for i in range(count)])
 
     total = 0
 
@@ -183,7 +184,7 @@ def measure_footprint(model_file: ModelFile, sample_batch: int = 4) -> ModelFoot
     try:
         # No graph is needed to see output sizes, and without one the pass is cheaper.
         with torch.no_grad():
-            model(inputs)
+            forward(model, batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -21,23 +21,26 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from autotune._batch import (
+    as_number,
+    default_loss,
+    default_metric,
+    forward,
+    has_float_inputs,
+    is_dict_batch,
+    output_logits,
+    output_loss,
+)
 from autotune._errors import UserError
 
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_EVAL_BATCH_SIZE = 256
+PREFLIGHT_BATCH = 4
+"""Items in the preflight's train and eval batches."""
 DEFAULT_OPTIMIZER: dict[str, Any] = {"type": "AdamW", "params": {"lr": 1e-3}}
 HELD_OUT_FRACTION = 0.2
 """Share of train_data() kept for evaluation when the model file has no eval_data()."""
 _SPLIT_SEED = 0
-
-
-def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the last dimension."""
-    return nn.functional.cross_entropy(output.float(), target)
-
-
-def default_metric(output: torch.Tensor, target: torch.Tensor) -> float:
-    """Classification accuracy: argmax over the last dimension."""
-    return float((output.argmax(dim=-1) == target).float().mean().item())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +51,15 @@ class ModelFile:
         path: The file, resolved.
         model: Builds a fresh model.
         layers: Builds the same network as a list of modules, or None (no pipeline).
-        loss: loss(output, target) -> Tensor.
-        metric: metric(output, target) -> float, higher is better.
-        metric_name: How to call the metric in reports.
+        loss: loss(output, target) -> Tensor; for dict items loss(output, batch).
+        metric: metric(output, target) -> float, higher is better; for dict items
+            metric(output, batch), the metric of one eval batch.
+        metric_name: How to call the metric in reports, for (input, target) items
+            (`Task.metric_name` says it for the items the data has).
+        collate: collate(items) -> batch, for every DataLoader the tool builds.
+        has_collate: Whether the file defines collate().
         batch_size: BATCH_SIZE, the reference micro-batch.
+        eval_batch_size: EVAL_BATCH_SIZE, the items of each eval batch.
         optimizer: OPTIMIZER, a DeepSpeed optimizer section.
         has_eval_data: Whether the file defines eval_data().
     """
@@ -59,10 +67,13 @@ class ModelFile:
     path: Path
     model: Callable[[], nn.Module]
     layers: Callable[[], list[nn.Module]] | None
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metric: Callable[[torch.Tensor, torch.Tensor], float]
+    loss: Callable[[Any, Any], torch.Tensor]
+    metric: Callable[[Any, Any], Any]
     metric_name: str
+    collate: Callable[[list[Any]], Any]
+    has_collate: bool
     batch_size: int
+    eval_batch_size: int
     optimizer: dict[str, Any]
     has_eval_data: bool
     _module: types.ModuleType = dataclasses.field(repr=False)
@@ -113,6 +124,13 @@ def _call(path: Path, name: str, fn: Callable[[], Any]) -> Any:
         raise UserError(f"{_user_frame(exc, path)}: {name} raised {_describe(exc)}") from None
 
 
+def _whole_number(path: Path, module: types.ModuleType, name: str, default: int) -> int:
+    value = getattr(module, name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{path}: {name} must be a whole number >= 1, got {value!r}.")
+    return value
+
+
 def load_model_file(path: str | Path) -> ModelFile:
     """Import a model file and fill in the defaults, without calling any of its functions.
 
@@ -144,9 +162,8 @@ def load_model_file(path: str | Path) -> ModelFile:
                 f"{path} has no {required}() function; define it (see the README's model file"
                 " contract)."
             )
-    batch_size = getattr(module, "BATCH_SIZE", DEFAULT_BATCH_SIZE)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise UserError(f"{path}: BATCH_SIZE must be a whole number >= 1, got {batch_size!r}.")
+    batch_size = _whole_number(path, module, "BATCH_SIZE", DEFAULT_BATCH_SIZE)
+    eval_batch_size = _whole_number(path, module, "EVAL_BATCH_SIZE", DEFAULT_EVAL_BATCH_SIZE)
     optimizer = getattr(module, "OPTIMIZER", DEFAULT_OPTIMIZER)
     lr = optimizer.get("params", {}).get("lr") if isinstance(optimizer, dict) else None
     if (
@@ -164,13 +181,14 @@ def load_model_file(path: str | Path) -> ModelFile:
         metric, metric_name = custom_metric, "metric()"
     elif callable(custom_loss):
 
-        def metric(output: torch.Tensor, target: torch.Tensor) -> float:
+        def metric(output: Any, target: Any) -> float:
             return -float(custom_loss(output, target))
 
         metric_name = "negative eval loss"
     else:
         metric, metric_name = default_metric, "accuracy"
     layers = getattr(module, "layers", None)
+    collate = getattr(module, "collate", None)
     return ModelFile(
         path=path,
         model=module.model,
@@ -178,7 +196,10 @@ def load_model_file(path: str | Path) -> ModelFile:
         loss=custom_loss if callable(custom_loss) else default_loss,
         metric=metric,
         metric_name=metric_name,
+        collate=collate if callable(collate) else torch.utils.data.default_collate,
+        has_collate=callable(collate),
         batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
         optimizer=optimizer,
         has_eval_data=callable(getattr(module, "eval_data", None)),
         _module=module,
@@ -195,6 +216,7 @@ class Task:
         eval_size: Items in the evaluation data.
         layer_types: Class names of layers(), in order; empty without layers().
         float_inputs: Whether inputs are floating point (cast under bf16/fp16).
+        dict_items: Whether batches are dicts of tensors (``model(**batch)``), not pairs.
     """
 
     model_file: ModelFile
@@ -202,10 +224,24 @@ class Task:
     eval_size: int
     layer_types: tuple[str, ...]
     float_inputs: bool
+    dict_items: bool = False
 
     @property
     def has_layers(self) -> bool:
         return self.model_file.layers is not None
+
+    @property
+    def metric_name(self) -> str:
+        """How to call the metric in reports, for the items this data has."""
+        if self.dict_items and self.model_file.metric_name == "accuracy":
+            return "negative eval loss"  # the default metric of dict items
+        return self.model_file.metric_name
+
+    @property
+    def items_vary(self) -> bool:
+        """Whether items may differ in length (dict items, or a collate()): then splits of
+        one global batch into micro-batches can weigh them differently (a token-mean loss)."""
+        return self.dict_items or self.model_file.has_collate
 
     def reference_settings(self) -> dict[str, Any]:
         """What the user runs today (see `reference_settings`)."""
@@ -229,11 +265,27 @@ def reference_settings(batch_size: int) -> dict[str, Any]:
     }
 
 
-def _check_item(path: Path, name: str, item: Any) -> None:
+_TORCH_FORMAT_HINT = 'for a `datasets` Dataset, call .with_format("torch")'
+
+
+def _check_item(path: Path, name: str, item: Any, has_collate: bool) -> None:
+    """An item is a dict of tensors or an (input, target) pair; with a collate() in the
+    file, what the collate makes of the items is checked instead."""
+    if has_collate:
+        return
+    if is_dict_batch(item):
+        for key, value in item.items():
+            if not isinstance(value, torch.Tensor | int | float):
+                raise UserError(
+                    f"{path}: {name} items are dicts, whose values must be tensors; "
+                    f"{key!r} is a {type(value).__name__} ({_TORCH_FORMAT_HINT}, or define "
+                    "collate())."
+                )
+        return
     if not (isinstance(item, tuple | list) and len(item) == 2):
         raise UserError(
-            f"{path}: {name} items must be (input, target) pairs of tensors, got "
-            f"{type(item).__name__}."
+            f"{path}: {name} items must be (input, target) pairs of tensors or dicts of "
+            f"tensors, got {type(item).__name__}."
         )
     for part, value in zip(("input", "target"), item, strict=True):
         if not isinstance(value, torch.Tensor | int | float):
@@ -243,17 +295,116 @@ def _check_item(path: Path, name: str, item: Any) -> None:
             )
 
 
-def _first_batch(data: Dataset[Any], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [data[i] for i in range(min(size, len(data)))]  # type: ignore[arg-type]
-    inputs, targets = torch.utils.data.default_collate(items)
-    return inputs, targets
+def _check_batch(path: Path, name: str, batch: Any, collate_name: str) -> None:
+    if is_dict_batch(batch):
+        for key, value in batch.items():
+            if not isinstance(value, torch.Tensor):
+                raise UserError(
+                    f"{path}: {collate_name} made a batch of {name} items whose {key!r} is a "
+                    f"{type(value).__name__}; every value of a dict batch must be a tensor "
+                    f"({_TORCH_FORMAT_HINT})."
+                )
+    elif not (
+        isinstance(batch, tuple | list)
+        and len(batch) == 2
+        and all(isinstance(part, torch.Tensor) for part in batch)
+    ):
+        raise UserError(
+            f"{path}: {collate_name} must make a batch of {name} items into an (inputs, "
+            f"targets) pair of tensors or a dict of tensors, got {type(batch).__name__}."
+        )
+
+
+def _first_batch(path: Path, model_file: ModelFile, data: Dataset[Any], name: str) -> Any:
+    """The first PREFLIGHT_BATCH items of ``data``, collated as every DataLoader will."""
+    items = [data[i] for i in range(min(PREFLIGHT_BATCH, len(data)))]  # type: ignore[arg-type]
+    collate_name = "collate()" if model_file.has_collate else "torch's default_collate"
+    batch = _call(path, f"{collate_name} on {name} items", lambda: model_file.collate(items))
+    _check_batch(path, name, batch, collate_name)
+    return batch
+
+
+def _check_data(path: Path, name: str, data: Any, has_collate: bool) -> int:
+    """The number of items in ``data``, after checking its first item."""
+    try:
+        size = len(data)
+    except TypeError:
+        raise UserError(f"{path}: {name} must return a map-style Dataset with len().") from None
+    if size == 0:
+        raise UserError(f"{path}: {name} is empty; it must hold at least one item.")
+    first = _call(path, f"{name}[0]", functools.partial(data.__getitem__, 0))
+    _check_item(path, name, first, has_collate)
+    return int(size)
+
+
+def _check_train_step(path: Path, model_file: ModelFile, model: nn.Module, batch: Any) -> Any:
+    """Forward and loss on a train batch; returns the model's output."""
+    with torch.no_grad():
+        output, target = _call(
+            path, "model() forward on a train_data() batch", lambda: forward(model, batch)
+        )
+        if is_dict_batch(batch) and model_file.loss is default_loss:
+            if output_loss(output) is None:
+                raise UserError(
+                    f"{path}: model() returned a {type(output).__name__} with no loss on a "
+                    "train_data() batch; with dict items and no loss() in the file, the model "
+                    "must return an output with .loss (give it the labels), or define "
+                    "loss(output, batch)."
+                )
+        loss = _call(path, "loss()", lambda: model_file.loss(output, target))
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise UserError(f"{path}: loss() must return a scalar tensor.")
+    return output
+
+
+def _check_eval_step(path: Path, model_file: ModelFile, model: nn.Module, batch: Any) -> None:
+    """One eval step, as the harness runs it: forward on an eval batch, then the metric."""
+    model.eval()
+    with torch.no_grad():
+        output, target = _call(
+            path, "model() forward on an eval_data() batch", lambda: forward(model, batch)
+        )
+        if not is_dict_batch(batch):
+            output = output_logits(output).float()  # what the harness's eval hands metric()
+        value = _call(path, "metric()", lambda: model_file.metric(output, target))
+    number = as_number(value)
+    if number is None:
+        raise UserError(
+            f"{path}: metric() must return a number, got a {type(value).__name__} on an "
+            "eval_data() batch."
+        )
+    if not math.isfinite(number):
+        raise UserError(f"{path}: metric() returned {number} on a first batch; it must be finite.")
+
+
+def _check_layers(path: Path, model_file: ModelFile, batch: Any, output: Any) -> tuple[str, ...]:
+    if model_file.layers is None:
+        return ()
+    if is_dict_batch(batch):
+        raise UserError(
+            f"{path}: layers() (pipelines) takes (input, target) items, and these items are "
+            "dicts; remove layers() to tune every other setting."
+        )
+    layers = _call(path, "layers()", model_file.layers)
+    if not isinstance(layers, list | tuple) or not layers:
+        raise UserError(f"{path}: layers() must return a non-empty list of nn.Module.")
+    with torch.no_grad():
+        piped = _call(path, "layers() forward", lambda: nn.Sequential(*layers)(batch[0]))
+    shape = getattr(output_logits(output), "shape", None)
+    if not isinstance(piped, torch.Tensor) or piped.shape != shape:
+        raise UserError(
+            f"{path}: layers() in sequence must compute what model() computes; its output "
+            f"shape differs ({getattr(piped, 'shape', type(piped).__name__)} vs {shape})."
+        )
+    return tuple(type(layer).__name__ for layer in layers)
 
 
 def load_task(path: str | Path) -> Task:
     """Load and check a model file in a few seconds, before any trial runs.
 
-    Builds the model, reads an item of each dataset and runs one forward pass, loss and
-    metric on a small batch; with layers(), the same pass through the sequence.
+    Builds the model, reads an item of each dataset, runs one forward pass and loss on a
+    small train batch and one eval step (forward and metric) on a small eval batch; with
+    layers(), the same pass through the sequence.
 
     Raises:
         UserError: With one message naming the problem and where it is.
@@ -261,51 +412,26 @@ def load_task(path: str | Path) -> Task:
     model_file = load_model_file(path)
     where = model_file.path
     train, evaluation = _call(where, "train_data()/eval_data()", model_file.datasets)
-    sizes = {}
-    for name, data in (("train_data()", train), ("eval_data()", evaluation)):
-        try:
-            sizes[name] = len(data)
-        except TypeError:
-            raise UserError(
-                f"{where}: {name} must return a map-style Dataset with len()."
-            ) from None
-        if sizes[name] == 0:
-            raise UserError(f"{where}: {name} is empty; it must hold at least one item.")
-        first = _call(where, f"{name}[0]", functools.partial(data.__getitem__, 0))
-        _check_item(where, name, first)
+    sizes = {
+        name: _check_data(where, name, data, model_file.has_collate)
+        for name, data in (("train_data()", train), ("eval_data()", evaluation))
+    }
     model = _call(where, "model()", model_file.model)
     if not isinstance(model, nn.Module):
         raise UserError(
             f"{where}: model() must return a torch.nn.Module, got {type(model).__name__}."
         )
-    inputs, targets = _call(where, "collating train_data() items", lambda: _first_batch(train, 4))
-    with torch.no_grad():
-        output = _call(where, "model() forward on a train_data() batch", lambda: model(inputs))
-        loss = _call(where, "loss()", lambda: model_file.loss(output, targets))
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise UserError(f"{where}: loss() must return a scalar tensor.")
-        value = _call(where, "metric()", lambda: float(model_file.metric(output, targets)))
-        if not math.isfinite(value):
-            raise UserError(
-                f"{where}: metric() returned {value} on a first batch; it must be finite."
-            )
-    layer_types: tuple[str, ...] = ()
-    if model_file.layers is not None:
-        layers = _call(where, "layers()", model_file.layers)
-        if not isinstance(layers, list | tuple) or not layers:
-            raise UserError(f"{where}: layers() must return a non-empty list of nn.Module.")
-        layer_types = tuple(type(layer).__name__ for layer in layers)
-        with torch.no_grad():
-            piped = _call(where, "layers() forward", lambda: nn.Sequential(*layers)(inputs))
-        if not isinstance(piped, torch.Tensor) or piped.shape != output.shape:
-            raise UserError(
-                f"{where}: layers() in sequence must compute what model() computes; its output "
-                f"shape differs ({getattr(piped, 'shape', type(piped).__name__)} vs {output.shape})."
-            )
+    batch = _first_batch(where, model_file, train, "train_data()")
+    output = _check_train_step(where, model_file, model, batch)
+    layer_types = _check_layers(where, model_file, batch, output)
+    _check_eval_step(
+        where, model_file, model, _first_batch(where, model_file, evaluation, "eval_data()")
+    )
     return Task(
         model_file=model_file,
         train_size=sizes["train_data()"],
         eval_size=sizes["eval_data()"],
         layer_types=layer_types,
-        float_inputs=bool(inputs.is_floating_point()),
+        float_inputs=has_float_inputs(batch),
+        dict_items=is_dict_batch(batch),
     )

@@ -59,9 +59,17 @@ def main() -> None:
     if not hasattr(user, "eval_data"):  # autotune holds out the same seeded 20% for evaluation
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
         train = Subset(train, order[max(1, int(len(train) * 0.2)) :])
-    loss_fn = getattr(user, "loss", None) or (
-        lambda out, y: nn.functional.cross_entropy(out.float(), y)
-    )
+    user_loss = getattr(user, "loss", None)
+
+    def loss_fn(out, target):
+        # The model file's contract: loss(output, target) for pairs, loss(output, batch) for
+        # dict items; without loss(), cross-entropy for pairs and the model's own output.loss
+        # for dict items.
+        if user_loss is not None:
+            return user_loss(out, target)
+        if isinstance(target, dict):
+            return out["loss"] if isinstance(out, dict) else out.loss
+        return nn.functional.cross_entropy(out.float(), target)
 
     deepspeed.init_distributed()
     torch.manual_seed(args.seed)
@@ -100,6 +108,7 @@ def main() -> None:
         batch_size=ds_config["train_micro_batch_size_per_gpu"],
         sampler=sampler,
         drop_last=True,
+        collate_fn=getattr(user, "collate", None),  # None: torch's default_collate
         num_workers=workers,
         pin_memory=launch["pin_memory"],
         prefetch_factor=launch["prefetch_factor"] if workers else None,
@@ -111,14 +120,29 @@ def main() -> None:
         else (torch.float16 if ds_config.get("fp16", {}).get("enabled") else torch.float32)
     )
 
+    def cast(value):  # only floating tensors take the engine's dtype: ids and masks stay
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.to(engine.device)
+        return value.to(dtype) if value.is_floating_point() else value
+
     def batches():
         epoch = 0
         while True:
             sampler.set_epoch(epoch)
-            for x, y in loader:
-                x, y = x.to(engine.device), y.to(engine.device)
-                yield (x.to(dtype) if x.is_floating_point() else x), y
+            for batch in loader:
+                if isinstance(batch, dict):
+                    yield {key: cast(value) for key, value in batch.items()}
+                else:
+                    x, y = batch
+                    yield cast(x), y.to(engine.device)
             epoch += 1
+
+    def step_loss(batch):
+        if isinstance(batch, dict):  # dict items: model(**batch)
+            return loss_fn(engine(**batch), batch)
+        x, y = batch
+        return loss_fn(engine(x), y)
 
     stream = batches()
     steps = args.train_samples // ds_config["train_batch_size"]
@@ -130,8 +154,7 @@ def main() -> None:
                 engine.train_batch(stream)
             else:
                 for _ in range(gas):
-                    x, y = next(stream)
-                    engine.backward(loss_fn(engine(x), y))
+                    engine.backward(step_loss(next(stream)))
                     engine.step()
 
     dist.barrier()

@@ -116,6 +116,66 @@ def train_data():
     return TensorDataset(torch.empty(0, 8), torch.empty(0, dtype=torch.long))
 """
 
+# Dict items (model(**batch)): each model below breaks one part of that contract.
+DICT_MODEL = """\
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, features, labels):
+        logits = self.linear(features)
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def model():
+    return Classifier()
+
+
+def train_data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    return [{"features": x[i], "labels": y[i]} for i in range(64)]
+"""
+
+DICT_VALUES_LISTS = DICT_MODEL.replace('"features": x[i]', '"features": x[i].tolist()')
+
+DICT_OUTPUT_WITHOUT_LOSS = DICT_MODEL.replace(
+    'return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}',
+    "return logits",
+)
+
+COLLATE_RAISES = (
+    DICT_MODEL
+    + """
+
+def collate(items):
+    raise ValueError("cannot pad these")  # line collate
+"""
+)
+
+METRIC_NOT_A_NUMBER = (
+    DICT_MODEL
+    + """
+
+def metric(output, batch):
+    return "high"
+"""
+)
+
+EVAL_FAILS = (
+    DICT_MODEL
+    + """
+
+def eval_data():
+    return [{"features": torch.randn(5), "labels": torch.tensor(0)} for _ in range(16)]
+"""
+)
+
 EXITS_ON_IMPORT = "import sys\n\nsys.exit(3)  # line 3\n" + BASE_MODEL
 
 PASSWORD = "s3cretpw"
@@ -292,6 +352,41 @@ SEARCH_CASES = [
         search("model.py"),
         {"model.py": TRIPLE_ITEMS},
         ("train_data()", "(input, target) pairs"),
+    ),
+    Case(
+        "dict-values-not-tensors",
+        search("model.py"),
+        {"model.py": DICT_VALUES_LISTS},
+        ("model.py", "train_data()", "'features' is a list", 'with_format("torch")'),
+    ),
+    Case(
+        "dict-output-without-loss",
+        search("model.py"),
+        {"model.py": DICT_OUTPUT_WITHOUT_LOSS},
+        ("model.py", "no loss", "loss(output, batch)"),
+    ),
+    Case(
+        "collate-raises",
+        search("model.py"),
+        {"model.py": COLLATE_RAISES},
+        (
+            f"model.py:{line_of(COLLATE_RAISES, 'line collate')}",
+            "collate()",
+            "ValueError",
+            "cannot pad these",
+        ),
+    ),
+    Case(
+        "metric-not-a-number",
+        search("model.py"),
+        {"model.py": METRIC_NOT_A_NUMBER},
+        ("model.py", "metric()", "number", "str"),
+    ),
+    Case(
+        "eval-step-fails",
+        search("model.py"),
+        {"model.py": EVAL_FAILS},
+        ("model.py", "forward on an eval_data() batch", "RuntimeError"),
     ),
     Case(
         "model-fn-raises",

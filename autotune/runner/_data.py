@@ -4,29 +4,19 @@ batches cast to the engine's dtype and device."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from autotune._batch import cast_batch
 from autotune._plan import TrialConfig
 
 
 def torch_dtype(precision: str) -> torch.dtype:
     """The torch dtype of a precision setting (fp32, bf16, fp16)."""
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def cast_batch(
-    batch: Any, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """An (inputs, targets) batch on ``device``, floating-point inputs in ``dtype``."""
-    inputs, targets = batch
-    inputs = inputs.to(device, non_blocking=True)
-    if inputs.is_floating_point():
-        inputs = inputs.to(dtype)
-    return inputs, targets.to(device, non_blocking=True)
 
 
 class WholeBatchSampler(Sampler[int]):
@@ -62,10 +52,15 @@ class WholeBatchSampler(Sampler[int]):
 
 
 def train_loader(
-    data: Dataset[Any], config: TrialConfig, dp_rank: int, seed: int
+    data: Dataset[Any],
+    config: TrialConfig,
+    dp_rank: int,
+    seed: int,
+    collate: Callable[[list[Any]], Any] | None = None,
 ) -> tuple[DataLoader[Any], WholeBatchSampler]:
     """The training DataLoader of data-parallel rank ``dp_rank`` and its sampler, with the
-    DataLoader arguments ``config`` decides (``TrialConfig.dataloader_arguments``)."""
+    DataLoader arguments ``config`` decides (``TrialConfig.dataloader_arguments``) and the
+    model file's ``collate`` (torch's default_collate when None)."""
     sampler = WholeBatchSampler(
         len(data),  # type: ignore[arg-type]
         config.global_batch_size,
@@ -78,6 +73,7 @@ def train_loader(
         batch_size=config.micro_batch_size,
         sampler=sampler,
         drop_last=True,
+        collate_fn=collate,
         **config.dataloader_arguments(),
     )
     return loader, sampler
@@ -118,5 +114,5 @@ class CastingBatches:
     def __iter__(self) -> CastingBatches:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def __next__(self) -> Any:
         return cast_batch(next(self.batches), self.dtype, self.device)

@@ -234,8 +234,8 @@ def measure_layers(
     train, _ = model_file.datasets()
     count = min(micro_batch_size, len(train))  # type: ignore[arg-type]
     items = [train[i] for i in range(count)]
-    batch = torch.utils.data.default_collate(items)
-    inputs, targets = cast_batch(batch, dtype, device)
+    # layers() takes (input, target) items (the preflight refuses it beside dict items).
+    inputs, targets = cast_batch(model_file.collate(items), dtype, device)
 
     # Forward + backward of each layer, timed inside whole-model passes on the real batch.
     fb_seconds = _time_in_graph(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from autotune._batch import evaluate, forward
 from autotune._records import (
     BUDGET_STEPS,
     EVAL_SECONDS,
@@ -54,7 +55,6 @@ from autotune.runner._rank import (
 )
 from autotune.runner._timing import STABILITY_CHECK_EVERY, StageClock, step_time_is_stable
 
-EVAL_BATCH_SIZE = 256
 EXTEND_ROUNDS = 10
 """Rounds of extra steps at most; each is estimated from the mean so far, so one or two do."""
 
@@ -146,8 +146,8 @@ def train_step(ranks: Ranks, batches: Iterator[Any]) -> torch.Tensor:
         return engine.train_batch(batches).detach().float()
     total = torch.zeros((), device=engine.device)
     for _ in range(ranks.gas):
-        inputs, targets = next(batches)
-        loss = ranks.loss_fn(engine(inputs), targets)
+        output, target = forward(engine, next(batches))
+        loss = ranks.loss_fn(output, target)
         engine.backward(loss)
         engine.step()
         total += loss.detach().float()
@@ -231,15 +231,16 @@ def timed_loop(
 
 
 def _evaluate(
-    forward: Any, data: Dataset[Any], dtype: torch.dtype, device: torch.device, model_file: Any
+    model: Any, data: Dataset[Any], dtype: torch.dtype, device: torch.device, model_file: Any
 ) -> float:
-    outputs, targets = [], []
+    """The metric on the eval data, in batches of the file's EVAL_BATCH_SIZE (dict batches
+    stream: one batch's outputs at a time)."""
+    loader = DataLoader(
+        data, batch_size=model_file.eval_batch_size, shuffle=False, collate_fn=model_file.collate
+    )
     with torch.no_grad():
-        for batch in DataLoader(data, batch_size=EVAL_BATCH_SIZE, shuffle=False):
-            inputs, target = cast_batch(batch, dtype, device)
-            outputs.append(forward(inputs).float().cpu())
-            targets.append(target.cpu())
-    return float(model_file.metric(torch.cat(outputs), torch.cat(targets)))
+        batches = (cast_batch(batch, dtype, device) for batch in loader)
+        return evaluate(model, batches, model_file.metric)
 
 
 def _gather_pipeline_model(engine: Any, model_file: Any, dtype: torch.dtype) -> nn.Module:
@@ -382,7 +383,8 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     train_data, eval_data = model_file.datasets()
     reset_peak_memory(accelerator)
     ranks = build_engine(plan, seed, model_file, accelerator)
-    batches = Batches(*train_loader(train_data, plan.config, ranks.dp_rank, seed))
+    loader = train_loader(train_data, plan.config, ranks.dp_rank, seed, model_file.collate)
+    batches = Batches(*loader)
     casting = CastingBatches(batches, ranks.dtype, ranks.device)
     clock = StageClock(ranks.engine, accelerator) if ranks.pipeline else None
     timing = timed_loop(plan, ranks, casting, clock)

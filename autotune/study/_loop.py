@@ -57,7 +57,7 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> optuna.S
     print_line(
         f"model {task.model_file.path.name}: {task.train_size} training items, "
         f"{task.eval_size} eval items ({task.model_file.eval_source}), metric: "
-        f"{task.model_file.metric_name}"
+        f"{task.metric_name}"
     )
     machine = _prepare_machine(task, print_line)
     study = _open_study(options, task, machine, space, storage)
@@ -124,7 +124,7 @@ def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> No
     if not stored.get(STUDY_MODEL):
         for name, value in wanted.items():
             study.set_user_attr(name, value)
-        study.set_user_attr(STUDY_METRIC_NAME, task.model_file.metric_name)
+        study.set_user_attr(STUDY_METRIC_NAME, task.metric_name)
         study.set_user_attr(STUDY_EVAL_SOURCE, task.model_file.eval_source)
         return
     for name in STUDY_FIXED:

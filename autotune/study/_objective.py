@@ -314,7 +314,10 @@ class Objective:
 
     def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
         """An earlier trial that measured the metric of the same numerics, if any."""
-        if not self.options.reuse_accuracy:
+        # Reuse rests on every split of a global batch training the same. With items that
+        # vary in length (dict items, or a collate()) a token-mean loss weighs the tokens of
+        # each micro-batch split differently, so each trial measures its own metric.
+        if not self.options.reuse_accuracy or self.task.items_vary:
             return None
         key = config.numerics_key()
         for record in self._completed():
