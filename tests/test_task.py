@@ -146,7 +146,9 @@ def test_pair_files_keep_their_contract(write_model: Callable[[str, str], Path])
 
 
 def test_a_collate_alone_turns_accuracy_reuse_off(write_model: Callable[[str, str], Path]) -> None:
-    text = PAIR_MODEL + "\n\ndef collate(items):\n    return torch.utils.data.default_collate(items)\n"
+    text = (
+        PAIR_MODEL + "\n\ndef collate(items):\n    return torch.utils.data.default_collate(items)\n"
+    )
     task = load_task(write_model(text, "pairs_collate.py"))
     assert not task.dict_items and task.model_file.has_collate and task.items_vary
 
