@@ -4,7 +4,11 @@ integer sequences (``model(**batch)``, a padding collate, an output with ``.loss
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +17,7 @@ from test_task import DICT_MODEL
 
 from autotune._plan import TrialConfig, detect_machine
 from autotune._task import load_model_file, reference_settings
-from autotune.runner import RunResult, WarmWorkers, run_trial
+from autotune.runner import RunResult, WarmWorkers, remove_shm_buffers, run_trial
 
 SAMPLES = 512
 RUNS = {
@@ -71,3 +75,32 @@ def test_dict_items_train_and_evaluate(runs: dict[str, RunResult], name: str) ->
     # The default metric of dict items: the negative mean eval loss, finite and below zero.
     assert metric is not None and math.isfinite(metric) and metric < 0
     assert result.measurements["throughput"] > 0
+
+
+@pytest.mark.e2e
+def test_the_plain_deepspeed_replay_trains_dict_items(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """benchmarks/replay_export.py, what a user's own script does with an export: the
+    model file's collate, ``model(**batch)`` and the model's own loss, on 2 processes in bf16."""
+    model_path = write_model(DICT_MODEL, "sequences.py")
+    model_file = load_model_file(model_path)
+    settings = {
+        **reference_settings(8),
+        "processes": 2,
+        "precision": "bf16",
+        "zero_stage": 2,
+    }
+    config = TrialConfig.from_settings(settings, model_file.optimizer, 16, "sqrt")
+    (tmp_path / "ds_config.json").write_text(json.dumps(config.ds_config()))
+    (tmp_path / "launch.json").write_text(json.dumps(config.launch_recipe(detect_machine())))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "replay_export.py"
+    port = 29800 + os.getpid() % 500
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
+    command += ["--master_port", str(port), str(script), "--model", str(model_path)]
+    command += ["--export", str(tmp_path), "--train-samples", "256"]
+    env = dict(os.environ, DS_ACCELERATOR="cpu")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    remove_shm_buffers(port)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "replay:" in result.stdout
