@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from test_task import DICT_MODEL
 
+from autotune import SearchOptions, load_study, search
 from autotune._plan import TrialConfig, detect_machine
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import RunResult, WarmWorkers, remove_shm_buffers, run_trial
@@ -104,3 +105,37 @@ def test_the_plain_deepspeed_replay_trains_dict_items(
     remove_shm_buffers(port)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "replay:" in result.stdout
+
+
+@pytest.mark.e2e
+def test_a_search_of_dict_items_measures_every_metric(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Micro-batch 8 x 2 trains the reference's global batch, yet with padded items its splits
+    weigh tokens differently: the trial measures its own metric instead of reusing one."""
+    model_path = write_model(DICT_MODEL, "sequences.py")
+    space = tmp_path / "space.yaml"
+    space.write_text("micro_batch_size: [8]\ngradient_accumulation_steps: [2]\n")
+    lines: list[str] = []
+    search(
+        SearchOptions(
+            model=model_path,
+            space=space,
+            n_trials=2,
+            train_samples=SAMPLES,
+            sampler="grid",
+            storage=f"sqlite:///{tmp_path}/study.db",
+            trials_dir=tmp_path / "trials",
+            reports_dir=tmp_path / "reports",
+            trial_timeout=120,
+            confirm=0,
+        ),
+        print_line=lines.append,
+    )
+    study = load_study("sequences", f"sqlite:///{tmp_path}/study.db")
+    assert study.user_attrs["metric_name"] == "negative eval loss"
+    trials = [t for t in study.get_trials() if t.user_attrs.get("status") == "ok"]
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.user_attrs.get("accuracy_reused_from") is None
+        assert math.isfinite(trial.user_attrs["metric"]) and trial.user_attrs["eval_seconds"] > 0
