@@ -4,6 +4,7 @@ from an empty folder."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.subprocess]
+
+# The venv must import the installed wheel, not a checkout a PYTHONPATH points at.
+CLEAN_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +56,7 @@ def _search(venv: Path, folder: Path, *flags: str) -> subprocess.CompletedProces
             *flags,
         ],
         cwd=folder,
+        env=CLEAN_ENV,
         capture_output=True,
         text=True,
         timeout=600,
@@ -62,6 +67,7 @@ def test_installed_package_is_the_wheel(venv: Path, tmp_path: Path) -> None:
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import autotune; print(autotune.__file__)"],
         cwd=tmp_path,
+        env=CLEAN_ENV,
         capture_output=True,
         text=True,
         check=True,
