@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from search_options import grid_search_options
 from test_task import DICT_MODEL
 
-from autotune import SearchOptions, load_study, search
+from autotune import load_study, search
 from autotune._plan import TrialConfig, detect_machine
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import RunResult, WarmWorkers, remove_shm_buffers, run_trial
@@ -118,18 +119,7 @@ def test_a_search_of_dict_items_measures_every_metric(
     space.write_text("micro_batch_size: [8]\ngradient_accumulation_steps: [2]\n")
     lines: list[str] = []
     search(
-        SearchOptions(
-            model=model_path,
-            space=space,
-            n_trials=2,
-            train_samples=SAMPLES,
-            sampler="grid",
-            storage=f"sqlite:///{tmp_path}/study.db",
-            trials_dir=tmp_path / "trials",
-            reports_dir=tmp_path / "reports",
-            trial_timeout=120,
-            confirm=0,
-        ),
+        grid_search_options(tmp_path, model_path, space, n_trials=2, train_samples=SAMPLES),
         print_line=lines.append,
     )
     study = load_study("sequences", f"sqlite:///{tmp_path}/study.db")

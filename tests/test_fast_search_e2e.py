@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from search_options import grid_search_options
 
-from autotune import SearchOptions, load_study, search
+from autotune import load_study, search
 from autotune._plan import TrialConfig, detect_machine
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import WarmWorkers, run_trial, step_time_is_stable
@@ -311,18 +312,7 @@ def test_search_reuses_accuracy_and_prescreens_memory(tmp_path: Path) -> None:
     space.write_text("micro_batch_size: [16, 32]\ngradient_accumulation_steps: [1, 2]\n")
     lines: list[str] = []
     search(
-        SearchOptions(
-            model=path,
-            space=space,
-            n_trials=4,
-            train_samples=SAMPLES,
-            sampler="grid",
-            storage=f"sqlite:///{tmp_path}/study.db",
-            trials_dir=tmp_path / "trials",
-            reports_dir=tmp_path / "reports",
-            trial_timeout=120,
-            confirm=0,
-        ),
+        grid_search_options(tmp_path, path, space, n_trials=4, train_samples=SAMPLES),
         print_line=lines.append,
     )
     study = load_study("tiny", f"sqlite:///{tmp_path}/study.db")
@@ -359,19 +349,14 @@ def test_search_reuses_accuracy_and_prescreens_memory(tmp_path: Path) -> None:
     # The same space under a 1 MiB limit: everything but the reference is predicted over it.
     lines = []
     search(
-        SearchOptions(
-            model=path,
-            space=space,
+        grid_search_options(
+            tmp_path,
+            path,
+            space,
             n_trials=2,
             train_samples=SAMPLES,
-            sampler="grid",
             study="tight",
-            storage=f"sqlite:///{tmp_path}/study.db",
-            trials_dir=tmp_path / "trials",
-            reports_dir=tmp_path / "reports",
-            trial_timeout=120,
             max_memory=2**20,
-            confirm=0,
         ),
         print_line=lines.append,
     )

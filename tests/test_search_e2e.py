@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from search_options import grid_search_options
 
 from autotune import SearchOptions, export, load_study, search, trials_frame
 from autotune._score import is_feasible
@@ -56,21 +57,8 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _options(tmp_path: Path, model: Path, space: Path, **overrides: object) -> SearchOptions:
-    values: dict[str, object] = dict(
-        model=model,
-        space=space,
-        n_trials=3,
-        train_samples=1024,
-        sampler="grid",
-        storage=f"sqlite:///{tmp_path}/study.db",
-        trials_dir=tmp_path / "trials",
-        reports_dir=tmp_path / "reports",
-        trial_timeout=120,
-        min_measure_seconds=0.5,
-        confirm=0,
-    )
-    values.update(overrides)
-    return SearchOptions(**values)  # type: ignore[arg-type]
+    values: dict[str, object] = {"n_trials": 3, "train_samples": 1024, "min_measure_seconds": 0.5}
+    return grid_search_options(tmp_path, model, space, **{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
