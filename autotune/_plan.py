@@ -193,6 +193,12 @@ class TrialConfig:
             "persistent_workers": workers,
         }
 
+    def loader_environment(self) -> dict[str, str]:
+        """Variables the data loading needs: with DataLoader workers, HF tokenizers' own
+        threads off (forked workers would otherwise deadlock on them or warn; each worker
+        is already one process of parallelism)."""
+        return {"TOKENIZERS_PARALLELISM": "false"} if self.num_workers > 0 else {}
+
     def settings(self) -> dict[str, Any]:
         """The tuned settings by parameter name."""
         return {name: getattr(self, name) for name in PARAMETERS}
@@ -201,26 +207,32 @@ class TrialConfig:
         """A canonical string: two trials with the same key run the same thing."""
         return json.dumps({**self.settings(), "learning_rate": self.learning_rate}, sort_keys=True)
 
-    def numerics_key(self) -> str:
+    def numerics_key(self, items_vary: bool = False) -> str:
         """What decides the trained model's numbers: trials with equal keys train the same
         model up to floating-point reduction order, so one's metric stands for the other's.
 
         The samples of each optimizer step depend only on the global batch (the harness's
-        WholeBatchSampler cuts each epoch to whole global batches and deals one seeded order to
-        the ranks; accumulation takes consecutive micro-batches),
+        WholeBatchSampler cuts each epoch to whole global batches and deals each rank one
+        contiguous share of each; accumulation takes consecutive micro-batches),
         the gradient is their mean however it is split over processes, stages or accumulation,
         and DataLoader settings change only who loads the items. Precision changes the numbers;
         so does ZeRO under bf16/fp16, whose optimizers keep master weights differently.
+
+        When items vary in length (``items_vary``: dict items or a collate()), a loss that is
+        a mean over each micro-batch's tokens weighs the tokens of different micro-batches
+        differently, so the gradient depends on how the global batch is cut into micro-batches
+        (transformers#34191). The sampler makes that cut depend on the micro-batch size alone,
+        so the key then holds the micro-batch size too.
         """
-        return json.dumps(
-            {
-                "global_batch_size": self.global_batch_size,
-                "precision": self.precision,
-                "learning_rate": self.learning_rate,
-                "zero_stage": None if self.precision == "fp32" else self.zero_stage,
-            },
-            sort_keys=True,
-        )
+        key: dict[str, Any] = {
+            "global_batch_size": self.global_batch_size,
+            "precision": self.precision,
+            "learning_rate": self.learning_rate,
+            "zero_stage": None if self.precision == "fp32" else self.zero_stage,
+        }
+        if items_vary:
+            key["micro_batch_size"] = self.micro_batch_size
+        return json.dumps(key, sort_keys=True)
 
     def steps(self, train_samples: int) -> int:
         """Optimizer steps that fit the fixed sample budget."""
@@ -263,6 +275,7 @@ class TrialConfig:
         environment = dict(machine.environment)
         if threads is not None:
             environment["OMP_NUM_THREADS"] = str(threads)
+        environment.update(self.loader_environment())
         command = " ".join([*(f"{k}={v}" for k, v in environment.items()), command])
         recipe: dict[str, Any] = {
             "processes": self.processes,

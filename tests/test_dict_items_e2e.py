@@ -40,11 +40,31 @@ RUNS["1 process, bf16, ZeRO 2, a DataLoader worker"] = {
 }
 
 
+# The same model, noting in a file beside it what each rank's data saw of the tokenizers'
+# parallelism when train_data() ran.
+NOTING_MODEL = DICT_MODEL.replace(
+    """
+def train_data():
+""",
+    """
+def train_data():
+    import os
+    from pathlib import Path
+
+    with open(Path(__file__).with_suffix(".env"), "a") as notes:
+        notes.write(f"{os.environ.get('TOKENIZERS_PARALLELISM')}\\n")
+""",
+)
+
+
 @pytest.fixture(scope="module")
-def runs(
-    write_model: Callable[[str, str], Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, RunResult]:
-    model_path = write_model(DICT_MODEL, "sequences.py")
+def noting_model(write_model: Callable[[str, str], Path]) -> Path:
+    return write_model(NOTING_MODEL, "sequences.py")
+
+
+@pytest.fixture(scope="module")
+def runs(noting_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    model_path = noting_model
     model_file = load_model_file(model_path)
     root = tmp_path_factory.mktemp("dict_items")
     machine = detect_machine()
@@ -77,6 +97,17 @@ def test_dict_items_train_and_evaluate(runs: dict[str, RunResult], name: str) ->
     # The default metric of dict items: the negative mean eval loss, finite and below zero.
     assert metric is not None and math.isfinite(metric) and metric < 0
     assert result.measurements["throughput"] > 0
+
+
+@pytest.mark.e2e
+def test_trials_with_dataloader_workers_turn_tokenizers_parallelism_off(
+    runs: dict[str, RunResult], noting_model: Path
+) -> None:
+    assert all(result.ok for result in runs.values())
+    notes = noting_model.with_suffix(".env").read_text().split()
+    # One note per rank and run: the runs without workers leave it alone, and the last run,
+    # with a worker, turned it off before its data was made.
+    assert notes[0] == "None" and notes[-1] == "false", notes
 
 
 @pytest.mark.e2e
@@ -129,3 +160,71 @@ def test_a_search_of_dict_items_measures_every_metric(
     for trial in trials:
         assert trial.user_attrs.get("accuracy_reused_from") is None
         assert math.isfinite(trial.user_attrs["metric"]) and trial.user_attrs["eval_seconds"] > 0
+
+
+# Token tagging with a loss that is the mean over each micro-batch's real tokens, as a
+# transformers language model computes it: how a global batch is cut into micro-batches
+# changes the gradient, because micro-batches hold different numbers of tokens.
+TOKEN_MEAN_MODEL = DICT_MODEL.replace(
+    """
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        logits = self.head(pooled)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+""",
+    """
+        logits = self.head(self.embed(input_ids) * mask)
+        loss = None
+        if labels is not None:
+            tags = (input_ids > VOCAB // 2).long().masked_fill(attention_mask == 0, -100)
+            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), tags.flatten())
+""",
+)
+
+
+@pytest.mark.e2e
+def test_splits_with_one_micro_batch_train_alike_and_others_do_not(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Variable-length items under a token-mean loss: two splits of a global batch of 16 into
+    micro-batches of 8 (accumulated on one process, or over two processes) give the same metric
+    and share a numerics key, so reuse between them is allowed; one micro-batch of 16 trains
+    other numbers, and its key differs, so reuse is refused."""
+    assert TOKEN_MEAN_MODEL != DICT_MODEL
+    model_path = write_model(TOKEN_MEAN_MODEL, "tags.py")
+    model_file = load_model_file(model_path)
+    splits = {
+        "8 x 2 accumulated": {"micro_batch_size": 8, "gradient_accumulation_steps": 2},
+        "8 on 2 processes": {"micro_batch_size": 8, "processes": 2},
+        "16 at once": {"micro_batch_size": 16},
+    }
+    configs = {
+        name: TrialConfig.from_settings(
+            {**reference_settings(16), **values}, model_file.optimizer, 16, "sqrt"
+        )
+        for name, values in splits.items()
+    }
+    metrics = {}
+    with WarmWorkers(tmp_path / "workers") as workers:
+        for name, config in configs.items():
+            result = run_trial(
+                config,
+                detect_machine(),
+                model_path,
+                SAMPLES,
+                [0],
+                tmp_path / name,
+                180,
+                workers=workers,
+            )
+            assert result.ok, result.failure_reason
+            metrics[name] = result.measurements["metric"]
+    keys = {name: config.numerics_key(items_vary=True) for name, config in configs.items()}
+    assert keys["8 x 2 accumulated"] == keys["8 on 2 processes"] != keys["16 at once"]
+    # Without varying items the three would share one key: the plain key is not enough here.
+    assert len({config.numerics_key() for config in configs.values()}) == 1
+    alike = abs(metrics["8 x 2 accumulated"] - metrics["8 on 2 processes"])
+    differ = abs(metrics["8 x 2 accumulated"] - metrics["16 at once"])
+    assert alike <= 1e-5 * abs(metrics["16 at once"]), metrics
+    assert differ > 20 * max(alike, 1e-7), metrics

@@ -224,7 +224,12 @@ def test_launch_recipe_on_cpu() -> None:
     assert recipe["accelerator"] == "cpu"
     assert recipe["threads_per_process"] == 1  # 2 cores / 2 ranks, at least one thread
     assert "deepspeed --num_gpus 2 " in recipe["command"]
-    assert recipe["command"].startswith("OMP_NUM_THREADS=1 ")
+    assert recipe["command"].startswith("OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false ")
+    assert recipe["environment"]["TOKENIZERS_PARALLELISM"] == "false"  # workers fork
+
+
+def test_without_dataloader_workers_tokenizers_keep_their_threads() -> None:
+    assert "TOKENIZERS_PARALLELISM" not in config(num_workers=0).launch_recipe(CPU)["command"]
 
 
 def test_launch_recipe_on_gpus() -> None:
@@ -239,7 +244,7 @@ def test_launch_recipe_on_gpus() -> None:
     assert recipe["prefetch_factor"] == 4
     assert recipe["threads_per_process"] is None
     assert recipe["accelerator"] == "cuda"
-    assert recipe["command"].startswith("deepspeed --num_gpus 8 ")
+    assert recipe["command"].startswith("TOKENIZERS_PARALLELISM=false deepspeed --num_gpus 8 ")
     assert "OMP_NUM_THREADS" not in recipe["command"]
 
 

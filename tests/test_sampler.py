@@ -60,3 +60,29 @@ def test_each_epoch_is_whole_global_batches_of_distinct_items() -> None:
 def test_a_global_batch_larger_than_the_data_is_refused() -> None:
     with pytest.raises(ValueError, match="does not fit"):
         WholeBatchSampler(100, 128, 1, 0, seed=0)
+
+
+def _micro_batches_of_step(processes: int, micro: int, accumulation: int) -> set[frozenset[int]]:
+    """The micro-batches of the first optimizer step, as sets of items."""
+    global_batch = micro * accumulation * processes
+    result = set()
+    for rank in range(processes):
+        items = list(WholeBatchSampler(SIZE, global_batch, processes, rank, seed=7))
+        share = items[: micro * accumulation]
+        result |= {frozenset(share[i : i + micro]) for i in range(0, len(share), micro)}
+    return result
+
+
+def test_the_micro_batches_depend_only_on_the_micro_batch_size() -> None:
+    """What makes variable-length items' metric reusable between splits with one micro-batch:
+    a token-mean loss sees the same micro-batches whether they are accumulated or spread over
+    processes (TrialConfig.numerics_key adds the micro-batch size for such items)."""
+    accumulated = _micro_batches_of_step(1, 16, 4)
+    assert _micro_batches_of_step(2, 16, 2) == accumulated
+    assert _micro_batches_of_step(4, 16, 1) == accumulated
+    assert _micro_batches_of_step(2, 32, 1) != accumulated
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not split"):
+        WholeBatchSampler(SIZE, 10, 4, 0, seed=0)

@@ -23,18 +23,25 @@ class WholeBatchSampler(Sampler[int]):
     """One rank's share of each epoch, where every epoch is a whole number of global batches.
 
     Each epoch is a seeded permutation of the data (``seed + epoch``, as DistributedSampler),
-    cut to a whole number of global batches, then dealt to the data-parallel ranks in turn.
-    So the items of every optimizer step, and where each epoch ends, depend only on the
-    global batch: one process at micro-batch 256, two at 128, or one at 128 accumulating 2
-    train on the same items in the same steps. (DistributedSampler with a DataLoader's
-    drop_last cuts each rank's share to whole micro-batches instead, so those splits used
-    different items after the first epoch, and their accuracies were not interchangeable.)
+    cut to a whole number of global batches; each global batch is cut into one contiguous
+    share per data-parallel rank. So the items of every optimizer step, and where each epoch
+    ends, depend only on the global batch: one process at micro-batch 256, two at 128, or one
+    at 128 accumulating 2 train on the same items in the same steps. And the micro-batches
+    themselves (consecutive runs of a rank's share) depend only on the micro-batch size: one
+    process accumulating 2 micro-batches of 128 and two processes at 128 form the same
+    micro-batches, which matters when a loss is a mean over each micro-batch's tokens.
+    (DistributedSampler with a DataLoader's drop_last cuts each rank's share to whole
+    micro-batches instead, so those splits used different items after the first epoch, and
+    their accuracies were not interchangeable.)
     """
 
     def __init__(self, size: int, global_batch: int, replicas: int, rank: int, seed: int) -> None:
         if not 0 < global_batch <= size:
             raise ValueError(f"a global batch of {global_batch} does not fit {size} items")
+        if global_batch % replicas:
+            raise ValueError(f"a global batch of {global_batch} does not split over {replicas}")
         self.size, self.replicas, self.rank, self.seed = size, replicas, rank, seed
+        self.global_batch = global_batch
         self.per_epoch = size // global_batch * global_batch
         self.epoch = 0
 
@@ -48,7 +55,8 @@ class WholeBatchSampler(Sampler[int]):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator)[: self.per_epoch]
-        return iter(order[self.rank :: self.replicas].tolist())
+        shares = order.view(-1, self.replicas, self.global_batch // self.replicas)
+        return iter(shares[:, self.rank].reshape(-1).tolist())
 
 
 def train_loader(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -380,6 +381,7 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
+    os.environ.update(plan.config.loader_environment())  # before the data is made
     train_data, eval_data = model_file.datasets()
     reset_peak_memory(accelerator)
     ranks = build_engine(plan, seed, model_file, accelerator)

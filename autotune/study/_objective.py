@@ -314,12 +314,11 @@ class Objective:
 
     def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
         """An earlier trial that measured the metric of the same numerics, if any."""
-        # Reuse rests on every split of a global batch training the same. With items that
-        # vary in length (dict items, or a collate()) a token-mean loss weighs the tokens of
-        # each micro-batch split differently, so each trial measures its own metric.
-        if not self.options.reuse_accuracy or self.task.items_vary:
+        # Reuse rests on every split of a global batch training the same; with items that
+        # vary in length the key holds the micro-batch too (TrialConfig.numerics_key).
+        if not self.options.reuse_accuracy:
             return None
-        key = config.numerics_key()
+        key = config.numerics_key(self.task.items_vary)
         for record in self._completed():
             if (
                 record.is_ok
@@ -339,7 +338,7 @@ class Objective:
         directory: Path,
     ) -> None:
         trial, config = proposal.trial, proposal.config
-        trial.set_user_attr(NUMERICS_KEY, config.numerics_key())
+        trial.set_user_attr(NUMERICS_KEY, config.numerics_key(self.task.items_vary))
         trial.set_user_attr(LAUNCHED, result.launched)
         if result.ok and reused is not None:
             # Only throughput was measured; the metric is the earlier trial's, same numerics.
