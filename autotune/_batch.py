@@ -52,6 +52,17 @@ def batch_items(batch: Any) -> int:
     return 1
 
 
+def batch_tokens(batch: Any) -> int | None:
+    """The real tokens of a dict batch with ``input_ids``: the ones its ``attention_mask``
+    marks, or every id without a mask; None for a batch that carries no token ids."""
+    if not is_dict_batch(batch) or not isinstance(batch.get("input_ids"), torch.Tensor):
+        return None
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor):
+        return int(mask.count_nonzero())
+    return int(batch["input_ids"].numel())
+
+
 def forward(model: Callable[..., Any], batch: Any) -> tuple[Any, Any]:
     """The model's output on a batch and what the loss and metric take beside it: the target
     of a pair, the whole batch of a dict."""

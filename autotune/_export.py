@@ -19,6 +19,7 @@ from autotune._records import (
     REASON,
     STATUS,
     TrialRecord,
+    rate_unit,
 )
 from autotune.study import (
     best_trial,
@@ -36,6 +37,7 @@ def export_trial(
     out_dir: str | Path,
     confirmations: dict[str, list[float]] | None = None,
     speedup: tuple[float | None, list[float]] | None = None,
+    unit: str = "samples/s",
 ) -> tuple[Path, Path]:
     """Write ``ds_config.json`` (accepted unchanged by ``deepspeed.initialize``) and
     ``launch.json`` (processes, pipeline layout, data loading, the launch command).
@@ -43,7 +45,9 @@ def export_trial(
     ``confirmations`` (the study's confirmation runs, see `autotune.study`) add every
     window the configuration was timed over and their median to ``launch.json``; ``speedup``
     (from `autotune.study.estimated_speedup`) its speed-up over the reference and the
-    side-by-side ratios that speed-up is the median of.
+    side-by-side ratios that speed-up is the median of. ``unit`` is what the study ranks by
+    (`records.rate_unit`): its windows go under ``throughput_*`` for samples/s and under
+    ``tokens_per_s*`` for tokens/s; the other figure is the trial's own window.
 
     Raises:
         UserError: The trial never ran, so it has no configuration worth exporting.
@@ -66,10 +70,16 @@ def export_trial(
     launch: dict[str, Any] = dict(attrs[LAUNCH])
     launch["trial"] = trial.number
     runs = throughput_runs(attrs, trial.number, confirmations or {})
+    own = {"samples/s": record.throughput, "tokens/s": record.tokens_per_second}
+    windows = {name: [] if value is None else [value] for name, value in own.items()}
+    windows[unit] = runs
     launch["measured"] = {
         # The median of every timed window: the trial's own, then its confirmation runs.
-        "throughput_samples_per_s": estimated_throughput(runs),
-        "throughput_runs": runs,
+        "throughput_samples_per_s": estimated_throughput(windows["samples/s"]),
+        "throughput_runs": windows["samples/s"],
+        # Real (non-padding) tokens/s, where batches carry input_ids.
+        "tokens_per_s": estimated_throughput(windows["tokens/s"]),
+        "tokens_per_s_runs": windows["tokens/s"],
         # The window the throughput was timed over: steps after warm-up, eval excluded.
         "timed_seconds": record.timed_seconds,
         "timed_steps": attrs.get(MEASURED_STEPS),
@@ -114,4 +124,4 @@ def export(
         confirmations,
         stored_rounds(study),
     )
-    return export_trial(trial, out_dir, confirmations, speedup)
+    return export_trial(trial, out_dir, confirmations, speedup, rate_unit(study.user_attrs))

@@ -39,8 +39,17 @@ MEMORY_ESTIMATE_BYTES = "memory_estimate_bytes"
 MEMORY_PREDICTED_BYTES = "memory_predicted_bytes"
 STAGE_PREDICTED_SECONDS = "stage_predicted_seconds"
 
+RATE = "rate"
+"""What the study maximises, over this trial's timed window: its samples/s, or its tokens/s
+in a study run with ``--objective tokens`` (`STUDY_OBJECTIVE`). Studies written before it
+existed have none; `TrialRecord.rate` reads THROUGHPUT for them."""
+
 # What a run measured, copied from the harness's result under the same names.
 THROUGHPUT = "throughput"
+"""Samples per second over the timed window."""
+TOKENS_PER_SECOND = "tokens_per_second"
+"""Real (non-padding) tokens per second over the same window, when batches carry
+``input_ids``; None otherwise."""
 METRIC = "metric"
 SEED_METRICS = "seed_metrics"
 PEAK_MEMORY_BYTES = "peak_memory_bytes"
@@ -69,6 +78,7 @@ WORLD_SIZE = "world_size"
 
 MEASURED: tuple[str, ...] = (
     THROUGHPUT,
+    TOKENS_PER_SECOND,
     METRIC,
     SEED_METRICS,
     PEAK_MEMORY_BYTES,
@@ -119,6 +129,9 @@ STUDY_TRAIN_SAMPLES = "train_samples"
 STUDY_MAX_ACCURACY_LOSS = "max_accuracy_loss"
 STUDY_LR_SCALING = "lr_scaling"
 STUDY_SEED = "seed"
+STUDY_OBJECTIVE = "objective"
+"""What the study maximises: "samples" (samples/s) or "tokens" (real tokens/s); a study
+written before the choice existed has none and maximised samples/s."""
 STUDY_METRIC_NAME = "metric_name"
 STUDY_EVAL_SOURCE = "eval_source"
 STUDY_MACHINE = "machine"
@@ -137,8 +150,19 @@ STUDY_FIXED: tuple[str, ...] = (
     STUDY_MAX_ACCURACY_LOSS,
     STUDY_LR_SCALING,
     STUDY_SEED,
+    STUDY_OBJECTIVE,
 )
 """What a resumed search must share with the study, so its trials stay comparable."""
+STUDY_FIXED_DEFAULTS: dict[str, Any] = {STUDY_OBJECTIVE: "samples"}
+"""What a study written before one of `STUDY_FIXED` existed was run with."""
+RATE_UNITS = {"samples": "samples/s", "tokens": "tokens/s"}
+"""The unit of a trial's `RATE`, by `STUDY_OBJECTIVE`."""
+
+
+def rate_unit(study_attrs: Mapping[str, Any]) -> str:
+    """The unit of the rates a study ranks by: "samples/s" or "tokens/s"."""
+    objective = study_attrs.get(STUDY_OBJECTIVE, STUDY_FIXED_DEFAULTS[STUDY_OBJECTIVE])
+    return RATE_UNITS[objective]
 
 
 def _float(value: Any) -> float | None:
@@ -214,7 +238,17 @@ class TrialRecord:
 
     @property
     def throughput(self) -> float | None:
+        """Samples per second."""
         return _float(self.attrs.get(THROUGHPUT))
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return _float(self.attrs.get(TOKENS_PER_SECOND))
+
+    @property
+    def rate(self) -> float | None:
+        """What the study maximises (`RATE`; samples/s in a study older than it)."""
+        return _float(self.attrs.get(RATE, self.attrs.get(THROUGHPUT)))
 
     @property
     def metric(self) -> float | None:

@@ -13,7 +13,7 @@ import optuna
 
 from autotune._errors import UserError
 from autotune._export import export
-from autotune._records import STUDY_REFERENCE_NOISE, TrialRecord
+from autotune._records import STUDY_REFERENCE_NOISE, TrialRecord, rate_unit
 from autotune._space import describe_settings
 from autotune.report import write_study_report
 from autotune.study import (
@@ -41,8 +41,8 @@ class SearchSummary:
         best: The fastest feasible trial (by its speed-up, see `autotune.study`), or None.
         export_dir: Where the best configuration was exported, or None.
         report_path: The HTML report.
-        reference_runs: Every window the reference was timed over (samples/s): its trial's,
-            then its confirmation runs.
+        reference_runs: Every window the reference was timed over (its rate: samples/s, or
+            tokens/s under ``--objective tokens``): its trial's, then its confirmation runs.
         best_runs: The same for the best trial; empty when there is none.
         best_speedups: The best's window over the reference's in each confirmation round
             that timed both; empty without confirmation runs.
@@ -60,12 +60,12 @@ class SearchSummary:
 
     @property
     def reference_throughput(self) -> float | None:
-        """The reference's samples/s: the median of its windows."""
+        """The reference's rate: the median of its windows."""
         return estimated_throughput(self.reference_runs)
 
     @property
     def best_throughput(self) -> float | None:
-        """The best trial's samples/s: the median of its windows."""
+        """The best trial's rate: the median of its windows."""
         return estimated_throughput(self.best_runs)
 
     @property
@@ -160,7 +160,7 @@ def _export_best(
     side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
     print_line(
         f"best: trial {best.number} [{describe_settings(record.settings)}] "
-        f"{best_value:.1f} samples/s{_windows(best_runs)} vs reference "
+        f"{best_value:.1f} {rate_unit(study.user_attrs)}{_windows(best_runs)} vs reference "
         f"{reference_value:.1f}{_windows(reference_runs)} "
         f"({speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
         f"{record.accuracy_loss:+.2%}"

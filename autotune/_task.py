@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 
 from autotune._batch import (
     as_number,
+    batch_tokens,
     default_loss,
     default_metric,
     forward,
@@ -215,6 +216,7 @@ class Task:
         train_size: Items in the training data (after any held-out split).
         eval_size: Items in the evaluation data.
         layer_types: Class names of layers(), in order; empty without layers().
+        token_batches: Whether batches carry ``input_ids`` (tokens/s is measured).
         float_inputs: Whether inputs are floating point (cast under bf16/fp16).
         dict_items: Whether batches are dicts of tensors (``model(**batch)``), not pairs.
     """
@@ -225,6 +227,7 @@ class Task:
     layer_types: tuple[str, ...]
     float_inputs: bool
     dict_items: bool = False
+    token_batches: bool = False
 
     @property
     def has_layers(self) -> bool:
@@ -434,4 +437,5 @@ def load_task(path: str | Path) -> Task:
         layer_types=layer_types,
         float_inputs=has_float_inputs(batch),
         dict_items=is_dict_batch(batch),
+        token_batches=batch_tokens(batch) is not None,
     )

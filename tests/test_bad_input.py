@@ -336,6 +336,12 @@ SEARCH_CASES = [
     ),
     Case("no-model-fn", search("model.py"), {"model.py": NO_MODEL_FN}, ("model()", "no ")),
     Case(
+        "objective-tokens-without-input-ids",
+        search("model.py", "--objective", "tokens"),
+        {"model.py": BASE_MODEL},
+        ("--objective tokens", "input_ids", "--objective samples"),
+    ),
+    Case(
         "no-train-data-fn",
         search("model.py"),
         {"model.py": NO_TRAIN_DATA_FN},

@@ -4,6 +4,7 @@ integer sequences (``model(**batch)``, a padding collate, an output with ``.loss
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,8 @@ import pytest
 from search_options import grid_search_options
 from test_task import DICT_MODEL
 
-from autotune import load_study, search
+from autotune import export, load_study, search
+from autotune._errors import UserError
 from autotune._plan import TrialConfig, detect_machine
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import RunResult, WarmWorkers, remove_shm_buffers, run_trial
@@ -97,6 +99,10 @@ def test_dict_items_train_and_evaluate(runs: dict[str, RunResult], name: str) ->
     # The default metric of dict items: the negative mean eval loss, finite and below zero.
     assert metric is not None and math.isfinite(metric) and metric < 0
     assert result.measurements["throughput"] > 0
+    # Real tokens per item over the timed window, from every rank: the items hold 3 to 11
+    # token ids, the padding up to the longest in each batch does not count.
+    tokens_per_item = result.measurements["tokens_per_second"] / result.measurements["throughput"]
+    assert 5 <= tokens_per_item <= 9, tokens_per_item
 
 
 @pytest.mark.e2e
@@ -140,19 +146,21 @@ def test_the_plain_deepspeed_replay_trains_dict_items(
 
 
 @pytest.mark.e2e
-def test_a_search_of_dict_items_measures_every_metric(
+def test_a_search_of_dict_items_by_tokens_measures_every_metric(
     write_model: Callable[[str, str], Path], tmp_path: Path
 ) -> None:
     """Micro-batch 8 x 2 trains the reference's global batch, yet with padded items its splits
-    weigh tokens differently: the trial measures its own metric instead of reusing one."""
+    weigh tokens differently: the trial measures its own metric instead of reusing one. Under
+    ``--objective tokens`` each trial's value is its real tokens/s, which the export and the
+    report show, and the study cannot be resumed for samples/s."""
     model_path = write_model(DICT_MODEL, "sequences.py")
     space = tmp_path / "space.yaml"
     space.write_text("micro_batch_size: [8]\ngradient_accumulation_steps: [2]\n")
     lines: list[str] = []
-    search(
-        grid_search_options(tmp_path, model_path, space, n_trials=2, train_samples=SAMPLES),
-        print_line=lines.append,
+    options = grid_search_options(
+        tmp_path, model_path, space, n_trials=2, train_samples=SAMPLES, objective="tokens"
     )
+    search(options, print_line=lines.append)
     study = load_study("sequences", f"sqlite:///{tmp_path}/study.db")
     assert study.user_attrs["metric_name"] == "negative eval loss"
     trials = [t for t in study.get_trials() if t.user_attrs.get("status") == "ok"]
@@ -160,6 +168,16 @@ def test_a_search_of_dict_items_measures_every_metric(
     for trial in trials:
         assert trial.user_attrs.get("accuracy_reused_from") is None
         assert math.isfinite(trial.user_attrs["metric"]) and trial.user_attrs["eval_seconds"] > 0
+        assert trial.value == trial.user_attrs["tokens_per_second"] > trial.user_attrs["throughput"]
+    assert any("tokens/s" in line for line in lines)
+    _, launch = export(study, tmp_path / "export", trials[1].number)
+    measured = json.loads(launch.read_text())["measured"]
+    assert measured["tokens_per_s_runs"] == [trials[1].user_attrs["tokens_per_second"]]
+    assert measured["throughput_samples_per_s"] == trials[1].user_attrs["throughput"]
+    report = next((tmp_path / "reports").glob("*.html")).read_text()
+    assert "tokens/s" in report
+    with pytest.raises(UserError, match="--objective"):
+        search(dataclasses.replace(options, objective="samples"), print_line=lines.append)
 
 
 # Token tagging with a loss that is the mean over each micro-batch's real tokens, as a

@@ -14,6 +14,7 @@ from torch import nn
 
 from autotune._batch import (
     batch_items,
+    batch_tokens,
     cast_batch,
     default_loss,
     default_metric,
@@ -234,3 +235,14 @@ def test_memory_footprint_runs_the_collated_dict_batch(dict_model: Path) -> None
     footprint = measure_footprint(load_model_file(dict_model))
     assert footprint.parameters == 32 * 16 + 16 * 2 + 2
     assert footprint.activation_bytes_per_sample > 0
+
+
+def test_the_real_tokens_of_a_batch() -> None:
+    """tokens/s counts what the attention mask marks, every id without one, and nothing for
+    batches without input_ids."""
+    ids = torch.ones(2, 5, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert batch_tokens({"input_ids": ids, "attention_mask": mask}) == 8
+    assert batch_tokens({"input_ids": ids}) == 10
+    assert batch_tokens({"pixels": torch.ones(2, 3)}) is None
+    assert batch_tokens((ids, torch.zeros(2))) is None

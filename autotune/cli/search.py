@@ -20,6 +20,7 @@ from autotune.study import (
     DEFAULT_SPACE,
     DEFAULT_TRAIN_SAMPLES,
     DEFAULT_TRIAL_TIMEOUT,
+    OBJECTIVES,
     SAMPLERS,
     SearchOptions,
 )
@@ -115,6 +116,13 @@ def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
         help="launch every trial as a new process group instead of reusing warm workers",
     )
     parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="samples",
+        help="what to maximise: samples/s, or real (non-padding) tokens/s of batches with "
+        "input_ids, steadier when sequence lengths vary (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-accuracy-reuse",
         action="store_true",
         help="measure the metric in every trial, even when an earlier trial trained the same "
@@ -147,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         reuse_accuracy=not args.no_accuracy_reuse,
         min_measure_seconds=args.min_measure_seconds,
         confirm=args.confirm,
+        objective=args.objective,
     )
     search(options, print_line=lambda line: print(line, flush=True))
     return 0

@@ -8,7 +8,14 @@ from typing import Any
 import pandas as pd
 
 from autotune import PARAMETERS, load_study, trials_frame
-from autotune._records import ACCURACY_LOSS, ACCURACY_REUSED_FROM, REASON, STATUS, THROUGHPUT
+from autotune._records import (
+    ACCURACY_LOSS,
+    ACCURACY_REUSED_FROM,
+    REASON,
+    STATUS,
+    THROUGHPUT,
+    TOKENS_PER_SECOND,
+)
 from autotune.cli._common import add_study_flags
 
 _COLUMNS = (
@@ -37,6 +44,7 @@ _HEADERS: dict[str, str] = {
     # the reference's in the same rounds (the best is chosen on that).
     "estimated_throughput": "median",
     "speedup": "speed-up",
+    TOKENS_PER_SECOND: "tokens/s",
 }
 """Column headers: each setting's abbreviation, and a few shorter names."""
 
@@ -52,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"study '{study.study_name}' has no trials yet")
         return 0
-    table = frame[list(_COLUMNS)].rename(columns=_HEADERS)
+    columns = list(_COLUMNS)
+    if frame[TOKENS_PER_SECOND].notna().any():  # batches with input_ids
+        columns.insert(columns.index(THROUGHPUT) + 1, TOKENS_PER_SECOND)
+    table = frame[columns].rename(columns=_HEADERS)
     with pd.option_context(
         "display.max_rows", None, "display.width", 200, "display.max_colwidth", 60
     ):

@@ -17,6 +17,7 @@ from autotune._records import (
     STEP_TIME_P50,
     STEP_TIME_P90,
     THROUGHPUT,
+    TOKENS_PER_SECOND,
 )
 from autotune._space import setting_help, setting_label
 from autotune.report._common import (
@@ -91,8 +92,9 @@ def get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
     best = find_row(rows, info_int(info, "best_number"))
     ref_row = reference if reference is not None else {}
     best_row = best if best is not None else {}
-    reference_throughput = _judged_throughput(ref_row) if is_measured(ref_row) else None
-    best_throughput = _judged_throughput(best_row) if is_measured(best_row) else None
+    unit = str(info.get("rate_unit") or "samples/s")
+    reference_throughput = _judged_throughput(ref_row, unit) if is_measured(ref_row) else None
+    best_throughput = _judged_throughput(best_row, unit) if is_measured(best_row) else None
     # Measured side by side in confirmation rounds where the frame has it (see autotune.study).
     speedup = as_float(best_row.get("speedup")) if best is not None else None
     if speedup is None and reference_throughput and best_throughput is not None:
@@ -100,7 +102,7 @@ def get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
     table = [
         *_trial_rows(reference, best),
         *_setting_rows(reference, best),
-        *_result_rows(ref_row, best_row, reference_throughput, best_throughput, speedup),
+        *_result_rows(ref_row, best_row, (reference_throughput, best_throughput), speedup, unit),
     ]
     message = None
     if best is None:
@@ -154,18 +156,27 @@ def _setting_rows(
 def _result_rows(
     ref_row: dict[str, Any],
     best_row: dict[str, Any],
-    reference_throughput: float | None,
-    best_throughput: float | None,
+    judged: tuple[float | None, float | None],
     speedup: float | None,
+    unit: str,
 ) -> list[ComparisonRow]:
-    """Throughput, its windows, the speed-up, accuracy loss, memory and step times."""
+    """Throughput (in the study's ``unit``, judged over its windows; the other unit's figure
+    from the trial's own window, where measured), its windows, the speed-up, accuracy loss,
+    memory and step times."""
+    reference_throughput, best_throughput = judged
+    other, other_unit = (
+        (TOKENS_PER_SECOND, "tokens/s") if unit == "samples/s" else (THROUGHPUT, "samples/s")
+    )
+    own = [as_float(row.get(other)) if is_measured(row) else None for row in (ref_row, best_row)]
+    other_rows = [ComparisonRow(other_unit, format_throughput(own[0]), format_throughput(own[1]))]
     return [
         ComparisonRow(
-            "throughput (samples/s)",
+            f"throughput ({unit})",
             format_throughput(reference_throughput),
             format_throughput(best_throughput),
         ),
-        ComparisonRow("timed windows (samples/s)", _windows(ref_row), _windows(best_row)),
+        *(other_rows if any(value is not None for value in own) else []),
+        ComparisonRow(f"timed windows ({unit})", _windows(ref_row), _windows(best_row)),
         ComparisonRow(
             "speed-up vs reference",
             "1.00×" if reference_throughput else MISSING,
@@ -219,10 +230,11 @@ def _side_by_side(row: dict[str, Any]) -> str:
     return f" (median of {len(pairs)} rounds side by side)"
 
 
-def _judged_throughput(row: dict[str, Any]) -> float | None:
+def _judged_throughput(row: dict[str, Any], unit: str) -> float | None:
     """The median of the windows a trial's configuration was timed over (its own and its
-    confirmation runs), or its own figure in a frame without that column."""
-    return as_float(row.get("estimated_throughput")) or as_float(row.get(THROUGHPUT))
+    confirmation runs, in ``unit``), or its own figure in a frame without that column."""
+    own = TOKENS_PER_SECOND if unit == "tokens/s" else THROUGHPUT
+    return as_float(row.get("estimated_throughput")) or as_float(row.get(own))
 
 
 def _windows(row: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from autotune._records import (
     STEP_TIME_P50,
     STEP_TIME_P90,
     THROUGHPUT,
+    TOKENS_PER_SECOND,
     TRAIN_SECONDS,
     WALL_SECONDS,
 )
@@ -60,6 +61,7 @@ RUNNING = "running"
 
 MEASUREMENTS: tuple[str, ...] = (
     THROUGHPUT,
+    TOKENS_PER_SECOND,
     ACCURACY_LOSS,
     METRIC,
     PEAK_MEMORY_BYTES,

@@ -43,6 +43,7 @@ from autotune._records import (
     STUDY_REFERENCE_NUMBER,
     STUDY_TRAIN_SAMPLES,
     TrialRecord,
+    rate_unit,
     study_budget,
 )
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS, is_feasible
@@ -216,6 +217,7 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
         "best_number": None if best is None else best.number,
         "reference_number": attrs.get(STUDY_REFERENCE_NUMBER),
         "machine": attrs.get(STUDY_MACHINE, ""),
+        "rate_unit": rate_unit(attrs),
         "versions": _versions(),
         "best_ds_config": None if best_record is None else best_record.get(DS_CONFIG),
         "best_launch": None if best_record is None else best_record.get(LAUNCH),

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from autotune._records import OK, REPEAT, STATUS, THROUGHPUT
+from autotune._records import OK, REPEAT, STATUS, THROUGHPUT, TOKENS_PER_SECOND
 from autotune.report._common import (
     CATEGORIES,
     COLOURS,
@@ -56,7 +56,8 @@ class HistoryInfo:
         best_throughputs: The highest feasible throughput up to each of ``best_numbers``.
         confirmation_numbers: For each confirmation run (a trial's configuration timed again
             after the search), its trial's number.
-        confirmation_throughputs: That run's samples/s.
+        confirmation_throughputs: That run's rate.
+        unit: What the study maximises and this plot shows: "samples/s" or "tokens/s".
     """
 
     points: tuple[HistoryPoint, ...]
@@ -64,6 +65,7 @@ class HistoryInfo:
     best_throughputs: tuple[float, ...]
     confirmation_numbers: tuple[int, ...] = ()
     confirmation_throughputs: tuple[float, ...] = ()
+    unit: str = "samples/s"
 
 
 def get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
@@ -77,8 +79,10 @@ def get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
     running_best: float | None = None
     confirmation_numbers: list[int] = []
     confirmation_throughputs: list[float] = []
+    unit = str(info.get("rate_unit") or "samples/s")
+    own = TOKENS_PER_SECOND if unit == "tokens/s" else THROUGHPUT
     for row in rows:
-        measured = as_float(row.get(THROUGHPUT)) if is_measured(row) else None
+        measured = as_float(row.get(own)) if is_measured(row) else None
         runs = row.get("throughput_runs")
         if row.get(STATUS) == OK and isinstance(runs, list | tuple):
             # The first window is the trial's own; the rest are its confirmation runs.
@@ -105,6 +109,7 @@ def get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
         tuple(best_throughputs),
         tuple(confirmation_numbers),
         tuple(confirmation_throughputs),
+        unit,
     )
 
 
@@ -145,7 +150,7 @@ def render_history(history: HistoryInfo) -> go.Figure:
         annotate_empty(figure, "No trials yet.")
     figure.update_layout(
         xaxis_title="trial number",
-        yaxis_title="throughput (samples/s)",
+        yaxis_title=f"throughput ({history.unit})",
         yaxis_rangemode="tozero",
         legend_title_text="trial",
         hoverlabel={"align": "left"},
@@ -162,7 +167,7 @@ def _confirmation_runs(history: HistoryInfo) -> go.Scatter:
         name="confirmation runs",
         marker={"color": "#888888", "size": 6, "symbol": "line-ew-open"},
         hovertext=[
-            f"trial {number}: confirmation run, {value:,.1f} samples/s"
+            f"trial {number}: confirmation run, {value:,.1f} {history.unit}"
             for number, value in zip(
                 history.confirmation_numbers, history.confirmation_throughputs, strict=True
             )

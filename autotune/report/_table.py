@@ -15,6 +15,7 @@ from autotune._records import (
     ROLE,
     STATUS,
     THROUGHPUT,
+    TOKENS_PER_SECOND,
     WALL_SECONDS,
 )
 from autotune._space import setting_help, setting_label
@@ -64,6 +65,8 @@ _RESULT_COLUMNS = (
     "peak memory",
     "wall time",
 )
+_TOKENS_COLUMN = "tokens/s"
+"""Shown after the throughput when some trial measured tokens (batches with input_ids)."""
 
 
 def get_table_info(frame: pd.DataFrame, info: dict[str, Any]) -> TrialTableInfo:
@@ -72,18 +75,21 @@ def get_table_info(frame: pd.DataFrame, info: dict[str, Any]) -> TrialTableInfo:
     rows = sorted(frame_rows(frame), key=lambda row: _best_first_key(row, budget))
     trial_roles = roles_of(rows, info)
     settings = tuple(name for name in SETTINGS if name in frame.columns)
+    tokens = any(as_float(row.get(TOKENS_PER_SECOND)) is not None for row in rows)
+    results = _RESULT_COLUMNS[:1] + (_TOKENS_COLUMN,) * tokens + _RESULT_COLUMNS[1:]
     return TrialTableInfo(
-        columns=("trial", "role", "status", *settings, *_RESULT_COLUMNS, "reason"),
-        rows=tuple(_cells(row, settings) for row in rows),
+        columns=("trial", "role", "status", *settings, *results, "reason"),
+        rows=tuple(_cells(row, settings, tokens) for row in rows),
         highlights=tuple(trial_roles.get(row[NUMBER], "") for row in rows),
         categories=tuple(category(row, budget) for row in rows),
     )
 
 
-def _cells(row: dict[str, Any], settings: tuple[str, ...]) -> tuple[str, ...]:
-    """One trial's formatted cells."""
+def _cells(row: dict[str, Any], settings: tuple[str, ...], tokens: bool) -> tuple[str, ...]:
+    """One trial's formatted cells (with a tokens/s cell when ``tokens``)."""
     measured = is_measured(row)
     throughput = as_float(row.get(THROUGHPUT)) if measured else None
+    token_rate = as_float(row.get(TOKENS_PER_SECOND)) if measured else None
     loss = as_float(row.get(ACCURACY_LOSS)) if measured else None
     return (
         str(row[NUMBER]),
@@ -91,6 +97,7 @@ def _cells(row: dict[str, Any], settings: tuple[str, ...]) -> tuple[str, ...]:
         as_text(row.get(STATUS)),
         *(format_value(row.get(name)) for name in settings),
         format_throughput(throughput),
+        *((format_throughput(token_rate),) if tokens else ()),
         format_percent(loss),
         format_bytes(as_float(row.get(PEAK_MEMORY_BYTES))),
         format_seconds(as_float(row.get(WALL_SECONDS))),

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from autotune._batch import cast_batch
+from autotune._batch import batch_items, batch_tokens, cast_batch
 from autotune._plan import TrialConfig
 
 
@@ -114,13 +114,25 @@ class Batches:
 
 
 class CastingBatches:
-    """Wraps a batch iterator so inputs arrive in the engine's dtype (for PipelineEngine)."""
+    """Wraps a batch iterator so inputs arrive in the engine's dtype (for PipelineEngine),
+    and counts the items and real tokens (`batch_tokens`) of what it hands out."""
 
     def __init__(self, batches: Iterator[Any], dtype: torch.dtype, device: torch.device) -> None:
         self.batches, self.dtype, self.device = batches, dtype, device
+        self.items = 0
+        self.tokens: int | None = None
 
     def __iter__(self) -> CastingBatches:
         return self
 
+    def start_count(self) -> None:
+        """Count from here on (the timed window's start)."""
+        self.items, self.tokens = 0, None
+
     def __next__(self) -> Any:
-        return cast_batch(next(self.batches), self.dtype, self.device)
+        batch = next(self.batches)
+        self.items += batch_items(batch)
+        tokens = batch_tokens(batch)  # on the host, before the copy to the device
+        if tokens is not None:
+            self.tokens = (self.tokens or 0) + tokens
+        return cast_batch(batch, self.dtype, self.device)

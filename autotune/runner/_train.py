@@ -39,6 +39,7 @@ from autotune._records import (
     STEP_TIME_SPREAD,
     STEPS,
     THROUGHPUT,
+    TOKENS_PER_SECOND,
     TRAIN_LOSS,
     TRAIN_SECONDS,
     WORLD_SIZE,
@@ -196,7 +197,7 @@ def _stops_early(plan: TrialPlan, timing: Timing, window_start: float) -> bool:
 
 
 def timed_loop(
-    plan: TrialPlan, ranks: Ranks, batches: Iterator[Any], clock: StageClock | None
+    plan: TrialPlan, ranks: Ranks, batches: CastingBatches, clock: StageClock | None
 ) -> Timing:
     """The timed loop: warm-up steps, then timed steps over the sample budget (or until the
     adaptive stop); the window excludes warm-up and includes data loading."""
@@ -213,6 +214,7 @@ def timed_loop(
             dist.barrier()
             if clock is not None:
                 clock.reset()
+            batches.start_count()
             start = time.perf_counter()
         step_start = time.perf_counter()
         timing.loss_sum += train_step(ranks, batches)
@@ -293,7 +295,7 @@ def evaluate_metric(
 
 
 def lengthen_window(
-    plan: TrialPlan, ranks: Ranks, batches: Iterator[Any], timing: Timing, seed: int
+    plan: TrialPlan, ranks: Ranks, batches: CastingBatches, timing: Timing, seed: int
 ) -> None:
     """Time more steps until the window reaches ``min_seconds``.
 
@@ -327,6 +329,23 @@ def lengthen_window(
         timing.extra_steps += count
 
 
+def window_tokens_per_item(ranks: Ranks, batches: CastingBatches) -> float | None:
+    """Real tokens per item over the timed window, from every rank that loaded batches (a
+    pipeline's first and last stages load the same ones); None when batches carry no token
+    ids (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    counted = batches.tokens is not None
+    totals = torch.tensor(
+        [batches.tokens or 0, batches.items if counted else 0],
+        dtype=torch.float64,
+        device=ranks.device,
+    )
+    dist.all_reduce(totals)
+    tokens, items = (float(value) for value in totals.tolist())
+    return tokens / items if items > 0 else None
+
+
 def measurements(
     plan: TrialPlan,
     ranks: Ranks,
@@ -334,6 +353,7 @@ def measurements(
     metric: float | None,
     eval_seconds: float,
     clock: StageClock | None,
+    tokens_per_item: float | None = None,
 ) -> dict[str, Any]:
     """The memory step and the result: every rank's peak memory, the stage clock's figures,
     and the run's measurements under their record names (collectives: every rank calls it)."""
@@ -347,8 +367,10 @@ def measurements(
     partition = getattr(engine.module, "parts", None)
     stages = clock.gather(measured_steps) if clock is not None else None
     gas = 1 if ranks.pipeline else ranks.gas
+    throughput = measured_steps * batch / timing.elapsed
     return {
-        THROUGHPUT: measured_steps * batch / timing.elapsed,
+        THROUGHPUT: throughput,
+        TOKENS_PER_SECOND: None if tokens_per_item is None else throughput * tokens_per_item,
         METRIC: metric,
         TRAIN_LOSS: float(timing.loss_sum.item()) / max(1, timing.steps_run * gas),
         STEPS: timing.steps_run,
@@ -392,7 +414,8 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     timing = timed_loop(plan, ranks, casting, clock)
     metric, eval_seconds = evaluate_metric(plan, ranks, eval_data, model_file, timing, seed)
     lengthen_window(plan, ranks, casting, timing, seed)
-    result = measurements(plan, ranks, timing, metric, eval_seconds, clock)
+    tokens_per_item = window_tokens_per_item(ranks, casting)
+    result = measurements(plan, ranks, timing, metric, eval_seconds, clock, tokens_per_item)
     ranks.engine.destroy()
     batches.close()
     return result

@@ -18,6 +18,7 @@ from autotune.study._options import (
     DEFAULT_STORAGE,
     DEFAULT_TRAIN_SAMPLES,
     DEFAULT_TRIAL_TIMEOUT,
+    OBJECTIVES,
     SAMPLERS,
     SearchOptions,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "SAMPLERS",
     "STARTUP_RUNS",
     "Remeasure",
+    "OBJECTIVES",
     "SearchOptions",
     "best_trial",
     "confirm",

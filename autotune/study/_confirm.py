@@ -27,6 +27,7 @@ from autotune._records import (
     STUDY_CONFIRMATION_ROUNDS,
     STUDY_CONFIRMATIONS,
     TrialRecord,
+    rate_unit,
 )
 from autotune.study._ranking import (
     estimated_throughput,
@@ -46,7 +47,8 @@ CONFIRM_ROUNDS = 2
 
 Remeasure = Callable[[optuna.trial.FrozenTrial, str], tuple[float | None, str | None]]
 """Times a trial's configuration again (throughput only) in a run named by the string:
-returns (samples/s, None), or (None, why it failed)."""
+returns (its rate, samples/s or tokens/s as the study maximises, None), or (None, why it
+failed)."""
 
 
 def confirmation_order(layouts: dict[int, int], rounds: int, seed: int) -> list[int]:
@@ -125,7 +127,7 @@ def _fastest_windows(
     confirming the same study again picks the same trials and finds nothing missing."""
     searched = sorted(
         (t for t in ranked if not TrialRecord.of(t).is_reference),
-        key=lambda t: (-float(TrialRecord.of(t).throughput or 0.0), t.number),
+        key=lambda t: (-float(TrialRecord.of(t).rate or 0.0), t.number),
     )
     return searched[:count]
 
@@ -188,20 +190,20 @@ def _confirm_once(
     if str(number) in failures:
         return
     name = f"confirm_{number:04d}_{len(confirmations.get(str(number), [])) + 1}"
-    throughput, failure = remeasure(trial, name)
-    if throughput is None:
+    rate, failure = remeasure(trial, name)
+    if rate is None:
         failures[str(number)] = failure or "failed"
         study.set_user_attr(STUDY_CONFIRMATION_FAILURES, failures)
         print_line(f"{progress} trial {number:>3}: failed: {failure}")
         return
-    confirmations.setdefault(str(number), []).append(throughput)
+    confirmations.setdefault(str(number), []).append(rate)
     study.set_user_attr(STUDY_CONFIRMATIONS, confirmations)
     all_rounds = stored_rounds(study)
-    all_rounds[-1][str(number)] = throughput
+    all_rounds[-1][str(number)] = rate
     study.set_user_attr(STUDY_CONFIRMATION_ROUNDS, all_rounds)
     runs = throughput_runs(trial.user_attrs, number, confirmations)
     print_line(
-        f"{progress} trial {number:>3}: {throughput:.1f} samples/s "
+        f"{progress} trial {number:>3}: {rate:.1f} {rate_unit(study.user_attrs)} "
         f"(median of {len(runs)}: {estimated_throughput(runs):.1f})"
     )
 

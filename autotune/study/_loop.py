@@ -16,11 +16,13 @@ from autotune._plan import Machine, detect_machine
 from autotune._records import (
     STUDY_EVAL_SOURCE,
     STUDY_FIXED,
+    STUDY_FIXED_DEFAULTS,
     STUDY_LR_SCALING,
     STUDY_MACHINE,
     STUDY_MAX_ACCURACY_LOSS,
     STUDY_METRIC_NAME,
     STUDY_MODEL,
+    STUDY_OBJECTIVE,
     STUDY_SEED,
     STUDY_SPACE,
     STUDY_TRAIN_SAMPLES,
@@ -52,6 +54,11 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> optuna.S
             or a reference configuration that does not train.
     """
     task = load_task(options.model)
+    if options.objective == "tokens" and not task.token_batches:
+        raise UserError(
+            f"{task.model_file.path}: --objective tokens counts the input_ids of dict batches, "
+            "and these batches have none; use the default --objective samples."
+        )
     space = load_space(options.space)
     storage = open_storage(options.storage)
     print_line(
@@ -119,6 +126,7 @@ def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> No
         STUDY_MAX_ACCURACY_LOSS: options.max_accuracy_loss,
         STUDY_LR_SCALING: options.lr_scaling,
         STUDY_SEED: options.seed,
+        STUDY_OBJECTIVE: options.objective,
     }
     stored = study.user_attrs
     if not stored.get(STUDY_MODEL):
@@ -128,7 +136,7 @@ def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> No
         study.set_user_attr(STUDY_EVAL_SOURCE, task.model_file.eval_source)
         return
     for name in STUDY_FIXED:
-        if stored.get(name) != wanted[name]:
+        if stored.get(name, STUDY_FIXED_DEFAULTS.get(name)) != wanted[name]:
             flag = "model file" if name == STUDY_MODEL else "--" + name.replace("_", "-")
             raise UserError(
                 f"Study '{options.study_name}' was run with {flag} {stored.get(name)}, not "

@@ -48,6 +48,7 @@ from autotune._records import (
     OK,
     PARTITION,
     PEAK_MEMORY_BYTES,
+    RATE,
     REASON,
     REFERENCE,
     REPEAT,
@@ -61,6 +62,7 @@ from autotune._records import (
     STUDY_REFERENCE_NOISE,
     STUDY_REFERENCE_NUMBER,
     THROUGHPUT,
+    TOKENS_PER_SECOND,
     TRIAL_DIR,
     WALL_SECONDS,
     TrialRecord,
@@ -163,7 +165,7 @@ class Objective:
         self, trial: optuna.trial.FrozenTrial, name: str
     ) -> tuple[float | None, str | None]:
         """Time a finished trial's configuration again, throughput only, on the same pipeline
-        boundaries: (samples/s, None), or (None, why the run failed)."""
+        boundaries: (its rate, None), or (None, why the run failed)."""
         record = TrialRecord.of(trial)
         result = run_trial(
             self._config_of(record.settings),
@@ -180,7 +182,12 @@ class Objective:
         )
         if not result.ok or result.measurements is None:
             return None, result.failure_reason
-        return float(result.measurements[THROUGHPUT]), None
+        return self._rate(result.measurements), None
+
+    def _rate(self, measured: dict[str, Any]) -> float:
+        """What the study maximises, from a run's measurements (`RATE`)."""
+        name = TOKENS_PER_SECOND if self.options.objective == "tokens" else THROUGHPUT
+        return float(measured[name])
 
     # --- the proposal ----------------------------------------------------------------------
 
@@ -411,6 +418,8 @@ class Objective:
         measured = result.measurements or {}
         for name in MEASURED:
             trial.set_user_attr(name, measured.get(name))
+        rate = self._rate(measured)
+        trial.set_user_attr(RATE, rate)
         if proposal.is_reference:
             noise = reference_noise(measured[SEED_METRICS])
             self.study.set_user_attr(STUDY_REFERENCE_METRIC, measured[METRIC])
@@ -423,11 +432,13 @@ class Objective:
         trial.set_user_attr(ACCURACY_LOSS, loss)
         trial.set_user_attr(STATUS, OK)
         verdict = "feasible" if is_feasible(constraints) else "over the accuracy budget"
+        tokens = measured.get(TOKENS_PER_SECOND)
         self.print_line(
-            f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s, accuracy loss "
-            f"{loss * 100:+.2f}%, {verdict} ({result.wall_seconds:.0f} s)"
+            f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s"
+            + ("" if tokens is None else f" ({tokens:,.0f} tokens/s)")
+            + f", accuracy loss {loss * 100:+.2f}%, {verdict} ({result.wall_seconds:.0f} s)"
         )
-        return float(measured[THROUGHPUT])
+        return rate
 
     def _reference_metric(self) -> float:
         # Another worker of a shared study may still be running the reference.

@@ -28,6 +28,10 @@ budget run after the metric is taken): windows of a second or less measured this
 noise more than the configuration's speed, and replays of the export missed them by 12-13%."""
 
 
+OBJECTIVES = ("samples", "tokens")
+"""What a search maximises: samples/s, or real tokens/s (batches with ``input_ids``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchOptions:
     """Everything `search` needs; validated on construction.
@@ -54,6 +58,7 @@ class SearchOptions:
     max_memory: float | None = None
     min_measure_seconds: float = DEFAULT_MIN_MEASURE_SECONDS
     confirm: int = DEFAULT_CONFIRM
+    objective: str = "samples"
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -84,6 +89,8 @@ class SearchOptions:
                 "--min-measure-seconds must be a number of seconds, 0 or more, "
                 f"got {self.min_measure_seconds}."
             )
+        if self.objective not in OBJECTIVES:
+            return f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective}."
         if self.confirm < 0:
             return f"--confirm must be 0 or more configurations, got {self.confirm}."
         return None

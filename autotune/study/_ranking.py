@@ -1,10 +1,11 @@
 """Which configuration is fastest: every window a trial was timed over (its own and its
 confirmation runs, see `autotune.study._confirm`), its speed-up over the reference, and the
-feasible trials ranked by it.
+feasible trials ranked by it. A window's figure is the trial's rate, what the study
+maximises: samples/s, or tokens/s in a study run with ``--objective tokens`` (`records.RATE`).
 
 The confirmation windows live in the study's user attributes (an Optuna trial cannot change
-once finished): `STUDY_CONFIRMATIONS` maps a trial number to the samples/s of its confirmation
-runs, `STUDY_CONFIRMATION_ROUNDS` lists the rounds (trial number -> samples/s, the reference in
+once finished): `STUDY_CONFIRMATIONS` maps a trial number to the rates of its confirmation
+runs, `STUDY_CONFIRMATION_ROUNDS` lists the rounds (trial number -> rate, the reference in
 each), `STUDY_CONFIRMATION_FAILURES` maps a trial number to the reason a confirmation run
 failed (such a configuration is not exported as the best: it did not train twice in a row).
 """
@@ -30,12 +31,12 @@ _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 
 
 def stored_confirmations(study: optuna.Study) -> dict[str, list[float]]:
-    """Confirmation runs' samples/s by trial number (as a string, as JSON keeps it)."""
+    """Confirmation runs' rates by trial number (as a string, as JSON keeps it)."""
     return {str(k): list(v) for k, v in study.user_attrs.get(STUDY_CONFIRMATIONS, {}).items()}
 
 
 def stored_rounds(study: optuna.Study) -> list[dict[str, float]]:
-    """Confirmation rounds, oldest first: trial number (a string) -> samples/s."""
+    """Confirmation rounds, oldest first: trial number (a string) -> rate."""
     return [dict(r) for r in study.user_attrs.get(STUDY_CONFIRMATION_ROUNDS, [])]
 
 
@@ -50,10 +51,10 @@ def throughput_runs(
     """Every window a trial's configuration was timed over: its own, then its confirmation
     runs (a repeat's are those of the trial it repeats)."""
     record = TrialRecord(number, attrs)
-    if record.throughput is None:
+    if record.rate is None:
         return []
     measured_number = record.repeat_of if record.repeat_of is not None else number
-    return [record.throughput, *confirmations.get(str(measured_number), [])]
+    return [record.rate, *confirmations.get(str(measured_number), [])]
 
 
 def estimated_throughput(runs: Sequence[float]) -> float | None:
@@ -62,7 +63,7 @@ def estimated_throughput(runs: Sequence[float]) -> float | None:
 
 
 def paired_speedups(number: int, reference: int, rounds: Sequence[dict[str, float]]) -> list[float]:
-    """Trial ``number``'s samples/s over the reference's in each round that timed both."""
+    """Trial ``number``'s rate over the reference's in each round that timed both."""
     if number == reference:
         return [1.0 for r in rounds if r.get(str(reference))]
     return [
@@ -86,7 +87,7 @@ def estimated_speedup(
     so the drift between them counts as speed). None when either was never measured.
     """
     record = TrialRecord(number, attrs)
-    if reference is None or record.throughput is None:
+    if reference is None or record.rate is None:
         return None, []
     measured = record.repeat_of if record.repeat_of is not None else number
     pairs = paired_speedups(measured, reference.number, rounds)
