@@ -35,6 +35,18 @@ RUNS = {
     for precision in ("fp32", "bf16")
     for zero in (0, 2)
 }
+# ZeRO 1 and 3 on two processes, where they partition something.
+RUNS.update(
+    {
+        f"2 processes, {precision}, ZeRO {zero}": {
+            "processes": 2,
+            "micro_batch_size": 8,
+            "precision": precision,
+            "zero_stage": zero,
+        }
+        for precision, zero in (("bf16", 1), ("bf16", 3), ("fp32", 3))
+    }
+)
 RUNS["1 process, bf16, ZeRO 2, a DataLoader worker"] = {
     "num_workers": 1,
     "precision": "bf16",
