@@ -1,6 +1,7 @@
-"""Batches as the model file's contract has them: an ``(input, target)`` pair, or a dict of
-tensors passed to the model as ``model(**batch)``; and the model's output, a tensor, a tuple, or
-an object or dict with ``loss`` / ``logits`` (a transformers ``ModelOutput`` is one).
+"""Batches as the model file's contract has them: an ``(input, target)`` pair (the input a
+tensor or a tuple of tensors), or a dict of tensors passed to the model as ``model(**batch)``;
+and the model's output, a tensor, a tuple, or an object or dict with ``loss`` / ``logits`` (a
+transformers ``ModelOutput`` is one).
 
 Every place that builds, casts or feeds a batch (the preflight, the harness's training and
 evaluation, the memory footprint, the layer profile) goes through these helpers, so pairs and
@@ -21,9 +22,26 @@ def is_dict_batch(batch: Any) -> bool:
     return isinstance(batch, Mapping)
 
 
+def model_inputs(batch: Any) -> Any:
+    """The input of a pair as the model and the first layer of ``layers()`` get it: a tensor,
+    or a tuple of tensors (torch's default_collate makes a list of a tuple; DeepSpeed's
+    pipeline passes a tuple, so both paths see the same type)."""
+    inputs = batch[0]
+    return tuple(inputs) if isinstance(inputs, list) else inputs
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors of a value passed between layers: a tensor, or a tuple (or list) of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [item for item in value if isinstance(item, torch.Tensor)]
+    return []
+
+
 def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
     """A batch on ``device`` with only its floating-point tensors in ``dtype``: the ids,
-    masks and integer targets stay as they are."""
+    masks and integer targets stay as they are. A pair's tuple input stays a tuple."""
 
     def cast(value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
@@ -33,19 +51,23 @@ def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
 
     if is_dict_batch(batch):
         return {key: cast(value) for key, value in batch.items()}
-    inputs, targets = batch
-    return cast(inputs), targets.to(device, non_blocking=True)
+    inputs = model_inputs(batch)
+    if isinstance(inputs, tuple):
+        inputs = tuple(cast(value) for value in inputs)
+    else:
+        inputs = cast(inputs)
+    return inputs, batch[1].to(device, non_blocking=True)
 
 
 def has_float_inputs(batch: Any) -> bool:
     """Whether a batch feeds the model floating-point tensors (cast under bf16/fp16)."""
-    inputs = batch.values() if is_dict_batch(batch) else [batch[0]]
+    inputs = batch.values() if is_dict_batch(batch) else tensors_in(batch[0])
     return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in inputs)
 
 
 def batch_items(batch: Any) -> int:
     """How many items a batch holds: the first dimension of its first tensor."""
-    values = list(batch.values()) if is_dict_batch(batch) else [batch[0]]
+    values = list(batch.values()) if is_dict_batch(batch) else tensors_in(batch[0])
     for value in values:
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return int(value.shape[0])
@@ -65,11 +87,11 @@ def batch_tokens(batch: Any) -> int | None:
 
 def forward(model: Callable[..., Any], batch: Any) -> tuple[Any, Any]:
     """The model's output on a batch and what the loss and metric take beside it: the target
-    of a pair, the whole batch of a dict."""
+    of a pair, the whole batch of a dict. A pair's tuple input is one argument,
+    ``model((input_ids, attention_mask))``, as DeepSpeed's pipeline hands it to ``layers()``."""
     if is_dict_batch(batch):
         return model(**batch), batch
-    inputs, targets = batch
-    return model(inputs), targets
+    return model(model_inputs(batch)), batch[1]
 
 
 def output_loss(output: Any) -> torch.Tensor | None:

@@ -13,7 +13,7 @@ import math
 import sys
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ from autotune._batch import (
     forward,
     has_float_inputs,
     is_dict_batch,
+    model_inputs,
     output_logits,
     output_loss,
+    tensors_in,
 )
 from autotune._errors import UserError
 
@@ -290,11 +292,13 @@ def _check_item(path: Path, name: str, item: Any, has_collate: bool) -> None:
             f"{path}: {name} items must be (input, target) pairs of tensors or dicts of "
             f"tensors, got {type(item).__name__}."
         )
-    for part, value in zip(("input", "target"), item, strict=True):
+    inputs, target = item
+    values = list(inputs) if isinstance(inputs, tuple | list) and inputs else [inputs]
+    for part, value in [*(("input", value) for value in values), ("target", target)]:
         if not isinstance(value, torch.Tensor | int | float):
             raise UserError(
-                f"{path}: {name} items must be (input, target) pairs of tensors; the {part} is "
-                f"a {type(value).__name__}."
+                f"{path}: {name} items must be (input, target) pairs of tensors (the input may "
+                f"be a tuple of tensors); the {part} is a {type(value).__name__}."
             )
 
 
@@ -310,12 +314,21 @@ def _check_batch(path: Path, name: str, batch: Any, collate_name: str) -> None:
     elif not (
         isinstance(batch, tuple | list)
         and len(batch) == 2
-        and all(isinstance(part, torch.Tensor) for part in batch)
+        and isinstance(batch[1], torch.Tensor)
+        and _is_input(batch[0])
     ):
         raise UserError(
             f"{path}: {collate_name} must make a batch of {name} items into an (inputs, "
-            f"targets) pair of tensors or a dict of tensors, got {type(batch).__name__}."
+            "targets) pair of tensors (the inputs may be a tuple of tensors) or a dict of "
+            f"tensors, got {type(batch).__name__}."
         )
+
+
+def _is_input(inputs: Any) -> bool:
+    """Whether a batch's inputs are a tensor or a non-empty tuple (or list) of tensors."""
+    if isinstance(inputs, tuple | list):
+        return bool(inputs) and all(isinstance(value, torch.Tensor) for value in inputs)
+    return isinstance(inputs, torch.Tensor)
 
 
 def _first_batch(path: Path, model_file: ModelFile, data: Dataset[Any], name: str) -> Any:
@@ -386,20 +399,76 @@ def _check_layers(path: Path, model_file: ModelFile, batch: Any, output: Any) ->
     if is_dict_batch(batch):
         raise UserError(
             f"{path}: layers() (pipelines) takes (input, target) items, and these items are "
-            "dicts; remove layers() to tune every other setting."
+            "dicts; give (input, target) pairs whose input is a tuple of tensors, e.g. "
+            "((input_ids, attention_mask), labels), with layers that take and return tuples "
+            "(see docs/pipelines.md), or remove layers() to tune every other setting."
         )
     layers = _call(path, "layers()", model_file.layers)
     if not isinstance(layers, list | tuple) or not layers:
         raise UserError(f"{path}: layers() must return a non-empty list of nn.Module.")
-    with torch.no_grad():
-        piped = _call(path, "layers() forward", lambda: nn.Sequential(*layers)(batch[0]))
+    outputs = _call(path, "layers() forward", lambda: _run_layers(layers, model_inputs(batch)))
+    piped = outputs[-1]
     shape = getattr(output_logits(output), "shape", None)
     if not isinstance(piped, torch.Tensor) or piped.shape != shape:
         raise UserError(
-            f"{path}: layers() in sequence must compute what model() computes; its output "
-            f"shape differs ({getattr(piped, 'shape', type(piped).__name__)} vs {shape})."
+            f"{path}: layers() in sequence must compute what model() computes, the last layer "
+            f"returning the logits; its output differs "
+            f"({getattr(piped, 'shape', type(piped).__name__)} vs {shape})."
         )
+    loss = _call(path, "loss() on the output of layers()", lambda: model_file.loss(piped, batch[1]))
+    _check_passed_outputs(path, layers, outputs, loss)
     return tuple(type(layer).__name__ for layer in layers)
+
+
+def _run_layers(layers: Sequence[nn.Module], inputs: Any) -> list[Any]:
+    """Every layer's output on ``inputs``, with autograd on (the gradients are checked)."""
+    outputs: list[Any] = []
+    with torch.enable_grad():
+        for layer in layers:
+            inputs = layer(inputs)
+            outputs.append(inputs)
+    return outputs
+
+
+def _check_passed_outputs(
+    path: Path, layers: Sequence[nn.Module], outputs: list[Any], loss: Any
+) -> None:
+    """What DeepSpeed's pipeline needs of an output it may pass between stages: a tensor or a
+    tuple of tensors, whose floating tensors (activations) all require grad and get a gradient
+    back, since it sends a gradient back for each; integer tensors (ids, masks) pass as they
+    are. Outputs before any parameter (nothing requires grad yet) are left as they are."""
+    tracked: dict[tuple[int, int], torch.Tensor] = {}
+    for index, output in enumerate(outputs[:-1]):
+        if isinstance(output, list) or not _is_input(output):
+            raise UserError(
+                f"{path}: layer {index} ({type(layers[index]).__name__}) of layers() returns a "
+                f"{type(output).__name__}; a pipeline passes a tensor or a tuple of tensors "
+                "between stages (return a tuple)."
+            )
+        tensors = tensors_in(output)
+        if any(tensor.requires_grad for tensor in tensors):
+            for position, tensor in enumerate(tensors):
+                if tensor.is_floating_point():
+                    tracked[index, position] = tensor
+                    if tensor.requires_grad:
+                        tensor.retain_grad()
+    backward = isinstance(loss, torch.Tensor) and loss.requires_grad
+    if backward:
+        _call(path, "backward through layers()", loss.backward)
+    for (index, position), tensor in tracked.items():
+        if not tensor.requires_grad:
+            problem = "does not require grad"
+        elif backward and tensor.grad is None:
+            problem = "gets no gradient"
+        else:
+            continue
+        raise UserError(
+            f"{path}: layer {index} ({type(layers[index]).__name__}) of layers() returns a "
+            f"floating-point tensor (item {position} of its output) that {problem}; "
+            "DeepSpeed's pipeline sends a gradient back for every floating tensor passed "
+            "between stages, so pass ids and masks as integer tensors and leave out floating "
+            "tensors the later layers do not differentiate through."
+        )
 
 
 def load_task(path: str | Path) -> Task:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from search_options import grid_search_options
@@ -258,3 +259,28 @@ def test_splits_with_one_micro_batch_train_alike_and_others_do_not(
     differ = abs(metrics["8 x 2 accumulated"] - metrics["16 at once"])
     assert alike <= 1e-5 * abs(metrics["16 at once"]), metrics
     assert differ > 20 * max(alike, 1e-7), metrics
+
+
+@pytest.mark.e2e
+def test_a_search_of_dict_items_records_pipelines_as_infeasible(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Dict items without layers(): every other setting runs, and a pipeline proposal is
+    recorded as infeasible with the reason instead of failing the search."""
+    model_path = write_model(DICT_MODEL, "sequences.py")
+    space = tmp_path / "space.yaml"
+    space.write_text("processes: [2]\npipeline_stages: [1, 2]\n")
+    lines: list[str] = []
+    search(
+        grid_search_options(tmp_path, model_path, space, n_trials=3, train_samples=SAMPLES),
+        print_line=lines.append,
+    )
+    study = load_study("sequences", f"sqlite:///{tmp_path}/study.db")
+    by_stages: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for trial in study.get_trials():
+        by_stages[trial.user_attrs["settings"]["pipeline_stages"]].append(trial.user_attrs)
+    assert [attrs["status"] for attrs in by_stages[1]] == ["ok", "ok"]  # reference, 2 processes
+    assert [attrs["status"] for attrs in by_stages[2]] == ["infeasible"]
+    reason = "pipeline stages need layers() in the model file"
+    assert by_stages[2][0]["reason"] == reason
+    assert any(line.endswith(f"skipped: {reason}") for line in lines)

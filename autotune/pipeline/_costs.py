@@ -71,13 +71,18 @@ class LayerProfile:
         names: Each layer's class name.
         forward_backward_seconds: Forward plus backward time per micro-batch.
         optimizer_seconds: Optimizer-step time over the layer's parameters.
-        activation_bytes: Bytes of the layer's output for one micro-batch.
+        activation_bytes: Bytes of the layer's output for one micro-batch (a tuple's: the
+            sum of its tensors').
         parameter_bytes: Bytes of the layer's parameters in the trial's precision.
         optimizer_state_bytes: Bytes of the optimizer's state for the layer's parameters.
         micro_batch_size: The micro-batch it was measured with.
         precision: fp32, bf16 or fp16.
         device: Where it was measured (accelerator, model, threads).
         link: What sending an activation to the next stage costs.
+        sent_bytes: Per layer, the bytes of each tensor of its output, each one message to the
+            next stage at a boundary after it; empty: one message of ``activation_bytes``.
+        returned_bytes: Per layer, the bytes of each gradient sent back at that boundary, one
+            per floating tensor (ids and masks get none); empty: as ``activation_bytes``.
     """
 
     names: tuple[str, ...]
@@ -90,6 +95,14 @@ class LayerProfile:
     precision: str
     device: str
     link: LinkCost
+    sent_bytes: tuple[tuple[int, ...], ...] = ()
+    returned_bytes: tuple[tuple[int, ...], ...] = ()
+
+    def boundary_messages(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Per layer, the bytes of the messages a boundary after it sends forward and back."""
+        if not self.sent_bytes:
+            return [((size,), (size,)) for size in self.activation_bytes]
+        return list(zip(self.sent_bytes, self.returned_bytes, strict=True))
 
     def to_json(self) -> dict[str, Any]:
         return {"version": PROFILE_VERSION, **dataclasses.asdict(self)}
@@ -107,6 +120,8 @@ class LayerProfile:
             "optimizer_state_bytes",
         ):
             values[name] = tuple(values[name])
+        for name in ("sent_bytes", "returned_bytes"):
+            values[name] = tuple(tuple(sizes) for sizes in values.get(name, ()))
         return cls(**values)
 
 
@@ -118,7 +133,8 @@ class StageCosts:
         layer_seconds: Per micro-batch: forward + backward, plus the optimizer step shared over
             the step's micro-batches.
         send_seconds: Per micro-batch: sending the layer's output to the next stage and
-            receiving its gradient back (two messages).
+            receiving its gradient back (a message per tensor each way; ids and masks have
+            no gradient).
         layer_bytes: Memory the layer holds on its stage: parameters, gradients, optimizer
             state, fp32 master weights under bf16/fp16, and its output for every micro-batch
             a stage keeps in flight.
@@ -138,7 +154,10 @@ def stage_cost_vectors(profile: LayerProfile, config: TrialConfig) -> StageCosts
         fb + opt / gas
         for fb, opt in zip(profile.forward_backward_seconds, profile.optimizer_seconds, strict=True)
     )
-    send_seconds = tuple(2 * profile.link.message_seconds(b) for b in profile.activation_bytes)
+    send_seconds = tuple(
+        math.fsum(profile.link.message_seconds(b) for b in (*sent, *returned))
+        for sent, returned in profile.boundary_messages()
+    )
     layer_bytes = tuple(
         float(params * (2 + master_copy) + state + activation * in_flight)
         for params, state, activation in zip(

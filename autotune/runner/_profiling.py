@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autotune._batch import tensors_in
 from autotune._memory import tensor_bytes
 from autotune._plan import Machine, TrialConfig, cpu_model
 from autotune._task import ModelFile
@@ -103,8 +104,8 @@ def _time_round_robin(
 
 def _time_in_graph(
     layers: Sequence[nn.Module],
-    inputs: torch.Tensor,
-    loss: Callable[[torch.Tensor], torch.Tensor],
+    inputs: Any,
+    loss: Callable[[Any], torch.Tensor],
     synchronize: Callable[[], None],
 ) -> list[float]:
     """Each layer's forward + backward time per micro-batch, timed inside whole-model passes.
@@ -124,7 +125,7 @@ def _time_in_graph(
                 param.grad = None
         forward = [0.0] * count
         arrived: list[float | None] = [None] * count
-        x = inputs
+        x: Any = inputs
         for index, layer in enumerate(layers):
             start = time.perf_counter()
             x = layer(x)
@@ -132,13 +133,15 @@ def _time_in_graph(
                 x = loss(x)
             synchronize()
             forward[index] = time.perf_counter() - start
-            if x.requires_grad and index < count - 1:
+            # A tuple's gradient has arrived when the last of its tensors' has.
+            for tensor in tensors_in(x) if index < count - 1 else []:
+                if tensor.requires_grad:
 
-                def hook(grad: torch.Tensor, index: int = index) -> None:
-                    synchronize()
-                    arrived[index] = time.perf_counter()
+                    def hook(grad: torch.Tensor, index: int = index) -> None:
+                        synchronize()
+                        arrived[index] = time.perf_counter()
 
-                x.register_hook(hook)
+                    tensor.register_hook(hook)
         backward = [0.0] * count
         if x.requires_grad:
             start = time.perf_counter()
@@ -167,24 +170,36 @@ def _time_in_graph(
     return [statistics.median(values) for values in samples]
 
 
+def _messages(output: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The bytes of each message DeepSpeed's pipeline sends for a layer's output at a stage
+    boundary: one per tensor forward, and back one gradient per floating tensor."""
+    tensors = tensors_in(output)
+    return (
+        tuple(tensor_bytes(t) for t in tensors),
+        tuple(tensor_bytes(t) for t in tensors if t.is_floating_point()),
+    )
+
+
 def _optimizer_costs(
     layers: Sequence[nn.Module],
-    inputs: torch.Tensor,
+    inputs: Any,
     optimizer: dict[str, Any],
     dtype: torch.dtype,
     synchronize: Callable[[], None],
-) -> tuple[list[int], list[int], list[float], list[int]]:
-    """Each layer's output bytes and parameter bytes, its optimizer step's seconds (timed on
-    its own, less the fixed cost of a step call) and its optimizer state's bytes."""
-    activation: list[int] = []
+) -> tuple[list[tuple[tuple[int, ...], tuple[int, ...]]], list[int], list[float], list[int]]:
+    """Each layer's output (its tensors' bytes, `_messages`) and parameter bytes, its
+    optimizer step's seconds (timed on its own, less the fixed cost of a step call) and its
+    optimizer state's bytes."""
+    outputs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     parameter: list[int] = []
     optimizers: dict[int, torch.optim.Optimizer] = {}
     tasks: list[tuple[str, int, Callable[[], None]]] = []
+    device = tensors_in(inputs)[0].device
     with torch.no_grad():
         x = inputs
         for index, layer in enumerate(layers):
             x = layer(x)
-            activation.append(tensor_bytes(x))
+            outputs.append(_messages(x))
             params = [p for p in layer.parameters() if p.requires_grad]
             parameter.append(sum(tensor_bytes(p) for p in params))
             if params:
@@ -196,7 +211,7 @@ def _optimizer_costs(
                 tasks.append(("opt", index, optimizers[index].step))
     # A stage steps one optimizer over all its layers, so the fixed cost of a step call (timed
     # on one scalar parameter) is the stage's, not each layer's.
-    scalar = nn.Parameter(torch.zeros((), device=inputs.device, dtype=dtype))
+    scalar = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
     scalar.grad = torch.zeros_like(scalar)
     empty = _optimizer_class(optimizer)([scalar], **_optimizer_params(optimizer))
     tasks.append(("opt", -1, empty.step))
@@ -211,7 +226,7 @@ def _optimizer_costs(
         else 0
         for i in range(len(layers))
     ]
-    return activation, parameter, opt_seconds, state
+    return outputs, parameter, opt_seconds, state
 
 
 def measure_layers(
@@ -234,7 +249,8 @@ def measure_layers(
     train, _ = model_file.datasets()
     count = min(micro_batch_size, len(train))  # type: ignore[arg-type]
     items = [train[i] for i in range(count)]
-    # layers() takes (input, target) items (the preflight refuses it beside dict items).
+    # layers() takes (input, target) items (the preflight refuses it beside dict items); the
+    # input may be a tuple of tensors, passed to the first layer as one argument.
     inputs, targets = cast_batch(model_file.collate(items), dtype, device)
 
     # Forward + backward of each layer, timed inside whole-model passes on the real batch.
@@ -243,20 +259,22 @@ def measure_layers(
     )
 
     # Each layer's output bytes and parameters, and its optimizer step timed on its own.
-    activation, parameter, opt_seconds, state = _optimizer_costs(
+    messages, parameter, opt_seconds, state = _optimizer_costs(
         layers, inputs, model_file.optimizer, dtype, synchronize
     )
     return LayerProfile(
         names=tuple(type(layer).__name__ for layer in layers),
         forward_backward_seconds=tuple(fb_seconds),
         optimizer_seconds=tuple(opt_seconds),
-        activation_bytes=tuple(activation),
+        activation_bytes=tuple(sum(sent) for sent, _ in messages),
         parameter_bytes=tuple(parameter),
         optimizer_state_bytes=tuple(state),
         micro_batch_size=micro_batch_size,
         precision=precision,
         device=device_label,
         link=link,
+        sent_bytes=tuple(sent for sent, _ in messages),
+        returned_bytes=tuple(returned for _, returned in messages),
     )
 
 

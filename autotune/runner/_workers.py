@@ -126,7 +126,11 @@ class WarmWorkers:
         if group is None:
             return
         if group.process.poll() is None:
-            (group.inbox / "zz-stop.request").write_text(STOP)
+            # Written aside and renamed, as every request: a rank that globbed the file while
+            # it was still empty took "" for a plan path and ran the plan "." (the cwd).
+            tmp = group.inbox / "zz-stop.tmp"
+            tmp.write_text(STOP)
+            tmp.replace(group.inbox / "zz-stop.request")
             try:
                 group.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
