@@ -74,11 +74,15 @@ def main() -> None:
     deepspeed.init_distributed()
     torch.manual_seed(args.seed)
     pipeline = launch["pipeline_stages"] > 1
+    # A collate() that pads each batch to its longest item changes the stages' shapes.
+    dynamic_shape = hasattr(user, "collate")
     if pipeline and launch.get("partition_bounds"):
         # The trial's own stage boundaries (whatever method found them), rebuilt exactly.
         from autotune import build_pipeline_module
 
-        module = build_pipeline_module(user.layers(), launch["partition_bounds"], loss_fn=loss_fn)
+        module = build_pipeline_module(
+            user.layers(), launch["partition_bounds"], loss_fn=loss_fn, dynamic_shape=dynamic_shape
+        )
     elif pipeline:
         from deepspeed.pipe import PipelineModule
 
@@ -87,6 +91,7 @@ def main() -> None:
             num_stages=launch["pipeline_stages"],
             partition_method=launch["partition_method"],
             loss_fn=loss_fn,
+            dynamic_shape=dynamic_shape,
         )
     else:
         module = user.model()

@@ -103,6 +103,30 @@ TUPLE_MODEL = textwrap.dedent(
         return Sequences(128, 1)
     """
 )
+# The same, with items of their own length and a collate() that pads each batch to its longest:
+# every micro-batch sends activations of another shape between the stages.
+PADDED_TUPLE_MODEL = TUPLE_MODEL.replace(
+    """
+            ids = torch.zeros(LENGTH, dtype=torch.long)
+            ids[:length] = torch.randint(1, VOCAB, (length,), generator=g)
+            label = torch.tensor(int(ids[:length].float().mean() > VOCAB / 2))
+""",
+    """
+            ids = torch.randint(1, VOCAB, (length,), generator=g)
+            label = torch.tensor(int(ids.float().mean() > VOCAB / 2))
+""",
+) + textwrap.dedent(
+    """
+
+    def collate(items):
+        longest = max(len(ids) for (ids, _), _ in items)
+        ids = torch.zeros(len(items), longest, dtype=torch.long)
+        for row, ((item_ids, _), _) in enumerate(items):
+            ids[row, : len(item_ids)] = item_ids
+        labels = torch.stack([label for _, label in items])
+        return (ids, (ids > 0).long()), labels
+    """
+)
 LINK = LinkCost(sizes=(0, 1_000_000), seconds=(1e-3, 2e-3), backend="gloo")  # 1 ms + 1 ns/B
 SAMPLES = 256
 
@@ -229,13 +253,20 @@ def pipeline_runs(
     tuple_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, RunResult]:
     """Two-stage pipelines of the tuple model: fp32 split by DeepSpeed's ``uniform``, bf16 on
-    the boundaries of its measured profile."""
+    the boundaries of its measured profile; and the padded model (a shape per batch) in fp32."""
     model_file = load_model_file(tuple_model)
     root = tmp_path_factory.mktemp("pipeline_tuples")
     machine = detect_machine()
     results = {}
+    padded = tuple_model.with_name("padded_tuples.py")
+    padded.write_text(PADDED_TUPLE_MODEL)
+    runs = {
+        "fp32": ("fp32", "uniform", tuple_model),
+        "bf16": ("bf16", "profile", tuple_model),
+        "padded": ("fp32", "uniform", padded),
+    }
     with WarmWorkers(root / "workers") as workers:
-        for precision, method in (("fp32", "uniform"), ("bf16", "profile")):
+        for name, (precision, method, path) in runs.items():
             settings = {
                 **reference_settings(model_file.batch_size),
                 "processes": 2,
@@ -252,13 +283,13 @@ def pipeline_runs(
             if method == "profile":
                 profile = measure_layers(model_file, 8, precision, torch.device("cpu"), LINK, "t")
                 bounds = list(profiled_partition(profile, config, None).bounds)
-            results[precision] = run_trial(
+            results[name] = run_trial(
                 config,
                 machine,
-                tuple_model,
+                path,
                 SAMPLES,
                 [0],
-                root / precision,
+                root / name,
                 180,
                 partition_bounds=bounds,
                 workers=workers,
@@ -267,7 +298,7 @@ def pipeline_runs(
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "padded"])
 def test_two_stage_pipelines_pass_tuples_between_stages(
     pipeline_runs: dict[str, RunResult], precision: str
 ) -> None:

@@ -128,15 +128,22 @@ def _build_module(plan: TrialPlan, model_file: Any) -> nn.Module:
 
     from autotune.pipeline import build_pipeline_module
 
+    # A collate() may pad each batch to its own longest item: the stages then exchange
+    # activations of another shape every micro-batch, which DeepSpeed sends only when told.
+    dynamic_shape = model_file.has_collate
     if plan.partition_bounds:
         return build_pipeline_module(
-            model_file.layers(), plan.partition_bounds, loss_fn=model_file.loss
+            model_file.layers(),
+            plan.partition_bounds,
+            loss_fn=model_file.loss,
+            dynamic_shape=dynamic_shape,
         )
     return PipelineModule(
         layers=model_file.layers(),
         num_stages=plan.config.pipeline_stages,
         partition_method=plan.config.partition_method,
         loss_fn=model_file.loss,
+        dynamic_shape=dynamic_shape,
     )
 
 
