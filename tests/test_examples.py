@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 # Example file name -> eval metric it must reach after TRAIN_SAMPLES training samples.
+# (embedding_heavy.py is tested in test_partition.py; hf_*.py, dict items that need the [hf]
+# extra, in test_hf_examples.py.)
 THRESHOLDS = {"digits_mlp.py": 0.93, "synthetic_tokens.py": 0.9}
 TRAIN_SAMPLES = 4096
 SEED = 0
