@@ -27,6 +27,7 @@ least one example; fidelity within +-10%.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -43,10 +44,24 @@ from autotune.study import DEFAULT_CONFIRM, DEFAULT_MIN_MEASURE_SECONDS  # noqa:
 from benchmarks.fidelity import TOLERANCE, WINDOW_SECONDS, Pairs, time_pairs  # noqa: E402
 
 
+def _default_examples() -> list[Path]:
+    """Every example; the hf_*.py ones only where transformers (the [hf] extra) is installed."""
+    has_transformers = importlib.util.find_spec("transformers") is not None
+    return [
+        path
+        for path in sorted((ROOT / "examples").glob("*.py"))
+        if has_transformers or not path.name.startswith("hf_")
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--examples", nargs="*", type=Path, default=sorted((ROOT / "examples").glob("*.py"))
+        "--examples",
+        nargs="*",
+        type=Path,
+        default=_default_examples(),
+        help="default: every example (hf_*.py with transformers)",
     )
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "cpu_small.yaml")
     parser.add_argument("--n-trials", type=int, default=16)

@@ -36,7 +36,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 BATCH_SIZE = 32
 EVAL_BATCH_SIZE = 128
-OPTIMIZER = {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.0}}
+OPTIMIZER = {"type": "AdamW", "params": {"lr": 5e-4, "weight_decay": 0.0}}
 
 SEQ_LEN = 32
 VOCAB_SIZE = 256  # one token per byte
