@@ -4,14 +4,13 @@ transformers (the ``hf`` extra: ``pip install '.[hf]'``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sysconfig
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from test_examples import load_example
 
 pytest.importorskip("transformers")
 
@@ -23,15 +22,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 # Example file -> how the study names its metric.
 METRIC_NAMES = {"hf_causal_lm.py": "negative eval loss", "hf_classifier.py": "metric()"}
 TRIAL_SAMPLES = 256
-
-
-def load_example(name: str) -> ModuleType:
-    path = EXAMPLES_DIR / name
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name", sorted(METRIC_NAMES))
