@@ -57,7 +57,8 @@ class ModelFile:
         loss: loss(output, target) -> Tensor; for dict items loss(output, batch).
         metric: metric(output, target) -> float, higher is better; for dict items
             metric(output, batch), the metric of one eval batch.
-        metric_name: How to call the metric in reports, for (input, target) items
+        metric_name: How to call the metric in reports (a custom metric(): METRIC_NAME,
+            default "metric()"), for (input, target) items
             (`Task.metric_name` says it for the items the data has).
         collate: collate(items) -> batch, for every DataLoader the tool builds.
         has_collate: Whether the file defines collate().
@@ -181,7 +182,10 @@ def load_model_file(path: str | Path) -> ModelFile:
     custom_loss = getattr(module, "loss", None)
     custom_metric = getattr(module, "metric", None)
     if callable(custom_metric):
-        metric, metric_name = custom_metric, "metric()"
+        name = getattr(module, "METRIC_NAME", "metric()")
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"{path}: METRIC_NAME must be a non-empty string, got {name!r}.")
+        metric, metric_name = custom_metric, name.strip()
     elif callable(custom_loss):
 
         def metric(output: Any, target: Any) -> float:
@@ -238,7 +242,7 @@ class Task:
     @property
     def metric_name(self) -> str:
         """How to call the metric in reports, for the items this data has."""
-        if self.dict_items and self.model_file.metric_name == "accuracy":
+        if self.dict_items and self.model_file.metric is default_metric:
             return "negative eval loss"  # the default metric of dict items
         return self.model_file.metric_name
 

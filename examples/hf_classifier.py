@@ -43,6 +43,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 BATCH_SIZE = 8
 EVAL_BATCH_SIZE = 128
 OPTIMIZER = {"type": "AdamW", "params": {"lr": 5e-4, "weight_decay": 0.0}}
+METRIC_NAME = "accuracy"  # what metric() below computes, as the output and report call it
 
 MAX_BYTES = 32
 PAD_ID = 0

@@ -20,7 +20,7 @@ from autotune.runner import run_trial  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 # Example file -> how the study names its metric.
-METRIC_NAMES = {"hf_causal_lm.py": "negative eval loss", "hf_classifier.py": "metric()"}
+METRIC_NAMES = {"hf_causal_lm.py": "negative eval loss", "hf_classifier.py": "accuracy"}
 TRIAL_SAMPLES = 256
 
 

@@ -246,3 +246,12 @@ def test_the_real_tokens_of_a_batch() -> None:
     assert batch_tokens({"input_ids": ids}) == 10
     assert batch_tokens({"pixels": torch.ones(2, 3)}) is None
     assert batch_tokens((ids, torch.zeros(2))) is None
+
+
+def test_a_custom_metric_is_called_by_its_metric_name(write_model: Callable[..., Path]) -> None:
+    metric = "\n\ndef metric(output, target):\n    return float((output.argmax(1) == target).float().mean())\n"
+    named = load_task(write_model('METRIC_NAME = "top-1 accuracy"\n' + PAIR_MODEL + metric))
+    assert named.metric_name == "top-1 accuracy"
+    assert load_task(write_model(PAIR_MODEL + metric)).metric_name == "metric()"
+    with pytest.raises(UserError, match="METRIC_NAME must be a non-empty string"):
+        load_model_file(write_model("METRIC_NAME = 3\n" + PAIR_MODEL + metric))
