@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from autotune import SearchOptions
+import optuna
+
+from autotune import SearchOptions, load_study, search
 
 
 def grid_search_options(folder: Path, model: Path, space: Path, **values: Any) -> SearchOptions:
@@ -24,3 +26,16 @@ def grid_search_options(folder: Path, model: Path, space: Path, **values: Any) -
     }
     options.update(values)
     return SearchOptions(**options)
+
+
+def run_grid_search(
+    folder: Path, model: Path, space_text: str, **values: Any
+) -> tuple[optuna.Study, list[str]]:
+    """Write ``space_text`` to ``folder/space.yaml``, run `grid_search_options`' search of
+    ``model`` over it, and return the study and the lines the search printed."""
+    space = folder / "space.yaml"
+    space.write_text(space_text)
+    options = grid_search_options(folder, model, space, **values)
+    lines: list[str] = []
+    search(options, print_line=lines.append)
+    return load_study(options.study_name, options.storage), lines

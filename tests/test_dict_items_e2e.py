@@ -4,7 +4,6 @@ integer sequences (``model(**batch)``, a padding collate, an output with ``.loss
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -15,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from search_options import grid_search_options
+from search_options import grid_search_options, run_grid_search
 from test_task import DICT_MODEL
 
-from autotune import export, load_study, search
+from autotune import export, search
 from autotune._errors import UserError
 from autotune._plan import TrialConfig, detect_machine
 from autotune._task import load_model_file, reference_settings
@@ -167,14 +166,14 @@ def test_a_search_of_dict_items_by_tokens_measures_every_metric(
     ``--objective tokens`` each trial's value is its real tokens/s, which the export and the
     report show, and the study cannot be resumed for samples/s."""
     model_path = write_model(DICT_MODEL, "sequences.py")
-    space = tmp_path / "space.yaml"
-    space.write_text("micro_batch_size: [8]\ngradient_accumulation_steps: [2]\n")
-    lines: list[str] = []
-    options = grid_search_options(
-        tmp_path, model_path, space, n_trials=2, train_samples=SAMPLES, objective="tokens"
+    study, lines = run_grid_search(
+        tmp_path,
+        model_path,
+        "micro_batch_size: [8]\ngradient_accumulation_steps: [2]\n",
+        n_trials=2,
+        train_samples=SAMPLES,
+        objective="tokens",
     )
-    search(options, print_line=lines.append)
-    study = load_study("sequences", f"sqlite:///{tmp_path}/study.db")
     assert study.user_attrs["metric_name"] == "negative eval loss"
     trials = [t for t in study.get_trials() if t.user_attrs.get("status") == "ok"]
     assert len(trials) == 2
@@ -189,8 +188,11 @@ def test_a_search_of_dict_items_by_tokens_measures_every_metric(
     assert measured["throughput_samples_per_s"] == trials[1].user_attrs["throughput"]
     report = next((tmp_path / "reports").glob("*.html")).read_text()
     assert "tokens/s" in report
+    resumed = grid_search_options(
+        tmp_path, model_path, tmp_path / "space.yaml", n_trials=2, train_samples=SAMPLES
+    )
     with pytest.raises(UserError, match="--objective"):
-        search(dataclasses.replace(options, objective="samples"), print_line=lines.append)
+        search(resumed, print_line=lines.append)
 
 
 # Token tagging with a loss that is the mean over each micro-batch's real tokens, as a
@@ -268,14 +270,13 @@ def test_a_search_of_dict_items_records_pipelines_as_infeasible(
     """Dict items without layers(): every other setting runs, and a pipeline proposal is
     recorded as infeasible with the reason instead of failing the search."""
     model_path = write_model(DICT_MODEL, "sequences.py")
-    space = tmp_path / "space.yaml"
-    space.write_text("processes: [2]\npipeline_stages: [1, 2]\n")
-    lines: list[str] = []
-    search(
-        grid_search_options(tmp_path, model_path, space, n_trials=3, train_samples=SAMPLES),
-        print_line=lines.append,
+    study, lines = run_grid_search(
+        tmp_path,
+        model_path,
+        "processes: [2]\npipeline_stages: [1, 2]\n",
+        n_trials=3,
+        train_samples=SAMPLES,
     )
-    study = load_study("sequences", f"sqlite:///{tmp_path}/study.db")
     by_stages: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for trial in study.get_trials():
         by_stages[trial.user_attrs["settings"]["pipeline_stages"]].append(trial.user_attrs)
