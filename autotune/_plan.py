@@ -31,6 +31,10 @@ class Machine:
         fp16: Whether the accelerator supports fp16.
         bf16: Whether the accelerator supports bf16.
         device_name: The accelerator's model, for reports ("" on CPU).
+        native_half: The half precisions the hardware computes natively ("bf16", "fp16"),
+            as opposed to those it supports by conversion (a CPU without avx512_bf16 or AMX
+            runs bf16 several times slower than fp32); the start-up tries the reference in
+            each (see ``native_half_precisions``).
         environment: Variables DeepSpeed needs set differently here for its ops to build
             (see ``arch_list_deepspeed_can_parse``); trials run with them and the exported
             launch command sets them.
@@ -43,6 +47,7 @@ class Machine:
     bf16: bool
     device_name: str = ""
     environment: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    native_half: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.accelerator == "cpu":
@@ -62,6 +67,39 @@ def cpu_model() -> str:
     except OSError:
         pass
     return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags from /proc/cpuinfo (empty where that is not available)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+_CPU_HALF_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+"""The x86 instructions that compute each half precision natively; without them PyTorch
+converts to fp32 and back around every operation."""
+_CUDA_HALF_MAJOR = {"bf16": 8, "fp16": 7}
+"""The first CUDA compute capability (major) with tensor cores for each half precision
+(Ampere for bf16, Volta for fp16); PyTorch emulates bf16 on older GPUs."""
+
+
+def native_half_precisions(
+    accelerator: str, flags: frozenset[str], cuda_major: int | None
+) -> tuple[str, ...]:
+    """The half precisions that ``accelerator`` computes natively: on CPU by its feature
+    ``flags`` (`cpu_flags`), on CUDA by its compute capability's major version; none claimed
+    for other accelerators."""
+    if accelerator == "cpu":
+        return tuple(p for p, needs in _CPU_HALF_FLAGS.items() if flags.intersection(needs))
+    if accelerator == "cuda" and cuda_major is not None:
+        return tuple(p for p, major in _CUDA_HALF_MAJOR.items() if cuda_major >= major)
+    return ()
 
 
 def available_cores() -> int:
@@ -114,14 +152,18 @@ def detect_machine() -> Machine:
     name = accelerator.device_name()
     cores = available_cores()
     devices = cores if name == "cpu" else accelerator.device_count()
+    cuda_major = torch.cuda.get_device_capability(0)[0] if name == "cuda" else None
+    supported = {"bf16": accelerator.is_bf16_supported(), "fp16": accelerator.is_fp16_supported()}
+    native = native_half_precisions(name, cpu_flags(), cuda_major)
     return Machine(
         accelerator=name,
         devices=devices,
         cores=cores,
-        fp16=bool(accelerator.is_fp16_supported()),
-        bf16=bool(accelerator.is_bf16_supported()),
+        fp16=bool(supported["fp16"]),
+        bf16=bool(supported["bf16"]),
         device_name=torch.cuda.get_device_name(0) if name == "cuda" else "",
         environment=deepspeed_environment(name, dict(os.environ)),
+        native_half=tuple(p for p in native if supported[p]),
     )
 
 

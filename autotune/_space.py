@@ -13,7 +13,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -447,15 +447,51 @@ def sampled_params(space: SearchSpace, settings: dict[str, Any]) -> dict[str, An
     return params
 
 
+def reference_with(
+    space: SearchSpace,
+    reference: dict[str, Any],
+    name: str,
+    values: Sequence[Any],
+    runnable: Callable[[dict[str, Any]], bool],
+) -> list[dict[str, Any]]:
+    """The reference with setting ``name`` changed to each of ``values`` in turn, for those
+    that the space lists, that ``runnable`` accepts, and whose every sampled setting the space
+    can express (so the study records them as they are)."""
+    domain = space.domains.get(name)
+    if domain is None or isinstance(domain, IntRange):
+        return []
+    found = []
+    for value in values:
+        if value == reference[name] or value not in domain:
+            continue
+        settings = {**reference, name: value}
+        if _expressible(space, settings) and runnable(settings):
+            found.append(settings)
+    return found
+
+
+def _expressible(space: SearchSpace, settings: dict[str, Any]) -> bool:
+    """Whether the space holds every value of ``settings`` that it samples."""
+    params = sampled_params(space, settings)
+    return all(
+        name in params
+        for name, domain in space.domains.items()
+        if (PARAMETERS[name].active_when is None or PARAMETERS[name].active_when(settings))
+        and (isinstance(domain, IntRange) or len(domain) > 1)
+    )
+
+
 def random_runnable_settings(
     space: SearchSpace,
     reference: dict[str, Any],
     runnable: Callable[[dict[str, Any]], bool],
     count: int,
     seed: int,
+    taken: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Up to ``count`` distinct settings drawn at random from ``space``, each one that
-    ``runnable`` accepts and that is not the reference, spread over each setting's values.
+    ``runnable`` accepts and that is neither the reference nor one of ``taken``, spread over
+    each setting's values.
 
     A listed setting takes its values in turn, in random order, the reference's value last
     (a Latin-hypercube-like design: with as many draws as a list has values, each value comes
@@ -474,7 +510,7 @@ def random_runnable_settings(
         if not isinstance(domain, IntRange) and len(domain) > 1
     }
     unused = {name: [v for v in values if v != reference[name]] for name, values in lists.items()}
-    seen = {json.dumps(reference, sort_keys=True)}
+    seen = {json.dumps(settings, sort_keys=True) for settings in (reference, *taken)}
     found: list[dict[str, Any]] = []
     misses = 0
     for _ in range(200 * count):

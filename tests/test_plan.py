@@ -16,6 +16,7 @@ from autotune._plan import (
     WARMUP_STEPS,
     Machine,
     TrialConfig,
+    native_half_precisions,
     scale_learning_rate,
     why_not_runnable,
 )
@@ -467,3 +468,14 @@ def test_dataloader_arguments_are_what_the_recipe_exports() -> None:
     for trial in (with_workers, config()):
         recipe = trial.launch_recipe(CPU)
         assert {k: recipe[k] for k in trial.dataloader_arguments()} == trial.dataloader_arguments()
+
+
+def test_native_half_precisions_follow_the_cpu_flags_and_the_cuda_capability() -> None:
+    sapphire = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"})
+    assert native_half_precisions("cpu", sapphire, None) == ("bf16", "fp16")
+    assert native_half_precisions("cpu", frozenset({"avx2", "amx_bf16"}), None) == ("bf16",)
+    assert native_half_precisions("cpu", frozenset({"avx2", "avx512f"}), None) == ()
+    assert native_half_precisions("cuda", frozenset(), 9) == ("bf16", "fp16")
+    assert native_half_precisions("cuda", frozenset(), 7) == ("fp16",)  # V100 emulates bf16
+    assert native_half_precisions("cuda", frozenset(), 6) == ()
+    assert native_half_precisions("mps", sapphire, None) == ()

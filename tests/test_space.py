@@ -15,6 +15,7 @@ from autotune._space import (
     load_space,
     random_runnable_settings,
     record_reference,
+    reference_with,
     sampled_params,
     suggest,
 )
@@ -415,3 +416,19 @@ def test_start_up_draws_from_ranges_stay_inside_them(tmp_path: Path) -> None:
     # Log-uniform, as Optuna's log int draws: about 60% of draws are at most 32 (a uniform
     # draw would give 6%).
     assert sum(s["micro_batch_size"] <= 32 for s in drawn) > 15
+
+
+def test_reference_with_changes_one_setting_where_the_space_can_record_it(tmp_path: Path) -> None:
+    space = _space(tmp_path, "micro_batch_size: [16, 32]\nprecision: [fp32, bf16]\n")
+    assert reference_with(space, REFERENCE, "precision", ["bf16", "fp16"], lambda _: True) == [
+        {**REFERENCE, "precision": "bf16"}  # fp16 is not in the space; fp32 is the reference's
+    ]
+    assert reference_with(space, REFERENCE, "precision", ["bf16"], lambda _: False) == []
+    # A space without the reference's micro-batch could not record the changed reference.
+    other = _space(tmp_path, "micro_batch_size: [16, 64]\nprecision: [fp32, bf16]\n")
+    assert reference_with(other, REFERENCE, "precision", ["bf16"], lambda _: True) == []
+    # Drawn start-up runs leave out those already taken.
+    taken = [{**REFERENCE, "precision": "bf16"}]
+    drawn = random_runnable_settings(space, REFERENCE, lambda _: True, 5, 0, taken)
+    assert sorted(s["micro_batch_size"] for s in drawn) == [16, 16]
+    assert taken[0] not in drawn

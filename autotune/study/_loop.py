@@ -153,8 +153,8 @@ def _queue_first_trials(
     task: Task,
     print_line: PrintLine,
 ) -> None:
-    """Queue the reference unless it ran or waits already; a new study also gets its random
-    start-up (TPE and GP)."""
+    """Queue the reference unless it ran or waits already; a new study also gets its start-up
+    (TPE and GP; `enqueue_startup`)."""
     new_study = not study.get_trials(deepcopy=False)
     if reference_trial(study) is None:
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
@@ -162,7 +162,7 @@ def _queue_first_trials(
             enqueue_reference(study, space, task.reference_settings())
     if not new_study:
         return
-    queued = enqueue_startup(
+    halves, drawn = enqueue_startup(
         study,
         space,
         task.reference_settings(),
@@ -170,11 +170,20 @@ def _queue_first_trials(
         options.sampler,
         options.seed,
         options.n_trials,
+        objective.machine.native_half,
     )
-    if queued:
+    if halves or drawn:
+        steps = ["the reference"]
+        if halves:
+            precisions = " and ".join(settings["precision"] for settings in halves)
+            steps.append(f"the reference in {precisions} (native on this machine)")
+        if drawn:
+            steps.append(
+                f"{len(drawn)} configurations drawn at random among those this machine can run"
+            )
         print_line(
-            f"start-up: the reference, then {queued} configurations drawn at random among "
-            f"those this machine can run; {options.sampler.upper()} proposes from then on"
+            f"start-up: {', '.join(steps[:-1])}, then {steps[-1]}; "
+            f"{options.sampler.upper()} proposes from then on"
         )
 
 
