@@ -473,12 +473,13 @@ def reference_with(
 def _expressible(space: SearchSpace, settings: dict[str, Any]) -> bool:
     """Whether the space holds every value of ``settings`` that it samples."""
     params = sampled_params(space, settings)
-    return all(
-        name in params
-        for name, domain in space.domains.items()
-        if (PARAMETERS[name].active_when is None or PARAMETERS[name].active_when(settings))
-        and (isinstance(domain, IntRange) or len(domain) > 1)
-    )
+    for name, domain in space.domains.items():
+        condition = PARAMETERS[name].active_when
+        active = condition is None or condition(settings)
+        sampled = isinstance(domain, IntRange) or len(domain) > 1
+        if active and sampled and name not in params:
+            return False
+    return True
 
 
 def random_runnable_settings(
