@@ -24,6 +24,9 @@ the slow one):
 
 `search_spaces/landscape_dp.yaml` is a second, larger space (80 configurations, data
 parallelism included, a quarter of them unable to run on 2 cores); record it the same way.
+`search_spaces/landscape_precision.yaml` adds fp32/bf16/fp16 (60 configurations); replay it
+with `--native-half bf16 fp16` (the half precisions the recording machine computes natively)
+to start TPE and GP as `autotune search` does there, trying the reference in each first.
 The table gives the median, the spread (min-max, middle half, 90th percentile) and the mean:
 `--seeds 500` makes the comparison far less a matter of luck than 20 seeds.
 
@@ -83,7 +86,14 @@ def _fmt(value: float | None, runnable: int) -> str:
     return "-" if value is None else f"{value:g} ({value / runnable:.0%})"
 
 
-def bench(path: Path, samplers: list[str], seeds: int, fraction: float) -> None:
+SHORT_SEARCH = 12
+"""The runs of a short search (`autotune search`'s default --n-trials): the table also gives the
+share of seeds that reach the target within them."""
+
+
+def bench(
+    path: Path, samplers: list[str], seeds: int, fraction: float, native_half: tuple[str, ...]
+) -> None:
     landscape = Landscape.load(path)
     best = landscape.best_feasible()
     target = landscape.target_throughput(fraction)
@@ -96,20 +106,24 @@ def bench(path: Path, samplers: list[str], seeds: int, fraction: float) -> None:
         f"  target: {fraction:.0%} of the best = {target:.1f} samples/s, met by "
         f"{len(near_best)} point(s); budget {landscape.max_accuracy_loss:.2%} accuracy loss"
     )
-    print(f"  {seeds} seeds per sampler; runs counted as `autotune search` counts them\n")
+    print(f"  {seeds} seeds per sampler; runs counted as `autotune search` counts them")
+    halves = " and ".join(native_half) or "none"
+    print(f"  start-up (TPE, GP) first tries the reference in these half precisions: {halves}\n")
 
     results: list[ReplayResult] = []
     seconds: dict[str, float] = {}
     for sampler in samplers:
         started = time.perf_counter()
         for seed in range(seeds):
-            results.append(replay(landscape, sampler, seed, target_fraction=fraction))
+            results.append(
+                replay(landscape, sampler, seed, target_fraction=fraction, native_half=native_half)
+            )
         seconds[sampler] = time.perf_counter() - started
     summary = summarise(results)
     runnable = landscape.runnable
     header = (
         f"{'sampler':<8} {'median runs':>14} {'min-max':>10} {'IQR':>12} {'p90':>5} {'mean':>6} "
-        f"{'reached':>8} {'proposals':>10} {'replay s':>9}"
+        f"{'reached':>8} {'<=' + str(SHORT_SEARCH):>5} {'proposals':>10} {'replay s':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -119,16 +133,23 @@ def bench(path: Path, samplers: list[str], seeds: int, fraction: float) -> None:
         iqr = "-" if stats["p25"] is None else f"{stats['p25']:g}-{stats['p75']:g}"
         p90 = "-" if stats["p90"] is None else f"{stats['p90']:.3g}"
         mean = "-" if stats["mean"] is None else f"{stats['mean']:.1f}"
+        short = [
+            r.runs_to_target is not None and r.runs_to_target <= SHORT_SEARCH
+            for r in results
+            if r.sampler == sampler
+        ]
         print(
             f"{sampler:<8} {_fmt(stats['median'], runnable):>14} {spread:>10} {iqr:>12} "
             f"{p90:>5} {mean:>6} "
-            f"{stats['reached']:>3}/{stats['seeds']:<4} {proposals[len(proposals) // 2]:>10} "
+            f"{stats['reached']:>3}/{stats['seeds']:<4} {sum(short) / len(short):>5.0%} "
+            f"{proposals[len(proposals) // 2]:>10} "
             f"{seconds[sampler]:>9.1f}"
         )
     print(
         f"\nruns: to {fraction:.0%} of the best feasible throughput, of {runnable} runnable "
-        "points (percent in brackets); proposals: median trials asked, repeats and "
-        "configurations that cannot run included."
+        f"points (percent in brackets); <={SHORT_SEARCH}: share of seeds there within "
+        f"{SHORT_SEARCH} runs; proposals: median trials asked, repeats and configurations that "
+        "cannot run included."
     )
 
 
@@ -139,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument(
         "--target", type=float, default=TARGET_FRACTION, help="fraction of the best to reach"
+    )
+    parser.add_argument(
+        "--native-half",
+        nargs="*",
+        choices=("bf16", "fp16"),
+        default=[],
+        help="the half precisions the recording machine computes natively: TPE's and GP's "
+        "start-up tries the reference in each first, as `autotune search` does (default: none)",
     )
     parser.add_argument("--record", type=Path, metavar="OUT", help="convert a grid study to OUT")
     parser.add_argument("--model", type=Path, help="with --record: the study's model file")
@@ -155,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.landscape is None:
             parser.error("give a landscape file, or --record OUT to make one")
         else:
-            bench(args.landscape, args.samplers, args.seeds, args.target)
+            bench(args.landscape, args.samplers, args.seeds, args.target, tuple(args.native_half))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -107,6 +107,7 @@ def replay(
     seed: int,
     max_proposals: int | None = None,
     target_fraction: float = TARGET_FRACTION,
+    native_half: tuple[str, ...] = (),
 ) -> ReplayResult:
     """Search the landscape as `autotune search --sampler NAME --seed SEED` would.
 
@@ -140,6 +141,7 @@ def replay(
             sampler_name,
             seed,
             wanted,
+            native_half,
         )
         objective = _ReplayObjective(landscape, target)
         study.optimize(
