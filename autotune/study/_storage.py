@@ -54,7 +54,8 @@ def storage_error(url: str, exc: BaseException) -> UserError:
     """The one line a user sees when the storage at ``url`` cannot be opened (or locked)."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     detail = detail.replace(url, redact(url)).rstrip(".")
-    if _DRIVER_MISSING in detail and url.startswith("postgresql"):
+    driver_missing = isinstance(exc, ImportError) or _DRIVER_MISSING in detail
+    if driver_missing and url.startswith("postgresql"):
         detail += " (install the driver: pip install 'psycopg[binary]', autotune's postgres extra)"
     return UserError(
         f"Cannot open the study storage {redact(url)}: {detail[:300]}. Check --storage "
