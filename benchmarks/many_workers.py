@@ -58,7 +58,7 @@ MODEL = textwrap.dedent(
 )
 SPACE = textwrap.dedent(
     """
-    # 96 one-process configurations, more than the runs.
+    # 96 one-process configurations, 72 of which leave 8 steps in 1024 samples: more than the runs.
     micro_batch_size: [4, 8, 16, 32, 64, 128]
     gradient_accumulation_steps: [1, 2, 4, 8]
     zero_stage: [0, 1, 2, 3]
@@ -82,7 +82,7 @@ def _search(
         (folder / "model.py").write_text(MODEL.format(sleep=args.sleep_ms / 1000))
         (folder / "space.yaml").write_text(SPACE)
         url = server.url(database) + f"?application_name=worker{number}"
-        command = [sys.executable, "-m", "autotune", "search", "model.py", "--space"]
+        command = [sys.executable, "-m", "autotune.cli", "search", "model.py", "--space"]
         command += ["space.yaml", "--study", "scaling", "--storage", url, "--confirm", "0"]
         command += ["--n-trials", str(args.runs), "--train-samples", str(args.train_samples)]
         command += ["--min-measure-seconds", "0"]
@@ -115,7 +115,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=48)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--sleep-ms", type=float, default=2.0, help="per sample, in forward")
-    parser.add_argument("--train-samples", type=int, default=512)
+    parser.add_argument("--train-samples", type=int, default=1024)
     args = parser.parse_args()
     binaries = find_binaries()
     if binaries is None:

@@ -56,7 +56,8 @@ MODEL = textwrap.dedent(
 )
 SPACE = textwrap.dedent(
     """
-    # 24 one-process configurations: more than the runs, few enough that workers collide.
+    # 24 one-process configurations (22 with a global batch that leaves 8 steps in 1024 samples):
+    # more than the runs, few enough that workers propose the same ones.
     micro_batch_size: [8, 16, 32, 64]
     gradient_accumulation_steps: [1, 2, 4]
     zero_stage: [0, 1]
@@ -79,7 +80,7 @@ def _command(url: str, n_trials: int = N_TRIALS) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "autotune",
+        "autotune.cli",
         "search",
         "model.py",
         "--space",
@@ -91,7 +92,7 @@ def _command(url: str, n_trials: int = N_TRIALS) -> list[str]:
         "--n-trials",
         str(n_trials),
         "--train-samples",
-        "512",
+        "1024",
         "--min-measure-seconds",
         "0.3",
         "--trial-timeout",
