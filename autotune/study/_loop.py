@@ -255,12 +255,15 @@ def _queue_first_trials(
     task: Task,
     print_line: PrintLine,
 ) -> None:
-    """Queue the reference unless it ran or waits already; a new study also gets its random
-    start-up (TPE and GP)."""
+    """Queue the reference unless it ran, runs (on another worker) or waits already; a new
+    study also gets its random start-up (TPE and GP). Call under the storage's lock."""
     new_study = not study.get_trials(deepcopy=False)
     if reference_trial(study) is None:
-        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        if not any(TrialRecord.of(t).is_reference for t in waiting):
+        pending = study.get_trials(
+            deepcopy=False,
+            states=(optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING),
+        )
+        if not any(TrialRecord.of(t).is_reference for t in pending):
             enqueue_reference(study, space, task.reference_settings())
     if not new_study:
         return
