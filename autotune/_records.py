@@ -38,6 +38,13 @@ ACCURACY_LOSS = "accuracy_loss"
 MEMORY_ESTIMATE_BYTES = "memory_estimate_bytes"
 MEMORY_PREDICTED_BYTES = "memory_predicted_bytes"
 STAGE_PREDICTED_SECONDS = "stage_predicted_seconds"
+WORKER = "worker"
+"""The number of the worker that proposed the trial (`STUDY_WORKERS`); absent in studies
+written before many workers could share one."""
+RUN_SLOT = "run_slot"
+"""Which of the study's --n-trials runs the trial claimed (1 for the first) before it launched;
+a RUNNING trial that holds one is a run in progress, which a proposal of the same
+configuration waits for and repeats rather than launching it again."""
 
 RATE = "rate"
 """What the study maximises, over this trial's timed window: its samples/s, or its tokens/s
@@ -103,7 +110,7 @@ MEASURED: tuple[str, ...] = (
 )
 """The measurements a successful run stores, in the order they are written."""
 
-NOT_COPIED_BY_REPEAT: tuple[str, ...] = (ROLE, SETTINGS, CONFIG_KEY)
+NOT_COPIED_BY_REPEAT: tuple[str, ...] = (ROLE, SETTINGS, CONFIG_KEY, WORKER, RUN_SLOT)
 """Keys a repeat keeps its own values of when it copies an earlier trial's record."""
 
 # --- the values of STATUS and ROLE ---------------------------------------------------------------
@@ -125,6 +132,11 @@ SEARCH = "search"
 # --- what the study's own record holds -------------------------------------------------------------
 
 STUDY_MODEL = "model"
+"""The model file's path when the study was created (what the report shows)."""
+STUDY_MODEL_SHA256 = "model_sha256"
+"""The sha256 of the model file's content: what a resume must match (every worker of a shared
+study has its own copy at its own path). Studies written before it existed have none; their
+resume compares `STUDY_MODEL`, the path, and then stores it."""
 STUDY_TRAIN_SAMPLES = "train_samples"
 STUDY_MAX_ACCURACY_LOSS = "max_accuracy_loss"
 STUDY_LR_SCALING = "lr_scaling"
@@ -135,6 +147,11 @@ written before the choice existed has none and maximised samples/s."""
 STUDY_METRIC_NAME = "metric_name"
 STUDY_EVAL_SOURCE = "eval_source"
 STUDY_MACHINE = "machine"
+"""`Machine.describe()` of the machine the study was created on; a worker on another machine
+is refused (its throughputs are not comparable)."""
+STUDY_WORKERS = "workers"
+"""The workers searching the study now: number (as a string) -> {"host", "pid", "seen"}; a
+worker's number offsets its sampler's seed (the first, 0, keeps --seed)."""
 STUDY_SPACE = "space"
 STUDY_REFERENCE_METRIC = "reference_metric"
 STUDY_REFERENCE_NOISE = "reference_noise"
@@ -145,7 +162,7 @@ STUDY_CONFIRMATION_ROUNDS = "confirmation_rounds"
 """One dict per round: trial number (as a string) -> samples/s in that round."""
 STUDY_CONFIRMATION_FAILURES = "confirmation_failures"
 STUDY_FIXED: tuple[str, ...] = (
-    STUDY_MODEL,
+    STUDY_MODEL_SHA256,
     STUDY_TRAIN_SAMPLES,
     STUDY_MAX_ACCURACY_LOSS,
     STUDY_LR_SCALING,
@@ -273,6 +290,14 @@ class TrialRecord:
     @property
     def repeat_of(self) -> int | None:
         return _int(self.attrs.get(REPEAT_OF))
+
+    @property
+    def worker(self) -> int | None:
+        return _int(self.attrs.get(WORKER))
+
+    @property
+    def run_slot(self) -> int | None:
+        return _int(self.attrs.get(RUN_SLOT))
 
     @property
     def trial_dir(self) -> str | None:

@@ -37,7 +37,8 @@ class SearchSummary:
     Attributes:
         study: The study's name.
         runs: Trials in the study that launched a run.
-        reference: The reference trial.
+        reference: The reference trial (None only for a worker that left the study to others
+            before the reference finished).
         best: The fastest feasible trial (by its speed-up, see `autotune.study`), or None.
         export_dir: Where the best configuration was exported, or None.
         report_path: The HTML report.
@@ -50,7 +51,7 @@ class SearchSummary:
 
     study: str
     runs: int
-    reference: optuna.trial.FrozenTrial
+    reference: optuna.trial.FrozenTrial | None
     best: optuna.trial.FrozenTrial | None
     export_dir: Path | None
     report_path: Path | None
@@ -87,13 +88,25 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
         UserError: Bad input (model file, space, storage, flags), caught before any trial runs,
             or a reference configuration that does not train.
     """
-    return _finish(run_study(options, print_line), options, print_line)
+    study, last = run_study(options, print_line)
+    return _finish(study, options, print_line, last)
 
 
 def _finish(
-    study: optuna.Study, options: SearchOptions, print_line: Callable[[str], None]
+    study: optuna.Study,
+    options: SearchOptions,
+    print_line: Callable[[str], None],
+    last: bool = True,
 ) -> SearchSummary:
+    """Export the best and write the report, when this worker is the study's ``last`` (the
+    others leave both to it, as they left the confirmation runs)."""
     reference = reference_trial(study)
+    if not last:
+        print_line(
+            f"other workers are still searching study '{options.study_name}': the last of them "
+            "confirms the fastest, exports the best and writes the report"
+        )
+        return SearchSummary(options.study_name, len(runs_of(study)), reference, None, None, None)
     if reference is None:
         raise UserError("The study has no finished reference run; run the search again.")
     best = best_trial(study)

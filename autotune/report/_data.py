@@ -83,12 +83,17 @@ _DETAILS: tuple[str, ...] = (
 """Record values copied as they are (None when absent)."""
 
 
+_SHOWN = tuple(s for s in optuna.trial.TrialState if s != optuna.trial.TrialState.PRUNED)
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial with its settings, status and measurements (the `trials` table)."""
+    """One row per trial with its settings, status and measurements (the `trials` table);
+    proposals that ran nothing because the study's runs were all taken (Optuna state pruned, see
+    docs/many-workers.md) are left out."""
     confirmations, rounds = stored_confirmations(study), stored_rounds(study)
     reference = reference_of(study.get_trials(deepcopy=False))
     rows = []
-    for trial in study.get_trials(deepcopy=False):
+    for trial in study.get_trials(deepcopy=False, states=_SHOWN):
         row = _trial_row(trial)
         row.update(_confirmed(trial, reference, confirmations, rounds))
         row.update(_feasibility_and_log(trial, row[STATUS]))

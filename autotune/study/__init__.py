@@ -42,6 +42,7 @@ from autotune.study._samplers import (
     enqueue_reference,
     enqueue_startup,
     make_sampler,
+    sampler_seed,
 )
 from autotune.study._storage import load_study, open_storage, redact
 
@@ -77,6 +78,7 @@ __all__ = [
     "reference_trial",
     "run_study",
     "runs_of",
+    "sampler_seed",
     "stored_confirmations",
     "stored_failures",
     "stored_rounds",

@@ -1,12 +1,19 @@
 """The search loop: check the inputs, open (or resume) the study, run the reference as trial 0,
 let the sampler propose configurations until the study holds --n-trials runs, then time the
-fastest again beside the reference (`autotune.study._confirm`)."""
+fastest again beside the reference (`autotune.study._confirm`).
+
+Many workers may run this loop on one study (`autotune.study._sharing`): what must happen once
+(the storage's schema, the study, its reference and start-up) happens under the storage's lock,
+whoever comes first, and the last worker to leave confirms the fastest."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,6 +29,7 @@ from autotune._records import (
     STUDY_MAX_ACCURACY_LOSS,
     STUDY_METRIC_NAME,
     STUDY_MODEL,
+    STUDY_MODEL_SHA256,
     STUDY_OBJECTIVE,
     STUDY_SEED,
     STUDY_SPACE,
@@ -40,18 +48,25 @@ from autotune.study._samplers import (
     enqueue_reference,
     enqueue_startup,
     make_sampler,
+    sampler_seed,
 )
+from autotune.study._sharing import StorageLock, Worker, join, leave, report_in
 from autotune.study._storage import open_storage, redact
 
 PrintLine = Callable[[str], None]
 
 
-def run_study(options: SearchOptions, print_line: PrintLine = print) -> optuna.Study:
-    """Run or resume a study and its confirmation rounds; see the module docstring.
+def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[optuna.Study, bool]:
+    """Run or resume a study, and its confirmation rounds when this worker is the last of the
+    study's to finish; see the module docstring.
+
+    Returns:
+        The study, and whether this worker was its last (and so confirmed the fastest; the
+        others leave that, the export and the report to it).
 
     Raises:
-        UserError: Bad input (model file, space, storage, flags), caught before any trial runs,
-            or a reference configuration that does not train.
+        UserError: Bad input (model file, space, storage, flags, a machine unlike the study's),
+            caught before any trial runs, or a reference configuration that does not train.
     """
     task = load_task(options.model)
     if options.objective == "tokens" and not task.token_batches:
@@ -60,27 +75,45 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> optuna.S
             "and these batches have none; use the default --objective samples."
         )
     space = load_space(options.space)
-    storage = open_storage(options.storage)
+    lock = StorageLock(options.storage)
+    with lock:  # the first worker on an empty database creates its tables (optuna#1092)
+        storage = open_storage(options.storage)
     print_line(
         f"model {task.model_file.path.name}: {task.train_size} training items, "
         f"{task.eval_size} eval items ({task.model_file.eval_source}), metric: "
         f"{task.metric_name}"
     )
     machine = _prepare_machine(task, print_line)
-    study = _open_study(options, task, machine, space, storage)
-    objective = Objective(options, task, machine, space, study, print_line)
-    _queue_first_trials(study, objective, options, space, task, print_line)
-    with contextlib.ExitStack() as stack:
-        if options.warm_workers:
-            objective.workers = stack.enter_context(
-                WarmWorkers(options.trials_dir / options.study_name / "workers")
-            )
-        _search(study, objective, options, print_line)
-        # Stored confirmation runs count: a finished study confirmed before runs nothing here.
-        confirm(
-            study, objective.remeasure, options.confirm, CONFIRM_ROUNDS, options.seed, print_line
-        )
-    return study
+    with lock:
+        study, worker = _open_study(options, task, machine, space, storage)
+    left = False
+    try:
+        objective = Objective(options, task, machine, space, study, print_line, worker)
+        with lock:
+            _queue_first_trials(study, objective, options, space, task, print_line)
+        with contextlib.ExitStack() as stack:
+            if options.warm_workers:
+                folder = options.trials_dir / options.study_name / "workers" / worker.folder_name
+                objective.workers = stack.enter_context(WarmWorkers(folder))
+            _search(study, objective, options, print_line)
+            with lock:
+                last, left = leave(study, worker), True
+            if last:
+                # Stored confirmation runs count: a study confirmed before runs nothing here.
+                confirm(
+                    study,
+                    objective.remeasure,
+                    options.confirm,
+                    CONFIRM_ROUNDS,
+                    options.seed,
+                    print_line,
+                )
+    finally:
+        if not left:
+            # On the way out of an error: another one here must not hide it.
+            with contextlib.suppress(Exception), lock:
+                leave(study, worker)
+    return study, last
 
 
 def _prepare_machine(task: Task, print_line: PrintLine) -> Machine:
@@ -99,9 +132,10 @@ def _open_study(
     machine: Machine,
     space: SearchSpace,
     storage: optuna.storages.BaseStorage,
-) -> optuna.Study:
-    """The study, created or resumed (after checking it is the same experiment), with the
-    trials of a dead process failed."""
+) -> tuple[optuna.Study, Worker]:
+    """The study, created or resumed (after checking it is the same experiment on the same kind
+    of machine), with the trials of a dead process failed, and this worker registered in it
+    with its own sampler seed. Call under the storage's lock."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines report each trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(
@@ -112,37 +146,105 @@ def _open_study(
         load_if_exists=True,
     )
     _check_resume(study, options, task)
-    study.set_user_attr(STUDY_MACHINE, machine.describe())
+    _check_machine(study, options, machine)
     study.set_user_attr(STUDY_SPACE, space.describe())
     optuna.storages.fail_stale_trials(study)
-    return study
+    worker = join(study)
+    if worker.number:
+        seed = sampler_seed(options.seed, worker.number)
+        study.sampler = make_sampler(options.sampler, seed, space.grid())
+    return study, worker
+
+
+def model_sha256(path: Path) -> str:
+    """The sha256 of a model file's content, which ties a study to it (`STUDY_MODEL_SHA256`)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> None:
-    """Record what a new study is run with, or refuse to resume one run with other settings."""
+    """Record what a new study is run with, or refuse to resume one run with other settings or
+    another model file's content (the path may differ: every worker has its own copy)."""
+    path = str(task.model_file.path)
     wanted: dict[str, Any] = {
-        STUDY_MODEL: str(task.model_file.path),
+        STUDY_MODEL_SHA256: model_sha256(task.model_file.path),
         STUDY_TRAIN_SAMPLES: options.train_samples,
         STUDY_MAX_ACCURACY_LOSS: options.max_accuracy_loss,
         STUDY_LR_SCALING: options.lr_scaling,
         STUDY_SEED: options.seed,
         STUDY_OBJECTIVE: options.objective,
     }
-    stored = study.user_attrs
+    stored = dict(study.user_attrs)
     if not stored.get(STUDY_MODEL):
+        study.set_user_attr(STUDY_MODEL, path)
         for name, value in wanted.items():
             study.set_user_attr(name, value)
         study.set_user_attr(STUDY_METRIC_NAME, task.metric_name)
         study.set_user_attr(STUDY_EVAL_SOURCE, task.model_file.eval_source)
         return
+    problem = resume_problem(options.study_name, stored, wanted, path)
+    if problem:
+        raise UserError(problem)
+    if STUDY_MODEL_SHA256 not in stored:  # written before studies kept the content's hash
+        study.set_user_attr(STUDY_MODEL_SHA256, wanted[STUDY_MODEL_SHA256])
+
+
+def resume_problem(
+    study_name: str, stored: dict[str, Any], wanted: dict[str, Any], model_path: str
+) -> str | None:
+    """Why a study with attributes ``stored`` cannot be resumed with the settings ``wanted``
+    (keyed by `STUDY_FIXED`) and the model file at ``model_path``, or None. A study written
+    before it kept the model file's hash is tied to its path instead."""
+    if STUDY_MODEL_SHA256 not in stored and stored.get(STUDY_MODEL) != model_path:
+        return (
+            f"Study '{study_name}' was run with model file {stored.get(STUDY_MODEL)}, not "
+            f"{model_path}; its trials are only comparable under the same setting. Use the "
+            "same model file to resume, or a new --study name."
+        )
     for name in STUDY_FIXED:
-        if stored.get(name, STUDY_FIXED_DEFAULTS.get(name)) != wanted[name]:
-            flag = "model file" if name == STUDY_MODEL else "--" + name.replace("_", "-")
-            raise UserError(
-                f"Study '{options.study_name}' was run with {flag} {stored.get(name)}, not "
-                f"{wanted[name]}; its trials are only comparable under the same setting. Use "
-                f"the same {flag} to resume, or a new --study name."
+        have = stored.get(name, STUDY_FIXED_DEFAULTS.get(name))
+        if name not in stored and name == STUDY_MODEL_SHA256:
+            continue
+        if have == wanted[name]:
+            continue
+        if name == STUDY_MODEL_SHA256:
+            return (
+                f"Study '{study_name}' was run with a model file whose content differs from "
+                f"{model_path} (sha256 {str(have)[:12]}, this file {wanted[name][:12]}); its "
+                "trials are only comparable with the same model. Use a copy of the study's "
+                "model file, or a new --study name."
             )
+        flag = "--" + name.replace("_", "-")
+        return (
+            f"Study '{study_name}' was run with {flag} {stored.get(name)}, not {wanted[name]}; "
+            f"its trials are only comparable under the same setting. Use the same {flag} to "
+            "resume, or a new --study name."
+        )
+    return None
+
+
+_CPU_CORES = re.compile(r", \d+ cpu cores$")
+
+
+def _check_machine(study: optuna.Study, options: SearchOptions, machine: Machine) -> None:
+    """Record the machine a new study runs on; refuse a worker on another kind of machine."""
+    stored = study.user_attrs.get(STUDY_MACHINE)
+    mine = machine.describe()
+    if stored is None:
+        study.set_user_attr(STUDY_MACHINE, mine)
+    elif not same_machine(str(stored), mine):
+        raise UserError(
+            f"Study '{options.study_name}' runs on {stored}, and this machine is {mine}; "
+            "throughputs from different machines are not comparable. Run this worker on a "
+            "machine like the study's, or use a new --study name."
+        )
+
+
+def same_machine(stored: str, mine: str) -> bool:
+    """Whether two `Machine.describe()` texts name the same kind of machine: CPU model and
+    cores on CPU; accelerator model and count with an accelerator (host cores aside)."""
+    if stored.startswith("cpu") or mine.startswith("cpu"):
+        return stored == mine
+    return _CPU_CORES.sub("", stored) == _CPU_CORES.sub("", mine)
 
 
 def _queue_first_trials(
@@ -153,12 +255,16 @@ def _queue_first_trials(
     task: Task,
     print_line: PrintLine,
 ) -> None:
-    """Queue the reference unless it ran or waits already; a new study also gets its start-up
-    (TPE and GP; `enqueue_startup`)."""
+    """Queue the reference unless it ran, runs (on another worker) or waits already; a new
+    study also gets its start-up (TPE and GP; `enqueue_startup`). Call under the storage's
+    lock."""
     new_study = not study.get_trials(deepcopy=False)
     if reference_trial(study) is None:
-        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        if not any(TrialRecord.of(t).is_reference for t in waiting):
+        pending = study.get_trials(
+            deepcopy=False,
+            states=(optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING),
+        )
+        if not any(TrialRecord.of(t).is_reference for t in pending):
             enqueue_reference(study, space, task.reference_settings())
     if not new_study:
         return
@@ -206,6 +312,8 @@ def _search(
     )
 
     def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        with objective.lock:
+            report_in(study, objective.worker)
         if len(runs_of(study)) >= options.n_trials:
             study.stop()
 

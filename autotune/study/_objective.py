@@ -3,8 +3,10 @@
 A proposal passes through gates in order, and the first that stops it decides what is stored:
 a configuration tried before reuses its stored result (a repeat); one that cannot run on this
 machine, is predicted not to fit in memory, or whose profile partition fails is skipped without
-a run (infeasible); the rest runs (`autotune.runner.run_trial`) and is scored against the
-reference, or recorded as failed.
+a run (infeasible); the rest claims one of the study's runs, under the storage lock that the
+workers of a shared study take (`autotune.study._sharing`), or waits for another worker's run of
+the same configuration and repeats it; then it runs (`autotune.runner.run_trial`) and is scored
+against the reference, or recorded as failed.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from autotune._records import (
     REPEAT,
     REPEAT_OF,
     ROLE,
+    RUN_SLOT,
     SEED_METRICS,
     SETTINGS,
     STAGE_PREDICTED_SECONDS,
@@ -65,6 +68,7 @@ from autotune._records import (
     TOKENS_PER_SECOND,
     TRIAL_DIR,
     WALL_SECONDS,
+    WORKER,
     TrialRecord,
 )
 from autotune._score import (
@@ -85,9 +89,11 @@ from autotune.pipeline import (
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
 from autotune.study._options import ADAPTIVE, SearchOptions
 from autotune.study._ranking import runs_of
+from autotune.study._sharing import StorageLock, Worker, report_in, slots_taken, twin_of
 
 _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 _RESULT_INDENT = " " * 10
+_POLL_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +123,8 @@ class Objective:
 
     Attributes:
         workers: The warm process groups trials run in, or None to launch each afresh.
+        lock: The storage's lock, taken to claim a run.
+        worker: This worker of the study.
     """
 
     def __init__(
@@ -127,9 +135,11 @@ class Objective:
         space: SearchSpace,
         study: optuna.Study,
         print_line: Callable[[str], None],
+        worker: Worker,
     ) -> None:
         self.options, self.task, self.machine, self.space = options, task, machine, space
         self.study, self.print_line = study, print_line
+        self.lock, self.worker = StorageLock(options.storage), worker
         self.reference_settings = task.reference_settings()
         self.trial_root = options.trials_dir / options.study_name
         self.profiles = ProfileCache(options.trials_dir / "profiles", machine)
@@ -151,7 +161,10 @@ class Objective:
             stages = self._stages(proposal)
         except PartitionError as exc:
             return self._infeasible(proposal, f"profile partition: {exc}")
-        result = self._run(proposal, stages)
+        claimed = self._claim(proposal)
+        if isinstance(claimed, optuna.trial.FrozenTrial):
+            return self._copy(proposal, claimed)
+        result = self._run(proposal, stages, claimed)
         if not result.ok:
             return self._failed(proposal, result)
         return self._scored(proposal, result)
@@ -201,6 +214,7 @@ class Objective:
             settings = suggest(trial, self.space, self.reference_settings)
         config = self._config_of(settings)
         trial.set_user_attr(ROLE, role)
+        trial.set_user_attr(WORKER, self.worker.number)
         trial.set_user_attr(CONFIG_KEY, config.key())
         trial.set_user_attr(SETTINGS, config.settings())
         trial.set_user_attr(GLOBAL_BATCH_SIZE, config.global_batch_size)
@@ -290,15 +304,53 @@ class Objective:
             )
         return self.profiles.profile(self.task.model_file, config)
 
-    def _run(self, proposal: _Proposal, stages: _Stages) -> RunResult:
-        """Launch the trial's run (throughput only where an earlier trial measured the metric
-        of the same numerics) and record what it launched."""
+    def _claim(self, proposal: _Proposal) -> optuna.trial.FrozenTrial | int:
+        """The trial this proposal repeats, or the number of the study's run it claimed.
+
+        Under the storage lock: an earlier trial of the same configuration that finished is
+        repeated; one that another worker runs now is waited for, then repeated (or, if it
+        failed, the proposal tries again); otherwise the proposal takes the next of the
+        study's --n-trials runs, if one is left. While all are handed out, it waits for one to
+        finish or fail.
+
+        Raises:
+            optuna.TrialPruned: The study holds its runs: this worker stops.
+        """
+        key = None if proposal.is_reference else proposal.config.key()
+        waited_for = None
+        while True:
+            with self.lock:
+                trials = self.study.get_trials(deepcopy=False)
+                twin = None if key is None else twin_of(trials, key, proposal.trial.number)
+                taken = slots_taken(trials)
+                if twin is None and taken < self.options.n_trials:
+                    proposal.trial.set_user_attr(RUN_SLOT, taken + 1)
+                    report_in(self.study, self.worker)
+                    return taken + 1
+            if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE:
+                return twin
+            if twin is None and len(runs_of(self.study)) >= self.options.n_trials:
+                reason = f"the study holds its {self.options.n_trials} runs"
+                proposal.trial.set_user_attr(REASON, reason)
+                self.print_line(f"{proposal.label} not run: {reason}")
+                self.study.stop()
+                raise optuna.TrialPruned("the study holds its runs")
+            if twin is not None and twin.number != waited_for:
+                waited_for = twin.number
+                self.print_line(
+                    f"{proposal.label} waiting for trial {twin.number}, the same configuration "
+                    "running on another worker"
+                )
+            time.sleep(_POLL_SECONDS)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def _run(self, proposal: _Proposal, stages: _Stages, run: int) -> RunResult:
+        """Launch the trial's run (run number ``run`` of the study's; throughput only where an
+        earlier trial measured the metric of the same numerics) and record what it
+        launched."""
         trial, config = proposal.trial, proposal.config
         reused = None if proposal.is_reference else self._same_numerics(config)
-        done_runs = len(runs_of(self.study))
-        self.print_line(
-            f"{proposal.label} running (run {done_runs + 1} of {self.options.n_trials})"
-        )
+        self.print_line(f"{proposal.label} running (run {run} of {self.options.n_trials})")
         directory = self.trial_root / f"trial_{trial.number:04d}"
         seeds = [self.options.seed]
         if proposal.is_reference:

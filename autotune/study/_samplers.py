@@ -55,16 +55,30 @@ def make_sampler(
     name: str, seed: int, space_grid: dict[str, list[Any]]
 ) -> optuna.samplers.BaseSampler:
     """The Optuna sampler `autotune search --sampler NAME --seed SEED` uses (one of
-    `SAMPLERS`); ``space_grid`` is the space's grid (`SearchSpace.grid()`), for grid search."""
+    `SAMPLERS`); ``space_grid`` is the space's grid (`SearchSpace.grid()`), for grid search.
+    Each worker of a shared study passes its own seed (`sampler_seed`)."""
     if name == "tpe":
+        # The constant liar makes workers of a shared study propose away from each other's
+        # running trials (Optuna 5.0's default; stated so that no default change loses it).
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP_RUNS
+            seed=seed,
+            multivariate=True,
+            group=True,
+            n_startup_trials=STARTUP_RUNS,
+            constant_liar=True,
         )
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_RUNS)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return _GridSampler(space_grid, seed=seed)
+
+
+def sampler_seed(seed: int, worker: int) -> int:
+    """The seed of worker number ``worker``'s sampler: --seed for the first (so a search on one
+    machine draws as it always did), then one more per worker, so that workers started at the
+    same moment do not propose the same configurations."""
+    return seed + worker
 
 
 def enqueue_reference(study: optuna.Study, space: SearchSpace, reference: dict[str, Any]) -> None:

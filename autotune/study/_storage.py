@@ -14,6 +14,7 @@ from autotune._errors import UserError
 _HEARTBEAT_SECONDS = 10
 _GRACE_SECONDS = 60
 _SQLITE = "sqlite:///"
+_DRIVER_MISSING = "Failed to import DB access module"
 
 
 def redact(url: str) -> str:
@@ -46,12 +47,20 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             grace_period=_GRACE_SECONDS,
         )
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        detail = detail.replace(url, redact(url)).rstrip(".")
-        raise UserError(
-            f"Cannot open the study storage {redact(url)}: {detail[:300]}. Check --storage "
-            "(e.g. sqlite:///trials/autotune.db or postgresql://user:pass@host/db)."
-        ) from None
+        raise storage_error(url, exc) from None
+
+
+def storage_error(url: str, exc: BaseException) -> UserError:
+    """The one line a user sees when the storage at ``url`` cannot be opened (or locked)."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = detail.replace(url, redact(url)).rstrip(".")
+    driver_missing = isinstance(exc, ImportError) or _DRIVER_MISSING in detail
+    if driver_missing and url.startswith("postgresql"):
+        detail += " (install the driver: pip install 'psycopg[binary]', autotune's postgres extra)"
+    return UserError(
+        f"Cannot open the study storage {redact(url)}: {detail[:300]}. Check --storage "
+        "(e.g. sqlite:///trials/autotune.db or postgresql://user:pass@host/db)."
+    )
 
 
 def _make_sqlite_folder(url: str) -> None:

@@ -1,0 +1,95 @@
+"""A proposal is claimed before it launches (autotune.study._objective with _sharing): the real
+objective on a real SQLite study, with another worker's trial of the same configuration
+running; nothing is launched, so it runs in seconds."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune._plan import Machine, TrialConfig
+from autotune._records import CONFIG_KEY, REPEAT, REPEAT_OF, RUN_SLOT, STATUS, THROUGHPUT
+from autotune._space import load_space, sampled_params
+from autotune._task import load_task
+from autotune.study import SearchOptions, open_storage
+from autotune.study._objective import Objective
+from autotune.study._sharing import Worker
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    # The trials are asked and told by hand here, as two workers would.
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
+]
+MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    BATCH_SIZE = 32
+
+    def model():
+        return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def train_data():
+        x = torch.randn(1200, 16, generator=torch.Generator().manual_seed(1))
+        return TensorDataset(x, x[:, :4].argmax(1))
+    """
+)
+
+
+def test_a_proposal_running_on_another_worker_is_waited_for_and_repeated(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    model = write_model(MODEL, "tiny.py")
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("micro_batch_size: [16, 32]\n")
+    options = SearchOptions(
+        model=model,
+        space=space_file,
+        storage=f"sqlite:///{tmp_path}/study.db",
+        trials_dir=tmp_path / "trials",
+        n_trials=4,
+    )
+    task, space = load_task(model), load_space(space_file)
+    study = optuna.create_study(
+        study_name="s", storage=open_storage(options.storage), direction="maximize"
+    )
+    settings = {**task.reference_settings(), "micro_batch_size": 16}
+    key = TrialConfig.from_settings(
+        settings, task.model_file.optimizer, task.model_file.batch_size, options.lr_scaling
+    ).key()
+    for _ in range(2):
+        study.enqueue_trial(sampled_params(space, settings))
+    elsewhere = study.ask()  # worker 1's run of the configuration, claimed and running
+    elsewhere.set_user_attr(CONFIG_KEY, key)
+    elsewhere.set_user_attr(RUN_SLOT, 1)
+
+    def finish_elsewhere() -> None:
+        time.sleep(1.5)
+        elsewhere.set_user_attr(STATUS, "ok")
+        elsewhere.set_user_attr(THROUGHPUT, 123.0)
+        study.tell(elsewhere, 123.0)
+
+    lines: list[str] = []
+    machine = Machine("cpu", 2, 2, fp16=False, bf16=True)
+    objective = Objective(options, task, machine, space, study, lines.append, Worker.here(0))
+    finisher = threading.Thread(target=finish_elsewhere)
+    finisher.start()
+    value = objective(study.ask())
+    finisher.join()
+    assert value == 123.0
+    mine = study.get_trials()[1]
+    assert (mine.user_attrs[STATUS], mine.user_attrs[REPEAT_OF]) == (REPEAT, 0)
+    assert RUN_SLOT not in mine.user_attrs  # a repeat claims no run
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "waiting for trial 0, the same configuration running on another worker",
+        "repeat of trial 0: stored result reused",
+    ]
+    assert not (tmp_path / "trials" / "s").exists()  # nothing was launched
