@@ -38,6 +38,11 @@ ACCURACY_LOSS = "accuracy_loss"
 MEMORY_ESTIMATE_BYTES = "memory_estimate_bytes"
 MEMORY_PREDICTED_BYTES = "memory_predicted_bytes"
 STAGE_PREDICTED_SECONDS = "stage_predicted_seconds"
+OWNER = "owner"
+"""The process running the trial (host, boot, pid namespace, pid, start time: see
+`autotune.runner.Owner`), so a resumed search can tell a trial left RUNNING by a dead process."""
+RETRY_OF = "retry_of"
+"""On a retry: the number of the trial whose run was cut short (killed or interrupted)."""
 
 RATE = "rate"
 """What the study maximises, over this trial's timed window: its samples/s, or its tokens/s
@@ -103,7 +108,7 @@ MEASURED: tuple[str, ...] = (
 )
 """The measurements a successful run stores, in the order they are written."""
 
-NOT_COPIED_BY_REPEAT: tuple[str, ...] = (ROLE, SETTINGS, CONFIG_KEY)
+NOT_COPIED_BY_REPEAT: tuple[str, ...] = (ROLE, SETTINGS, CONFIG_KEY, OWNER, RETRY_OF)
 """Keys a repeat keeps its own values of when it copies an earlier trial's record."""
 
 # --- the values of STATUS and ROLE ---------------------------------------------------------------
