@@ -231,7 +231,7 @@ def watch_owner(on_gone: Callable[[], None] = _end_group) -> threading.Thread | 
         return None
 
     def watch() -> None:
-        while owner.is_alive() is not False:
+        while process_start(owner.pid) == owner.start:  # the owner is here (checked above)
             time.sleep(WATCH_SECONDS)
         on_gone()
 
