@@ -1,4 +1,4 @@
-"""A search stopped from outside in the middle of a 2-rank trial (SIGKILL, SIGTERM): no rank
+"""A search stopped in the middle of a 2-rank trial (SIGKILL, SIGTERM, Ctrl-C): no rank
 outlives it, none of its DeepSpeed /dev/shm segments stays, and the same command run again runs
 the cut-short configuration once more and ends with the runs asked for. And a warm group asleep
 on a build lock dies with its owner. Real `autotune search` processes and real DeepSpeed ranks
@@ -175,8 +175,8 @@ def _stop_mid_trial(folder: Path, how: signal.Signals, *extra: str) -> set[int]:
     output = (folder / "first.log").read_text()
     assert _alive_in(folder) == [], output[-3000:]
     assert _segments(ports) == []
-    if how == signal.SIGTERM:
-        assert search.returncode == 128 + signal.SIGTERM
+    if how != signal.SIGKILL:
+        assert search.returncode == 128 + how
         assert "interrupted; run the same command again to resume" in output
     (folder / "hold").unlink()
     return ports
@@ -218,11 +218,19 @@ def test_a_search_killed_mid_trial_leaves_nothing_and_resumes(tmp_path: Path) ->
     assert f"trial {cut.number}: its process" in output and "queued again" in output
 
 
-def test_a_search_terminated_mid_trial_leaves_nothing_and_resumes(tmp_path: Path) -> None:
-    """SIGTERM, fresh launches: the search kills its group, queues the trial's retry and says
-    how to resume."""
-    ports = _stop_mid_trial(tmp_path, signal.SIGTERM, "--fresh-launches")
-    study, output = _resume(tmp_path, ports, "--fresh-launches")
+@pytest.mark.parametrize(
+    ("how", "launch"),
+    [(signal.SIGTERM, ("--fresh-launches",)), (signal.SIGINT, ())],
+    ids=["SIGTERM, fresh launches", "Ctrl-C, warm group"],
+)
+def test_a_search_interrupted_mid_trial_leaves_nothing_and_resumes(
+    tmp_path: Path, how: signal.Signals, launch: tuple[str, ...]
+) -> None:
+    """SIGTERM or Ctrl-C (SIGINT to the search alone, as a terminal's reaches only its own
+    process group): the search kills its group at once, queues the trial's retry and says how
+    to resume."""
+    ports = _stop_mid_trial(tmp_path, how, *launch)
+    study, output = _resume(tmp_path, ports, *launch)
     _check_retried_once(study, output)
 
 
