@@ -45,6 +45,11 @@ RUN_SLOT = "run_slot"
 """Which of the study's --n-trials runs the trial claimed (1 for the first) before it launched;
 a RUNNING trial that holds one is a run in progress, which a proposal of the same
 configuration waits for and repeats rather than launching it again."""
+OWNER = "owner"
+"""The process running the trial (host, boot, pid namespace, pid, start time: see
+`autotune.runner.Owner`), so a resumed search can tell a trial left RUNNING by a dead process."""
+RETRY_OF = "retry_of"
+"""On a retry: the number of the trial whose run was cut short (killed or interrupted)."""
 
 RATE = "rate"
 """What the study maximises, over this trial's timed window: its samples/s, or its tokens/s
@@ -110,7 +115,15 @@ MEASURED: tuple[str, ...] = (
 )
 """The measurements a successful run stores, in the order they are written."""
 
-NOT_COPIED_BY_REPEAT: tuple[str, ...] = (ROLE, SETTINGS, CONFIG_KEY, WORKER, RUN_SLOT)
+NOT_COPIED_BY_REPEAT: tuple[str, ...] = (
+    ROLE,
+    SETTINGS,
+    CONFIG_KEY,
+    WORKER,
+    RUN_SLOT,
+    OWNER,
+    RETRY_OF,
+)
 """Keys a repeat keeps its own values of when it copies an earlier trial's record."""
 
 # --- the values of STATUS and ROLE ---------------------------------------------------------------

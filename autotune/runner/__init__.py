@@ -1,6 +1,7 @@
 """The runner: launches a trial's DeepSpeed ranks (fresh, or in a warm group that stays up
 between trials), the harness that trains and measures inside them, the build of DeepSpeed's
-ops before anything is timed, and the profiling runs."""
+ops before anything is timed, the profiling runs, and what keeps launched ranks and their
+shared memory from outliving the search (``_owner``)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,18 @@ from autotune.runner._ops import (
     ops_environment,
     prepare_deepspeed_ops,
 )
+from autotune.runner._owner import Owner, remove_orphaned_buffers, remove_shm_buffers
 from autotune.runner._profiling import ProfileCache, measure_layers, measure_link
 from autotune.runner._protocol import AdaptiveStop, TrialPlan
 from autotune.runner._timing import step_time_is_stable
-from autotune.runner._workers import WarmWorkers, launch_command, remove_shm_buffers
+from autotune.runner._workers import WarmWorkers, launch_command
 
 __all__ = [
     "STALE_LOCK_SECONDS",
     "AdaptiveStop",
     "Batches",
     "CastingBatches",
+    "Owner",
     "ProfileCache",
     "RunResult",
     "TrialPlan",
@@ -50,6 +53,7 @@ __all__ = [
     "measure_link",
     "ops_environment",
     "prepare_deepspeed_ops",
+    "remove_orphaned_buffers",
     "remove_shm_buffers",
     "run_trial",
     "step_time_is_stable",

@@ -6,7 +6,9 @@ rank 0 waits for a ``*.request`` file naming a plan and broadcasts it; every ran
 and goes back to waiting). For each plan it trains every seed (``train_and_measure``: engine,
 loader, timed loop, eval, memory) and rank 0 writes ``result.json`` beside the plan. A rank that
 fails writes ``failure.rank<R>.json`` with a one-line reason and exits, which ends its group.
-It talks to the orchestrator only through these files (``autotune.runner._protocol``).
+It talks to the orchestrator only through these files (``autotune.runner._protocol``), and
+watches it: a rank whose search is gone frees its group's shared memory and kills its group
+(``autotune.runner._owner.watch_owner``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if __package__ in (None, ""):  # run by path: the package this file belongs to i
 import torch  # noqa: E402
 
 from autotune._records import METRIC, SEED_METRICS, THROUGHPUT  # noqa: E402
+from autotune.runner._owner import watch_owner  # noqa: E402
 from autotune.runner._protocol import (  # noqa: E402
     LOG_FILE,
     RESULT_FILE,
@@ -90,35 +93,26 @@ def _write_output_to(log: Path) -> None:
     os.close(fd)
 
 
-def _next_request(inbox: Path, owner: int) -> str:
-    """Rank 0: wait for the orchestrator's next request (a plan path, or STOP).
-
-    Gives up (STOP) when the orchestrator process is gone, so no group outlives its search.
-    """
-    last_check = time.monotonic()
+def _next_request(inbox: Path) -> str:
+    """Rank 0: wait for the orchestrator's next request (a plan path, or STOP). Should the
+    orchestrator die meanwhile, ``watch_owner`` ends the group."""
     while True:
         requests = sorted(inbox.glob("*.request"))
         if requests:
             text = requests[0].read_text().strip()
             requests[0].unlink()
             return text
-        if time.monotonic() - last_check > 1.0:
-            last_check = time.monotonic()
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                return STOP
         time.sleep(0.002)
 
 
-def serve(inbox: Path, owner: int, rank: int) -> int:
+def serve(inbox: Path, rank: int) -> int:
     """A warm group: run plan after plan in this process group until told to stop."""
     import deepspeed
     import torch.distributed as dist
 
     deepspeed.init_distributed()
     while True:
-        box = [_next_request(inbox, owner) if rank == 0 else None]
+        box = [_next_request(inbox) if rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         request = str(box[0])
         if request == STOP:
@@ -139,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--plan", type=Path, help="run this one plan and exit")
     mode.add_argument("--serve", type=Path, help="a warm group: run plans requested in this folder")
-    parser.add_argument("--owner", type=int, default=0, help="the orchestrator's process id")
     parser.add_argument("--local_rank", type=int, default=0)  # passed by DeepSpeed's launcher
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", args.local_rank))
+    # Before anything can block (a build lock, a collective): no rank outlives its search.
+    watch_owner()
     if args.serve is not None:
-        return serve(args.serve, args.owner or os.getppid(), rank)
+        return serve(args.serve, rank)
     return _run_and_report(args.plan, rank)
 
 

@@ -24,13 +24,7 @@ from autotune.runner._protocol import (
     AdaptiveStop,
     TrialPlan,
 )
-from autotune.runner._workers import (
-    Outcome,
-    WarmWorkers,
-    kill_group,
-    launch_command,
-    remove_shm_buffers,
-)
+from autotune.runner._workers import Outcome, WarmWorkers, end_group, launch_group
 
 LOG_TAIL_LINES = 5
 
@@ -192,24 +186,13 @@ def _launch_fresh(
     plan_path: Path, processes: int, env: dict[str, str], log: Path, timeout: float
 ) -> Outcome:
     """One launch of DeepSpeed's launcher for this plan alone, in its own process group."""
-    port = free_port()
-    command = launch_command(processes, port, ["--plan", str(plan_path)])
     with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
+        group = launch_group(processes, free_port(), ["--plan", str(plan_path)], log_file, env)
         try:
-            return Outcome(process.wait(timeout=timeout))
+            return Outcome(group.process.wait(timeout=timeout))
         except subprocess.TimeoutExpired:
-            kill_group(process)
             return Outcome(-signal.SIGKILL, timed_out=True)
-        except BaseException:  # Ctrl-C: leave no rank behind
-            kill_group(process)
-            raise
         finally:
-            # Ranks or DataLoader workers may outlive the launcher; the group goes with it.
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            remove_shm_buffers(port)
+            # Ctrl-C and SIGTERM too: leave no rank behind. Ranks or DataLoader workers may
+            # outlive the launcher; the group goes with it.
+            end_group(group)

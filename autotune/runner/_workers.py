@@ -19,30 +19,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
+from autotune.runner._owner import (
+    group_environment,
+    guarded_command,
+    register_group,
+    remove_shm_buffers,
+    unregister_group,
+)
 from autotune.runner._protocol import FAILURE_GLOB, RESULT_FILE, STOP
 
 POLL_SECONDS = 0.005
-SHM_DIR = Path("/dev/shm")
 HARNESS = Path(__file__).resolve().with_name("_harness.py")
 """The harness script, run by path in every rank (it imports nothing of the orchestrator's)."""
-
-
-def remove_shm_buffers(port: int) -> int:
-    """Delete the shared-memory buffers of a finished process group on ``port``.
-
-    DeepSpeed's CPU communication op creates one ``deepspeed_allreduce_buffer_<uid>_<addr>_
-    <port>_<rank>`` segment per rank (66 MB each) and never unlinks it; /dev/shm is memory, so
-    every launch would keep that much RAM until reboot. Returns how many were removed.
-    """
-    removed = 0
-    for segment in SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
-        try:
-            segment.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -73,6 +63,46 @@ def launch_command(processes: int, port: int, harness_args: list[str]) -> list[s
 
 
 @dataclasses.dataclass(frozen=True)
+class LaunchedGroup:
+    """A launched process group: DeepSpeed's launcher (the group's leader) and its ranks.
+
+    Attributes:
+        process: The launcher.
+        port: Its master port, which names its ranks' shared-memory segments.
+        record: Its entry in the per-user record of launched groups (see ``_owner``).
+    """
+
+    process: subprocess.Popen[bytes]
+    port: int
+    record: Path | None
+
+
+def launch_group(
+    processes: int, port: int, harness_args: list[str], log_file: IO[bytes], env: dict[str, str]
+) -> LaunchedGroup:
+    """Start the harness on ``processes`` ranks in a new session, tied to this process: the
+    launcher dies with it (``PR_SET_PDEATHSIG``) and the ranks watch it (``watch_owner``), so
+    no rank outlives a search killed without a chance to clean up."""
+    record = register_group(port)
+    command = guarded_command(launch_command(processes, port, harness_args))
+    process = subprocess.Popen(
+        command,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**env, **group_environment()},
+    )
+    return LaunchedGroup(process, port, record)
+
+
+def end_group(group: LaunchedGroup) -> None:
+    """Kill the group, whatever is left of it, and free its shared memory."""
+    kill_group(group.process)
+    remove_shm_buffers(group.port)
+    unregister_group(group.record)
+
+
+@dataclasses.dataclass(frozen=True)
 class Outcome:
     """How a run ended: ``returncode`` 0 with a result on disk, non-zero, or ``timed_out``."""
 
@@ -84,10 +114,13 @@ class Outcome:
 @dataclasses.dataclass
 class _Group:
     processes: int
-    process: subprocess.Popen[bytes]
+    launched: LaunchedGroup
     inbox: Path
     log: Path
-    port: int
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.launched.process
 
 
 class WarmWorkers:
@@ -107,36 +140,29 @@ class WarmWorkers:
         inbox = self.directory / f"group_{self.launches:03d}"
         inbox.mkdir(parents=True, exist_ok=True)
         log = inbox / "launcher.log"
-        command = launch_command(
-            processes, port, ["--serve", str(inbox), "--owner", str(os.getpid())]
-        )
         with log.open("wb") as log_file:
-            process = subprocess.Popen(
-                command,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
-        return _Group(processes, process, inbox, log, port)
+            launched = launch_group(processes, port, ["--serve", str(inbox)], log_file, env)
+        return _Group(processes, launched, inbox, log)
 
-    def close(self) -> None:
-        """End the warm group, if any: ask it to stop, then kill what is left."""
+    def close(self, wait: bool = True) -> None:
+        """End the warm group, if any: ask it to stop (with ``wait``, when it is idle), then
+        kill what is left, whatever interrupts the wait."""
         group, self.group = self.group, None
         if group is None:
             return
-        if group.process.poll() is None:
-            # Written aside and renamed, as every request: a rank that globbed the file while
-            # it was still empty took "" for a plan path and ran the plan "." (the cwd).
-            tmp = group.inbox / "zz-stop.tmp"
-            tmp.write_text(STOP)
-            tmp.replace(group.inbox / "zz-stop.request")
-            try:
-                group.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        kill_group(group.process)
-        remove_shm_buffers(group.port)
+        try:
+            if wait and group.process.poll() is None:
+                # Written aside and renamed, as every request: a rank that globbed the file
+                # while it was still empty took "" for a plan path and ran the plan "." (cwd).
+                tmp = group.inbox / "zz-stop.tmp"
+                tmp.write_text(STOP)
+                tmp.replace(group.inbox / "zz-stop.request")
+                try:
+                    group.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            end_group(group.launched)
 
     def run(
         self, plan_path: Path, processes: int, port: int, timeout: float, env: dict[str, str]
@@ -172,12 +198,12 @@ class WarmWorkers:
                     self.close()
                     return Outcome(-signal.SIGKILL, timed_out=True, launched=fresh)
                 time.sleep(POLL_SECONDS)
-        except BaseException:  # Ctrl-C: leave no rank behind
-            self.close()
+        except BaseException:  # Ctrl-C, SIGTERM: kill the busy group at once
+            self.close(wait=False)
             raise
 
     def __enter__(self) -> WarmWorkers:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(wait=exc_type is None)

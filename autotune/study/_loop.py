@@ -38,11 +38,12 @@ from autotune._records import (
 )
 from autotune._space import SearchSpace, load_space
 from autotune._task import Task, load_task
-from autotune.runner import WarmWorkers, prepare_deepspeed_ops
+from autotune.runner import WarmWorkers, prepare_deepspeed_ops, remove_orphaned_buffers
 from autotune.study._confirm import CONFIRM_ROUNDS, confirm
 from autotune.study._objective import Objective
 from autotune.study._options import SearchOptions
 from autotune.study._ranking import reference_trial, runs_of
+from autotune.study._retry import retry_orphaned_trials, run_queued_reference
 from autotune.study._samplers import (
     ASKS_PER_RUN,
     enqueue_reference,
@@ -78,6 +79,7 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     lock = StorageLock(options.storage)
     with lock:  # the first worker on an empty database creates its tables (optuna#1092)
         storage = open_storage(options.storage)
+    remove_orphaned_buffers()  # shared memory of killed searches; a live one's stays
     print_line(
         f"model {task.model_file.path.name}: {task.train_size} training items, "
         f"{task.eval_size} eval items ({task.model_file.eval_source}), metric: "
@@ -86,6 +88,8 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     machine = _prepare_machine(task, print_line)
     with lock:
         study, worker = _open_study(options, task, machine, space, storage)
+        for line in retry_orphaned_trials(study):
+            print_line(line)
     left = False
     try:
         objective = Objective(options, task, machine, space, study, print_line, worker)
@@ -310,6 +314,8 @@ def _search(
         f"far, searching until {options.n_trials}; budget "
         f"{options.max_accuracy_loss:.2%} accuracy loss"
     )
+
+    run_queued_reference(study, objective)
 
     def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         with objective.lock:

@@ -89,6 +89,7 @@ from autotune.pipeline import (
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
 from autotune.study._options import ADAPTIVE, SearchOptions
 from autotune.study._ranking import runs_of
+from autotune.study._retry import record_owner, retry_interrupted
 from autotune.study._sharing import StorageLock, Worker, report_in, slots_taken, twin_of
 
 _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
@@ -148,6 +149,14 @@ class Objective:
         self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
 
     def __call__(self, trial: optuna.Trial) -> float:
+        record_owner(trial)
+        try:
+            return self._evaluate(trial)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is lost, resuming runs it again
+            retry_interrupted(trial)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> float:
         proposal = self._propose(trial)
         earlier = self._find_repeat(proposal)
         if earlier is not None:

@@ -1,0 +1,138 @@
+"""Trials whose run was cut short: each is retried once, as a new trial of the same
+configuration.
+
+A trial records the process that runs it (`OWNER`). A search stopped by Ctrl-C or SIGTERM
+queues the retry of its running trial itself (Optuna then fails that trial); a search killed
+outright (SIGKILL, a crash) leaves its trial RUNNING, and the next search on the same host
+fails it at once and queues its retry (`retry_orphaned_trials`), without waiting for the
+heartbeat's grace period. A RUNNING trial owned by a process on another host is left to the
+heartbeats. A retry carries the role of the trial it retries; a reference queued behind other
+trials runs before them (`run_queued_reference`), since every trial is scored against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune._records import OWNER, REASON, RETRY_OF, ROLE, TrialRecord
+from autotune.runner import Owner
+
+_FAILED_TRIAL = "failed_trial"
+_RETRY_HISTORY = "retry_history"
+"""The system attributes Optuna's RetryHeartbeatStaleTrialCallback gives a retry; a retry
+made here carries them too, so either kind reads the same."""
+
+
+def record_owner(trial: optuna.Trial) -> None:
+    """Record this process as the one running ``trial``."""
+    trial.set_user_attr(OWNER, Owner.current().to_json())
+
+
+def owner_of(trial: FrozenTrial) -> Owner | None:
+    """The process that ran (or runs) ``trial``, when it recorded one."""
+    return Owner.from_json(trial.user_attrs.get(OWNER))
+
+
+def retry_trial(study: optuna.Study, cut_short: FrozenTrial) -> None:
+    """Queue a new trial of ``cut_short``'s configuration and role, marked as its retry."""
+    history = list(cut_short.system_attrs.get(_RETRY_HISTORY, []))
+    system_attrs = {
+        **cut_short.system_attrs,
+        _FAILED_TRIAL: cut_short.system_attrs.get(_FAILED_TRIAL, cut_short.number),
+        _RETRY_HISTORY: [*history, cut_short.number],
+    }
+    user_attrs: dict[str, Any] = {RETRY_OF: cut_short.number}
+    if ROLE in cut_short.user_attrs:
+        user_attrs[ROLE] = cut_short.user_attrs[ROLE]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=cut_short.params,
+            distributions=cut_short.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+def retry_interrupted(trial: optuna.Trial) -> None:
+    """Queue the retry of ``trial``, which Ctrl-C or SIGTERM cut short (Optuna fails it)."""
+    study = trial.study
+    retry_trial(study, study._storage.get_trial(trial._trial_id))
+
+
+def _retried(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of trials that a retry (made here or by Optuna's callback) follows."""
+    numbers: set[int] = set()
+    for trial in trials:
+        numbers.update(int(n) for n in trial.system_attrs.get(_RETRY_HISTORY, []))
+        if trial.user_attrs.get(RETRY_OF) is not None:
+            numbers.add(int(trial.user_attrs[RETRY_OF]))
+    return numbers
+
+
+def _cut_short(trial: FrozenTrial, retried: set[int]) -> Owner | None:
+    """The dead process of this host that left ``trial`` unfinished, if it did: RUNNING, or
+    failed by the heartbeats (no record of its end) and not yet retried."""
+    owner = owner_of(trial)
+    if owner is None or owner.is_alive() is not False:
+        return None
+    if trial.state == TrialState.RUNNING:
+        return owner
+    finished = TrialRecord.of(trial).status is not None
+    if trial.state == TrialState.FAIL and not finished and trial.number not in retried:
+        return owner
+    return None
+
+
+def retry_orphaned_trials(study: optuna.Study) -> list[str]:
+    """Fail every RUNNING trial whose process on this host is gone and queue its retry, as for
+    such a trial that the heartbeats failed without one; returns one line per trial. Failing
+    is atomic in the storage: of two searches that find the same RUNNING trial, one retries it.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    lines = []
+    for trial in trials:
+        owner = _cut_short(trial, retried)
+        if owner is None:
+            continue
+        reason = f"its process (pid {owner.pid}) ended while it ran"
+        if trial.state == TrialState.RUNNING:
+            try:
+                study._storage.set_trial_user_attr(trial._trial_id, REASON, reason)
+                if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another search got there first
+        retry_trial(study, trial)
+        lines.append(f"trial {trial.number}: {reason}; its configuration is queued again")
+    return lines
+
+
+def run_queued_reference(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
+    """Run a queued reference now when other trials are queued before it (a retried
+    reference joins the end of the queue, and Optuna takes queued trials in order)."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    reference = next((t for t in waiting if TrialRecord.of(t).is_reference), None)
+    if reference is None or reference.number == waiting[0].number:
+        return
+    storage = study._storage
+    try:
+        if not storage.set_trial_state_values(reference._trial_id, TrialState.RUNNING):
+            return  # another worker took it
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    trial = optuna.Trial(study, reference._trial_id)
+    with get_heartbeat_thread(trial._trial_id, storage):
+        try:
+            value = objective(trial)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+    study.tell(trial, value)
