@@ -600,16 +600,16 @@ def test_search_rejects_bad_input_fixed_bugs(case: Case, outcome: Outcome) -> No
     assert_nothing_written(outcome)
 
 
-MODULE_ENTRY = Case(
-    "python-m-autotune-cli",
-    ("--help",),
-    command=(sys.executable, "-m", "autotune.cli"),
-)
+MODULE_ENTRIES = [
+    Case("python-m-autotune-cli", ("--help",), command=(sys.executable, "-m", "autotune.cli")),
+    Case("python-m-autotune", ("--help",), command=(sys.executable, "-m", "autotune")),
+]
 
 
 @pytest.mark.subprocess
-def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
-    outcome = run_in_subprocess(MODULE_ENTRY, tmp_path)
+@pytest.mark.parametrize("case", MODULE_ENTRIES, ids=str)
+def test_python_dash_m_runs_the_cli(case: Case, tmp_path: Path) -> None:
+    outcome = run_in_subprocess(case, tmp_path)
     assert outcome.returncode == 0, outcome.stderr
     assert "usage: autotune" in outcome.stdout
 
