@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _owners import dead_owner
 
 import autotune.runner
 from autotune.runner import Owner, remove_orphaned_buffers
@@ -28,20 +29,11 @@ from autotune.runner._owner import (
 )
 
 
-def _dead_owner() -> Owner:
-    """A process of this host that has ended."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    owner = Owner.of(child.pid)
-    child.kill()
-    child.wait()
-    return owner
-
-
 def test_this_process_is_alive_and_an_ended_one_is_not() -> None:
     me = Owner.current()
     assert me.pid == os.getpid() and me.start == process_start(os.getpid()) and me.start > 0
     assert me.is_alive() is True
-    assert _dead_owner().is_alive() is False
+    assert dead_owner().is_alive() is False
 
 
 def test_a_reused_pid_is_not_the_owner() -> None:
@@ -109,7 +101,7 @@ def _segments(port: int) -> list[Path]:
 def test_the_segments_of_a_dead_owner_go_and_a_live_ones_stay(ports: list[int]) -> None:
     dead_port, live_port = ports
     dead_segments, live_segments = _segments(dead_port), _segments(live_port)
-    dead_record = register_group(dead_port, _dead_owner())
+    dead_record = register_group(dead_port, dead_owner())
     live_record = register_group(live_port)
     assert dead_record is not None and live_record is not None
     assert remove_orphaned_buffers() >= 2
@@ -125,7 +117,7 @@ def test_a_port_a_live_owner_records_is_kept_whoever_recorded_it_before(
     """A dead search's port, taken since by a live one: its segments are the live one's."""
     port = ports[0]
     segments = _segments(port)
-    register_group(port, _dead_owner())
+    register_group(port, dead_owner())
     live = register_group(port)
     remove_orphaned_buffers()
     assert all(s.exists() for s in segments)
@@ -136,7 +128,7 @@ def test_a_port_a_live_owner_records_is_kept_whoever_recorded_it_before(
 def test_a_group_of_another_host_is_left_alone(ports: list[int]) -> None:
     port = ports[0]
     segments = _segments(port)
-    elsewhere = dataclasses.replace(_dead_owner(), host="another-host")
+    elsewhere = dataclasses.replace(dead_owner(), host="another-host")
     record = register_group(port, elsewhere)
     remove_orphaned_buffers()
     assert all(s.exists() for s in segments) and record is not None and record.exists()

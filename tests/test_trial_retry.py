@@ -6,12 +6,11 @@ real (ended) processes; no DeepSpeed."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from _owners import dead_owner
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -34,14 +33,6 @@ def _study(tmp_path: Path) -> optuna.Study:
     return optuna.create_study(study_name="s", storage=storage, direction="maximize")
 
 
-def _dead_owner() -> Owner:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    owner = Owner.of(child.pid)
-    child.kill()
-    child.wait()
-    return owner
-
-
 def _running(study: optuna.Study, owner: Owner, mbs: int, role: str = STARTUP) -> int:
     """A trial of micro-batch ``mbs`` left RUNNING by ``owner``, as a killed search leaves it."""
     study.enqueue_trial({"micro_batch_size": mbs}, user_attrs={ROLE: role})
@@ -56,7 +47,7 @@ def _by_number(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
 
 def test_a_trial_of_a_dead_process_is_failed_and_retried_once(tmp_path: Path) -> None:
     study = _study(tmp_path)
-    killed = _running(study, _dead_owner(), 32)
+    killed = _running(study, dead_owner(), 32)
     lines = retry_orphaned_trials(study)
     assert len(lines) == 1 and f"trial {killed}:" in lines[0] and "queued again" in lines[0]
     trials = _by_number(study)
@@ -71,7 +62,7 @@ def test_a_trial_of_a_dead_process_is_failed_and_retried_once(tmp_path: Path) ->
 
 def test_the_retry_runs_the_same_configuration(tmp_path: Path) -> None:
     study = _study(tmp_path)
-    _running(study, _dead_owner(), 64)
+    _running(study, dead_owner(), 64)
     retry_orphaned_trials(study)
     trial = study.ask()
     assert trial.suggest_categorical("micro_batch_size", [16, 32, 64]) == 64
@@ -81,7 +72,7 @@ def test_the_retry_runs_the_same_configuration(tmp_path: Path) -> None:
 def test_a_trial_of_a_live_process_or_of_another_host_is_left_alone(tmp_path: Path) -> None:
     study = _study(tmp_path)
     live = _running(study, Owner.current(), 16)
-    elsewhere = _running(study, dataclasses.replace(_dead_owner(), host="node-7"), 32)
+    elsewhere = _running(study, dataclasses.replace(dead_owner(), host="node-7"), 32)
     unowned = study.ask().number  # a trial of an older version: no owner recorded
     assert retry_orphaned_trials(study) == []
     trials = _by_number(study)
@@ -91,7 +82,7 @@ def test_a_trial_of_a_live_process_or_of_another_host_is_left_alone(tmp_path: Pa
 def test_a_trial_the_heartbeats_failed_without_a_retry_is_retried(tmp_path: Path) -> None:
     """A search resumed after the grace period: the heartbeats failed its trial first."""
     study = _study(tmp_path)
-    killed = _running(study, _dead_owner(), 32)
+    killed = _running(study, dead_owner(), 32)
     study._storage.set_trial_state_values(study.get_trials()[killed]._trial_id, TrialState.FAIL)
     assert len(retry_orphaned_trials(study)) == 1
     assert retry_orphaned_trials(study) == []
@@ -99,7 +90,7 @@ def test_a_trial_the_heartbeats_failed_without_a_retry_is_retried(tmp_path: Path
 
 def test_a_trial_that_ended_its_evaluation_is_not_retried(tmp_path: Path) -> None:
     study = _study(tmp_path)
-    killed = _running(study, _dead_owner(), 32)
+    killed = _running(study, dead_owner(), 32)
     frozen = study.get_trials()[killed]
     study._storage.set_trial_user_attr(frozen._trial_id, STATUS, "failed")
     study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
@@ -108,7 +99,7 @@ def test_a_trial_that_ended_its_evaluation_is_not_retried(tmp_path: Path) -> Non
 
 def test_a_retried_reference_runs_before_the_trials_queued_ahead_of_it(tmp_path: Path) -> None:
     study = _study(tmp_path)
-    _running(study, _dead_owner(), 32, role=REFERENCE)
+    _running(study, dead_owner(), 32, role=REFERENCE)
     study.enqueue_trial({"micro_batch_size": 16}, user_attrs={ROLE: STARTUP})
     retry_orphaned_trials(study)  # the reference's retry queues behind the start-up
     ran: list[tuple[str, int]] = []
