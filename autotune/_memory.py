@@ -317,7 +317,7 @@ def memory_limit_bytes(machine: Machine, processes: int, max_memory: float | Non
 
         return float(get_accelerator().total_memory())
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return ram / max(1, processes)
+    return ram / max(1, machine.local_ranks(processes))
 
 
 def memory_limit_source(machine: Machine, max_memory: float | None) -> str:

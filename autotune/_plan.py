@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any
 
+from autotune._cluster import Node, placement
 from autotune._space import PARAMETERS
 
 WARMUP_STEPS = 3
@@ -38,6 +39,10 @@ class Machine:
         environment: Variables DeepSpeed needs set differently here for its ops to build
             (see ``arch_list_deepspeed_can_parse``); trials run with them and the exported
             launch command sets them.
+        nodes: The hostfile's nodes when trials may span several (``--hostfile``), this
+            machine first; empty for this machine alone. Every node is taken to be like this
+            one (the study's machine check holds for each worker, not for each node).
+        launcher: How a node other than this one is reached (``ssh`` or ``srun``).
     """
 
     accelerator: str
@@ -48,13 +53,32 @@ class Machine:
     device_name: str = ""
     environment: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
     native_half: tuple[str, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    launcher: str = "ssh"
+
+    @property
+    def slots(self) -> int:
+        """How many ranks a trial may have: the hostfile's slots, or this machine's devices."""
+        return sum(node.slots for node in self.nodes) if self.nodes else self.devices
+
+    def local_ranks(self, processes: int) -> int:
+        """The most ranks of a ``processes``-rank trial on one node (the first node's share)."""
+        return placement(self.nodes, min(processes, self.slots))[0][1]
+
+    def spans_nodes(self, processes: int) -> bool:
+        """Whether a trial of ``processes`` ranks needs more than this machine's slots."""
+        return len(self.nodes) > 1 and processes > self.nodes[0].slots
 
     def describe(self) -> str:
         if self.accelerator == "cpu":
             model = cpu_model()
-            return f"cpu, {self.cores} cores" + (f" ({model})" if model else "")
-        name = f" ({self.device_name})" if self.device_name else ""
-        return f"{self.devices} x {self.accelerator}{name}, {self.cores} cpu cores"
+            text = f"cpu, {self.cores} cores" + (f" ({model})" if model else "")
+        else:
+            name = f" ({self.device_name})" if self.device_name else ""
+            text = f"{self.devices} x {self.accelerator}{name}, {self.cores} cpu cores"
+        if len(self.nodes) > 1:
+            text += f"; {len(self.nodes)} nodes, {self.slots} slots"
+        return text
 
 
 def cpu_model() -> str:
@@ -306,14 +330,28 @@ class TrialConfig:
         accelerator, where the framework's default is right."""
         if machine.accelerator != "cpu":
             return None
-        return max(1, machine.cores // self.processes - self.num_workers)
+        return max(1, machine.cores // machine.local_ranks(self.processes) - self.num_workers)
 
     def launch_recipe(self, machine: Machine) -> dict[str, Any]:
         """What a DeepSpeed config does not hold: ranks, pipeline layout, data loading."""
         threads = self.threads_per_process(machine)
-        command = (
-            f"deepspeed --num_gpus {self.processes} train.py --deepspeed_config ds_config.json"
-        )
+        placed = placement(machine.nodes, self.processes) if machine.nodes else ()
+        if machine.spans_nodes(self.processes):
+            # The ranks each node runs, as DeepSpeed's runner takes them ("host:0,1@host:0");
+            # every node also needs the environment below (DeepSpeed's .deepspeed_env).
+            include = "@".join(
+                f"{node.host}:{','.join(map(str, range(ranks)))}" for node, ranks in placed
+            )
+            launcher = " --launcher slurm" if machine.launcher == "slurm" else ""
+            command = (
+                f"deepspeed --hostfile hostfile --include {include} --master_addr "
+                f"{placed[0][0].host}{launcher} train.py --deepspeed_config ds_config.json"
+            )
+        else:
+            placed = placed[:1]
+            command = (
+                f"deepspeed --num_gpus {self.processes} train.py --deepspeed_config ds_config.json"
+            )
         environment = dict(machine.environment)
         if threads is not None:
             environment["OMP_NUM_THREADS"] = str(threads)
@@ -333,6 +371,8 @@ class TrialConfig:
             "environment": environment,
             "command": command,
         }
+        if len(placed) > 1:
+            recipe["nodes"] = [{"host": node.host, "ranks": ranks} for node, ranks in placed]
         return recipe
 
 
@@ -351,16 +391,23 @@ def why_not_runnable(
         return f"fp16 is not supported on the {machine.accelerator} accelerator"
     if config.precision == "bf16" and not machine.bf16:
         return f"bf16 is not supported on the {machine.accelerator} accelerator"
-    if config.processes > machine.devices:
+    if config.processes > machine.slots:
+        if machine.nodes:
+            return (
+                f"{config.processes} processes but the hostfile has {machine.slots} slots "
+                f"on {len(machine.nodes)} nodes"
+            )
         unit = "cores" if machine.accelerator == "cpu" else "devices"
         return f"{config.processes} processes but this machine has {machine.devices} {unit}"
     if machine.accelerator == "cpu":
-        needed_cores = config.processes * (1 + config.num_workers)
+        local = machine.local_ranks(config.processes)
+        needed_cores = local * (1 + config.num_workers)
         if needed_cores > machine.cores:
             # Ranks and DataLoader workers would share cores, and the measured throughput would
             # depend on the scheduler's luck rather than the configuration.
+            ranks = f"{local} ranks on a node" if local < config.processes else f"{local} ranks"
             return (
-                f"{config.processes} ranks with {config.num_workers} DataLoader workers each need "
+                f"{ranks} with {config.num_workers} DataLoader workers each need "
                 f"{needed_cores} cores; this machine has {machine.cores}"
             )
     if config.pin_memory and machine.accelerator == "cpu":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import search
+from autotune._cluster import LAUNCHERS
 from autotune._errors import UserError
 from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS
@@ -111,6 +112,20 @@ def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
         "(default: the accelerator's memory, or on CPU the RAM's share per rank)",
     )
     parser.add_argument(
+        "--hostfile",
+        type=Path,
+        help="a DeepSpeed hostfile ('HOST slots=N' per line, this machine first): trials with "
+        "more processes than this machine's slots span the next nodes, started there by "
+        "--launcher (see docs/many-workers.md)",
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="ssh",
+        help="how trials start on the hostfile's other nodes: ssh, or srun inside a Slurm "
+        "allocation (default: %(default)s)",
+    )
+    parser.add_argument(
         "--fresh-launches",
         action="store_true",
         help="launch every trial as a new process group instead of reusing warm workers",
@@ -156,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         min_measure_seconds=args.min_measure_seconds,
         confirm=args.confirm,
         objective=args.objective,
+        hostfile=args.hostfile,
+        launcher=args.launcher,
     )
     search(options, print_line=lambda line: print(line, flush=True))
     return 0

@@ -1,5 +1,5 @@
 """The runner: launches a trial's DeepSpeed ranks (fresh, or in a warm group that stays up
-between trials), the harness that trains and measures inside them, the build of DeepSpeed's
+between trials, or across the nodes of a hostfile), the harness that trains and measures inside them, the build of DeepSpeed's
 ops before anything is timed, the profiling runs, and what keeps launched ranks and their
 shared memory from outliving the search (``_owner``)."""
 
@@ -14,6 +14,7 @@ from autotune.runner._data import (
     train_loader,
 )
 from autotune.runner._launch import RunResult, free_port, run_trial
+from autotune.runner._nodes import check_nodes, with_nodes
 from autotune.runner._ops import (
     STALE_LOCK_SECONDS,
     build_locks,
@@ -42,6 +43,7 @@ __all__ = [
     "WarmWorkers",
     "WholeBatchSampler",
     "build_locks",
+    "check_nodes",
     "cast_batch",
     "clear_stale_lock",
     "ensure_deepspeed_ops",
@@ -59,4 +61,5 @@ __all__ = [
     "step_time_is_stable",
     "torch_dtype",
     "train_loader",
+    "with_nodes",
 ]

@@ -52,6 +52,7 @@ def run(plan_path: Path) -> dict[str, Any]:
         torch.set_num_threads(plan.threads_per_rank)
     log("imports done")
     deepspeed.init_distributed()
+    _log_place()
     model_file = load_model_file(plan.model_path)
     runs = []
     for index, seed in enumerate(plan.seeds):
@@ -65,6 +66,17 @@ def run(plan_path: Path) -> dict[str, Any]:
     result = dict(runs[0])
     result[SEED_METRICS] = [r[METRIC] for r in runs]
     return result
+
+
+def _log_place() -> None:
+    """Where this rank runs: its rank in the world, and its node's share of the world."""
+    import socket
+
+    env = os.environ
+    log(
+        f"rank {env.get('RANK', '0')} of a world of {env.get('WORLD_SIZE', '1')}: local rank "
+        f"{env.get('LOCAL_RANK', '0')} of {env.get('LOCAL_SIZE', '1')} on {socket.gethostname()}"
+    )
 
 
 def _run_and_report(plan_path: Path, rank: int) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune._plan import WARMUP_STEPS, Machine, TrialConfig
+from autotune.runner._nodes import launch_across
 from autotune.runner._ops import ensure_deepspeed_ops, ops_environment
 from autotune.runner._protocol import (
     FAILURE_GLOB,
@@ -132,11 +133,17 @@ def run_trial(
         adaptive=AdaptiveStop.from_dict(adaptive),
     )
     plan_path = _write_plan(directory, plan)
-    env = _trial_environment(plan, machine, warm=workers is not None)
+    across = machine.spans_nodes(config.processes)
+    variables = _trial_variables(plan, machine, warm=workers is not None and not across)
+    env = {**os.environ, **variables}
     log = directory / LOG_FILE
     log.unlink(missing_ok=True)
     start = time.perf_counter()
-    if workers is None:
+    if across:
+        if workers is not None:
+            workers.close()  # its ranks hold this node's devices
+        outcome = launch_across(plan_path, plan, machine, env, variables, log, timeout)
+    elif workers is None:
         outcome = _launch_fresh(plan_path, config.processes, env, log, timeout)
     else:
         outcome = workers.run(plan_path, config.processes, free_port(), timeout, env)
@@ -153,16 +160,17 @@ def _write_plan(directory: Path, plan: TrialPlan) -> Path:
     return plan_path
 
 
-def _trial_environment(plan: TrialPlan, machine: Machine, warm: bool) -> dict[str, str]:
-    """The ranks' environment: this one, the machine's DeepSpeed variables, the ops folder."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **machine.environment, **ops_environment()}
+def _trial_variables(plan: TrialPlan, machine: Machine, warm: bool) -> dict[str, str]:
+    """What the ranks' environment sets beyond this one's: unbuffered output, the machine's
+    DeepSpeed variables, the ops folder, and on CPU the accelerator and its threads."""
+    variables = {"PYTHONUNBUFFERED": "1", **machine.environment, **ops_environment()}
     if machine.accelerator == "cpu":
         # A warm group serves trials with different worker counts; each trial sets its own
         # thread count, so the group starts with the most a rank of this layout may use.
         threads = plan.threads_per_rank
         most = max(1, machine.cores // plan.config.processes) if warm else threads
-        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(most))
-    return env
+        variables.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(most))
+    return variables
 
 
 def _result(directory: Path, outcome: Outcome, wall: float, timeout: float, log: Path) -> RunResult:
@@ -178,7 +186,7 @@ def _result(directory: Path, outcome: Outcome, wall: float, timeout: float, log:
         )
     if not log.exists():
         log.write_text("")
-    reason = _read_failure(directory, outcome.returncode, log)
+    reason = outcome.reason or _read_failure(directory, outcome.returncode, log)
     return RunResult(None, reason, wall, directory, outcome.launched)
 
 

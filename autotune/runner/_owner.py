@@ -272,8 +272,8 @@ def _guard(argv: list[str]) -> int:
     if os.getppid() != parent:
         return 1  # the parent ended before the request was made: nothing to run for
     command = argv[2:]
-    os.execv(command[0], command)
-    return 1  # not reached: execv replaces this process
+    os.execvp(command[0], command)
+    return 1  # not reached: execvp replaces this process
 
 
 if __name__ == "__main__":

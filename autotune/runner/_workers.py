@@ -44,18 +44,34 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def launch_command(processes: int, port: int, harness_args: list[str]) -> list[str]:
-    """DeepSpeed's node launcher running the harness on ``processes`` local ranks, as its
-    `deepspeed` runner starts it on one node (the runner's extra hop adds an import and
-    nothing else on one machine)."""
-    world_info = {"localhost": list(range(processes))}
+def launch_command(
+    processes: int,
+    port: int,
+    harness_args: list[str],
+    world: dict[str, list[int]] | None = None,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+) -> list[str]:
+    """DeepSpeed's node launcher running the harness on this node's ranks, as its `deepspeed`
+    runner starts it on each node (the runner's extra hop adds an import and nothing else).
+
+    Args:
+        processes: Ranks on this one machine, when ``world`` is None.
+        port: The master port.
+        harness_args: The harness's own arguments.
+        world: Each node's local device indices, in node order, for a trial across nodes.
+        node_rank: This node's place in ``world``.
+        master_addr: Node 0's address, which every rank reaches.
+    """
+    world_info = world if world is not None else {"localhost": list(range(processes))}
     return [
         sys.executable,
         "-u",
         "-m",
         "deepspeed.launcher.launch",
         "--world_info=" + base64.urlsafe_b64encode(json.dumps(world_info).encode()).decode(),
-        "--master_addr=127.0.0.1",
+        f"--node_rank={node_rank}",
+        f"--master_addr={master_addr}",
         f"--master_port={port}",
         str(HARNESS),
         *harness_args,
@@ -78,13 +94,19 @@ class LaunchedGroup:
 
 
 def launch_group(
-    processes: int, port: int, harness_args: list[str], log_file: IO[bytes], env: dict[str, str]
+    processes: int,
+    port: int,
+    harness_args: list[str],
+    log_file: IO[bytes],
+    env: dict[str, str],
+    command: list[str] | None = None,
 ) -> LaunchedGroup:
     """Start the harness on ``processes`` ranks in a new session, tied to this process: the
     launcher dies with it (``PR_SET_PDEATHSIG``) and the ranks watch it (``watch_owner``), so
-    no rank outlives a search killed without a chance to clean up."""
+    no rank outlives a search killed without a chance to clean up. ``command`` replaces the
+    one-node launch command (node 0 of a trial across nodes)."""
     record = register_group(port)
-    command = guarded_command(launch_command(processes, port, harness_args))
+    command = guarded_command(command or launch_command(processes, port, harness_args))
     process = subprocess.Popen(
         command,
         stdout=log_file,
@@ -104,11 +126,13 @@ def end_group(group: LaunchedGroup) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """How a run ended: ``returncode`` 0 with a result on disk, non-zero, or ``timed_out``."""
+    """How a run ended: ``returncode`` 0 with a result on disk, non-zero, or ``timed_out``;
+    ``reason`` says why when no rank wrote a failure file (a node's launcher ended)."""
 
     returncode: int
     timed_out: bool = False
     launched: bool = True
+    reason: str | None = None
 
 
 @dataclasses.dataclass

@@ -38,7 +38,13 @@ from autotune._records import (
 )
 from autotune._space import SearchSpace, load_space
 from autotune._task import Task, load_task
-from autotune.runner import WarmWorkers, prepare_deepspeed_ops, remove_orphaned_buffers
+from autotune.runner import (
+    WarmWorkers,
+    check_nodes,
+    prepare_deepspeed_ops,
+    remove_orphaned_buffers,
+    with_nodes,
+)
 from autotune.study._confirm import CONFIRM_ROUNDS, confirm
 from autotune.study._objective import Objective
 from autotune.study._options import SearchOptions
@@ -85,7 +91,7 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
         f"{task.eval_size} eval items ({task.model_file.eval_source}), metric: "
         f"{task.metric_name}"
     )
-    machine = _prepare_machine(task, print_line)
+    machine = _prepare_machine(task, options, print_line)
     with lock:
         study, worker = _open_study(options, task, machine, space, storage)
         for line in retry_orphaned_trials(study):
@@ -120,9 +126,18 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     return study, last
 
 
-def _prepare_machine(task: Task, print_line: PrintLine) -> Machine:
-    """This machine, with DeepSpeed's ops for the model's optimizer built."""
+def _prepare_machine(task: Task, options: SearchOptions, print_line: PrintLine) -> Machine:
+    """This machine (with the hostfile's other nodes, after checking each can start a trial's
+    ranks), with DeepSpeed's ops for the model's optimizer built."""
     machine = detect_machine()
+    if options.hostfile is not None:
+        machine = with_nodes(machine, options.hostfile, options.launcher)
+        print_line(
+            f"nodes: {', '.join(f'{n.host} ({n.slots} slots)' for n in machine.nodes)}; trials "
+            f"of more than {machine.nodes[0].slots} processes span nodes, started by "
+            f"{options.launcher}; checking that each node can start them"
+        )
+        check_nodes(machine)
     print_line(f"machine: {machine.describe()}; checking DeepSpeed's ops (built once per machine)")
     built = prepare_deepspeed_ops(machine, task.model_file.optimizer)
     if built:

@@ -7,6 +7,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+from autotune._cluster import LAUNCHERS
 from autotune._errors import UserError
 from autotune._plan import LR_SCALINGS
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS, validate_budget
@@ -59,6 +60,8 @@ class SearchOptions:
     min_measure_seconds: float = DEFAULT_MIN_MEASURE_SECONDS
     confirm: int = DEFAULT_CONFIRM
     objective: str = "samples"
+    hostfile: Path | None = None
+    launcher: str = "ssh"
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -93,6 +96,8 @@ class SearchOptions:
             return f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective}."
         if self.confirm < 0:
             return f"--confirm must be 0 or more configurations, got {self.confirm}."
+        if self.launcher not in LAUNCHERS:
+            return f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher}."
         return None
 
     @property
