@@ -457,6 +457,36 @@ SEARCH_CASES = [
         ("--min-measure-seconds", "0 or more"),
     ),
     Case(
+        "hostfile-missing",
+        search("model.py", "--hostfile", "nodes.txt"),
+        {"model.py": BASE_MODEL},
+        ("--hostfile nodes.txt", "no such file"),
+    ),
+    Case(
+        "hostfile-bad-line",
+        search("model.py", "--hostfile", "nodes.txt"),
+        {"model.py": BASE_MODEL, "nodes.txt": "# two nodes\n127.0.0.1 slots=1\nnode2 slots 4\n"},
+        ("--hostfile nodes.txt, line 3", "HOST slots=N", "node2 slots 4"),
+    ),
+    Case(
+        "hostfile-first-node-elsewhere",
+        search("model.py", "--hostfile", "nodes.txt"),
+        {"model.py": BASE_MODEL, "nodes.txt": "198.51.100.7 slots=1\n127.0.0.1 slots=1\n"},
+        ("its first node, 198.51.100.7, is not an address of this machine",),
+    ),
+    Case(
+        "hostfile-more-slots-than-devices",
+        search("model.py", "--hostfile", "nodes.txt"),
+        {"model.py": BASE_MODEL, "nodes.txt": "127.0.0.1 slots=4096\n"},
+        ("gives this machine 4096 slots, but it has",),
+    ),
+    Case(
+        "launcher-slurm-outside-an-allocation",
+        search("model.py", "--hostfile", "nodes.txt", "--launcher", "slurm"),
+        {"model.py": BASE_MODEL, "nodes.txt": "127.0.0.1 slots=1\n"},
+        ("--launcher slurm", "inside a Slurm allocation"),
+    ),
+    Case(
         "confirm-negative",
         search("model.py", "--confirm=-1"),
         {"model.py": BASE_MODEL},

@@ -63,7 +63,10 @@ def run(request: dict[str, Any], folder: Path) -> int:
     """Run this node's ranks of the requested trial in ``folder``; the launcher's exit status."""
     node_rank = int(request["node_rank"])
     plan = dict(request["plan"])
-    plan["model_path"] = str(model_on_node(request, folder))
+    model = model_on_node(request, folder)
+    shared = model == Path(request["model_path"])
+    _say(node_rank, f"model file {model} ({'shared' if shared else 'sent with the trial'})")
+    plan["model_path"] = str(model)
     plan_path = folder / PLAN_FILE
     plan_path.write_text(json.dumps(plan))
     command = launch_command(
@@ -106,7 +109,11 @@ def _end(launcher: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    if argv == ["--check"]:  # the search's check before it starts: can this node run ranks?
+        import deepspeed  # noqa: F401
+
+        return 0
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return 2  # the search went away before sending the trial
@@ -119,7 +126,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    code = main(sys.argv[1:])
     sys.stdout.flush()
     # No interpreter teardown: the input watcher is still blocked reading stdin, and
     # finalizing under it aborts the process (which ssh reports as a lost connection).

@@ -83,7 +83,7 @@ def check_nodes(machine: Machine) -> None:
     Raises:
         UserError: One line per node that cannot, with what it said.
     """
-    probe = [sys.executable, "-c", "import deepspeed, autotune.runner._node"]
+    probe = [sys.executable, str(NODE_AGENT), "--check"]
     started = [
         (
             node,

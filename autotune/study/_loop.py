@@ -82,6 +82,9 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
             "and these batches have none; use the default --objective samples."
         )
     space = load_space(options.space)
+    machine = detect_machine()
+    if options.hostfile is not None:
+        machine = with_nodes(machine, options.hostfile, options.launcher)
     lock = StorageLock(options.storage)
     with lock:  # the first worker on an empty database creates its tables (optuna#1092)
         storage = open_storage(options.storage)
@@ -91,7 +94,7 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
         f"{task.eval_size} eval items ({task.model_file.eval_source}), metric: "
         f"{task.metric_name}"
     )
-    machine = _prepare_machine(task, options, print_line)
+    _prepare_machine(task, machine, print_line)
     with lock:
         study, worker = _open_study(options, task, machine, space, storage)
         for line in retry_orphaned_trials(study):
@@ -126,23 +129,20 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     return study, last
 
 
-def _prepare_machine(task: Task, options: SearchOptions, print_line: PrintLine) -> Machine:
-    """This machine (with the hostfile's other nodes, after checking each can start a trial's
-    ranks), with DeepSpeed's ops for the model's optimizer built."""
-    machine = detect_machine()
-    if options.hostfile is not None:
-        machine = with_nodes(machine, options.hostfile, options.launcher)
+def _prepare_machine(task: Task, machine: Machine, print_line: PrintLine) -> None:
+    """Check that the hostfile's other nodes (if any) can start a trial's ranks, and build
+    DeepSpeed's ops for the model's optimizer here."""
+    if len(machine.nodes) > 1:
         print_line(
             f"nodes: {', '.join(f'{n.host} ({n.slots} slots)' for n in machine.nodes)}; trials "
             f"of more than {machine.nodes[0].slots} processes span nodes, started by "
-            f"{options.launcher}; checking that each node can start them"
+            f"{machine.launcher}; checking that each node can start them"
         )
         check_nodes(machine)
     print_line(f"machine: {machine.describe()}; checking DeepSpeed's ops (built once per machine)")
     built = prepare_deepspeed_ops(machine, task.model_file.optimizer)
     if built:
         print_line(f"built {', '.join(built)}")
-    return machine
 
 
 def _open_study(
