@@ -14,7 +14,15 @@ import optuna
 import pytest
 
 from autotune._plan import Machine, TrialConfig
-from autotune._records import CONFIG_KEY, REPEAT, REPEAT_OF, RUN_SLOT, STATUS, THROUGHPUT
+from autotune._records import (
+    CONFIG_KEY,
+    REPEAT,
+    REPEAT_OF,
+    RETRY_OF,
+    RUN_SLOT,
+    STATUS,
+    THROUGHPUT,
+)
 from autotune._space import load_space, sampled_params
 from autotune._task import load_task
 from autotune.study import SearchOptions, open_storage
@@ -93,3 +101,47 @@ def test_a_proposal_running_on_another_worker_is_waited_for_and_repeated(
         "repeat of trial 0: stored result reused",
     ]
     assert not (tmp_path / "trials" / "s").exists()  # nothing was launched
+
+
+def test_the_last_runs_are_kept_for_a_queued_retry(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A run cut short is queued again; when the study has no more runs than that retry needs,
+    another proposal is not run (and its worker goes on, to take the retry), not stopped."""
+    model = write_model(MODEL, "tiny.py")
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("micro_batch_size: [16, 32]\n")
+    options = SearchOptions(
+        model=model,
+        space=space_file,
+        storage=f"sqlite:///{tmp_path}/study.db",
+        trials_dir=tmp_path / "trials",
+        n_trials=2,
+    )
+    task, space = load_task(model), load_space(space_file)
+    study = optuna.create_study(
+        study_name="s", storage=open_storage(options.storage), direction="maximize"
+    )
+    reference = {**task.reference_settings(), "micro_batch_size": 16}
+    params = sampled_params(space, reference)
+    distributions = {"micro_batch_size": optuna.distributions.CategoricalDistribution([16, 32])}
+    study.add_trial(  # run 1 of 2, done
+        optuna.trial.create_trial(
+            params=params,
+            distributions=distributions,
+            value=1.0,
+            user_attrs={STATUS: "ok", CONFIG_KEY: "done", RUN_SLOT: 1, THROUGHPUT: 1.0},
+        )
+    )
+    study.enqueue_trial(sampled_params(space, {**reference, "micro_batch_size": 32}))
+    study.enqueue_trial(params, user_attrs={RETRY_OF: 0})  # as retry_trial queues it
+    lines: list[str] = []
+    machine = Machine("cpu", 2, 2, fp16=False, bf16=True)
+    objective = Objective(options, task, machine, space, study, lines.append, Worker.here(0))
+    with pytest.raises(optuna.TrialPruned):
+        objective(study.ask())
+    assert lines[-1].endswith(
+        "not run: the study's last runs are kept for the retries of runs cut short"
+    )
+    assert not study._stop_flag  # the worker goes on: its next trial is the retry
+    assert study.ask().user_attrs[RETRY_OF] == 0

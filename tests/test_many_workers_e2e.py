@@ -9,11 +9,16 @@ space holds 24) and wait for each other's runs.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,11 +29,13 @@ from _postgres import PostgresServer
 from autotune import load_study
 from autotune._records import (
     REPEAT,
+    RETRY_OF,
     STARTUP,
     STUDY_MACHINE,
     STUDY_WORKERS,
     TrialRecord,
 )
+from autotune.runner._owner import OWNER_VARIABLE, SHM_DIR, SHM_PREFIX
 from autotune.study import STARTUP_RUNS, runs_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.subprocess, pytest.mark.postgres]
@@ -255,3 +262,122 @@ def test_a_new_worker_on_the_finished_study_finishes_it_again(
     assert f"already holds {N_TRIALS} runs" in out
     assert "\nreport: " in out and (folder / "reports" / f"{STUDY}.html").exists()
     shutil.rmtree(folder / "trials", ignore_errors=True)
+
+
+# --- a worker killed mid-run -------------------------------------------------------------------
+
+KILLED_TRIALS = 8
+_RUNNING_LINE = re.compile(r"trial\s+(\d+) \[.*\] running \(run \d+ of \d+\)$")
+
+
+def _ranks_of(pid: int) -> list[int]:
+    """Processes that a worker launched and that watch it (their group's owner is ``pid``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(OWNER_VARIABLE.encode() + b"="):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if json.loads(item.split(b"=", 1)[1])["pid"] == pid:
+                        found.append(int(entry.name))
+    return found
+
+
+def _segments() -> set[str]:
+    return {p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}_*")}
+
+
+@pytest.fixture(scope="module")
+def killed_search(
+    server_and_url: tuple[PostgresServer, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """Four workers on a fresh database; one is killed with SIGKILL in the middle of a run
+    (its ranks up), the other three finish the study, then the killed one's command is run
+    again in its folder."""
+    server, _ = server_and_url
+    url = server.create_database("killed_worker")
+    segments_before = _segments()
+    root = tmp_path_factory.mktemp("killed")
+    folders = [_worker_folder(root, f"node{n}") for n in range(WORKERS)]
+    logs = [folder / "out.txt" for folder in folders]
+    workers = []
+    for folder, log in zip(folders, logs, strict=True):
+        with log.open("w") as out:
+            workers.append(
+                subprocess.Popen(
+                    _command(url, KILLED_TRIALS),
+                    cwd=folder,
+                    env=_environment(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+    victim, victim_log = workers[1], logs[1]
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            lines = victim_log.read_text().splitlines()
+            running = _RUNNING_LINE.search(lines[-1]) if lines else None
+            if running and _ranks_of(victim.pid):
+                break
+            assert victim.poll() is None and time.monotonic() < deadline, victim_log.read_text()
+            time.sleep(0.02)
+        killed = int(running.group(1))
+        ranks = _ranks_of(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        time.sleep(5)
+        ranks_left = [pid for pid in ranks if Path(f"/proc/{pid}").exists()]
+        ranks_left += _ranks_of(victim.pid)
+    finally:
+        others = _finish([w for w in workers if w is not victim], timeout=600)
+    again = _finish([_start(folders[1], url, KILLED_TRIALS)], timeout=300)[0]
+    return {
+        "url": url,
+        "killed": killed,
+        "ranks": ranks,
+        "ranks_left": ranks_left,
+        "others": [
+            (rc, log.read_text(), "")
+            for (rc, _, _), log in zip(others, [logs[0], *logs[2:]], strict=True)
+        ],
+        "again": again,
+        "new_segments": _segments() - segments_before,
+    }
+
+
+def test_a_killed_workers_ranks_die_and_leave_no_shared_memory(killed_search: dict) -> None:
+    assert killed_search["ranks"], "the worker had launched no ranks when it was killed"
+    assert killed_search["ranks_left"] == []
+    assert killed_search["new_segments"] == set()
+
+
+def test_a_killed_workers_run_is_failed_and_run_again_once(killed_search: dict) -> None:
+    outcomes = killed_search["others"]
+    assert [rc for rc, _, _ in outcomes] == [0] * (WORKERS - 1), _explain(outcomes)
+    killed = killed_search["killed"]
+    noticed = [out for _, out, _ in outcomes if f"trial {killed}: its process (pid " in out]
+    assert len(noticed) == 1, _explain(outcomes)
+    study = load_study(STUDY, killed_search["url"])
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[killed].state == optuna.trial.TrialState.FAIL
+    (retry,) = [t for t in trials.values() if t.user_attrs.get(RETRY_OF) == killed]
+    runs = runs_of(study)
+    assert len(runs) == KILLED_TRIALS
+    keys = [TrialRecord.of(t).config_key for t in runs]
+    assert len(set(keys)) == len(keys), Counter(keys).most_common(3)
+    # Its configuration ran once more: by the retry, or by a proposal the retry then repeated.
+    killed_key = TrialRecord.of(retry).config_key or TrialRecord.of(trials[killed]).config_key
+    assert keys.count(killed_key) == 1
+
+
+def test_the_killed_workers_command_resumes(killed_search: dict) -> None:
+    rc, out, err = killed_search["again"]
+    assert rc == 0, out + err
+    assert f"already holds {KILLED_TRIALS} runs" in out

@@ -335,6 +335,8 @@ def _search(
     def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         with objective.lock:
             report_in(study, objective.worker)
+            for line in retry_orphaned_trials(study):  # another worker's, cut short
+                print_line(line)
         if len(runs_of(study)) >= options.n_trials:
             study.stop()
 

@@ -55,6 +55,7 @@ from autotune._records import (
     REFERENCE,
     REPEAT,
     REPEAT_OF,
+    RETRY_OF,
     ROLE,
     RUN_SLOT,
     SEED_METRICS,
@@ -89,8 +90,15 @@ from autotune.pipeline import (
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
 from autotune.study._options import ADAPTIVE, SearchOptions
 from autotune.study._ranking import runs_of
-from autotune.study._retry import record_owner, retry_interrupted
-from autotune.study._sharing import StorageLock, Worker, report_in, slots_taken, twin_of
+from autotune.study._retry import record_owner, retry_interrupted, retry_orphaned_trials
+from autotune.study._sharing import (
+    StorageLock,
+    Worker,
+    queued_retries,
+    report_in,
+    slots_taken,
+    twin_of,
+)
 
 _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 _RESULT_INDENT = " " * 10
@@ -329,15 +337,26 @@ class Objective:
         waited_for = None
         while True:
             with self.lock:
+                # A worker killed mid-run on this host: fail its trial and queue the retry now,
+                # rather than wait on it until the heartbeats give up.
+                for line in retry_orphaned_trials(self.study):
+                    self.print_line(line)
                 trials = self.study.get_trials(deepcopy=False)
                 twin = None if key is None else twin_of(trials, key, proposal.trial.number)
                 taken = slots_taken(trials)
-                if twin is None and taken < self.options.n_trials:
+                # Runs left for queued retries are theirs: a run cut short runs again.
+                kept = 0 if proposal.trial.user_attrs.get(RETRY_OF) else queued_retries(trials)
+                if twin is None and taken + kept < self.options.n_trials:
                     proposal.trial.set_user_attr(RUN_SLOT, taken + 1)
                     report_in(self.study, self.worker)
                     return taken + 1
             if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE:
                 return twin
+            if twin is None and kept and taken < self.options.n_trials:
+                reason = "the study's last runs are kept for the retries of runs cut short"
+                proposal.trial.set_user_attr(REASON, reason)
+                self.print_line(f"{proposal.label} not run: {reason}")
+                raise optuna.TrialPruned(reason)  # this worker's next trial is such a retry
             if twin is None and len(runs_of(self.study)) >= self.options.n_trials:
                 reason = f"the study holds its {self.options.n_trials} runs"
                 proposal.trial.set_user_attr(REASON, reason)

@@ -5,8 +5,9 @@ A trial records the process that runs it (`OWNER`). A search stopped by Ctrl-C o
 queues the retry of its running trial itself (Optuna then fails that trial); a search killed
 outright (SIGKILL, a crash) leaves its trial RUNNING, and the next search on the same host
 fails it at once and queues its retry (`retry_orphaned_trials`), without waiting for the
-heartbeat's grace period. A RUNNING trial owned by a process on another host is left to the
-heartbeats. A retry carries the role of the trial it retries; a reference queued behind other
+heartbeat's grace period; so does every live worker of the study on that host after each of its
+trials. A RUNNING trial owned by a process on another host is left to the heartbeats, and
+retried once they have failed it. A retry carries the role of the trial it retries; a reference queued behind other
 trials runs before them (`run_queued_reference`), since every trial is scored against it.
 """
 
@@ -76,33 +77,37 @@ def _retried(trials: list[FrozenTrial]) -> set[int]:
     return numbers
 
 
-def _cut_short(trial: FrozenTrial, retried: set[int]) -> Owner | None:
-    """The dead process of this host that left ``trial`` unfinished, if it did: RUNNING, or
-    failed by the heartbeats (no record of its end) and not yet retried."""
+def _cut_short(trial: FrozenTrial, retried: set[int]) -> str | None:
+    """Why ``trial`` was left unfinished, if it was and is not retried yet: RUNNING while its
+    process on this host is gone, or failed by the heartbeats (no record of its end), on any
+    host."""
     owner = owner_of(trial)
-    if owner is None or owner.is_alive() is not False:
+    if owner is None or trial.number in retried:
         return None
-    if trial.state == TrialState.RUNNING:
-        return owner
+    if trial.state == TrialState.RUNNING and owner.is_alive() is False:
+        return f"its process (pid {owner.pid}) ended while it ran"
     finished = TrialRecord.of(trial).status is not None
-    if trial.state == TrialState.FAIL and not finished and trial.number not in retried:
-        return owner
+    if trial.state == TrialState.FAIL and not finished and owner.is_alive() is not True:
+        return f"its worker (pid {owner.pid} on {owner.host}) stopped sending heartbeats"
     return None
 
 
 def retry_orphaned_trials(study: optuna.Study) -> list[str]:
-    """Fail every RUNNING trial whose process on this host is gone and queue its retry, as for
-    such a trial that the heartbeats failed without one; returns one line per trial. Failing
-    is atomic in the storage: of two searches that find the same RUNNING trial, one retries it.
+    """Fail every RUNNING trial whose process on this host is gone, and queue one retry of it
+    and of every trial the heartbeats failed; returns one line per trial.
+
+    Call under the storage's lock (`StorageLock`): every search does at its start, and each
+    worker after each of its trials and while it waits, so a worker killed mid-trial has its
+    configuration run again once, by whichever worker looks first. Failing is atomic in the
+    storage: of two searches that find the same RUNNING trial, one retries it.
     """
     trials = study.get_trials(deepcopy=False)
     retried = _retried(trials)
     lines = []
     for trial in trials:
-        owner = _cut_short(trial, retried)
-        if owner is None:
+        reason = _cut_short(trial, retried)
+        if reason is None:
             continue
-        reason = f"its process (pid {owner.pid}) ended while it ran"
         if trial.state == TrialState.RUNNING:
             try:
                 study._storage.set_trial_user_attr(trial._trial_id, REASON, reason)

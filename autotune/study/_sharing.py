@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 
 from autotune._errors import UserError
-from autotune._records import REPEAT, STUDY_WORKERS, TrialRecord
+from autotune._records import REPEAT, RETRY_OF, STUDY_WORKERS, TrialRecord
 from autotune.study._storage import redact, storage_error
 
 _LOCK_KEY = 0x6175746F74756E65
@@ -238,6 +238,15 @@ def twin_of(
         if trial.state == _RUNNING and record.run_slot is not None and running is None:
             running = trial
     return running
+
+
+def queued_retries(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
+    """Retries of runs cut short that wait to be run (each will need one of the runs)."""
+    return sum(
+        1
+        for t in trials
+        if t.state == optuna.trial.TrialState.WAITING and t.user_attrs.get(RETRY_OF) is not None
+    )
 
 
 def slots_taken(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
