@@ -228,3 +228,64 @@ def test_a_search_with_a_hostfile_runs_its_two_rank_trial_across_the_nodes(
     logs = list((project / "trials").glob("model/**/log.txt"))
     assert any("rank 1 of a world of 2: local rank 0 of 1" in p.read_text() for p in logs)
     assert _trial_processes() == [] and reach.node1_processes() == []
+
+
+SEARCH_STAND_IN = textwrap.dedent(
+    """
+    # What a search does for a trial across the nodes, in a process the test can kill.
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from autotune import TrialConfig, detect_machine
+    from autotune._cluster import read_hostfile
+    from autotune._task import load_model_file, reference_settings
+    from autotune.runner import run_trial
+
+    model, hostfile, directory = map(Path, sys.argv[1:4])
+    optimizer = load_model_file(model).optimizer
+    settings = {**reference_settings(32), "processes": 2}
+    config = TrialConfig.from_settings(settings, optimizer, 32, "sqrt")
+    machine = detect_machine()
+    machine = dataclasses.replace(machine, cores=1, devices=1, nodes=read_hostfile(hostfile))
+    run_trial(config, machine, model, 400_000, [0], directory, 300)
+    """
+)
+
+
+def test_a_search_killed_mid_trial_leaves_no_rank_on_either_node(
+    reach: TwoNodes, project: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the search's process: its ssh to node 1 dies with it (PR_SET_PDEATHSIG), node
+    1's side sees its input close and ends its ranks; node 0's ranks see their owner gone. No
+    process of the trial is left on either node 5 s later."""
+    script = tmp_path / "search_stand_in.py"
+    script.write_text(SEARCH_STAND_IN)
+    directory = project / "trials" / "search_killed"
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""))
+    search = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(project / "model.py"),
+            str(reach.hostfile),
+            str(directory),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        log = directory / "log.txt"
+        deadline = time.monotonic() + 120
+        while not (log.exists() and log.read_text().count("engine ready") == 2):
+            assert time.monotonic() < deadline and search.poll() is None, "no training started"
+            time.sleep(0.2)
+        assert any("deepspeed.launcher.launch" in p for p in reach.node1_processes())
+    finally:
+        search.kill()
+        search.wait()
+    time.sleep(5)
+    assert reach.node1_processes() == []
+    assert _trial_processes() == []
