@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from autotune._cluster import Node, placement
+from autotune._errors import UserError
 from autotune._space import PARAMETERS
 
 WARMUP_STEPS = 3
@@ -43,6 +44,9 @@ class Machine:
             machine first; empty for this machine alone. Every node is taken to be like this
             one (the study's machine check holds for each worker, not for each node).
         launcher: How a node other than this one is reached (``ssh`` or ``srun``).
+        device_ids: The accelerator indices (or, on CPU, the cores) this search's trials use
+            (``--devices``), so several workers share one machine without sharing devices;
+            empty for all of them.
     """
 
     accelerator: str
@@ -55,6 +59,12 @@ class Machine:
     native_half: tuple[str, ...] = ()
     nodes: tuple[Node, ...] = ()
     launcher: str = "ssh"
+    device_ids: tuple[int, ...] = ()
+
+    def local_device_ids(self, ranks: int) -> list[int]:
+        """The device indices this machine's ``ranks`` ranks run on (DeepSpeed's launcher sets
+        ``CUDA_VISIBLE_DEVICES`` from them)."""
+        return list(self.device_ids[:ranks]) if self.device_ids else list(range(ranks))
 
     @property
     def slots(self) -> int:
@@ -124,6 +134,65 @@ def native_half_precisions(
     if accelerator == "cuda" and cuda_major is not None:
         return tuple(p for p, major in _CUDA_HALF_MAJOR.items() if cuda_major >= major)
     return ()
+
+
+def parse_devices(text: str) -> tuple[int, ...]:
+    """``--devices``: indices and ranges, ``"0,1"`` or ``"4-7"`` or ``"0,2-3"``, in order.
+
+    Raises:
+        ValueError: Not such a list, or an index given twice.
+    """
+    ids: list[int] = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"expected indices such as 0,1 or 4-7, got {text!r}")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise ValueError(f"the range {part.strip()} runs backwards")
+        ids.extend(range(first, last + 1))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{text!r} names an index twice")
+    return tuple(ids)
+
+
+def with_devices(machine: Machine, device_ids: tuple[int, ...]) -> Machine:
+    """``machine`` restricted to ``device_ids``: accelerator indices, or on CPU cores, to which
+    this process (and so every rank it launches) is then bound.
+
+    Raises:
+        UserError: An index this machine does not have (or this process may not use).
+    """
+    if machine.accelerator == "cpu":
+        allowed = sorted(os.sched_getaffinity(0))
+        missing = [i for i in device_ids if i not in allowed]
+        if missing:
+            raise UserError(
+                f"--devices {','.join(map(str, device_ids))}: this process may use cores "
+                f"{_ranges(allowed)}, not {','.join(map(str, missing))}."
+            )
+        os.sched_setaffinity(0, device_ids)
+        count = len(device_ids)
+        return dataclasses.replace(machine, devices=count, cores=count, device_ids=device_ids)
+    missing = [i for i in device_ids if i >= machine.devices]
+    if missing:
+        raise UserError(
+            f"--devices {','.join(map(str, device_ids))}: this machine has {machine.devices} "
+            f"{machine.accelerator} devices (0-{machine.devices - 1}), not "
+            f"{','.join(map(str, missing))}."
+        )
+    return dataclasses.replace(machine, devices=len(device_ids), device_ids=device_ids)
+
+
+def _ranges(ids: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2,5``."""
+    parts: list[str] = []
+    for i in ids:
+        if parts and parts[-1].split("-")[-1] == str(i - 1):
+            parts[-1] = parts[-1].split("-")[0] + f"-{i}"
+        else:
+            parts.append(str(i))
+    return ",".join(parts)
 
 
 def available_cores() -> int:

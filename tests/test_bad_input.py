@@ -487,6 +487,18 @@ SEARCH_CASES = [
         ("--launcher slurm", "inside a Slurm allocation"),
     ),
     Case(
+        "devices-not-a-list",
+        search("model.py", "--devices", "gpu0"),
+        {"model.py": BASE_MODEL},
+        ("--devices", "such as 0,1 or 4-7"),
+    ),
+    Case(
+        "devices-this-machine-lacks",
+        search("model.py", "--devices", "4095"),
+        {"model.py": BASE_MODEL},
+        ("--devices 4095", "not 4095"),
+    ),
+    Case(
         "confirm-negative",
         search("model.py", "--confirm=-1"),
         {"model.py": BASE_MODEL},

@@ -381,3 +381,35 @@ def test_the_killed_workers_command_resumes(killed_search: dict) -> None:
     rc, out, err = killed_search["again"]
     assert rc == 0, out + err
     assert f"already holds {KILLED_TRIALS} runs" in out
+
+
+def test_two_workers_on_one_machine_each_with_its_own_core(
+    server_and_url: tuple[PostgresServer, str], tmp_path: Path
+) -> None:
+    """`--devices 0` and `--devices 1`: one search of 4 runs, each worker's ranks bound to its
+    own core, no warning about shared devices, and both count as the same machine."""
+    server, _ = server_and_url
+    url = server.create_database("own_devices")
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
+        pytest.skip("needs 2 cores")
+    folders = [_worker_folder(tmp_path, f"core{core}") for core in cores]
+    workers = [
+        subprocess.Popen(
+            [*_command(url, 4), "--devices", str(core)],
+            cwd=folder,
+            env=_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for folder, core in zip(folders, cores, strict=True)
+    ]
+    outcomes = _finish(workers, timeout=600)
+    assert [rc for rc, _, _ in outcomes] == [0, 0], _explain(outcomes)
+    for (_, out, _), folder, core in zip(outcomes, folders, cores, strict=True):
+        assert "machine: cpu, 1 cores" in out and "warning: worker" not in out
+        logs = [p.read_text() for p in (folder / "trials").rglob("log.txt")]
+        places = [line for text in logs for line in text.splitlines() if "local rank" in line]
+        assert places and all(f"(cpus {core};" in line for line in places), places
+    assert len(runs_of(load_study(STUDY, url))) == 4

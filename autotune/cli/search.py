@@ -10,7 +10,7 @@ from autotune import search
 from autotune._cluster import LAUNCHERS
 from autotune._errors import UserError
 from autotune._memory import parse_memory
-from autotune._plan import LR_SCALINGS
+from autotune._plan import LR_SCALINGS, parse_devices
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS
 from autotune._space import PARAMETERS, shipped_spaces
 from autotune.cli._common import add_study_flags
@@ -112,6 +112,12 @@ def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
         "(default: the accelerator's memory, or on CPU the RAM's share per rank)",
     )
     parser.add_argument(
+        "--devices",
+        help="the accelerators (CUDA indices) or, on CPU, the cores this search's trials use, "
+        "such as 0,1 or 4-7, so several workers share one machine without sharing devices "
+        "(default: all)",
+    )
+    parser.add_argument(
         "--hostfile",
         type=Path,
         help="a DeepSpeed hostfile ('HOST slots=N' per line, this machine first): trials with "
@@ -152,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
             max_memory = parse_memory(args.max_memory)
         except ValueError as exc:
             raise UserError(f"--max-memory: {exc}") from None
+    devices = None
+    if args.devices is not None:
+        try:
+            devices = parse_devices(args.devices)
+        except ValueError as exc:
+            raise UserError(f"--devices: {exc}") from None
     options = SearchOptions(
         model=args.model,
         space=args.space,
@@ -171,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         min_measure_seconds=args.min_measure_seconds,
         confirm=args.confirm,
         objective=args.objective,
+        devices=devices,
         hostfile=args.hostfile,
         launcher=args.launcher,
     )

@@ -73,9 +73,12 @@ def _log_place() -> None:
     import socket
 
     env = os.environ
+    cpus = sorted(os.sched_getaffinity(0))
     log(
         f"rank {env.get('RANK', '0')} of a world of {env.get('WORLD_SIZE', '1')}: local rank "
         f"{env.get('LOCAL_RANK', '0')} of {env.get('LOCAL_SIZE', '1')} on {socket.gethostname()}"
+        f" (cpus {','.join(map(str, cpus))}; CUDA_VISIBLE_DEVICES "
+        f"{env.get('CUDA_VISIBLE_DEVICES', 'unset')})"
     )
 
 

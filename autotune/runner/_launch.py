@@ -144,9 +144,11 @@ def run_trial(
             workers.close()  # its ranks hold this node's devices
         outcome = launch_across(plan_path, plan, machine, env, variables, log, timeout)
     elif workers is None:
-        outcome = _launch_fresh(plan_path, config.processes, env, log, timeout)
+        outcome = _launch_fresh(plan_path, config.processes, env, log, timeout, machine.device_ids)
     else:
-        outcome = workers.run(plan_path, config.processes, free_port(), timeout, env)
+        outcome = workers.run(
+            plan_path, config.processes, free_port(), timeout, env, machine.device_ids
+        )
     return _result(directory, outcome, time.perf_counter() - start, timeout, log)
 
 
@@ -191,11 +193,17 @@ def _result(directory: Path, outcome: Outcome, wall: float, timeout: float, log:
 
 
 def _launch_fresh(
-    plan_path: Path, processes: int, env: dict[str, str], log: Path, timeout: float
+    plan_path: Path,
+    processes: int,
+    env: dict[str, str],
+    log: Path,
+    timeout: float,
+    device_ids: Sequence[int],
 ) -> Outcome:
     """One launch of DeepSpeed's launcher for this plan alone, in its own process group."""
     with log.open("wb") as log_file:
-        group = launch_group(processes, free_port(), ["--plan", str(plan_path)], log_file, env)
+        args = ["--plan", str(plan_path)]
+        group = launch_group(processes, free_port(), args, log_file, env, device_ids)
         try:
             return Outcome(group.process.wait(timeout=timeout))
         except subprocess.TimeoutExpired:

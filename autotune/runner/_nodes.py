@@ -147,6 +147,7 @@ def launch_across(
     it, at most ``timeout`` seconds; every node's output goes to ``log``."""
     placed = placement(machine.nodes, plan.config.processes)
     world = {node.host: list(range(count)) for node, count in placed}
+    world[placed[0][0].host] = machine.local_device_ids(placed[0][1])  # this node's --devices
     master = placed[0][0].host
     port = free_port_on(master)
     harness_args = ["--plan", str(plan_path)]

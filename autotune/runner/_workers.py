@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -99,14 +100,17 @@ def launch_group(
     harness_args: list[str],
     log_file: IO[bytes],
     env: dict[str, str],
+    device_ids: Sequence[int] = (),
     command: list[str] | None = None,
 ) -> LaunchedGroup:
     """Start the harness on ``processes`` ranks in a new session, tied to this process: the
     launcher dies with it (``PR_SET_PDEATHSIG``) and the ranks watch it (``watch_owner``), so
-    no rank outlives a search killed without a chance to clean up. ``command`` replaces the
+    no rank outlives a search killed without a chance to clean up. The ranks use the first of
+    ``device_ids`` (``--devices``; all devices from 0 when empty). ``command`` replaces the
     one-node launch command (node 0 of a trial across nodes)."""
     record = register_group(port)
-    command = guarded_command(command or launch_command(processes, port, harness_args))
+    world = {"localhost": list(device_ids[:processes])} if device_ids else None
+    command = guarded_command(command or launch_command(processes, port, harness_args, world))
     process = subprocess.Popen(
         command,
         stdout=log_file,
@@ -159,13 +163,17 @@ class WarmWorkers:
         self.group: _Group | None = None
         self.launches = 0
 
-    def _start(self, processes: int, port: int, env: dict[str, str]) -> _Group:
+    def _start(
+        self, processes: int, port: int, env: dict[str, str], device_ids: Sequence[int]
+    ) -> _Group:
         self.launches += 1
         inbox = self.directory / f"group_{self.launches:03d}"
         inbox.mkdir(parents=True, exist_ok=True)
         log = inbox / "launcher.log"
         with log.open("wb") as log_file:
-            launched = launch_group(processes, port, ["--serve", str(inbox)], log_file, env)
+            launched = launch_group(
+                processes, port, ["--serve", str(inbox)], log_file, env, device_ids
+            )
         return _Group(processes, launched, inbox, log)
 
     def close(self, wait: bool = True) -> None:
@@ -189,17 +197,24 @@ class WarmWorkers:
             end_group(group.launched)
 
     def run(
-        self, plan_path: Path, processes: int, port: int, timeout: float, env: dict[str, str]
+        self,
+        plan_path: Path,
+        processes: int,
+        port: int,
+        timeout: float,
+        env: dict[str, str],
+        device_ids: Sequence[int] = (),
     ) -> Outcome:
-        """Run one plan in the warm group for ``processes`` ranks (starting one if needed) and
-        wait for its result, its failure, the group's end, or ``timeout``."""
+        """Run one plan in the warm group for ``processes`` ranks on ``device_ids`` (starting
+        one if needed) and wait for its result, its failure, the group's end, or
+        ``timeout``."""
         if self.group is not None and (
             self.group.processes != processes or self.group.process.poll() is not None
         ):
             self.close()
         fresh = self.group is None
         if self.group is None:
-            self.group = self._start(processes, port, env)
+            self.group = self._start(processes, port, env, device_ids)
         group = self.group
         directory = plan_path.parent
         request = group.inbox / f"{time.time_ns()}.request"

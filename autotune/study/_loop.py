@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from autotune._errors import UserError
-from autotune._plan import Machine, detect_machine
+from autotune._plan import Machine, detect_machine, with_devices
 from autotune._records import (
     STUDY_EVAL_SOURCE,
     STUDY_FIXED,
@@ -57,7 +57,14 @@ from autotune.study._samplers import (
     make_sampler,
     sampler_seed,
 )
-from autotune.study._sharing import StorageLock, Worker, join, leave, report_in
+from autotune.study._sharing import (
+    StorageLock,
+    Worker,
+    join,
+    leave,
+    report_in,
+    sharing_devices,
+)
 from autotune.study._storage import open_storage, redact
 
 PrintLine = Callable[[str], None]
@@ -83,6 +90,8 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
         )
     space = load_space(options.space)
     machine = detect_machine()
+    if options.devices is not None:
+        machine = with_devices(machine, options.devices)
     if options.hostfile is not None:
         machine = with_nodes(machine, options.hostfile, options.launcher)
     lock = StorageLock(options.storage)
@@ -99,6 +108,13 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
         study, worker = _open_study(options, task, machine, space, storage)
         for line in retry_orphaned_trials(study):
             print_line(line)
+        shared = sharing_devices(study, worker)
+    if shared:
+        print_line(
+            f"warning: worker {', '.join(map(str, shared))} of this study runs on this host "
+            "with devices this one uses too; their trials will slow each other down. Give each "
+            "worker on one machine its own --devices."
+        )
     left = False
     try:
         objective = Objective(options, task, machine, space, study, print_line, worker)
@@ -168,7 +184,7 @@ def _open_study(
     _check_machine(study, options, machine)
     study.set_user_attr(STUDY_SPACE, space.describe())
     optuna.storages.fail_stale_trials(study)
-    worker = join(study)
+    worker = join(study, machine.device_ids)
     if worker.number:
         seed = sampler_seed(options.seed, worker.number)
         study.sampler = make_sampler(options.sampler, seed, space.grid())

@@ -62,6 +62,7 @@ class SearchOptions:
     objective: str = "samples"
     hostfile: Path | None = None
     launcher: str = "ssh"
+    devices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -96,6 +97,8 @@ class SearchOptions:
             return f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective}."
         if self.confirm < 0:
             return f"--confirm must be 0 or more configurations, got {self.confirm}."
+        if self.devices is not None and not self.devices:
+            return "--devices must name at least one device."
         if self.launcher not in LAUNCHERS:
             return f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher}."
         return None

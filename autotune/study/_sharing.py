@@ -15,7 +15,7 @@ import fcntl
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -194,19 +194,42 @@ def _live_entries(study: optuna.Study) -> dict[str, dict[str, Any]]:
     )
 
 
-def join(study: optuna.Study) -> Worker:
-    """Register this process as a worker of ``study`` (call under the `StorageLock`)."""
+def join(study: optuna.Study, devices: Sequence[int] = ()) -> Worker:
+    """Register this process as a worker of ``study``, with the devices its trials use (all
+    when empty); call under the `StorageLock`."""
     entries = _live_entries(study)
     worker = Worker.here(lowest_free_number(entries))
-    entries[str(worker.number)] = {"host": worker.host, "pid": worker.pid, "seen": time.time()}
+    entries[str(worker.number)] = {
+        "host": worker.host,
+        "pid": worker.pid,
+        "seen": time.time(),
+        "devices": list(devices) or None,
+    }
     study.set_user_attr(STUDY_WORKERS, entries)
     return worker
+
+
+def sharing_devices(study: optuna.Study, worker: Worker) -> list[int]:
+    """The other live workers on ``worker``'s host whose devices overlap its own (a worker
+    without ``--devices`` uses them all): their trials would time each other's load."""
+    entries = _live_entries(study)
+    mine = entries.get(str(worker.number), {}).get("devices")
+    shared = []
+    for number, entry in entries.items():
+        if int(number) == worker.number or entry.get("host") != worker.host:
+            continue
+        theirs = entry.get("devices")
+        if mine is None or theirs is None or set(mine) & set(theirs):
+            shared.append(int(number))
+    return sorted(shared)
 
 
 def report_in(study: optuna.Study, worker: Worker) -> None:
     """Tell the register ``worker`` is still searching (call under the `StorageLock`)."""
     entries = dict(study.user_attrs.get(STUDY_WORKERS, {}))
-    entries[str(worker.number)] = {"host": worker.host, "pid": worker.pid, "seen": time.time()}
+    entry = dict(entries.get(str(worker.number), {}))
+    entry.update(host=worker.host, pid=worker.pid, seen=time.time())
+    entries[str(worker.number)] = entry
     study.set_user_attr(STUDY_WORKERS, entries)
 
 
