@@ -97,6 +97,7 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     lock = StorageLock(options.storage)
     with lock:  # the first worker on an empty database creates its tables (optuna#1092)
         storage = open_storage(options.storage)
+    lock.share(storage)
     remove_orphaned_buffers()  # shared memory of killed searches; a live one's stays
     print_line(
         f"model {task.model_file.path.name}: {task.train_size} training items, "

@@ -148,7 +148,7 @@ class Objective:
     ) -> None:
         self.options, self.task, self.machine, self.space = options, task, machine, space
         self.study, self.print_line = study, print_line
-        self.lock, self.worker = StorageLock(options.storage), worker
+        self.lock, self.worker = StorageLock(options.storage, study._storage), worker
         self.reference_settings = task.reference_settings()
         self.trial_root = options.trials_dir / options.study_name
         self.profiles = ProfileCache(options.trials_dir / "profiles", machine)

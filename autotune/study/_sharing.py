@@ -45,10 +45,21 @@ class StorageLock:
         url: The storage URL (`autotune search --storage`).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, storage: Any = None) -> None:
         self.url = url
         self._release: Callable[[], None] | None = None
         self._engine: Any = None
+        if storage is not None:
+            self.share(storage)
+
+    def share(self, storage: Any) -> None:
+        """Take the lock on a connection of ``storage``'s own pool (its SQLAlchemy engine), so
+        a worker holds no more connections than that pool allows (`open_storage`: 2 on
+        PostgreSQL); before the storage exists, a connection of its own is opened each time."""
+        backend = getattr(storage, "_backend", storage)  # Optuna wraps it in a cache
+        engine = getattr(backend, "engine", None)
+        if engine is not None and self.url.startswith("postgresql"):
+            self._engine = engine
 
     def __enter__(self) -> StorageLock:
         if self.url.startswith("postgresql"):
@@ -82,6 +93,9 @@ class StorageLock:
             connection.execute(statement, {"key": _LOCK_KEY})
             connection.commit()  # the lock is the session's: it outlives the transaction
         except BaseException:
+            # The server may still grant the lock to this session: end the session itself
+            # rather than hand it back to the storage's pool.
+            connection.invalidate()
             connection.close()
             raise
 
@@ -91,8 +105,11 @@ class StorageLock:
                     sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY}
                 )
                 connection.commit()
+            except BaseException:
+                connection.invalidate()  # ending the session releases its lock
+                raise
             finally:
-                connection.close()  # closing the session would release it anyway
+                connection.close()  # back to the pool, or closed
 
         return release
 

@@ -14,6 +14,10 @@ from autotune._errors import UserError
 _HEARTBEAT_SECONDS = 10
 _GRACE_SECONDS = 60
 _SQLITE = "sqlite:///"
+_POOL = {"pool_size": 2, "max_overflow": 0}
+"""A worker's connections to a PostgreSQL server, at most: one for its searching thread, one for
+the trial's heartbeat thread; the storage lock borrows one of them (`StorageLock.share`), and a
+thread that finds both busy waits its turn (milliseconds)."""
 _DRIVER_MISSING = "Failed to import DB access module"
 
 
@@ -43,6 +47,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(
             url,
+            engine_kwargs=dict(_POOL) if url.startswith("postgresql") else None,
             heartbeat_interval=_HEARTBEAT_SECONDS,
             grace_period=_GRACE_SECONDS,
         )
