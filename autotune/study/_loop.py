@@ -65,7 +65,7 @@ from autotune.study._sharing import (
     report_in,
     sharing_devices,
 )
-from autotune.study._storage import open_storage, redact
+from autotune.study._storage import has_tables, open_storage, redact
 
 PrintLine = Callable[[str], None]
 
@@ -95,7 +95,12 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     if options.hostfile is not None:
         machine = with_nodes(machine, options.hostfile, options.launcher)
     lock = StorageLock(options.storage)
-    with lock:  # the first worker on an empty database creates its tables (optuna#1092)
+    storage = None
+    if not has_tables(options.storage):
+        with lock:  # the first worker on an empty database creates its tables (optuna#1092)
+            if not has_tables(options.storage):
+                storage = open_storage(options.storage)
+    if storage is None:  # tables made: opened without the lock's connection beside its own
         storage = open_storage(options.storage)
     lock.share(storage)
     remove_orphaned_buffers()  # shared memory of killed searches; a live one's stays

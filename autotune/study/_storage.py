@@ -55,6 +55,24 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise storage_error(url, exc) from None
 
 
+def has_tables(url: str) -> bool:
+    """Whether the PostgreSQL database at ``url`` holds Optuna's tables already (asked on a
+    connection of its own, closed before returning); False for other storages, or when the
+    server cannot be asked (`open_storage` then says why)."""
+    if not url.startswith("postgresql"):
+        return False
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        with engine.connect() as connection:
+            found = connection.execute(sqlalchemy.text("SELECT to_regclass('alembic_version')"))
+            return found.scalar() is not None
+    except Exception:
+        return False
+
+
 def storage_error(url: str, exc: BaseException) -> UserError:
     """The one line a user sees when the storage at ``url`` cannot be opened (or locked)."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
