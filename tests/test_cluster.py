@@ -15,7 +15,7 @@ from autotune._cluster import Node, is_this_machine, node_command, placement, re
 from autotune._errors import UserError
 from autotune._memory import memory_limit_bytes
 from autotune._task import reference_settings
-from autotune.runner._nodes import forwarded_environment
+from autotune.runner._nodes import forwarded_environment, root_failure
 
 CPU = Machine(accelerator="cpu", devices=8, cores=8, fp16=False, bf16=True)
 GPUS = Machine(accelerator="cuda", devices=4, cores=32, fp16=True, bf16=True, device_name="H100")
@@ -141,3 +141,11 @@ def test_this_machine_is_told_from_others() -> None:
     assert is_this_machine("127.0.0.1")
     assert not is_this_machine("198.51.100.7")  # TEST-NET-2: nobody's address
     assert not is_this_machine("no-such-host.invalid")
+
+
+def test_the_rank_that_failed_is_named_not_its_peers() -> None:
+    lost = "error: RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    oom = "oom: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert root_failure([lost, oom]) == oom
+    assert root_failure([lost]) is None  # then the node that ended first is named
+    assert root_failure([]) is None

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from autotune._errors import UserError
 from autotune._plan import Machine
 from autotune.runner._node import FAILURE_MARK
 from autotune.runner._owner import guarded_command
-from autotune.runner._protocol import TrialPlan, failure_file
+from autotune.runner._protocol import FAILURE_GLOB, TrialPlan, failure_file
 from autotune.runner._workers import Outcome, end_group, launch_command, launch_group
 
 NODE_AGENT = Path(__file__).resolve().with_name("_node.py")
@@ -246,6 +247,19 @@ def _end_nodes(remotes: list[tuple[int, Node, subprocess.Popen[bytes]]], finishe
             process.wait()
 
 
+_PEER_LOST = re.compile(
+    r"connection (closed|reset)|broken pipe|peer|socket|timed? ?out|nccl|gloo", re.IGNORECASE
+)
+"""What a rank reports when another rank, not itself, went wrong (its collective lost a peer)."""
+
+
+def root_failure(reasons: list[str]) -> str | None:
+    """Of the failed ranks' reasons, the one that is the cause: the first that is not a lost
+    peer (a rank whose neighbour on another node died fails in its collective too); None when
+    each is."""
+    return next((r for r in reasons if not _PEER_LOST.search(r)), None)
+
+
 def _with_node_reason(
     outcome: Outcome,
     log: Path,
@@ -253,19 +267,27 @@ def _with_node_reason(
     remotes: list[tuple[int, Node, subprocess.Popen[bytes]]],
 ) -> Outcome:
     """The outcome, with the failures that other nodes' ranks sent back written beside the
-    plan, and the reason a node ended first put in words."""
-    failures = []
+    plan, and its reason: the failing rank's own (on whichever node), or else what ended a
+    node first, in words."""
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith(FAILURE_MARK):
-            with contextlib.suppress(ValueError):
-                failures.append(json.loads(line[len(FAILURE_MARK) :]))
-    for failure in failures:
-        (directory / failure_file(int(failure["rank"]))).write_text(json.dumps(failure))
-    if outcome.reason is None:
+            with contextlib.suppress(ValueError, KeyError):
+                failure = json.loads(line[len(FAILURE_MARK) :])
+                (directory / failure_file(int(failure["rank"]))).write_text(json.dumps(failure))
+    reasons = []
+    for path in sorted(directory.glob(FAILURE_GLOB)):
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            reasons.append(str(json.loads(path.read_text())["reason"]))
+    if outcome.returncode == 0 and not outcome.timed_out:
         return outcome
-    if failures:
-        reason = failures[0]["reason"]
-    elif outcome.returncode == 255:
+    cause = root_failure(reasons)
+    if cause is not None:
+        return dataclasses.replace(
+            outcome, reason=f"{cause} (log: {log})" if cause.startswith("error") else cause
+        )
+    if outcome.reason is None:
+        return outcome  # node 0's own ranks' failure files say why
+    if outcome.returncode == 255:
         reason = (
             f"error: the connection to {outcome.reason} failed or its command was killed "
             f"(exit status 255; log: {log})"
@@ -275,4 +297,4 @@ def _with_node_reason(
             f"error: {outcome.reason} ended with exit status {outcome.returncode} before the "
             f"trial finished (log: {log})"
         )
-    return Outcome(outcome.returncode, reason=reason)
+    return dataclasses.replace(outcome, reason=reason)
