@@ -1,8 +1,8 @@
 """Times point-to-point messages between two ranks: what a pipeline stage boundary costs.
 
-Run by path as two processes (``_link.py --rank R --port P --backend B --out F``), like the
-harness, so it imports nothing of the caller's. Rank 0 writes the one-way seconds of each
-message size in ``SIZES`` to ``--out`` as JSON.
+Run by path as two processes (``_link.py --rank R --port P --backend B --out F [--device D]``),
+like the harness, so it imports nothing of the caller's. Rank 0 writes the one-way seconds of
+each message size in ``SIZES`` to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", default="gloo")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", type=int, default=None, help="CUDA index (default: rank)")
     args = parser.parse_args()
     rank, peer = args.rank, 1 - args.rank
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
     dist.init_process_group(args.backend, rank=rank, world_size=2)
-    device = torch.device(f"cuda:{rank}") if args.backend == "nccl" else torch.device("cpu")
+    index = rank if args.device is None else args.device
+    device = torch.device(f"cuda:{index}") if args.backend == "nccl" else torch.device("cpu")
     tensors = [torch.zeros(max(1, nbytes // 4), device=device) for nbytes in SIZES]
     for tensor in tensors:
         for _ in range(3):  # connect and warm up

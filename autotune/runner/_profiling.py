@@ -46,6 +46,7 @@ from autotune.runner import _link
 from autotune.runner._data import cast_batch, torch_dtype
 from autotune.runner._launch import free_port
 from autotune.runner._ops import ops_environment
+from autotune.runner._owner import guarded_command
 
 _MIN_ROUNDS = 7
 _MAX_ROUNDS = 200
@@ -288,16 +289,21 @@ def measure_link(machine: Machine, scratch: Path, timeout: float = 120.0) -> Lin
     out = scratch / f"link-{os.getpid()}.json"
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", **ops_environment()}
+    devices = machine.local_device_ids(2)  # --devices: this worker's own
     ranks = [
         subprocess.Popen(
-            [
-                sys.executable,
-                _link.__file__,
-                f"--rank={rank}",
-                f"--port={port}",
-                f"--backend={backend}",
-                f"--out={out}",
-            ],
+            # Tied to this process, as a trial's launcher is: killed with it.
+            guarded_command(
+                [
+                    sys.executable,
+                    _link.__file__,
+                    f"--rank={rank}",
+                    f"--port={port}",
+                    f"--backend={backend}",
+                    f"--out={out}",
+                    f"--device={devices[rank]}",
+                ]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
@@ -381,7 +387,8 @@ class ProfileCache:
         threads = config.threads_per_process(self.machine)
         link = self.link()
         previous_threads = torch.get_num_threads()
-        device = torch.device("cuda:0" if self.machine.accelerator == "cuda" else "cpu")
+        first = self.machine.local_device_ids(1)[0]  # --devices: this worker's own
+        device = torch.device(f"cuda:{first}" if self.machine.accelerator == "cuda" else "cpu")
         try:
             if threads:
                 torch.set_num_threads(threads)
