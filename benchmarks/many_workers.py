@@ -111,6 +111,32 @@ def _search(
     return wall, dict(most), codes
 
 
+def _study_shape(url: str) -> dict[str, object]:
+    """What the many workers' study holds: runs, distinct configurations, repeats, runs per
+    worker, and each worker's first proposal after the queued start-up (differing draws)."""
+    from autotune import load_study
+    from autotune._records import REPEAT, SEARCH, TrialRecord
+    from autotune.study import runs_of
+
+    study = load_study("scaling", url)
+    runs = runs_of(study)
+    keys = [TrialRecord.of(t).config_key for t in runs]
+    per_worker = collections.Counter(TrialRecord.of(t).worker for t in runs)
+    first: dict[int, str] = {}
+    for trial in study.get_trials(deepcopy=False):
+        record = TrialRecord.of(trial)
+        if record.role == SEARCH and record.worker is not None:
+            first.setdefault(record.worker, str(record.config_key)[:40])
+    return {
+        "runs": len(runs),
+        "configurations": len(set(keys)),
+        "twice": len(keys) - len(set(keys)),
+        "repeats": sum(TrialRecord.of(t).status == REPEAT for t in study.get_trials()),
+        "per_worker": dict(sorted(per_worker.items())),
+        "first_draws": dict(sorted(first.items())),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=48)
@@ -127,6 +153,7 @@ def main() -> int:
     try:
         one, _, codes_one = _search(server, "one_worker", 1, args, root)
         many, connections, codes_many = _search(server, "many_workers", args.workers, args, root)
+        shape = _study_shape(server.url("many_workers"))
     finally:
         server.stop()
     print(
@@ -138,6 +165,12 @@ def main() -> int:
     print(f"speed-up: {one / many:.2f}x")
     per_worker = {name: connections[name] for name in sorted(connections) if name}
     print(f"most connections at once, per worker: {per_worker}")
+    print(
+        f"the {args.workers} workers' study: {shape['runs']} runs, {shape['configurations']} "
+        f"configurations, {shape['twice']} launched twice, {shape['repeats']} proposals "
+        f"recorded as repeats, runs per worker {shape['per_worker']}; the first random draw "
+        f"of each worker: {shape['first_draws']}"
+    )
     if any(codes_one + codes_many):
         print(f"a worker failed: logs in {root}", file=sys.stderr)
         return 1
