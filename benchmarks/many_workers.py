@@ -126,7 +126,13 @@ def _study_shape(url: str) -> dict[str, object]:
     for trial in study.get_trials(deepcopy=False):
         record = TrialRecord.of(trial)
         if record.role == SEARCH and record.worker is not None:
-            first.setdefault(record.worker, str(record.config_key)[:40])
+            settings = record.settings
+            first.setdefault(
+                record.worker,
+                "mbs={micro_batch_size} gas={gradient_accumulation_steps} zero={zero_stage}".format(
+                    **settings
+                ),
+            )
     return {
         "runs": len(runs),
         "configurations": len(set(keys)),
@@ -168,8 +174,8 @@ def main() -> int:
     print(
         f"the {args.workers} workers' study: {shape['runs']} runs, {shape['configurations']} "
         f"configurations, {shape['twice']} launched twice, {shape['repeats']} proposals "
-        f"recorded as repeats, runs per worker {shape['per_worker']}; the first random draw "
-        f"of each worker: {shape['first_draws']}"
+        f"recorded as repeats, runs per worker {shape['per_worker']}; each worker's first "
+        f"proposal after the start-up: {shape['first_draws']}"
     )
     if any(codes_one + codes_many):
         print(f"a worker failed: logs in {root}", file=sys.stderr)
