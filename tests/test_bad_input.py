@@ -481,6 +481,13 @@ SEARCH_CASES = [
         ("gives this machine 4096 slots, but it has",),
     ),
     Case(
+        "hostfile-node-unreachable",
+        search("model.py", "--hostfile", "nodes.txt"),
+        # Nothing answers ssh on 127.0.0.2 here (or, where sshd runs, it refuses the batch login).
+        {"model.py": BASE_MODEL, "nodes.txt": "127.0.0.1 slots=1\n127.0.0.2 slots=1\n"},
+        ("cannot start on 1 node(s)", "127.0.0.2"),
+    ),
+    Case(
         "launcher-slurm-outside-an-allocation",
         search("model.py", "--hostfile", "nodes.txt", "--launcher", "slurm"),
         {"model.py": BASE_MODEL, "nodes.txt": "127.0.0.1 slots=1\n"},

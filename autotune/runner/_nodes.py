@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,8 +43,6 @@ trial sets (DeepSpeed's runner forwards NCCL_*, PYTHON* and its .deepspeed_env t
 FORWARDED = ("PYTHONPATH", "PYTHONUNBUFFERED", "LD_LIBRARY_PATH", "TORCH_EXTENSIONS_DIR")
 END_GRACE_SECONDS = 10.0
 """How long a node's ssh or srun gets to finish on its own once the trial has ended."""
-
-
 CHECK_SECONDS = 120.0
 """How long a node gets to answer the check before the search starts (ssh and an import)."""
 
@@ -85,19 +84,23 @@ def check_nodes(machine: Machine) -> None:
         UserError: One line per node that cannot, with what it said.
     """
     probe = [sys.executable, str(NODE_AGENT), "--check"]
-    started = [
-        (
-            node,
-            subprocess.Popen(
-                node_command(machine.launcher, node.host, probe),
+    started = []
+    for node in machine.nodes[1:]:
+        command = node_command(machine.launcher, node.host, probe)
+        try:
+            process = subprocess.Popen(
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-            ),
-        )
-        for node in machine.nodes[1:]
-    ]
+            )
+        except OSError as exc:
+            raise UserError(
+                f"--launcher {machine.launcher} runs {command[0]}, which cannot be started "
+                f"here: {exc.strerror or exc}."
+            ) from None
+        started.append((node, process))
     problems = []
     for node, process in started:
         try:
@@ -128,8 +131,6 @@ def forwarded_environment(env: dict[str, str], set_by_trial: dict[str, str]) -> 
 
 def free_port_on(address: str) -> int:
     """A TCP port that nothing listens on now at ``address`` (node 0's, for the master port)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])

@@ -94,15 +94,9 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
         machine = with_devices(machine, options.devices)
     if options.hostfile is not None:
         machine = with_nodes(machine, options.hostfile, options.launcher)
+        _check_nodes(machine, print_line)
     lock = StorageLock(options.storage)
-    storage = None
-    if not has_tables(options.storage):
-        with lock:  # the first worker on an empty database creates its tables (optuna#1092)
-            if not has_tables(options.storage):
-                storage = open_storage(options.storage)
-    if storage is None:  # tables made: opened without the lock's connection beside its own
-        storage = open_storage(options.storage)
-    lock.share(storage)
+    storage = _open_shared_storage(options.storage, lock)
     remove_orphaned_buffers()  # shared memory of killed searches; a live one's stays
     print_line(
         f"model {task.model_file.path.name}: {task.train_size} training items, "
@@ -151,9 +145,24 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     return study, last
 
 
-def _prepare_machine(task: Task, machine: Machine, print_line: PrintLine) -> None:
-    """Check that the hostfile's other nodes (if any) can start a trial's ranks, and build
-    DeepSpeed's ops for the model's optimizer here."""
+def _open_shared_storage(url: str, lock: StorageLock) -> optuna.storages.BaseStorage:
+    """The storage, its tables created under ``lock`` by the first worker on an empty database
+    (optuna#1092); once they exist it is opened without the lock, whose connection would be
+    one more beside the storage's own. The lock then borrows the storage's connections."""
+    storage = None
+    if not has_tables(url):
+        with lock:
+            if not has_tables(url):
+                storage = open_storage(url)
+    if storage is None:
+        storage = open_storage(url)
+    lock.share(storage)
+    return storage
+
+
+def _check_nodes(machine: Machine, print_line: PrintLine) -> None:
+    """Say which nodes trials may span, and check that each other node can start a trial's
+    ranks (before the study is opened: a node that cannot is bad input)."""
     if len(machine.nodes) > 1:
         print_line(
             f"nodes: {', '.join(f'{n.host} ({n.slots} slots)' for n in machine.nodes)}; trials "
@@ -161,6 +170,10 @@ def _prepare_machine(task: Task, machine: Machine, print_line: PrintLine) -> Non
             f"{machine.launcher}; checking that each node can start them"
         )
         check_nodes(machine)
+
+
+def _prepare_machine(task: Task, machine: Machine, print_line: PrintLine) -> None:
+    """Build DeepSpeed's ops for the model's optimizer here."""
     print_line(f"machine: {machine.describe()}; checking DeepSpeed's ops (built once per machine)")
     built = prepare_deepspeed_ops(machine, task.model_file.optimizer)
     if built:
