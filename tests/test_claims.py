@@ -23,8 +23,8 @@ from autotune._records import (
     STATUS,
     THROUGHPUT,
 )
-from autotune._space import load_space, sampled_params
-from autotune._task import load_task
+from autotune._space import SearchSpace, load_space, sampled_params
+from autotune._task import Task, load_task
 from autotune.study import SearchOptions, open_storage
 from autotune.study._objective import Objective
 from autotune.study._sharing import Worker
@@ -52,9 +52,11 @@ MODEL = textwrap.dedent(
 )
 
 
-def test_a_proposal_running_on_another_worker_is_waited_for_and_repeated(
-    write_model: Callable[[str, str], Path], tmp_path: Path
-) -> None:
+def _empty_study(
+    write_model: Callable[[str, str], Path], tmp_path: Path, n_trials: int
+) -> tuple[SearchOptions, Task, SearchSpace, optuna.Study]:
+    """The options, task and space of a search of MODEL over two micro-batches, and its new
+    study in the storage a search opens (SQLite, heartbeats on)."""
     model = write_model(MODEL, "tiny.py")
     space_file = tmp_path / "space.yaml"
     space_file.write_text("micro_batch_size: [16, 32]\n")
@@ -63,12 +65,18 @@ def test_a_proposal_running_on_another_worker_is_waited_for_and_repeated(
         space=space_file,
         storage=f"sqlite:///{tmp_path}/study.db",
         trials_dir=tmp_path / "trials",
-        n_trials=4,
+        n_trials=n_trials,
     )
-    task, space = load_task(model), load_space(space_file)
     study = optuna.create_study(
         study_name="s", storage=open_storage(options.storage), direction="maximize"
     )
+    return options, load_task(model), load_space(space_file), study
+
+
+def test_a_proposal_running_on_another_worker_is_waited_for_and_repeated(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    options, task, space, study = _empty_study(write_model, tmp_path, n_trials=4)
     settings = {**task.reference_settings(), "micro_batch_size": 16}
     key = TrialConfig.from_settings(
         settings, task.model_file.optimizer, task.model_file.batch_size, options.lr_scaling
@@ -108,20 +116,7 @@ def test_the_last_runs_are_kept_for_a_queued_retry(
 ) -> None:
     """A run cut short is queued again; when the study has no more runs than that retry needs,
     another proposal is not run (and its worker goes on, to take the retry), not stopped."""
-    model = write_model(MODEL, "tiny.py")
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text("micro_batch_size: [16, 32]\n")
-    options = SearchOptions(
-        model=model,
-        space=space_file,
-        storage=f"sqlite:///{tmp_path}/study.db",
-        trials_dir=tmp_path / "trials",
-        n_trials=2,
-    )
-    task, space = load_task(model), load_space(space_file)
-    study = optuna.create_study(
-        study_name="s", storage=open_storage(options.storage), direction="maximize"
-    )
+    options, task, space, study = _empty_study(write_model, tmp_path, n_trials=2)
     reference = {**task.reference_settings(), "micro_batch_size": 16}
     params = sampled_params(space, reference)
     distributions = {"micro_batch_size": optuna.distributions.CategoricalDistribution([16, 32])}
