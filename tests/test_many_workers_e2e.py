@@ -24,6 +24,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _models import SMALL_CLASSIFIER
 from _postgres import PostgresServer
 
 from autotune import load_study
@@ -44,23 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKERS = 4
 N_TRIALS = 12
 STUDY = "shared"
-MODEL = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    BATCH_SIZE = 32
-
-    def model():
-        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
-
-    def train_data():
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(1200, 16, generator=g)
-        return TensorDataset(x, x[:, :4].argmax(1))
-    """
-)
+MODEL = SMALL_CLASSIFIER
 SPACE = textwrap.dedent(
     """
     # 24 one-process configurations (22 with a global batch that leaves 8 steps in 1024 samples):

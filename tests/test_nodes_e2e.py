@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _models import SMALL_CLASSIFIER
 from _nodes import IFNAME, NODE0, NODE1, TwoNodes, missing
 
 from autotune import TrialConfig, detect_machine, load_study
@@ -29,23 +30,7 @@ from autotune.runner import RunResult, run_trial
 pytestmark = [pytest.mark.e2e, pytest.mark.nodes]
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    BATCH_SIZE = 32
-
-    def model():
-        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
-
-    def train_data():
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(1200, 16, generator=g)
-        return TensorDataset(x, x[:, :4].argmax(1))
-    """
-)
+MODEL = SMALL_CLASSIFIER
 SAMPLES = 1024
 
 

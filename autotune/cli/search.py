@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from autotune import search
 from autotune._cluster import LAUNCHERS
@@ -151,19 +152,22 @@ def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+T = TypeVar("T")
+
+
+def _parsed(flag: str, parse: Callable[[str], T], text: str | None) -> T | None:
+    """``text`` of ``flag`` read by ``parse``; None when the flag was not given."""
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    max_memory = None
-    if args.max_memory is not None:
-        try:
-            max_memory = parse_memory(args.max_memory)
-        except ValueError as exc:
-            raise UserError(f"--max-memory: {exc}") from None
-    devices = None
-    if args.devices is not None:
-        try:
-            devices = parse_devices(args.devices)
-        except ValueError as exc:
-            raise UserError(f"--devices: {exc}") from None
+    max_memory = _parsed("--max-memory", parse_memory, args.max_memory)
+    devices = _parsed("--devices", parse_devices, args.devices)
     options = SearchOptions(
         model=args.model,
         space=args.space,
