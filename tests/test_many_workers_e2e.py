@@ -273,6 +273,11 @@ def _ranks_of(pid: int) -> list[int]:
     return found
 
 
+def _is_reference(url: str, number: int) -> bool:
+    trials = load_study(STUDY, url).get_trials(deepcopy=False)
+    return any(t.number == number and TrialRecord.of(t).is_reference for t in trials)
+
+
 def _segments() -> set[str]:
     return {p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}_*")}
 
@@ -309,7 +314,8 @@ def killed_search(
         while True:
             lines = victim_log.read_text().splitlines()
             running = _RUNNING_LINE.search(lines[-1]) if lines else None
-            if running and _ranks_of(victim.pid):
+            # Not the reference: with it killed, the other workers stop (see issue 16's note).
+            if running and _ranks_of(victim.pid) and not _is_reference(url, int(running[1])):
                 break
             assert victim.poll() is None and time.monotonic() < deadline, victim_log.read_text()
             time.sleep(0.02)
