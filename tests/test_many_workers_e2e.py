@@ -33,6 +33,7 @@ from autotune._records import (
     RETRY_OF,
     STARTUP,
     STUDY_MACHINE,
+    STUDY_REFERENCE_NUMBER,
     STUDY_WORKERS,
     TrialRecord,
 )
@@ -286,9 +287,9 @@ def _segments() -> set[str]:
 def killed_search(
     server_and_url: tuple[PostgresServer, str], tmp_path_factory: pytest.TempPathFactory
 ) -> dict:
-    """Four workers on a fresh database; one is killed with SIGKILL in the middle of a run
-    (its ranks up), the other three finish the study, then the killed one's command is run
-    again in its folder."""
+    """Four workers on a fresh database; the one running the reference is killed with SIGKILL
+    in the middle of its run (its ranks up), the other three finish the study, then the killed
+    one's command is run again in its folder."""
     server, _ = server_and_url
     url = server.create_database("killed_worker")
     segments_before = _segments()
@@ -308,16 +309,19 @@ def killed_search(
                     text=True,
                 )
             )
-    victim, victim_log = workers[1], logs[1]
+    victim = None
     try:
+        # The worker that runs the reference, once its ranks are up: every other worker's
+        # trial is scored against the reference, so they wait for its retry.
         deadline = time.monotonic() + 300
-        while True:
-            lines = victim_log.read_text().splitlines()
-            running = _RUNNING_LINE.search(lines[-1]) if lines else None
-            # Not the reference: with it killed, the other workers stop (see issue 16's note).
-            if running and _ranks_of(victim.pid) and not _is_reference(url, int(running[1])):
-                break
-            assert victim.poll() is None and time.monotonic() < deadline, victim_log.read_text()
+        while victim is None:
+            for worker, log in zip(workers, logs, strict=True):
+                lines = log.read_text().splitlines()
+                running = _RUNNING_LINE.search(lines[-1]) if lines else None
+                if running and _ranks_of(worker.pid) and _is_reference(url, int(running[1])):
+                    victim, victim_log = worker, log
+                    break
+            assert time.monotonic() < deadline, [log.read_text() for log in logs]
             time.sleep(0.02)
         killed = int(running.group(1))
         ranks = _ranks_of(victim.pid)
@@ -328,7 +332,8 @@ def killed_search(
         ranks_left += _ranks_of(victim.pid)
     finally:
         others = _finish([w for w in workers if w is not victim], timeout=600)
-    again = _finish([_start(folders[1], url, KILLED_TRIALS)], timeout=300)[0]
+    folder = folders[workers.index(victim)] if victim is not None else folders[0]
+    again = _finish([_start(folder, url, KILLED_TRIALS)], timeout=300)[0]
     return {
         "url": url,
         "killed": killed,
@@ -336,7 +341,7 @@ def killed_search(
         "ranks_left": ranks_left,
         "others": [
             (rc, log.read_text(), "")
-            for (rc, _, _), log in zip(others, [logs[0], *logs[2:]], strict=True)
+            for (rc, _, _), log in zip(others, [g for g in logs if g != victim_log], strict=True)
         ],
         "again": again,
         "new_segments": _segments() - segments_before,
@@ -359,6 +364,9 @@ def test_a_killed_workers_run_is_failed_and_run_again_once(killed_search: dict) 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert trials[killed].state == optuna.trial.TrialState.FAIL
     (retry,) = [t for t in trials.values() if t.user_attrs.get(RETRY_OF) == killed]
+    # The reference's retry ran, and every trial was scored against it.
+    assert TrialRecord.of(retry).is_reference and retry.state == optuna.trial.TrialState.COMPLETE
+    assert study.user_attrs[STUDY_REFERENCE_NUMBER] == retry.number
     runs = runs_of(study)
     assert len(runs) == KILLED_TRIALS
     keys = [TrialRecord.of(t).config_key for t in runs]

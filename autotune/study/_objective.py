@@ -90,7 +90,13 @@ from autotune.pipeline import (
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
 from autotune.study._options import ADAPTIVE, SearchOptions
 from autotune.study._ranking import runs_of
-from autotune.study._retry import record_owner, retry_interrupted, retry_orphaned_trials
+from autotune.study._retry import (
+    record_owner,
+    retry_interrupted,
+    retry_orphaned_trials,
+    run_taken_trial,
+    take_queued_reference,
+)
 from autotune.study._sharing import (
     StorageLock,
     Worker,
@@ -346,7 +352,8 @@ class Objective:
                 taken = slots_taken(trials)
                 # Runs left for queued retries are theirs: a run cut short runs again.
                 kept = 0 if proposal.trial.user_attrs.get(RETRY_OF) else queued_retries(trials)
-                if twin is None and taken + kept < self.options.n_trials:
+                # A reference always runs (a retried one too): every trial waits for it.
+                if twin is None and (taken + kept < self.options.n_trials or proposal.is_reference):
                     proposal.trial.set_user_attr(RUN_SLOT, taken + 1)
                     report_in(self.study, self.worker)
                     return taken + 1
@@ -521,12 +528,49 @@ class Objective:
         return rate
 
     def _reference_metric(self) -> float:
-        # Another worker of a shared study may still be running the reference.
-        deadline = time.monotonic() + self.options.trial_timeout * 3
+        """The study's reference metric. Another worker of a shared study may still be running
+        the reference: wait for it; if its run was cut short (its worker killed), run the
+        queued retry here.
+
+        Raises:
+            UserError: The reference failed on its worker, or ran past three trial timeouts.
+        """
+        running, deadline = None, 0.0
         while True:
             value = self.study.user_attrs.get(STUDY_REFERENCE_METRIC)
             if value is not None:
                 return float(value)
+            optuna.storages.fail_stale_trials(self.study)
+            with self.lock:
+                for line in retry_orphaned_trials(self.study):
+                    self.print_line(line)
+                retry = take_queued_reference(self.study, first_too=True)
+            if retry is not None:
+                self.print_line(
+                    f"trial {retry.number:>3} runs here: the reference's run was cut short "
+                    "and every trial is scored against it"
+                )
+                run_taken_trial(self.study, retry, self)
+                continue
+            references = [
+                t
+                for t in self.study.get_trials(deepcopy=False)
+                if TrialRecord.of(t).is_reference
+                and t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+            ]
+            if not references:
+                raise UserError(
+                    "The reference configuration failed on another worker of this study, so "
+                    "no trial can be scored; see its reason with `autotune trials`, fix it and "
+                    "run the search again."
+                )
+            if references[0].number != running:
+                running = references[0].number
+                deadline = time.monotonic() + self.options.trial_timeout * 3
             if time.monotonic() > deadline:
-                raise UserError("The study has no reference result yet; run the search again.")
-            time.sleep(2)
+                raise UserError(
+                    f"The reference (trial {running}) has run on another worker for more than "
+                    f"three trial timeouts ({self.options.trial_timeout * 3:.0f} s) without a "
+                    "result; run the search again."
+                )
+            time.sleep(_POLL_SECONDS)

@@ -120,24 +120,40 @@ def retry_orphaned_trials(study: optuna.Study) -> list[str]:
     return lines
 
 
-def run_queued_reference(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
-    """Run a queued reference now when other trials are queued before it (a retried
-    reference joins the end of the queue, and Optuna takes queued trials in order)."""
+def take_queued_reference(study: optuna.Study, *, first_too: bool = False) -> FrozenTrial | None:
+    """Take a queued reference (a retry of one cut short) for this worker to run: the trial,
+    now RUNNING, or None when there is none or another worker took it first. Unless
+    ``first_too``, only one queued behind other trials is taken (Optuna hands out the first)."""
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     reference = next((t for t in waiting if TrialRecord.of(t).is_reference), None)
-    if reference is None or reference.number == waiting[0].number:
-        return
-    storage = study._storage
+    if reference is None or (reference.number == waiting[0].number and not first_too):
+        return None
     try:
-        if not storage.set_trial_state_values(reference._trial_id, TrialState.RUNNING):
-            return  # another worker took it
+        if not study._storage.set_trial_state_values(reference._trial_id, TrialState.RUNNING):
+            return None  # another worker took it
     except optuna.exceptions.UpdateFinishedTrialError:
-        return
-    trial = optuna.Trial(study, reference._trial_id)
-    with get_heartbeat_thread(trial._trial_id, storage):
+        return None
+    return reference
+
+
+def run_taken_trial(
+    study: optuna.Study, taken: FrozenTrial, objective: Callable[[optuna.Trial], float]
+) -> None:
+    """Run ``taken`` (a trial this worker set RUNNING) outside Optuna's loop, with heartbeats,
+    and tell the study its end."""
+    trial = optuna.Trial(study, taken._trial_id)
+    with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
             value = objective(trial)
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
     study.tell(trial, value)
+
+
+def run_queued_reference(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
+    """Run a queued reference now when other trials are queued before it (a retried
+    reference joins the end of the queue, and Optuna takes queued trials in order)."""
+    reference = take_queued_reference(study)
+    if reference is not None:
+        run_taken_trial(study, reference, objective)
