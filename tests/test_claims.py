@@ -13,12 +13,15 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autotune._errors import UserError
 from autotune._plan import Machine, TrialConfig
 from autotune._records import (
     CONFIG_KEY,
+    REFERENCE,
     REPEAT,
     REPEAT_OF,
     RETRY_OF,
+    ROLE,
     RUN_SLOT,
     STATUS,
     THROUGHPUT,
@@ -140,3 +143,22 @@ def test_the_last_runs_are_kept_for_a_queued_retry(
     )
     assert not study._stop_flag  # the worker goes on: its next trial is the retry
     assert study.ask().user_attrs[RETRY_OF] == 0
+
+
+def test_a_reference_that_failed_on_another_worker_stops_this_one_with_one_line(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A worker whose run ended before the reference's result waits for it; when the reference
+    failed on its worker (nothing running or queued), it stops with one line, not a wait."""
+    options, task, space, study = _empty_study(write_model, tmp_path, n_trials=4)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL, user_attrs={ROLE: REFERENCE, RUN_SLOT: 1}
+        )
+    )
+    machine = Machine("cpu", 2, 2, fp16=False, bf16=True)
+    objective = Objective(options, task, machine, space, study, print, Worker.here(1))
+    started = time.monotonic()
+    with pytest.raises(UserError, match="^The reference configuration failed on another worker"):
+        objective._reference_metric()
+    assert time.monotonic() - started < 30
