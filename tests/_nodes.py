@@ -8,17 +8,23 @@ test, in a mount namespace of its own where a given folder (the test's project: 
 installed Python environment, as a cluster node with the same image would.
 
 Both ends of the veth pair are named ``IFNAME``, so ``GLOO_SOCKET_IFNAME`` is the same on both
-nodes. Needs root (``ip netns``), iproute2 and sshd: `available` says what is missing.
+nodes. Needs root (``ip netns``), iproute2 and sshd: `missing` says what is missing.
+
+`Slurm` makes the same two nodes a Slurm cluster (Debian's ``slurm-wlm``): a slurmctld, and a
+slurmd on each node (node 1's in its namespaces, like its sshd), so ``srun`` starts steps there.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -61,6 +67,7 @@ class TwoNodes:
         self.hostfile = self.folder / "hostfile"
         self.hostfile.write_text(f"{NODE0} slots={slots}\n{NODE1} slots={slots}\n")
         self.sshd: subprocess.Popen[bytes] | None = None
+        self.daemons: list[subprocess.Popen[bytes]] = []
         try:
             self._network()
             self._sshd()
@@ -99,14 +106,7 @@ class TwoNodes:
             f"PidFile {self.folder / 'sshd.pid'}\nLogLevel ERROR\n"
         )
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation
-        hide = f"mount -t tmpfs tmpfs '{self.hidden}' && exec {SSHD} -D -e -f '{config}'"
-        self.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, "unshare", "--mount"]
-            + ["--propagation", "private", "sh", "-c", hide],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.sshd = self.start_on_node1([SSHD, "-D", "-e", "-f", str(config)])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.sshd.poll() is not None:
@@ -118,16 +118,35 @@ class TwoNodes:
                 time.sleep(0.1)
         raise RuntimeError(f"sshd in {self.namespace} did not listen on {NODE1}:22")
 
+    def start_on_node1(
+        self, command: list[str], log: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a daemon on node 1: in its network namespace (nsenter keeps this machine's
+        /sys, where slurmd finds its cgroups), in a mount namespace of its own where the hidden
+        folder is an empty tmpfs."""
+        hide = f"mount -t tmpfs tmpfs '{self.hidden}' && exec {shlex.join(command)}"
+        with open(os.devnull if log is None else log, "wb") as out:
+            daemon = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{self.namespace}", "unshare", "--mount"]
+                + ["--propagation", "private", "sh", "-c", hide],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=None if env is None else {**os.environ, **env},
+                start_new_session=True,
+            )
+        self.daemons.append(daemon)  # nsenter, unshare and sh all exec: its pid is the daemon's
+        return daemon
+
     def node1_processes(self) -> list[str]:
-        """Node 1's processes other than sshd's listener, as "PID COMMAND LINE"."""
+        """Node 1's processes other than its daemons (sshd's listener, slurmd), as "PID
+        COMMAND LINE"."""
         listed = subprocess.run(
             ["ip", "netns", "pids", self.namespace], capture_output=True, text=True
         ).stdout.split()
-        # ip netns exec, unshare and sh all exec: the listener has the started process's pid.
-        listener = self.sshd.pid if self.sshd is not None else None
+        daemons = {daemon.pid for daemon in self.daemons}
         lines = []
         for pid in listed:
-            if int(pid) == listener:
+            if int(pid) in daemons:
                 continue
             try:
                 text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -137,7 +156,7 @@ class TwoNodes:
         return lines
 
     def close(self) -> None:
-        if self.sshd is not None:
+        if self.daemons:
             for pid in subprocess.run(
                 ["ip", "netns", "pids", self.namespace], capture_output=True, text=True
             ).stdout.split():
@@ -145,10 +164,147 @@ class TwoNodes:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):
                     pass
-            with_timeout(self.sshd)
+            for daemon in self.daemons:
+                with_timeout(daemon)
         subprocess.run(["ip", "link", "del", IFNAME], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+SLURM_TOOLS = (
+    *("slurmctld", "slurmd", "srun", "salloc", "sbatch", "scancel", "scontrol", "sinfo"),
+    "nsenter",
+)
+
+
+def missing_slurm() -> str | None:
+    """What this machine lacks for a Slurm cluster of the two nodes, or None."""
+    for tool in SLURM_TOOLS:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian's slurm-wlm)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((NODE0, 0))
+        return int(sock.getsockname()[1])
+
+
+class Slurm:
+    """The two nodes as a Slurm cluster: slurmctld and node 0's slurmd in this machine's
+    namespaces, node 1's slurmd in node 1's. Slurm's node names are the nodes' addresses (so a
+    hostfile written from ``scontrol show hostnames`` names hosts that resolve). No munge: the
+    cluster is reachable only inside the test's namespaces, so ``auth/none`` does.
+
+    Attributes:
+        env: What a Slurm command needs in its environment (``SLURM_CONF``).
+    """
+
+    def __init__(self, nodes: TwoNodes) -> None:
+        self.folder = nodes.folder / "slurm"
+        (self.folder / "state").mkdir(parents=True)
+        conf = self.folder / "slurm.conf"
+        cpus = os.cpu_count() or 1
+        conf.write_text(
+            textwrap.dedent(
+                f"""\
+                ClusterName=autotune
+                SlurmctldHost=ctl({NODE0})
+                SlurmctldPort={_free_port()}
+                SlurmdPort={_free_port()}
+                AuthType=auth/none
+                CredType=cred/none
+                SlurmUser=root
+                SlurmdUser=root
+                StateSaveLocation={self.folder}/state
+                SlurmdSpoolDir={self.folder}/spool.%n
+                SlurmctldPidFile={self.folder}/slurmctld.pid
+                SlurmdPidFile={self.folder}/slurmd.%n.pid
+                SlurmctldLogFile={self.folder}/slurmctld.log
+                SlurmdLogFile={self.folder}/slurmd.%n.log
+                ProctrackType=proctrack/pgid
+                TaskPlugin=task/none
+                JobAcctGatherType=jobacct_gather/none
+                SelectType=select/cons_tres
+                SelectTypeParameters=CR_CPU
+                MpiDefault=none
+                SwitchType=switch/none
+                ReturnToService=2
+                KillWait=2
+                NodeName={NODE0} NodeAddr={NODE0} CPUs={cpus} State=UNKNOWN
+                NodeName={NODE1} NodeAddr={NODE1} CPUs={cpus} State=UNKNOWN
+                PartitionName=nodes Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+                """
+            )
+        )
+        self.env = {"SLURM_CONF": str(conf)}
+        environment = {**os.environ, **self.env}
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        try:
+            # slurmctld takes itself for the controller by its host name: its own UTS namespace.
+            self._start(["unshare", "--uts", "sh", "-c", "hostname ctl && exec slurmctld -D -i"])
+            self._start(["slurmd", "-D", "-N", NODE0])
+            nodes.start_on_node1(["slurmd", "-D", "-N", NODE1], self.folder / "node1.out", self.env)
+            deadline = time.monotonic() + 60
+            while True:
+                states = subprocess.run(
+                    ["sinfo", "-h", "-N", "-o", "%T"],
+                    env=environment,
+                    capture_output=True,
+                    text=True,
+                ).stdout.split()
+                if states == ["idle", "idle"]:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Slurm's nodes are {states}, not idle: {self.logs()}")
+                time.sleep(0.5)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, command: list[str]) -> None:
+        with (self.folder / f"{len(self.daemons)}.out").open("wb") as out:
+            self.daemons.append(
+                subprocess.Popen(
+                    command,
+                    env={**os.environ, **self.env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+
+    def allocate(self) -> str:
+        """A job allocation of both nodes, without a shell: its job id (``srun`` joins it when
+        ``SLURM_JOB_ID`` holds the id)."""
+        done = subprocess.run(
+            ["salloc", "--no-shell", "--nodes=2", "--job-name=autotune-test"],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        found = re.search(r"Granted job allocation (\d+)", done.stderr)
+        if found is None:
+            raise RuntimeError(f"salloc: {done.stderr.strip()}; {self.logs()}")
+        return found[1]
+
+    def cancel(self, job: str) -> None:
+        subprocess.run(["scancel", job], env={**os.environ, **self.env}, capture_output=True)
+
+    def logs(self) -> str:
+        """The daemons' last lines, for a failure message."""
+        tails = []
+        for path in sorted(self.folder.glob("*.log")):
+            tails.append(f"{path.name}: " + " | ".join(path.read_text().splitlines()[-5:]))
+        return "; ".join(tails)
+
+    def close(self) -> None:
+        for daemon in self.daemons:
+            daemon.terminate()
+        for daemon in self.daemons:
+            with_timeout(daemon)
 
 
 def with_timeout(process: subprocess.Popen[bytes]) -> None:
