@@ -414,6 +414,31 @@ def fill_settings(
     return chosen
 
 
+def every_settings(
+    space: SearchSpace, reference: dict[str, Any], limit: int
+) -> list[dict[str, Any]] | None:
+    """Every distinct settings the space yields, conditions applied as `fill_settings` applies
+    them (a setting whose condition does not hold takes its reference value); None when there
+    are more than ``limit``."""
+    partial: list[dict[str, Any]] = [{}]
+    for name, parameter in PARAMETERS.items():
+        domain = space.domains.get(name)
+        grown = []
+        for chosen in partial:
+            active = parameter.active_when is None or parameter.active_when(chosen)
+            if domain is None or not active:
+                values = [reference[name]]
+            elif isinstance(domain, IntRange):
+                values = list(range(domain.low, domain.high + 1))
+            else:
+                values = list(domain)
+            grown.extend({**chosen, name: value} for value in values)
+            if len(grown) > limit:
+                return None
+        partial = grown
+    return partial
+
+
 def _suggest_one(trial: Any, name: str, domain: Choices | IntRange) -> Any:
     if isinstance(domain, IntRange):
         return trial.suggest_int(name, domain.low, domain.high, log=domain.log)

@@ -4,11 +4,12 @@ the memory pre-screen. No mocks on the trial path."""
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from search_options import grid_search_options
+from search_options import grid_search_options, run_grid_search
 
 from autotune import load_study, search
 from autotune._plan import TrialConfig, detect_machine
@@ -364,3 +365,28 @@ def test_search_reuses_accuracy_and_prescreens_memory(tmp_path: Path) -> None:
     skipped = [t for t in tight.get_trials() if t.user_attrs.get("status") == "infeasible"]
     assert skipped and all("limit (--max-memory)" in t.user_attrs["reason"] for t in skipped)
     assert all(t.user_attrs["memory_predicted_bytes"] > 2**20 for t in skipped)
+
+
+@pytest.mark.e2e
+def test_an_exhausted_space_ends_the_search_and_says_so(tmp_path: Path) -> None:
+    """8 runs asked of a space of 8 configurations: 3 cannot run (fewer than 8 steps in the
+    budget), 1 fails (micro-batch 64 diverges). Once each has been tried, TPE could only
+    propose repeats: the search ends with the 5 runs it made, and says why."""
+    path = tmp_path / "tiny.py"
+    path.write_text(MODEL)
+    study, lines = run_grid_search(
+        tmp_path,
+        path,
+        "micro_batch_size: [16, 32, 64, 512]\ngradient_accumulation_steps: [1, 8]\n",
+        sampler="tpe",
+        n_trials=8,
+        train_samples=SAMPLES,
+    )
+    assert (
+        "the space is exhausted: each of its 8 configurations has been tried; "
+        "the search ends with 5 of --n-trials 8 runs"
+    ) in lines
+    statuses = Counter(t.user_attrs.get("status") for t in study.get_trials())
+    assert (statuses["ok"], statuses["failed"], statuses["infeasible"]) == (4, 1, 3), statuses
+    # Repeats stop with the space (before this, asks went on to 25 per missing run: 75).
+    assert statuses["repeat"] < 40, statuses

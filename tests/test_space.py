@@ -12,6 +12,7 @@ from autotune._space import (
     PARAMETERS,
     IntRange,
     SearchSpace,
+    every_settings,
     load_space,
     random_runnable_settings,
     record_reference,
@@ -432,3 +433,20 @@ def test_reference_with_changes_one_setting_where_the_space_can_record_it(tmp_pa
     drawn = random_runnable_settings(space, REFERENCE, lambda _: True, 5, 0, taken)
     assert sorted(s["micro_batch_size"] for s in drawn) == [16, 16]
     assert taken[0] not in drawn
+
+
+def test_every_settings_lists_the_space_with_its_conditions(tmp_path: Path) -> None:
+    space = _space(
+        tmp_path,
+        "micro_batch_size: [16, 64]\npipeline_stages: [1, 2]\n"
+        "partition_method: [uniform, parameters]\nzero_stage: {low: 0, high: 1}\n",
+    )
+    every = every_settings(space, REFERENCE, limit=100)
+    assert every is not None
+    # 2 batches x 2 ZeRO stages x (1 stage, or 2 stages x 2 partition methods).
+    assert len(every) == 2 * 2 * 3
+    assert all(list(settings) == list(PARAMETERS) for settings in every)
+    one_stage = [s for s in every if s["pipeline_stages"] == 1]
+    assert {s["partition_method"] for s in one_stage} == {REFERENCE["partition_method"]}
+    assert {s["precision"] for s in every} == {REFERENCE["precision"]}  # not in the space
+    assert every_settings(space, REFERENCE, limit=11) is None

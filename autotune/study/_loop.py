@@ -347,6 +347,21 @@ def _queue_first_trials(
         )
 
 
+def _exhausted(
+    study: optuna.Study, objective: Objective, options: SearchOptions, print_line: PrintLine
+) -> bool:
+    """Whether every configuration of the space has been tried (run, failed, or found unable
+    to run here): the sampler could only propose repeats, so the search ends, and says so."""
+    untried = objective.untried()
+    if untried is None or untried[0] > 0:
+        return False
+    print_line(
+        f"the space is exhausted: each of its {untried[1]} configurations has been tried; "
+        f"the search ends with {len(runs_of(study))} of --n-trials {options.n_trials} runs"
+    )
+    return True
+
+
 def _search(
     study: optuna.Study, objective: Objective, options: SearchOptions, print_line: PrintLine
 ) -> None:
@@ -366,6 +381,8 @@ def _search(
     )
 
     run_queued_reference(study, objective)
+    if _exhausted(study, objective, options, print_line):
+        return
 
     def stop_when_enough(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         with objective.lock:
@@ -373,6 +390,8 @@ def _search(
             for line in retry_orphaned_trials(study):  # another worker's, cut short
                 print_line(line)
         if len(runs_of(study)) >= options.n_trials:
+            study.stop()
+        elif _exhausted(study, objective, options, print_line):
             study.stop()
 
     study.optimize(

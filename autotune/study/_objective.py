@@ -79,7 +79,13 @@ from autotune._score import (
     is_feasible,
     reference_noise,
 )
-from autotune._space import SearchSpace, describe_settings, record_reference, suggest
+from autotune._space import (
+    SearchSpace,
+    describe_settings,
+    every_settings,
+    record_reference,
+    suggest,
+)
 from autotune._task import Task
 from autotune.pipeline import (
     LayerProfile,
@@ -109,6 +115,8 @@ from autotune.study._sharing import (
 _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 _RESULT_INDENT = " " * 10
 _POLL_SECONDS = 2.0
+_LISTED_AT_MOST = 20_000
+"""A space with more configurations than this is not listed, so never found exhausted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +169,7 @@ class Objective:
         self.workers: WarmWorkers | None = None
         self.footprint = measure_footprint(task.model_file)
         self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
+        self._space_keys: frozenset[str] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         record_owner(trial)
@@ -191,6 +200,19 @@ class Objective:
         if not result.ok:
             return self._failed(proposal, result)
         return self._scored(proposal, result)
+
+    def untried(self) -> tuple[int, int] | None:
+        """(how many of the space's configurations no trial has tried yet, how many it holds):
+        a configuration is tried once a trial ran it, failed on it or found it cannot run here.
+        None when the space holds more than can be listed."""
+        if self._space_keys is None:
+            every = every_settings(self.space, self.reference_settings, _LISTED_AT_MOST)
+            keys = () if every is None else (self._config_of(s).key() for s in every)
+            self._space_keys = frozenset(keys)
+        if not self._space_keys:
+            return None
+        tried = {record.config_key for record in self._completed() if record.status != REPEAT}
+        return len(self._space_keys - tried), len(self._space_keys)
 
     def can_run(self, settings: dict[str, Any]) -> bool:
         """Whether these settings pass the rules checked before a launch (not the memory
