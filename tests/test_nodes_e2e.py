@@ -43,15 +43,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _need(what: str, lacking: str | None) -> None:
+    """Skip when this machine lacks what the tests need, except under CI=true: fail there."""
+    if lacking is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what}: {lacking}; under CI=true this fails instead of skipping")
+    pytest.skip(f"{what}: {lacking}")
+
+
 @pytest.fixture(scope="module")
 def nodes(project: Path) -> Iterator[TwoNodes]:
     """The two nodes, for the module. Without root, iproute2 or sshd the tests skip, except
     under CI=true, where they fail (.ci/run installs openssh-server)."""
-    lacking = missing()
-    if lacking:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"two nodes: {lacking}; under CI=true this fails instead of skipping")
-        pytest.skip(f"two nodes: {lacking}")
+    _need("two nodes", missing())
     two = TwoNodes(project)
     try:
         yield two
@@ -63,11 +68,7 @@ def nodes(project: Path) -> Iterator[TwoNodes]:
 def slurm(nodes: TwoNodes) -> Iterator[tuple[Slurm, str]]:
     """The two nodes as a Slurm cluster, and a job allocation of both (as inside `salloc`).
     Without Slurm's tools the tests skip, except under CI=true (.ci/run installs slurm-wlm)."""
-    lacking = missing_slurm()
-    if lacking:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Slurm: {lacking}; under CI=true this fails instead of skipping")
-        pytest.skip(f"Slurm: {lacking}")
+    _need("Slurm", missing_slurm())
     cluster = Slurm(nodes)
     try:
         job = cluster.allocate()

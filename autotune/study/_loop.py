@@ -355,8 +355,11 @@ def _exhausted(
     untried = objective.untried()
     if untried is None or untried[0] > 0:
         return False
+    tried = (
+        "its one configuration" if untried[1] == 1 else f"each of its {untried[1]} configurations"
+    )
     print_line(
-        f"the space is exhausted: each of its {untried[1]} configurations has been tried; "
+        f"the space is exhausted: {tried} has been tried; "
         f"the search ends with {len(runs_of(study))} of --n-trials {options.n_trials} runs"
     )
     return True

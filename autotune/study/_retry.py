@@ -8,7 +8,8 @@ fails it at once and queues its retry (`retry_orphaned_trials`), without waiting
 heartbeat's grace period; so does every live worker of the study on that host after each of its
 trials. A RUNNING trial owned by a process on another host is left to the heartbeats, and
 retried once they have failed it. A retry carries the role of the trial it retries; a reference queued behind other
-trials runs before them (`run_queued_reference`), since every trial is scored against it.
+trials runs before them (`run_queued_reference`), since every trial is scored against it, and a
+worker waiting for the reference's result takes its retry and runs it (`take_queued_reference`).
 """
 
 from __future__ import annotations
