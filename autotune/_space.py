@@ -423,7 +423,7 @@ def every_settings(
     partial: list[dict[str, Any]] = [{}]
     for name, parameter in PARAMETERS.items():
         domain = space.domains.get(name)
-        grown = []
+        grown: list[dict[str, Any]] = []
         for chosen in partial:
             active = parameter.active_when is None or parameter.active_when(chosen)
             if domain is None or not active:
