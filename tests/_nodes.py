@@ -28,6 +28,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from autotune.runner._nodes import free_port_on
+
 NODE0 = "10.77.91.1"
 NODE1 = "10.77.91.2"
 IFNAME = "atnode0"
@@ -185,12 +187,6 @@ def missing_slurm() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((NODE0, 0))
-        return int(sock.getsockname()[1])
-
-
 class Slurm:
     """The two nodes as a Slurm cluster: slurmctld and node 0's slurmd in this machine's
     namespaces, node 1's slurmd in node 1's. Slurm's node names are the nodes' addresses (so a
@@ -211,8 +207,8 @@ class Slurm:
                 f"""\
                 ClusterName=autotune
                 SlurmctldHost=ctl({NODE0})
-                SlurmctldPort={_free_port()}
-                SlurmdPort={_free_port()}
+                SlurmctldPort={free_port_on(NODE0)}
+                SlurmdPort={free_port_on(NODE0)}
                 AuthType=auth/none
                 CredType=cred/none
                 SlurmUser=root

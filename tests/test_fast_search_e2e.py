@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _models import SMALL_CLASSIFIER
 from search_options import grid_search_options, run_grid_search
 
 from autotune import load_study, search
@@ -249,23 +250,7 @@ def test_stability_rule() -> None:
     assert step_time_is_stable(noisy * 40, 0.1, 5)  # more steps narrow the interval
 
 
-TINY = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    BATCH_SIZE = 32
-
-    def model():
-        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
-
-    def train_data():
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(2400, 16, generator=g)
-        return TensorDataset(x, x[:, :4].argmax(1))
-    """
-)
+TINY = SMALL_CLASSIFIER.replace("1200", "2400")
 
 
 @pytest.mark.e2e

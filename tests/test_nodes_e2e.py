@@ -96,15 +96,6 @@ def launcher(
     return str(request.param)
 
 
-@pytest.fixture
-def reach(nodes: TwoNodes, monkeypatch: pytest.MonkeyPatch) -> TwoNodes:
-    """The environment a user sets on a cluster: how ssh reaches the nodes, and which network
-    interface the ranks talk on (the same name on both nodes here)."""
-    monkeypatch.setenv("AUTOTUNE_SSH_OPTIONS", nodes.ssh_options)
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", IFNAME)
-    return nodes
-
-
 def _trial_processes() -> list[str]:
     """This machine's processes of a trial (launchers, ranks, node agents, their ssh)."""
     names = ("deepspeed.launcher.launch", "_harness.py", "_node.py", "ssh ", "srun ")
@@ -222,8 +213,9 @@ SPACE = textwrap.dedent(
 
 
 @pytest.mark.subprocess
+@pytest.mark.parametrize("launcher", ["ssh"], indirect=True)
 def test_a_search_with_a_hostfile_runs_its_two_rank_trial_across_the_nodes(
-    reach: TwoNodes, project: Path
+    nodes: TwoNodes, launcher: str, project: Path
 ) -> None:
     """`autotune search --hostfile`: the nodes are checked and named, the 2-process trial runs
     across them (1 local rank of a world of 2), and the export's command names both nodes."""
@@ -237,7 +229,7 @@ def test_a_search_with_a_hostfile_runs_its_two_rank_trial_across_the_nodes(
         "--space",
         "space.yaml",
         "--hostfile",
-        str(reach.hostfile),
+        str(nodes.hostfile),
         "--n-trials",
         "2",
         "--train-samples",
@@ -264,7 +256,7 @@ def test_a_search_with_a_hostfile_runs_its_two_rank_trial_across_the_nodes(
     assert len(two) == 1 and two[0].is_ok, [(r.status, r.reason) for r in records]
     logs = list((project / "trials").glob("model/**/log.txt"))
     assert any("rank 1 of a world of 2: local rank 0 of 1" in p.read_text() for p in logs)
-    assert _trial_processes() == [] and reach.node1_processes() == []
+    assert _trial_processes() == [] and nodes.node1_processes() == []
 
 
 BATCH_SCRIPT = textwrap.dedent(
