@@ -29,6 +29,7 @@ from autotune.runner import (
     ops_environment,
     run_trial,
 )
+from autotune.runner._ops import BuildInProgressError, _wait_for_other_build
 
 
 @pytest.mark.parametrize(
@@ -127,7 +128,7 @@ def test_extensions_directory_is_the_users_when_set(
     assert own == extensions_directory()  # the same for every process of this environment
 
 
-def test_a_trial_fails_at_once_while_another_process_builds_the_ops(
+def test_a_trial_waits_for_another_process_building_the_ops_up_to_its_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
@@ -138,15 +139,32 @@ def test_a_trial_fails_at_once_while_another_process_builds_the_ops(
     if not locks:
         pytest.skip("DeepSpeed builds no op for this machine here")
     child = _hold(locks[0], 120)
+    started = time.monotonic()
     try:
         result = run_trial(
-            config, machine, tmp_path / "model.py", 64, [0], tmp_path / "trial", timeout=600
+            config, machine, tmp_path / "model.py", 64, [0], tmp_path / "trial", timeout=3
         )
     finally:
         child.kill()
         child.wait()
+    assert time.monotonic() - started >= 3  # it waited its timeout for the build
     assert not result.ok and not result.launched
     assert result.failure_reason is not None
     assert result.failure_reason.startswith(
         f"DeepSpeed is building its ops in another process (lock {locks[0]}, pid {child.pid});"
     )
+
+
+def test_a_lock_held_for_a_moment_is_waited_out(tmp_path: Path) -> None:
+    """torch takes the lock on every load of a built op; another worker's load must not fail
+    this one's trial (it did, in a 4-worker search on a fresh machine)."""
+    lock = tmp_path / "extensions" / "fused_adam" / "lock"
+    child = _hold(lock, 2)
+    try:
+        with pytest.raises(BuildInProgressError, match=f"pid {child.pid}"):
+            _wait_for_other_build(lock, until=time.monotonic() + 0.5)
+        _wait_for_other_build(lock, until=time.monotonic() + 60)
+        assert child.poll() is not None and not lock.exists()
+    finally:
+        child.kill()
+        child.wait()

@@ -92,8 +92,9 @@ def run_trial(
     """Run one real DeepSpeed training of ``config`` and wait for it.
 
     DeepSpeed's ops are built first, outside the trial's time (once per process; the search
-    has already built them). While another process is building them, the trial fails at once
-    with that reason instead of waiting on the build's lock.
+    has already built them). While another process holds an op's build lock (building it, or
+    checking it for a moment as every load does), the trial waits, up to ``timeout``; then it
+    fails with that reason, not launched.
 
     Args:
         config: What to run.
@@ -117,7 +118,7 @@ def run_trial(
         UserError: DeepSpeed cannot build an op the trial needs on this machine.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    not_now = ensure_deepspeed_ops(machine, config.optimizer)
+    not_now = ensure_deepspeed_ops(machine, config.optimizer, wait_seconds=timeout)
     if not_now is not None:
         return RunResult(None, not_now, 0.0, directory, launched=False)
     plan = TrialPlan(

@@ -9,7 +9,7 @@ guards each build with a ``lock`` file in the op's build folder that torch's ``F
 creates, holds open while it builds, and deletes when done; a build that is killed leaves it
 behind, and every later load waits on it forever. So autotune gives each environment its own
 extensions folder, builds the ops before the first trial, removes locks whose owner is gone,
-and fails a trial at once, with the reason, while another process is really building.
+and lets a trial wait for another process's build up to its timeout, then fail with the reason.
 """
 
 from __future__ import annotations
@@ -144,9 +144,11 @@ def _build(builder: Any, name: str) -> None:
         ) from exc
 
 
-def _wait_for_other_build(lock: Path, wait: bool) -> None:
+def _wait_for_other_build(lock: Path, until: float | None) -> None:
+    """Wait while another live process holds ``lock``: forever (``until`` None, though a lock
+    turns stale) or until ``time.monotonic()`` passes ``until``."""
     while (pid := clear_stale_lock(lock)) is not None:
-        if not wait:
+        if until is not None and time.monotonic() >= until:
             raise BuildInProgressError(build_in_progress([lock]) or f"pid {pid}")
         time.sleep(WAIT_POLL_SECONDS)
 
@@ -171,7 +173,7 @@ def build_locks(machine: Machine, optimizer: dict[str, Any]) -> list[Path]:
     ]
 
 
-def _prepare(machine: Machine, optimizer: dict[str, Any], wait: bool) -> list[str]:
+def _prepare(machine: Machine, optimizer: dict[str, Any], until: float | None) -> list[str]:
     key = _key(machine, optimizer)
     if key in _built:
         return []
@@ -182,7 +184,7 @@ def _prepare(machine: Machine, optimizer: dict[str, Any], wait: bool) -> list[st
         build_dir = extensions_directory() / builder.name
         lock = build_dir / "lock"
         locks.append(lock)
-        _wait_for_other_build(lock, wait)
+        _wait_for_other_build(lock, until)
         fresh = not any(build_dir.glob("*.so"))
         try:
             _build(builder, name)
@@ -204,19 +206,31 @@ def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[s
     Raises:
         UserError: An op does not build here.
     """
-    return _prepare(machine, optimizer, wait=True)
+    return _prepare(machine, optimizer, until=None)
 
 
-def ensure_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> str | None:
+def ensure_deepspeed_ops(
+    machine: Machine, optimizer: dict[str, Any], wait_seconds: float = 0.0
+) -> str | None:
     """What ``run_trial`` calls before it launches: builds the ops if this process has not
-    (the search has, so this stays cheap), removes build locks whose owner is gone, and
-    returns the reason a trial cannot start while another process builds, or None.
+    (the search has, so this stays cheap), removes build locks whose owner is gone, waits up to
+    ``wait_seconds`` while another process holds a build lock, and returns the reason a trial
+    cannot start if one still does, or None.
+
+    torch takes an op's lock on every load, not only to build: the ranks and the other workers
+    of a search on this machine hold it for a moment while they check that the op is up to
+    date. Those moments are waited out; a real build (a minute or more) is waited for up to
+    ``wait_seconds``.
 
     Raises:
         UserError: An op does not build here.
     """
+    until = time.monotonic() + wait_seconds
     try:
-        _prepare(machine, optimizer, wait=False)
+        _prepare(machine, optimizer, until=until)
     except BuildInProgressError as exc:
         return str(exc)
-    return build_in_progress(_built[_key(machine, optimizer)])
+    locks = _built[_key(machine, optimizer)]
+    while (reason := build_in_progress(locks)) is not None and time.monotonic() < until:
+        time.sleep(WAIT_POLL_SECONDS)
+    return reason
