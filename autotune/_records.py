@@ -18,7 +18,8 @@ from typing import Any
 ROLE = "role"
 """Why the trial exists: `REFERENCE`, `STARTUP` or `SEARCH` (the default when absent)."""
 STATUS = "status"
-"""What happened to it: `OK`, `REPEAT`, `INFEASIBLE` or `FAILED`; absent while it runs."""
+"""What happened to it: `OK`, `REPEAT`, `INFEASIBLE`, `FAILED` or `STOPPED`; absent while it
+runs."""
 REASON = "reason"
 FAILURE_REASON = "failure_reason"
 SETTINGS = "settings"
@@ -83,6 +84,11 @@ STAGE_COMPUTE_SECONDS = "stage_compute_seconds"
 STAGE_COMM_SECONDS = "stage_comm_seconds"
 SKIPPED_STEPS = "skipped_steps"
 LOSS_SCALE = "loss_scale"
+CANNOT_WIN = "cannot_win"
+"""True when the run stopped before its sample budget because its throughput, measured so far,
+could not beat the best feasible run's (`STOPPED`); it then has no metric."""
+CANNOT_WIN_BELOW = "cannot_win_below"
+"""On a run that could stop early: the samples/s it had to be able to reach to go on."""
 TRAIN_LOSS = "train_loss"
 """In the harness's result only (a trial's record does not keep it)."""
 WORLD_SIZE = "world_size"
@@ -112,6 +118,7 @@ MEASURED: tuple[str, ...] = (
     STAGE_COMM_SECONDS,
     SKIPPED_STEPS,
     LOSS_SCALE,
+    CANNOT_WIN,
 )
 """The measurements a successful run stores, in the order they are written."""
 
@@ -132,8 +139,11 @@ OK = "ok"
 REPEAT = "repeat"
 INFEASIBLE = "infeasible"
 FAILED = "failed"
-STATUSES: tuple[str, ...] = (OK, REPEAT, INFEASIBLE, FAILED)
-RAN: tuple[str, ...] = (OK, FAILED)
+STOPPED = "stopped"
+"""The run stopped early: its throughput could not beat the best feasible run's, so it was not
+trained to the end nor evaluated (no metric, not a candidate for the best)."""
+STATUSES: tuple[str, ...] = (OK, REPEAT, INFEASIBLE, FAILED, STOPPED)
+RAN: tuple[str, ...] = (OK, FAILED, STOPPED)
 """Statuses of trials that launched a run (a repeat and a skipped proposal did not)."""
 MEASURED_STATUSES: tuple[str, ...] = (OK, REPEAT)
 """Statuses whose record carries a throughput and an accuracy loss."""

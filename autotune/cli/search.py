@@ -150,6 +150,12 @@ def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
         help="measure the metric in every trial, even when an earlier trial trained the same "
         "numerics (same global batch, precision and learning rate)",
     )
+    parser.add_argument(
+        "--no-early-stop",
+        action="store_true",
+        help="train every run's whole sample budget, even one whose throughput already shows it "
+        "cannot beat the best feasible run",
+    )
 
 
 T = TypeVar("T")
@@ -184,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         max_memory=max_memory,
         warm_workers=not args.fresh_launches,
         reuse_accuracy=not args.no_accuracy_reuse,
+        early_stop=not args.no_early_stop,
         min_measure_seconds=args.min_measure_seconds,
         confirm=args.confirm,
         objective=args.objective,

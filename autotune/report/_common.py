@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 
 from autotune._records import (
     ACCURACY_LOSS,
+    CANNOT_WIN,
     EVAL_SECONDS,
     INFEASIBLE,
     MEASURED_SECONDS,
@@ -91,6 +92,7 @@ COLUMNS: tuple[str, ...] = (
 CATEGORIES: tuple[str, ...] = (
     "feasible",
     "over budget",
+    "stopped early",
     "infeasible",
     "failed",
     "running",
@@ -100,6 +102,7 @@ CATEGORIES: tuple[str, ...] = (
 COLOURS: dict[str, str] = {
     "feasible": "#2ca02c",
     "over budget": "#ff7f0e",
+    "stopped early": "#9467bd",
     "infeasible": "#7f7f7f",
     "failed": "#d62728",
     "running": "#1f77b4",
@@ -108,6 +111,7 @@ COLOURS: dict[str, str] = {
 SYMBOLS: dict[str, str] = {
     "feasible": "circle",
     "over budget": "circle",
+    "stopped early": "triangle-down",
     "infeasible": "x",
     "failed": "x",
     "running": "hourglass",
@@ -176,6 +180,13 @@ def is_measured(row: dict[str, Any]) -> bool:
     return row.get(STATUS) in MEASURED_STATUSES and as_float(row.get(THROUGHPUT)) is not None
 
 
+def stopped_early(row: dict[str, Any]) -> bool:
+    """True when the run (or the one a repeat copies) stopped before its budget because it
+    could not beat the best feasible run: it has a throughput but no accuracy."""
+    value = row.get(CANNOT_WIN)
+    return not is_missing(value) and bool(value)
+
+
 def is_feasible(row: dict[str, Any], budget: float) -> bool:
     """True when the trial was measured and kept within the accuracy budget.
 
@@ -193,6 +204,8 @@ def is_feasible(row: dict[str, Any], budget: float) -> bool:
 def category(row: dict[str, Any], budget: float) -> str:
     """One of :data:`CATEGORIES`."""
     status = row.get(STATUS)
+    if stopped_early(row):
+        return "stopped early"
     if is_measured(row):
         return "feasible" if is_feasible(row, budget) else "over budget"
     if status == INFEASIBLE:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from autotune._records import (
     ACCURACY_REUSED_FROM,
+    CANNOT_WIN,
     DS_CONFIG,
     EXTRA_STEPS,
     FAILED,
@@ -68,6 +69,7 @@ _NUMBERS: tuple[str, ...] = (GLOBAL_BATCH_SIZE, LEARNING_RATE, *MEASUREMENTS)
 
 _DETAILS: tuple[str, ...] = (
     REPEAT_OF,
+    CANNOT_WIN,
     ACCURACY_REUSED_FROM,
     STABLE_AFTER_STEPS,
     EXTRA_STEPS,

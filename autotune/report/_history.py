@@ -21,6 +21,7 @@ from autotune.report._common import (
     is_feasible,
     is_measured,
     roles_of,
+    stopped_early,
     trial_hover,
 )
 from autotune.report._format import as_float, as_text
@@ -82,7 +83,8 @@ def get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
     unit = str(info.get("rate_unit") or "samples/s")
     own = TOKENS_PER_SECOND if unit == "tokens/s" else THROUGHPUT
     for row in rows:
-        measured = as_float(row.get(own)) if is_measured(row) else None
+        timed = is_measured(row) or stopped_early(row)  # stopped early: a rate, no accuracy
+        measured = as_float(row.get(own)) if timed else None
         runs = row.get("throughput_runs")
         if row.get(STATUS) == OK and isinstance(runs, list | tuple):
             # The first window is the trial's own; the rest are its confirmation runs.

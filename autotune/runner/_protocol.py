@@ -36,11 +36,15 @@ class AdaptiveStop:
         min_steps: Measured steps before stability is first checked.
         min_seconds: Throughput is timed over at least this long (more steps are run when the
             budget's steps take less).
+        cannot_win_below: Samples/s the run must be able to reach; once it has timed
+            ``min_seconds`` and the 95% interval of its mean step time puts its throughput
+            below this, it cannot win: it stops, unevaluated. None trains the whole budget.
     """
 
     rel_halfwidth: float
     min_steps: int
     min_seconds: float = 0.0
+    cannot_win_below: float | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> AdaptiveStop | None:
@@ -51,7 +55,12 @@ class AdaptiveStop:
             rel_halfwidth=float(values["rel_halfwidth"]),
             min_steps=int(values["min_steps"]),
             min_seconds=float(values.get("min_seconds", 0.0)),
+            cannot_win_below=_float_or_none(values.get("cannot_win_below")),
         )
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclasses.dataclass(frozen=True)

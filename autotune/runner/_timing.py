@@ -47,17 +47,31 @@ _T_975 = (
 """Student's t 97.5% quantiles for 1..30 degrees of freedom (1.96 beyond)."""
 
 
+def _mean_and_halfwidth(times: list[float]) -> tuple[float, float]:
+    """The mean step time and the half-width of its 95% confidence interval (n >= 2)."""
+    n = len(times)
+    t = _T_975[n - 2] if n - 1 <= len(_T_975) else 1.96
+    return statistics.fmean(times), t * statistics.stdev(times) / math.sqrt(n)
+
+
 def step_time_is_stable(times: list[float], rel_halfwidth: float, min_steps: int) -> bool:
     """Whether the 95% confidence interval of the mean step time is within +-``rel_halfwidth``
     of the mean (so the throughput estimate is within about the same)."""
-    n = len(times)
-    if n < max(2, min_steps):
+    if len(times) < max(2, min_steps):
         return False
-    mean = statistics.fmean(times)
-    if mean <= 0:
-        return False
-    t = _T_975[n - 2] if n - 1 <= len(_T_975) else 1.96
-    return t * statistics.stdev(times) / math.sqrt(n) <= rel_halfwidth * mean
+    mean, halfwidth = _mean_and_halfwidth(times)
+    return mean > 0 and halfwidth <= rel_halfwidth * mean
+
+
+def throughput_upper_bound(times: list[float], samples_per_step: int) -> float | None:
+    """The most samples/s these step times allow at 95% confidence: the batch over the lower
+    end of the mean step time's interval (None with fewer than 2 steps, or an interval that
+    reaches zero)."""
+    if len(times) < 2:
+        return None
+    mean, halfwidth = _mean_and_halfwidth(times)
+    fastest = mean - halfwidth
+    return samples_per_step / fastest if fastest > 0 else None
 
 
 class StageClock:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from autotune._batch import evaluate, forward
 from autotune._records import (
     BUDGET_STEPS,
+    CANNOT_WIN,
     EVAL_SECONDS,
     EXTRA_STEPS,
     LOSS_SCALE,
@@ -55,7 +56,12 @@ from autotune.runner._rank import (
     reset_peak_memory,
     synchronize,
 )
-from autotune.runner._timing import STABILITY_CHECK_EVERY, StageClock, step_time_is_stable
+from autotune.runner._timing import (
+    STABILITY_CHECK_EVERY,
+    StageClock,
+    step_time_is_stable,
+    throughput_upper_bound,
+)
 
 EXTEND_ROUNDS = 10
 """Rounds of extra steps at most; each is estimated from the mean so far, so one or two do."""
@@ -86,6 +92,7 @@ class Timing:
     train_seconds: float = 0.0
     stable_after: int | None = None
     extra_steps: int = 0
+    cannot_win: bool = False
 
 
 def build_engine(plan: TrialPlan, seed: int, model_file: Any, accelerator: Any) -> Ranks:
@@ -195,12 +202,20 @@ def _stops_early(plan: TrialPlan, timing: Timing, window_start: float) -> bool:
         )
         if agree(stable, world):
             timing.stable_after = measured_so_far
+    timed_enough = time.perf_counter() - window_start >= adaptive.min_seconds
+    if plan.need_metric and adaptive.cannot_win_below is not None:
+        # Slower than the best feasible run, whatever its accuracy: not worth the budget.
+        most = throughput_upper_bound(timing.step_times[warmup:], plan.config.global_batch_size)
+        slower = timed_enough and most is not None and most < adaptive.cannot_win_below
+        if agree(slower, world):
+            timing.cannot_win = True
+            log(
+                f"at most {most:.1f} samples/s (95%) after {measured_so_far} measured steps, "
+                f"below the {adaptive.cannot_win_below:.1f} needed to win: stopping, no eval"
+            )
+            return True
     # The accuracy for these numerics is known; only throughput was wanted.
-    return (
-        not plan.need_metric
-        and timing.stable_after is not None
-        and agree(time.perf_counter() - window_start >= adaptive.min_seconds, world)
-    )
+    return not plan.need_metric and timing.stable_after is not None and agree(timed_enough, world)
 
 
 def timed_loop(
@@ -280,7 +295,9 @@ def evaluate_metric(
     seconds it took."""
     eval_start = time.perf_counter()
     metric: float | None = None
-    if plan.need_metric:
+    if timing.cannot_win:
+        pass  # it stopped early: slower than the best feasible run, its metric cannot matter
+    elif plan.need_metric:
         log(f"seed {seed}: trained {timing.steps_run} steps, evaluating")
         ranks.engine.eval()
         evaluator = ranks.engine
@@ -314,7 +331,7 @@ def lengthen_window(
 
     min_seconds = _min_seconds(plan)
     budget_measured = timing.steps_run - plan.warmup_steps
-    if timing.elapsed >= min_seconds or budget_measured <= 0:
+    if timing.elapsed >= min_seconds or budget_measured <= 0 or timing.cannot_win:
         return
     log(f"seed {seed}: timing more steps, for at least {min_seconds:g} s in all")
     ranks.engine.train()
@@ -402,6 +419,7 @@ def measurements(
         # budget those lost steps show up as accuracy loss, so the trial says how many.
         SKIPPED_STEPS: int(getattr(engine, "skipped_steps", 0)),
         LOSS_SCALE: loss_scale(engine) if plan.config.precision == "fp16" else None,
+        CANNOT_WIN: timing.cannot_win,
     }
 
 

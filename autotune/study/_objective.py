@@ -32,6 +32,9 @@ from autotune._plan import Machine, TrialConfig, why_not_runnable
 from autotune._records import (
     ACCURACY_LOSS,
     ACCURACY_REUSED_FROM,
+    BUDGET_STEPS,
+    CANNOT_WIN,
+    CANNOT_WIN_BELOW,
     CONFIG_KEY,
     DS_CONFIG,
     FAILED,
@@ -42,6 +45,7 @@ from autotune._records import (
     LAUNCHED,
     LEARNING_RATE,
     MEASURED,
+    MEASURED_STEPS,
     MEMORY_ESTIMATE_BYTES,
     MEMORY_PREDICTED_BYTES,
     METRIC,
@@ -62,6 +66,7 @@ from autotune._records import (
     SETTINGS,
     STAGE_PREDICTED_SECONDS,
     STATUS,
+    STOPPED,
     STUDY_REFERENCE_METRIC,
     STUDY_REFERENCE_NOISE,
     STUDY_REFERENCE_NUMBER,
@@ -115,6 +120,10 @@ from autotune.study._sharing import (
 _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 _RESULT_INDENT = " " * 10
 _POLL_SECONDS = 2.0
+CANNOT_WIN_MARGIN = 0.2
+"""A run stops early once its throughput is surely (95%) below the best feasible run's so far
+less this fraction: the best was timed at another moment, on a machine whose speed drifts, and
+its single window may have been a lucky one."""
 _LISTED_AT_MOST = 20_000
 """A space with more configurations than this is not listed, so never found exhausted."""
 
@@ -199,6 +208,8 @@ class Objective:
         result = self._run(proposal, stages, claimed)
         if not result.ok:
             return self._failed(proposal, result)
+        if (result.measurements or {}).get(CANNOT_WIN):
+            return self._stopped(proposal, result)
         return self._scored(proposal, result)
 
     def untried(self) -> tuple[int, int] | None:
@@ -412,6 +423,11 @@ class Objective:
         seeds = [self.options.seed]
         if proposal.is_reference:
             seeds.append(self.options.seed + 1)  # two seeds measure the metric's own noise
+        adaptive = dict(self.adaptive)
+        to_beat = None if reused is not None else self._to_beat(proposal)
+        if to_beat is not None:
+            trial.set_user_attr(CANNOT_WIN_BELOW, to_beat)
+            adaptive["cannot_win_below"] = to_beat
         result = run_trial(
             config,
             self.machine,
@@ -423,10 +439,28 @@ class Objective:
             partition_bounds=stages.bounds,
             workers=self.workers,
             need_metric=reused is None,
-            adaptive=self.adaptive,
+            adaptive=adaptive,
         )
         self._record_run(proposal, stages, result, reused, directory)
         return result
+
+    def _to_beat(self, proposal: _Proposal) -> float | None:
+        """The samples/s a run must be able to reach to train on: the best feasible run's so
+        far less `CANNOT_WIN_MARGIN`. None trains the whole budget:
+        the reference, --no-early-stop, --objective tokens (the ranks time samples), or no
+        feasible run yet."""
+        if proposal.is_reference or not self.options.early_stop:
+            return None
+        if self.options.objective != "samples":
+            return None
+        feasible = [
+            record.throughput
+            for trial in self.study.get_trials(deepcopy=False, states=_COMPLETE)
+            if (record := TrialRecord.of(trial)).is_ok
+            and record.throughput is not None
+            and is_feasible(trial.constraints)
+        ]
+        return max(feasible) * (1 - CANNOT_WIN_MARGIN) if feasible else None
 
     def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
         """An earlier trial that measured the metric of the same numerics, if any."""
@@ -521,6 +555,29 @@ class Objective:
                 f"or raise --trial-timeout. Its log: {result.directory / 'log.txt'}"
             )
         return 0.0
+
+    def _stopped(self, proposal: _Proposal, result: RunResult) -> float:
+        """A run that stopped early: slower than the best feasible run, whatever its accuracy.
+        Its throughput is stored and is its value; it has no metric, so it is not feasible."""
+        trial = proposal.trial
+        measured = result.measurements or {}
+        for name in MEASURED:
+            trial.set_user_attr(name, measured.get(name))
+        rate = self._rate(measured)
+        trial.set_user_attr(RATE, rate)
+        to_beat = float(trial.user_attrs[CANNOT_WIN_BELOW])
+        reason = (
+            f"stopped after {measured.get(MEASURED_STEPS)} timed steps of "
+            f"{measured.get(BUDGET_STEPS)}: {measured[THROUGHPUT]:.1f} samples/s cannot reach "
+            f"{to_beat:.1f} ({1 - CANNOT_WIN_MARGIN:.0%} of the best feasible run's), so its "
+            "accuracy cannot matter"
+        )
+        trial.set_user_attr(STATUS, STOPPED)
+        trial.set_user_attr(REASON, reason)
+        for name, value in constraints_for_no_run().items():
+            trial.set_constraint(name, value)
+        self.print_line(f"{_RESULT_INDENT}-> {reason} ({result.wall_seconds:.0f} s)")
+        return rate
 
     def _scored(self, proposal: _Proposal, result: RunResult) -> float:
         trial = proposal.trial

@@ -56,6 +56,7 @@ class SearchOptions:
     reports_dir: Path = Path("reports")
     warm_workers: bool = True
     reuse_accuracy: bool = True
+    early_stop: bool = True
     max_memory: float | None = None
     min_measure_seconds: float = DEFAULT_MIN_MEASURE_SECONDS
     confirm: int = DEFAULT_CONFIRM
