@@ -78,6 +78,7 @@ def main() -> None:
                 min_measure_seconds=args.min_measure_seconds,
                 trial_timeout=args.trial_timeout,
                 confirm=0,
+                early_stop=False,  # every path's metric and whole budget are what is measured
             ),
             print_line=lambda line: print(line, flush=True),
         )

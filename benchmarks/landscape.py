@@ -390,8 +390,9 @@ def landscape_from_study(
     if missing:
         raise UserError(
             f"Study '{study.study_name}' covers {len(points)} of the space's "
-            f"{len(points) + len(missing)} configurations; run `autotune search --sampler grid` "
-            f"on it again with --n-trials {len(points) + len(missing)} or more."
+            f"{len(points) + len(missing)} configurations; run `autotune search --sampler grid "
+            f"--no-early-stop` on it again with --n-trials {len(points) + len(missing)} or more "
+            "(a run stopped early has no accuracy to record)."
         )
     return landscape
 

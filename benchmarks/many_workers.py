@@ -86,7 +86,7 @@ def _search(
         command = [sys.executable, "-m", "autotune.cli", "search", "model.py", "--space"]
         command += ["space.yaml", "--study", "scaling", "--storage", url, "--confirm", "0"]
         command += ["--n-trials", str(args.runs), "--train-samples", str(args.train_samples)]
-        command += ["--min-measure-seconds", "0"]
+        command += ["--min-measure-seconds", "0", "--no-early-stop"]  # the same work either way
         log = (folder / "search.log").open("w")
         env = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
         processes.append(

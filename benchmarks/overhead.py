@@ -82,6 +82,7 @@ def main() -> None:
                     reports_dir=work / "reports",
                     warm_workers=warm,
                     reuse_accuracy=False,
+                    early_stop=False,  # both modes train every run's whole budget
                     min_measure_seconds=args.min_measure_seconds,
                     confirm=0,  # trials' own overhead; confirmation runs are not trials
                 ),

@@ -10,7 +10,7 @@ runnable points (what an exhaustive search spends), and how many seeds got there
 
 Record the landscape once (real DeepSpeed runs; 40 configurations with the space below):
 
-    autotune search examples/digits_mlp.py --space search_spaces/landscape.yaml \\
+    autotune search examples/digits_mlp.py --space search_spaces/landscape.yaml --no-early-stop \\
         --sampler grid --n-trials 40 --study landscape --storage sqlite:///trials/landscape.db
     python benchmarks/sampler_efficiency.py --record trials/landscape.json \\
         --model examples/digits_mlp.py --space search_spaces/landscape.yaml \\

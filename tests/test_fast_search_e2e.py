@@ -15,7 +15,7 @@ from search_options import grid_search_options, run_grid_search
 from autotune import load_study, search
 from autotune._plan import TrialConfig, detect_machine
 from autotune._task import load_model_file, reference_settings
-from autotune.runner import WarmWorkers, run_trial, step_time_is_stable
+from autotune.runner import WarmWorkers, run_trial, step_time_is_stable, throughput_upper_bound
 
 MODEL = textwrap.dedent(
     """
@@ -248,6 +248,18 @@ def test_stability_rule() -> None:
     noisy = [0.01, 0.02, 0.01, 0.03, 0.01, 0.02, 0.01, 0.03]
     assert not step_time_is_stable(noisy, 0.02, 5)
     assert step_time_is_stable(noisy * 40, 0.1, 5)  # more steps narrow the interval
+
+
+def test_throughput_upper_bound() -> None:
+    """What a run that cannot win is judged by: the batch over the fast end of the mean step
+    time's 95% interval."""
+    assert throughput_upper_bound([0.01], 32) is None  # one step has no interval
+    assert throughput_upper_bound([0.01] * 8, 32) == pytest.approx(3200)
+    noisy = [0.01, 0.02, 0.01, 0.03, 0.01, 0.02, 0.01, 0.03]
+    bound = throughput_upper_bound(noisy, 32)
+    assert bound is not None and bound > 32 / (sum(noisy) / len(noisy))
+    assert throughput_upper_bound(noisy * 40, 32) < bound  # more steps, a tighter bound
+    assert throughput_upper_bound([0.001, 1.0], 32) is None  # the interval reaches zero
 
 
 TINY = SMALL_CLASSIFIER.replace("1200", "2400")

@@ -63,6 +63,14 @@ def test_adaptive_comes_from_run_trials_dict() -> None:
     assert AdaptiveStop.from_dict({"rel_halfwidth": 0.02, "min_steps": 5}) == AdaptiveStop(
         0.02, 5, 0.0
     )
+    given = {"rel_halfwidth": 0.02, "min_steps": 5, "min_seconds": 1, "cannot_win_below": 800}
+    assert AdaptiveStop.from_dict(given) == AdaptiveStop(0.02, 5, 1.0, 800.0)
+
+
+def test_a_plan_that_may_stop_early_reads_back(tmp_path) -> None:
+    plan = _plan(need_metric=True, adaptive=AdaptiveStop(0.02, 5, 3.0, cannot_win_below=812.5))
+    plan.write(tmp_path / "plan.json")
+    assert TrialPlan.read(tmp_path / "plan.json") == plan
 
 
 def test_later_seeds_time_no_longer_window_and_steps_fit_the_budget() -> None:

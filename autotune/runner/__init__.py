@@ -28,7 +28,7 @@ from autotune.runner._ops import (
 from autotune.runner._owner import Owner, remove_orphaned_buffers, remove_shm_buffers
 from autotune.runner._profiling import ProfileCache, measure_layers, measure_link
 from autotune.runner._protocol import AdaptiveStop, TrialPlan
-from autotune.runner._timing import step_time_is_stable
+from autotune.runner._timing import step_time_is_stable, throughput_upper_bound
 from autotune.runner._workers import WarmWorkers, launch_command
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "remove_shm_buffers",
     "run_trial",
     "step_time_is_stable",
+    "throughput_upper_bound",
     "torch_dtype",
     "train_loader",
     "with_nodes",
