@@ -22,13 +22,13 @@ from autotune._records import (
     rate_unit,
 )
 from autotune.study import (
-    best_trial,
     estimated_speedup,
     estimated_throughput,
     reference_of,
     stored_confirmations,
     stored_rounds,
     throughput_runs,
+    verdict,
 )
 
 
@@ -95,13 +95,15 @@ def export_trial(
 def export(
     study: optuna.Study, out_dir: str | Path, trial_number: int | None = None
 ) -> tuple[Path, Path]:
-    """Export the best feasible trial, or trial ``trial_number``, of a study.
+    """Export what the study recommends, or trial ``trial_number``: the fastest feasible
+    trial when it beats the reference by more than the noise, else the reference
+    (`autotune.study.verdict`).
 
     Raises:
         UserError: No such trial, or no feasible trial when none is named.
     """
     if trial_number is None:
-        best = best_trial(study)
+        best = verdict(study).chosen
         if best is None:
             raise UserError(
                 f"Study '{study.study_name}' has no feasible trial yet; name one with --trial N "

@@ -17,16 +17,16 @@ from autotune._records import STUDY_REFERENCE_NOISE, TrialRecord, rate_unit
 from autotune._space import describe_settings
 from autotune.report import write_study_report
 from autotune.study import (
+    SPEEDUP_NOISE_FLOOR,
     SearchOptions,
-    best_trial,
-    estimated_speedup,
+    Verdict,
     estimated_throughput,
     reference_trial,
     run_study,
     runs_of,
     stored_confirmations,
-    stored_rounds,
     throughput_runs,
+    verdict,
 )
 
 
@@ -40,13 +40,15 @@ class SearchSummary:
         reference: The reference trial (None only for a worker that left the study to others
             before the reference finished).
         best: The fastest feasible trial (by its speed-up, see `autotune.study`), or None.
-        export_dir: Where the best configuration was exported, or None.
+        export_dir: Where the chosen configuration was exported, or None.
         report_path: The HTML report.
         reference_runs: Every window the reference was timed over (its rate: samples/s, or
             tokens/s under ``--objective tokens``): its trial's, then its confirmation runs.
         best_runs: The same for the best trial; empty when there is none.
         best_speedups: The best's window over the reference's in each confirmation round
             that timed both; empty without confirmation runs.
+        chosen: What was exported: the best when it beats the reference by more than the
+            noise (`autotune.study.Verdict`), else the reference; None with no feasible trial.
     """
 
     study: str
@@ -58,6 +60,7 @@ class SearchSummary:
     reference_runs: tuple[float, ...] = ()
     best_runs: tuple[float, ...] = ()
     best_speedups: tuple[float, ...] = ()
+    chosen: optuna.trial.FrozenTrial | None = None
 
     @property
     def reference_throughput(self) -> float | None:
@@ -109,18 +112,18 @@ def _finish(
         return SearchSummary(options.study_name, len(runs_of(study)), reference, None, None, None)
     if reference is None:
         raise UserError("The study has no finished reference run; run the search again.")
-    best = best_trial(study)
+    judged = verdict(study)
+    best = judged.best
     _warn_if_noisy(study, options, print_line)
     confirmations = stored_confirmations(study)
     reference_runs = throughput_runs(reference.user_attrs, reference.number, confirmations)
     best_runs = [] if best is None else throughput_runs(best.user_attrs, best.number, confirmations)
     export_dir: Path | None = None
-    pairs: list[float] = []
     if best is None:
         print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
     else:
-        pairs = _export_best(study, best, reference, reference_runs, best_runs, options, print_line)
-        export_dir = options.trials_dir / options.study_name / "best"
+        _print_best(study, judged, reference_runs, best_runs, print_line)
+        export_dir = _export_chosen(study, judged, options, print_line)
     report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
     print_line(f"report: {report_path}")
     return SearchSummary(
@@ -132,7 +135,8 @@ def _finish(
         report_path,
         tuple(reference_runs),
         tuple(best_runs),
-        tuple(pairs),
+        judged.pairs,
+        judged.chosen,
     )
 
 
@@ -147,39 +151,54 @@ def _warn_if_noisy(
         )
 
 
-def _export_best(
+def _print_best(
     study: optuna.Study,
-    best: optuna.trial.FrozenTrial,
-    reference: optuna.trial.FrozenTrial,
+    judged: Verdict,
     reference_runs: list[float],
     best_runs: list[float],
-    options: SearchOptions,
     print_line: Callable[[str], None],
-) -> list[float]:
-    """Export the best trial and print it against the reference; returns its speed-ups over
-    the reference in the confirmation rounds that timed both."""
-    speedup, pairs = estimated_speedup(
-        best.user_attrs,
-        best.number,
-        reference,
-        stored_confirmations(study),
-        stored_rounds(study),
-    )
-    export_dir = options.trials_dir / options.study_name / "best"
-    export(study, export_dir, best.number)
-    record = TrialRecord.of(best)
+) -> None:
+    """Print the fastest feasible trial against the reference."""
+    assert judged.best is not None
+    record = TrialRecord.of(judged.best)
     best_value = estimated_throughput(best_runs) or 0.0
     reference_value = estimated_throughput(reference_runs) or math.nan
+    pairs = judged.pairs
     side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
     print_line(
-        f"best: trial {best.number} [{describe_settings(record.settings)}] "
+        f"best: trial {judged.best.number} [{describe_settings(record.settings)}] "
         f"{best_value:.1f} {rate_unit(study.user_attrs)}{_windows(best_runs)} vs reference "
         f"{reference_value:.1f}{_windows(reference_runs)} "
-        f"({speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
+        f"({judged.speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
         f"{record.accuracy_loss:+.2%}"
     )
+
+
+def _export_chosen(
+    study: optuna.Study,
+    judged: Verdict,
+    options: SearchOptions,
+    print_line: Callable[[str], None],
+) -> Path:
+    """Export what the search recommends: the best, or the reference when the best does not
+    beat it by more than the noise (and say so)."""
+    chosen = judged.chosen
+    assert chosen is not None
+    if judged.within_noise:
+        spread = (
+            f"half the range of its {len(judged.pairs)} rounds side by side"
+            if judged.noise > SPEEDUP_NOISE_FLOOR
+            else "the least a ratio of two timed windows is known to"
+        )
+        print_line(
+            f"verdict: {judged.speedup or math.nan:.2f}x is within the noise "
+            f"(+-{judged.noise:.1%}, {spread}): no configuration surely beats the reference, "
+            "so the reference is exported; keep what the model file runs"
+        )
+    export_dir = options.trials_dir / options.study_name / "best"
+    export(study, export_dir, chosen.number)
     print_line(f"exported: {export_dir / 'ds_config.json'} and {export_dir / 'launch.json'}")
-    return pairs
+    return export_dir
 
 
 def _windows(runs: list[float]) -> str:

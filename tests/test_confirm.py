@@ -3,16 +3,23 @@ from every window (pure logic; `tests/test_search_e2e.py` runs them for real).""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import optuna
 import pytest
 
+from autotune import SearchOptions, export, write_study_report
 from autotune._records import (
     STUDY_CONFIRMATION_FAILURES,
     STUDY_CONFIRMATION_ROUNDS,
     STUDY_CONFIRMATIONS,
 )
 from autotune._score import ACCURACY_CONSTRAINT, RUNNABLE_CONSTRAINT
+from autotune._search import _finish
+from autotune._task import reference_settings
 from autotune.study import (
+    SPEEDUP_NOISE_FLOOR,
     best_trial,
     confirm,
     confirmation_order,
@@ -20,19 +27,26 @@ from autotune.study import (
     estimated_throughput,
     paired_speedups,
     throughput_runs,
+    verdict,
 )
+from autotune.study._ranking import speedup_noise
 
 
-def _study(rows: list[tuple[str, str, float | None, bool, int]]) -> optuna.Study:
-    """Trials from (role, status, throughput, feasible, processes) rows, numbered in order."""
+def _study(
+    rows: list[tuple[str, str, float | None, bool, int]], extra: tuple[dict, ...] = ()
+) -> optuna.Study:
+    """Trials from (role, status, throughput, feasible, processes) rows, numbered in order,
+    with the user attributes of ``extra`` (one dict per row, in order) on top."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="maximize")
-    for role, status, throughput, feasible, processes in rows:
+    for index, (role, status, throughput, feasible, processes) in enumerate(rows):
         trial = study.ask()
         trial.set_user_attr("role", role)
         trial.set_user_attr("status", status)
         trial.set_user_attr("throughput", throughput)
         trial.set_user_attr("settings", {"processes": processes})
+        for name, value in (extra[index] if index < len(extra) else {}).items():
+            trial.set_user_attr(name, value)
         trial.set_constraint(ACCURACY_CONSTRAINT, 0.0 if feasible else 0.01)
         trial.set_constraint(RUNNABLE_CONSTRAINT, 0.0 if status == "ok" else 1.0)
         study.tell(trial, throughput or 0.0)
@@ -215,3 +229,82 @@ def test_confirm_zero_runs_nothing(count: int, rounds: int) -> None:
     machine = _Machine({})
     confirm(study, machine, count=count, rounds=rounds, seed=0, print_line=lambda _: None)
     assert machine.calls == [] and STUDY_CONFIRMATIONS not in study.user_attrs
+
+
+def _rounds(study: optuna.Study, rounds: list[dict[str, float]]) -> optuna.Study:
+    study.set_user_attr(STUDY_CONFIRMATION_ROUNDS, rounds)
+    return study
+
+
+def test_a_best_within_the_noise_of_the_reference_is_not_what_is_recommended() -> None:
+    """Issue 17, item 5: 1.01x is no win; the reference is exported."""
+    study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 103.0, True, 1)])
+    judged = verdict(_rounds(study, [{"0": 100.0, "1": 101.0}, {"0": 90.0, "1": 91.0}]))
+    assert judged.best is not None and judged.best.number == 1
+    assert judged.speedup == pytest.approx(1.0106, abs=1e-3)
+    assert judged.noise == SPEEDUP_NOISE_FLOOR  # the rounds agree: the floor decides
+    assert not judged.beats_reference and judged.within_noise
+    assert judged.chosen is not None and judged.chosen.number == 0
+
+
+def test_a_speedup_beyond_its_rounds_spread_wins() -> None:
+    study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 130.0, True, 1)])
+    judged = verdict(_rounds(study, [{"0": 100.0, "1": 125.0}, {"0": 100.0, "1": 135.0}]))
+    assert judged.speedup == pytest.approx(1.30)
+    assert judged.noise == pytest.approx(0.05)  # half the range of 1.25 and 1.35
+    assert judged.beats_reference and not judged.within_noise
+    assert judged.chosen is not None and judged.chosen.number == 1
+
+
+def test_rounds_that_disagree_widen_the_noise() -> None:
+    """1.10x as a median of 0.95x and 1.25x: the comparison moved 15% between rounds."""
+    study = _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 110.0, True, 1)])
+    judged = verdict(_rounds(study, [{"0": 100.0, "1": 95.0}, {"0": 100.0, "1": 125.0}]))
+    assert judged.noise == pytest.approx(0.15)
+    assert not judged.beats_reference and judged.chosen.number == 0  # type: ignore[union-attr]
+    assert speedup_noise([1.0]) == speedup_noise([]) == SPEEDUP_NOISE_FLOOR
+
+
+def test_the_reference_as_the_best_and_no_feasible_trial() -> None:
+    fastest_reference = verdict(
+        _study([("reference", "ok", 100.0, True, 1), ("search", "ok", 90.0, True, 1)])
+    )
+    assert fastest_reference.chosen.number == 0  # type: ignore[union-attr]
+    assert not fastest_reference.within_noise and not fastest_reference.beats_reference
+    none = verdict(_study([("reference", "failed", None, False, 1)]))
+    assert none.best is None and none.chosen is None and not none.within_noise
+
+
+def test_the_reference_is_exported_and_reported_when_the_best_is_within_the_noise(
+    tmp_path: Path,
+) -> None:
+    study = _study(
+        [("reference", "ok", 100.0, True, 1), ("search", "ok", 103.0, True, 1)],
+        tuple(
+            {
+                "ds_config": {"mbs": mbs},
+                "launch": {"processes": 1},
+                "settings": {**reference_settings(32), "micro_batch_size": mbs},
+                "accuracy_loss": 0.0,
+            }
+            for mbs in (32, 64)
+        ),
+    )
+    _rounds(study, [{"0": 100.0, "1": 101.0}, {"0": 90.0, "1": 91.0}])
+    ds_config, launch = export(study, tmp_path / "out")
+    assert json.loads(ds_config.read_text()) == {"mbs": 32}  # the reference's
+    assert json.loads(launch.read_text())["trial"] == 0
+    page = write_study_report(study, tmp_path / "report.html").read_text()
+    assert "Trial 1 is 1.01× the reference over 2 rounds side by side: within the noise" in page
+    assert "<p>Trial 0: <code>ds_config.json</code>" in page
+    lines: list[str] = []
+    options = SearchOptions(model=tmp_path / "model.py", trials_dir=tmp_path / "trials")
+    summary = _finish(study, options, lines.append)
+    assert summary.best is not None and summary.best.number == 1
+    assert summary.chosen is not None and summary.chosen.number == 0
+    assert any(line.startswith("best: trial 1 ") for line in lines), lines
+    assert any(line.startswith("verdict: 1.01x is within the noise (+-2.0%") for line in lines), (
+        lines
+    )
+    exported = tmp_path / "trials" / "model" / "best" / "launch.json"
+    assert json.loads(exported.read_text())["trial"] == 0

@@ -14,11 +14,12 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser = subparsers.add_parser(
         name,
         help="write a trial's DeepSpeed config and launch recipe",
-        description="Write DIR/ds_config.json and DIR/launch.json for the best feasible trial "
-        "or for --trial N.",
+        description="Write DIR/ds_config.json and DIR/launch.json for the recommended trial (the "
+        "fastest feasible one when it beats the reference by more than the noise, else the "
+        "reference) or for --trial N.",
     )
     add_study_flags(parser, "study name (required unless the storage holds one study)")
-    parser.add_argument("--trial", type=int, help="trial number (default: the best feasible)")
+    parser.add_argument("--trial", type=int, help="trial number (default: the recommended one)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
 

@@ -74,6 +74,8 @@ class BestInfo:
             reference_throughput; None when missing.
         rows: The table's lines: trial, settings, then results.
         message: A sentence shown instead of the best column when there is no feasible trial.
+        verdict: A sentence shown when the best is within the noise of the reference (the
+            reference is then what is exported), else None.
     """
 
     reference_number: int | None
@@ -83,6 +85,7 @@ class BestInfo:
     speedup: float | None
     rows: tuple[ComparisonRow, ...]
     message: str | None
+    verdict: str | None = None
 
 
 def get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
@@ -115,6 +118,7 @@ def get_best_info(frame: pd.DataFrame, info: dict[str, Any]) -> BestInfo:
         speedup=speedup,
         rows=tuple(table),
         message=message,
+        verdict=as_text(info.get("verdict")) or None,
     )
 
 
@@ -258,6 +262,8 @@ def render_best(best: BestInfo) -> str:
     parts = ["<h2>Best vs reference</h2>"]
     if best.message:
         parts.append(f'<p class="notice">{esc(best.message)}</p>')
+    if best.verdict:
+        parts.append(f'<p class="notice verdict">{esc(best.verdict)}</p>')
     show_reference = best.reference_number is not None
     show_best = best.best_number is not None
     if not (show_reference or show_best):

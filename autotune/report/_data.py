@@ -55,13 +55,14 @@ from autotune.report._importance import MIN_TRIALS_FOR_IMPORTANCE
 from autotune.report._page import write_report
 from autotune.report._summary import LIBRARIES
 from autotune.study import (
-    best_trial,
+    Verdict,
     estimated_speedup,
     estimated_throughput,
     reference_of,
     stored_confirmations,
     stored_rounds,
     throughput_runs,
+    verdict,
 )
 
 _NUMBERS: tuple[str, ...] = (GLOBAL_BATCH_SIZE, LEARNING_RATE, *MEASUREMENTS)
@@ -210,8 +211,9 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
     compute them).
     """
     attrs = study.user_attrs
-    best = best_trial(study)
-    best_record = None if best is None else TrialRecord.of(best)
+    judged = verdict(study)
+    best, chosen = judged.best, judged.chosen
+    chosen_record = None if chosen is None else TrialRecord.of(chosen)
     return {
         "study": study.study_name,
         "model": attrs.get(STUDY_MODEL, ""),
@@ -226,10 +228,25 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
         "machine": attrs.get(STUDY_MACHINE, ""),
         "rate_unit": rate_unit(attrs),
         "versions": _versions(),
-        "best_ds_config": None if best_record is None else best_record.get(DS_CONFIG),
-        "best_launch": None if best_record is None else best_record.get(LAUNCH),
+        "exported_number": None if chosen is None else chosen.number,
+        "verdict": _verdict_sentence(judged),
+        "best_ds_config": None if chosen_record is None else chosen_record.get(DS_CONFIG),
+        "best_launch": None if chosen_record is None else chosen_record.get(LAUNCH),
         "importances": _importances(study) or None,
     }
+
+
+def _verdict_sentence(judged: Verdict) -> str | None:
+    """Why the reference is exported rather than a faster trial, or None when it is not."""
+    if not judged.within_noise or judged.best is None or judged.speedup is None:
+        return None
+    rounds = f" over {len(judged.pairs)} rounds side by side" if judged.pairs else ""
+    return (
+        f"Trial {judged.best.number} is {judged.speedup:.2f}× the reference{rounds}: within "
+        f"the noise (±{judged.noise:.1%}), so no configuration surely beats the reference. "
+        "The search recommends keeping what the model file runs; the exported configuration "
+        "is the reference's."
+    )
 
 
 def write_study_report(study: optuna.Study, path: str | Path) -> Path:

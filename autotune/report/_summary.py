@@ -29,7 +29,8 @@ class SummaryInfo:
         first_trial: When the first trial started, formatted, or None.
         last_trial: When the last trial finished (or started), formatted, or None.
         failure_counts: (failure class, count) pairs over failed trials, most common first.
-        best_number: The best trial, or None.
+        best_number: The exported trial (the best, or the reference when the best is within
+            the noise of it), or None.
         best_ds_config: The best trial's DeepSpeed config as indented JSON, or None.
         best_launch_command: The best trial's launch command, or None.
         best_launch: The best trial's launch recipe as indented JSON, or None.
@@ -86,7 +87,7 @@ def get_summary_info(frame: pd.DataFrame, info: dict[str, Any]) -> SummaryInfo:
         first_trial=_format_time(min(starts)) if starts else None,
         last_trial=_format_time(max(ends)) if ends else None,
         failure_counts=tuple(failures.most_common()),
-        best_number=info_int(info, "best_number"),
+        best_number=_exported_number(info),
         best_ds_config=None if not ds_config else json.dumps(ds_config, indent=2),
         best_launch_command=None if command is None else str(command),
         best_launch=None if not launch else json.dumps(launch, indent=2, default=str),
@@ -129,3 +130,9 @@ def render_summary(summary: SummaryInfo) -> str:
             f'</summary><pre class="config">{esc(summary.best_launch)}</pre></details>'
         )
     return "\n".join(parts)
+
+
+def _exported_number(info: dict[str, Any]) -> int | None:
+    """The trial `autotune export` writes (a report of an older version names only the best)."""
+    exported = info_int(info, "exported_number")
+    return exported if exported is not None else info_int(info, "best_number")

@@ -23,6 +23,8 @@ from autotune.study._options import (
     SearchOptions,
 )
 from autotune.study._ranking import (
+    SPEEDUP_NOISE_FLOOR,
+    Verdict,
     best_trial,
     estimated_speedup,
     estimated_throughput,
@@ -35,6 +37,7 @@ from autotune.study._ranking import (
     stored_failures,
     stored_rounds,
     throughput_runs,
+    verdict,
 )
 from autotune.study._samplers import (
     ASKS_PER_RUN,
@@ -57,10 +60,12 @@ __all__ = [
     "DEFAULT_TRAIN_SAMPLES",
     "DEFAULT_TRIAL_TIMEOUT",
     "SAMPLERS",
+    "SPEEDUP_NOISE_FLOOR",
     "STARTUP_RUNS",
     "Remeasure",
     "OBJECTIVES",
     "SearchOptions",
+    "Verdict",
     "best_trial",
     "confirm",
     "confirmation_order",
@@ -83,4 +88,5 @@ __all__ = [
     "stored_failures",
     "stored_rounds",
     "throughput_runs",
+    "verdict",
 ]

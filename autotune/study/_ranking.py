@@ -12,6 +12,7 @@ failed (such a configuration is not exported as the best: it did not train twice
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -165,3 +166,83 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         stored_rounds(study),
     )
     return ranked[0] if ranked else None
+
+
+SPEEDUP_NOISE_FLOOR = 0.02
+"""The least noise a speed-up is judged against: a window counts as timed once the 95%
+interval of its mean step time is within +-2% (`ADAPTIVE`), so a ratio of two windows is known
+to no better than that."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether the fastest feasible configuration beats the reference by more than the noise.
+
+    Attributes:
+        best: The fastest feasible trial (`best_trial`), or None while there is none.
+        reference: The reference trial, or None before it ran.
+        speedup: The best's speed-up over the reference (`estimated_speedup`), or None.
+        pairs: Its ratios to the reference in the confirmation rounds that timed both.
+        noise: What the speed-up must exceed 1 by: half the range of ``pairs``, and at least
+            `SPEEDUP_NOISE_FLOOR`.
+    """
+
+    best: optuna.trial.FrozenTrial | None
+    reference: optuna.trial.FrozenTrial | None
+    speedup: float | None
+    pairs: tuple[float, ...]
+    noise: float
+
+    @property
+    def beats_reference(self) -> bool:
+        """True when the best is another configuration, faster by more than the noise."""
+        return (
+            self.best is not None
+            and self.reference is not None
+            and self.best.number != self.reference.number
+            and self.speedup is not None
+            and self.speedup - 1.0 > self.noise
+        )
+
+    @property
+    def chosen(self) -> optuna.trial.FrozenTrial | None:
+        """What to export: the best when it beats the reference, else the reference (what the
+        model file runs today); None while no configuration is feasible."""
+        if self.best is None:
+            return None
+        return self.best if self.beats_reference else (self.reference or self.best)
+
+    @property
+    def within_noise(self) -> bool:
+        """True when a faster configuration was found but not by more than the noise."""
+        return (
+            self.best is not None
+            and self.reference is not None
+            and self.best.number != self.reference.number
+            and not self.beats_reference
+        )
+
+
+def speedup_noise(pairs: Sequence[float]) -> float:
+    """The noise a speed-up is judged against: half the range of its side-by-side ratios (how
+    much the same comparison moved from round to round), at least `SPEEDUP_NOISE_FLOOR`."""
+    spread = (max(pairs) - min(pairs)) / 2 if len(pairs) >= 2 else 0.0
+    return max(SPEEDUP_NOISE_FLOOR, spread)
+
+
+def verdict(study: optuna.Study) -> Verdict:
+    """The study's verdict: its fastest feasible trial, and whether it beats the reference by
+    more than the noise (if not, the reference is what the search recommends)."""
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(study)
+    reference = reference_of(trials)
+    if best is None or reference is None:
+        return Verdict(best, reference, None, (), SPEEDUP_NOISE_FLOOR)
+    speedup, pairs = estimated_speedup(
+        best.user_attrs,
+        best.number,
+        reference,
+        stored_confirmations(study),
+        stored_rounds(study),
+    )
+    return Verdict(best, reference, speedup, tuple(pairs), speedup_noise(pairs))
