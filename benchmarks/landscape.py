@@ -227,6 +227,13 @@ class Landscape:
             settings, self.optimizer, int(self.reference["micro_batch_size"]), self.lr_scaling
         )
 
+    def numerics_key_of(self, settings: dict[str, Any]) -> str:
+        """The numerics key `autotune search` gives these settings (items of one length, as
+        in the recorded models)."""
+        return TrialConfig.from_settings(
+            settings, self.optimizer, int(self.reference["micro_batch_size"]), self.lr_scaling
+        ).numerics_key()
+
     @functools.cached_property
     def _index(self) -> dict[str, LandscapePoint]:
         return {point.key: point for point in self.points}

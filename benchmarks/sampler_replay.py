@@ -3,7 +3,11 @@
 the statistics of how many runs each sampler needed to reach the target.
 
 Only the public names of `autotune.study` are used, so a replay follows the product: the same
-sampler construction, the reference enqueued first, the same random start-up.
+sampler construction, the reference enqueued first, the same random start-up, no run for a
+configuration whose numerics a run found over the budget, and a run slower than the best
+feasible one less `CANNOT_WIN_MARGIN` stopped early (its throughput, no accuracy). Unlike a
+real run, the replay stops one whatever its length (a real run must first time
+--min-measure-seconds).
 """
 
 from __future__ import annotations
@@ -16,12 +20,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import optuna
-from landscape import TARGET_FRACTION, Landscape
+from landscape import TARGET_FRACTION, Landscape, LandscapePoint
 
 from autotune._errors import UserError
-from autotune._records import TrialRecord
+from autotune._records import OK, TrialRecord
+from autotune._score import constraints_for_no_run
 from autotune._space import record_reference, suggest
-from autotune.study import ASKS_PER_RUN, enqueue_reference, enqueue_startup, make_sampler
+from autotune.study import (
+    ASKS_PER_RUN,
+    CANNOT_WIN_MARGIN,
+    enqueue_reference,
+    enqueue_startup,
+    make_sampler,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +77,8 @@ class _ReplayObjective:
 
     def __init__(self, landscape: Landscape, target: float) -> None:
         self.landscape, self.target = landscape, target
-        self.seen: set[str] = set()
+        self.seen: dict[str, tuple[float, dict[str, float]]] = {}
+        self.over_budget: set[str] = set()
         self.runs = 0
         self.proposals = 0
         self.repeats = 0
@@ -76,25 +88,48 @@ class _ReplayObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         landscape = self.landscape
-        if TrialRecord.of(trial).is_reference:
+        reference = TrialRecord.of(trial).is_reference
+        if reference:
             settings = record_reference(trial, landscape.space, landscape.reference)
         else:
             settings = suggest(trial, landscape.space, landscape.reference)
         point = landscape.lookup(settings)
         self.proposals += 1
-        for name, value in point.constraints(landscape.max_accuracy_loss).items():
-            trial.set_constraint(name, value)
         if point.key in self.seen:
-            self.repeats += 1
-            return point.value()  # a repeat: the tool reuses the stored result, no run
-        self.seen.add(point.key)
-        if point.runnable:  # an infeasible point is recorded without launching anything
-            self.runs += 1
-        if point.is_feasible(landscape.max_accuracy_loss):
+            self.repeats += 1  # a repeat: the tool reuses the stored result, no run
+            value, constraints = self.seen[point.key]
+        else:
+            value, constraints = self._first(point, landscape.numerics_key_of(settings), reference)
+            self.seen[point.key] = (value, constraints)
+        for name, number in constraints.items():
+            trial.set_constraint(name, number)
+        return value
+
+    def _first(
+        self, point: LandscapePoint, numerics: str, reference: bool
+    ) -> tuple[float, dict[str, float]]:
+        """What the tool records the first time it meets ``point``: no run where it cannot run
+        or its numerics were found over the budget; a run stopped early (its throughput, not
+        feasible) where it is slower than the best feasible run less the tool's margin; else
+        the point's recorded outcome."""
+        budget = self.landscape.max_accuracy_loss
+        if not point.runnable or (numerics in self.over_budget and not reference):
+            return 0.0, constraints_for_no_run()
+        self.runs += 1
+        if (
+            point.status == OK
+            and not reference
+            and self.best_found
+            and point.value() < self.best_found * (1 - CANNOT_WIN_MARGIN)
+        ):
+            return point.value(), constraints_for_no_run()  # stopped early: no accuracy
+        if point.status == OK and not point.is_feasible(budget):
+            self.over_budget.add(numerics)
+        if point.is_feasible(budget):
             self.best_found = max(self.best_found, point.value())
             if self.runs_to_target is None and self.best_found >= self.target:
                 self.runs_to_target, self.proposals_to_target = self.runs, self.proposals
-        return point.value()
+        return point.value(), point.constraints(budget)
 
     def stop_when_done(self, study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if self.runs_to_target is not None or self.runs >= self.landscape.runnable:

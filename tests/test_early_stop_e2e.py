@@ -25,7 +25,7 @@ from autotune._records import (
 )
 from autotune._score import is_feasible
 from autotune.report import trials_frame
-from autotune.study._objective import CANNOT_WIN_MARGIN
+from autotune.study import CANNOT_WIN_MARGIN
 
 MODEL = textwrap.dedent(
     """

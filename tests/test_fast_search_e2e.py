@@ -14,6 +14,7 @@ from search_options import grid_search_options, run_grid_search
 
 from autotune import load_study, search
 from autotune._plan import TrialConfig, detect_machine
+from autotune._records import TrialRecord
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import WarmWorkers, run_trial, step_time_is_stable, throughput_upper_bound
 
@@ -387,3 +388,31 @@ def test_an_exhausted_space_ends_the_search_and_says_so(tmp_path: Path) -> None:
     assert (statuses["ok"], statuses["failed"], statuses["infeasible"]) == (4, 1, 3), statuses
     # Repeats stop with the space (before this, asks went on to 25 per missing run: 75).
     assert statuses["repeat"] < 40, statuses
+
+
+@pytest.mark.e2e
+def test_numerics_found_over_the_budget_skip_their_other_layouts(tmp_path: Path) -> None:
+    """Issue 17, item 2: once a run of some numerics is over the accuracy budget, every other
+    configuration with those numerics is infeasible without a run. At 1024 samples global
+    batches of 64 and 128 train 16 and 8 steps against the reference's 32, and lose far more
+    than 0.5%."""
+    path = tmp_path / "small.py"
+    path.write_text(SMALL_CLASSIFIER)
+    study, lines = run_grid_search(
+        tmp_path,
+        path,
+        "micro_batch_size: [32, 64, 128]\ngradient_accumulation_steps: [1, 2]\n",
+        n_trials=6,
+        train_samples=1024,
+    )
+    records = [TrialRecord.of(t) for t in study.get_trials()]
+    judged = {r.get("global_batch_size"): r for r in records if r.status == "ok"}
+    skipped = [r for r in records if r.reason.startswith("the same numerics")]
+    assert sorted(judged) == [32, 64, 128], lines  # one run per global batch, no more
+    for record in skipped:
+        earlier = judged[record.get("global_batch_size")]
+        assert earlier.accuracy_loss is not None and earlier.accuracy_loss > 0.005
+        assert record.status == "infeasible" and record.get("launched") is None
+        assert f"in trial {earlier.number}, over the 0.50% budget" in record.reason
+    # Both layouts of global batch 64 and of 128 were proposed; one of each ran.
+    assert len(skipped) == 2, lines

@@ -11,6 +11,7 @@ from autotune.study._confirm import (
     confirmation_order,
 )
 from autotune.study._loop import run_study
+from autotune.study._objective import CANNOT_WIN_MARGIN
 from autotune.study._options import (
     ADAPTIVE,
     DEFAULT_MIN_MEASURE_SECONDS,
@@ -52,6 +53,7 @@ from autotune.study._storage import load_study, open_storage, redact
 __all__ = [
     "ADAPTIVE",
     "ASKS_PER_RUN",
+    "CANNOT_WIN_MARGIN",
     "CONFIRM_ROUNDS",
     "DEFAULT_CONFIRM",
     "DEFAULT_MIN_MEASURE_SECONDS",

@@ -2,8 +2,8 @@
 
 A proposal passes through gates in order, and the first that stops it decides what is stored:
 a configuration tried before reuses its stored result (a repeat); one that cannot run on this
-machine, is predicted not to fit in memory, or whose profile partition fails is skipped without
-a run (infeasible); the rest claims one of the study's runs, under the storage lock that the
+machine, is predicted not to fit in memory, trains numerics an earlier trial found over the
+accuracy budget, or whose profile partition fails is skipped without a run (infeasible); the rest claims one of the study's runs, under the storage lock that the
 workers of a shared study take (`autotune.study._sharing`), or waits for another worker's run of
 the same configuration and repeats it; then it runs (`autotune.runner.run_trial`) and is scored
 against the reference, or recorded as failed.
@@ -196,6 +196,8 @@ class Objective:
         reason = self._why_not_runnable(proposal.config)
         if reason is None:
             reason = self._over_memory(proposal)
+        if reason is None:
+            reason = self._numerics_over_budget(proposal)
         if reason is not None:
             return self._infeasible(proposal, reason)
         try:
@@ -333,6 +335,31 @@ class Objective:
         source = memory_limit_source(self.machine, self.options.max_memory)
         over = why_over_memory(prediction, limit, estimate, source)
         return None if proposal.is_reference else over
+
+    def _numerics_over_budget(self, proposal: _Proposal) -> str | None:
+        """Why no run of this configuration can be feasible, or None: an earlier trial trained
+        the same numerics (`_same_numerics`' key) and lost more accuracy than the budget, and
+        a run of them would only reuse that verdict."""
+        if proposal.is_reference or not self.options.reuse_accuracy:
+            return None
+        key = proposal.config.numerics_key(self.task.items_vary)
+        for trial in self.study.get_trials(deepcopy=False, states=_COMPLETE):
+            record = TrialRecord.of(trial)
+            if (
+                record.is_ok
+                and record.numerics_key == key
+                and record.accuracy_reused_from is None
+                and record.accuracy_loss is not None
+                and not is_feasible(trial.constraints)
+            ):
+                config = proposal.config
+                return (
+                    f"the same numerics (global batch {config.global_batch_size}, "
+                    f"{config.precision}, learning rate {config.learning_rate:.3g}) lost "
+                    f"{record.accuracy_loss:+.2%} in trial {record.number}, over the "
+                    f"{self.options.max_accuracy_loss:.2%} budget"
+                )
+        return None
 
     def _stages(self, proposal: _Proposal) -> _Stages:
         """A pipeline trial's layer profile and, for the "profile" method, the boundaries it
