@@ -253,7 +253,7 @@ def test_a_new_worker_on_the_finished_study_finishes_it_again(
 # --- a worker killed mid-run -------------------------------------------------------------------
 
 KILLED_TRIALS = 8
-_RUNNING_LINE = re.compile(r"trial\s+(\d+) \[.*\] running \(run \d+ of \d+\)$")
+_RUNNING_LINE = re.compile(r"trial\s+(\d+) \[.*\] running \(run \d+ of \d+([,;].*)?\)$")
 
 
 def _ranks_of(pid: int) -> list[int]:

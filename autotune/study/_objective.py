@@ -70,6 +70,7 @@ from autotune._records import (
     STUDY_REFERENCE_METRIC,
     STUDY_REFERENCE_NOISE,
     STUDY_REFERENCE_NUMBER,
+    STUDY_WORKERS,
     THROUGHPUT,
     TOKENS_PER_SECOND,
     TRIAL_DIR,
@@ -100,6 +101,7 @@ from autotune.pipeline import (
 )
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
 from autotune.study._options import ADAPTIVE, SearchOptions
+from autotune.study._progress import progress_note
 from autotune.study._ranking import runs_of
 from autotune.study._retry import (
     record_owner,
@@ -179,6 +181,7 @@ class Objective:
         self.footprint = measure_footprint(task.model_file)
         self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
         self._space_keys: frozenset[str] | None = None
+        self.started = time.monotonic()
 
     def __call__(self, trial: optuna.Trial) -> float:
         record_owner(trial)
@@ -445,7 +448,7 @@ class Objective:
         launched."""
         trial, config = proposal.trial, proposal.config
         reused = None if proposal.is_reference else self._same_numerics(config)
-        self.print_line(f"{proposal.label} running (run {run} of {self.options.n_trials})")
+        self.print_line(f"{proposal.label} running ({self._progress(proposal, run)})")
         directory = self.trial_root / f"trial_{trial.number:04d}"
         seeds = [self.options.seed]
         if proposal.is_reference:
@@ -488,6 +491,27 @@ class Objective:
             and is_feasible(trial.constraints)
         ]
         return max(feasible) * (1 - CANNOT_WIN_MARGIN) if feasible else None
+
+    def _progress(self, proposal: _Proposal, run: int) -> str:
+        """Where this run stands: its number, its phase, the time so far and about how long
+        the runs left take (`progress_note`)."""
+        elapsed = time.monotonic() - self.started
+        walls = [
+            float(wall)
+            for trial in runs_of(self.study)
+            if (wall := TrialRecord.of(trial).get(WALL_SECONDS)) is not None
+        ]
+        workers = len(self.study.user_attrs.get(STUDY_WORKERS, {})) or 1
+        timeout = self.options.timeout
+        return progress_note(
+            run,
+            self.options.n_trials,
+            proposal.role,
+            elapsed,
+            walls,
+            workers,
+            None if timeout is None else timeout - elapsed,
+        )
 
     def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
         """An earlier trial that measured the metric of the same numerics, if any."""

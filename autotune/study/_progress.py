@@ -1,0 +1,59 @@
+"""Progress on one line: where a run stands in the search, how long the search has run, and
+about how long it has left (from the runs so far), shown when each run starts."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from autotune._records import REFERENCE, SEARCH
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``2 min 10 s`` or ``1 h 05 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def time_left(
+    runs_left: int, walls: Sequence[float], workers: int, timeout_left: float | None
+) -> tuple[float | None, bool]:
+    """(About how long the runs left take: the median wall time of the runs so far, times the
+    runs left, shared by the workers; or the time --timeout leaves when that is sooner), and
+    whether --timeout is what decides. None before any run has finished, without --timeout."""
+    estimate = statistics.median(walls) * runs_left / max(1, workers) if walls else None
+    if timeout_left is not None and (estimate is None or timeout_left < estimate):
+        return max(0.0, timeout_left), True
+    return estimate, False
+
+
+def progress_note(
+    run: int,
+    n_trials: int,
+    role: str,
+    elapsed: float,
+    walls: Sequence[float],
+    workers: int = 1,
+    timeout_left: float | None = None,
+) -> str:
+    """What a run's line says in brackets: ``run 3 of 12, start-up; 42 s in, about 2 min left``
+    (``walls``: the wall times of the study's runs so far)."""
+    phase = "" if role == SEARCH else (", the reference" if role == REFERENCE else f", {role}")
+    note = f"run {run} of {n_trials}{phase}"
+    if run <= 1 and not walls:
+        return note
+    left, by_timeout = time_left(n_trials - run + 1, walls, workers, timeout_left)
+    note += f"; {duration(elapsed)} in"
+    if left is not None:
+        note += (
+            f", {duration(left)} left of --timeout"
+            if by_timeout
+            else f", about {duration(left)} left"
+        )
+    return note

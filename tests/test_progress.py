@@ -1,0 +1,41 @@
+"""The progress a run's line shows: its phase, the time so far and about how long is left
+(pure logic; the searches of the end-to-end tests print it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from autotune.study._progress import duration, progress_note, time_left
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.4, "0 s"), (42, "42 s"), (60, "1 min"), (130, "2 min 10 s"), (3900, "1 h 05 min")],
+)
+def test_durations_read_as_people_write_them(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_the_first_run_is_the_reference_with_nothing_to_estimate_from() -> None:
+    assert progress_note(1, 12, "reference", 0.5, []) == "run 1 of 12, the reference"
+
+
+def test_time_left_is_the_median_run_times_the_runs_left_shared_by_the_workers() -> None:
+    walls = [13.0, 3.0, 4.0]  # the reference's two seeds make it the slowest
+    assert progress_note(4, 12, "start-up", 20.0, walls) == (
+        "run 4 of 12, start-up; 20 s in, about 36 s left"
+    )
+    assert progress_note(6, 12, "search", 40.0, walls, workers=2) == (
+        "run 6 of 12; 40 s in, about 14 s left"
+    )
+    assert time_left(9, walls, 1, None) == (36.0, False)
+
+
+def test_timeout_decides_when_it_comes_sooner() -> None:
+    walls = [10.0, 10.0]
+    assert progress_note(3, 12, "search", 50.0, walls, timeout_left=70.0) == (
+        "run 3 of 12; 50 s in, 1 min 10 s left of --timeout"
+    )
+    assert time_left(10, walls, 1, 500.0) == (100.0, False)  # the runs end first
+    assert time_left(10, [], 1, 30.0) == (30.0, True)
+    assert time_left(10, walls, 1, -5.0) == (0.0, True)
