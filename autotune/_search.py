@@ -92,10 +92,10 @@ def search(options: SearchOptions, print_line: Callable[[str], None] = print) ->
             or a reference configuration that does not train.
     """
     study, last = run_study(options, print_line)
-    return _finish(study, options, print_line, last)
+    return finish(study, options, print_line, last)
 
 
-def _finish(
+def finish(
     study: optuna.Study,
     options: SearchOptions,
     print_line: Callable[[str], None],

@@ -16,7 +16,7 @@ from autotune._records import (
     STUDY_CONFIRMATIONS,
 )
 from autotune._score import ACCURACY_CONSTRAINT, RUNNABLE_CONSTRAINT
-from autotune._search import _finish
+from autotune._search import finish
 from autotune._task import reference_settings
 from autotune.study import (
     SPEEDUP_NOISE_FLOOR,
@@ -299,7 +299,7 @@ def test_the_reference_is_exported_and_reported_when_the_best_is_within_the_nois
     assert "<p>Trial 0: <code>ds_config.json</code>" in page
     lines: list[str] = []
     options = SearchOptions(model=tmp_path / "model.py", trials_dir=tmp_path / "trials")
-    summary = _finish(study, options, lines.append)
+    summary = finish(study, options, lines.append)
     assert summary.best is not None and summary.best.number == 1
     assert summary.chosen is not None and summary.chosen.number == 0
     assert any(line.startswith("best: trial 1 ") for line in lines), lines

@@ -29,7 +29,7 @@ from autotune.runner import (
     ops_environment,
     run_trial,
 )
-from autotune.runner._ops import BuildInProgressError, _wait_for_other_build
+from autotune.runner._ops import BuildInProgressError, wait_for_other_build
 
 
 @pytest.mark.parametrize(
@@ -162,8 +162,8 @@ def test_a_lock_held_for_a_moment_is_waited_out(tmp_path: Path) -> None:
     child = _hold(lock, 2)
     try:
         with pytest.raises(BuildInProgressError, match=f"pid {child.pid}"):
-            _wait_for_other_build(lock, until=time.monotonic() + 0.5)
-        _wait_for_other_build(lock, until=time.monotonic() + 60)
+            wait_for_other_build(lock, until=time.monotonic() + 0.5)
+        wait_for_other_build(lock, until=time.monotonic() + 60)
         assert child.poll() is not None and not lock.exists()
     finally:
         child.kill()

@@ -115,7 +115,7 @@ def _start(folder: Path, url: str, n_trials: int = N_TRIALS) -> subprocess.Popen
     )
 
 
-def _finish(workers: list[subprocess.Popen[str]], timeout: float) -> list[tuple[int, str, str]]:
+def finish(workers: list[subprocess.Popen[str]], timeout: float) -> list[tuple[int, str, str]]:
     done = []
     try:
         for worker in workers:
@@ -143,7 +143,7 @@ def shared_search(
     root = tmp_path_factory.mktemp("nodes")
     folders = [_worker_folder(root, f"node{n}") for n in range(WORKERS)]
     workers = [_start(folder, url) for folder in folders]
-    outcomes = _finish(workers, timeout=600)
+    outcomes = finish(workers, timeout=600)
     return {"root": root, "url": url, "outcomes": outcomes, "password": server.password}
 
 
@@ -216,7 +216,7 @@ def test_a_worker_with_other_model_content_or_machine_is_refused(
 ) -> None:
     url = shared_search["url"]
     edited = _worker_folder(tmp_path, "edited", MODEL.replace("64", "48"))
-    rc, out, err = _finish([_start(edited, url)], timeout=300)[0]
+    rc, out, err = finish([_start(edited, url)], timeout=300)[0]
     assert _one_error_line(rc, err).startswith(
         f"autotune: error: Study '{STUDY}' was run with a model file whose content differs"
     )
@@ -224,7 +224,7 @@ def test_a_worker_with_other_model_content_or_machine_is_refused(
     stored = study.user_attrs[STUDY_MACHINE]
     study.set_user_attr(STUDY_MACHINE, "cpu, 64 cores (Another CPU)")
     try:
-        rc, out, err = _finish([_start(_worker_folder(tmp_path, "other"), url)], timeout=300)[0]
+        rc, out, err = finish([_start(_worker_folder(tmp_path, "other"), url)], timeout=300)[0]
     finally:
         study.set_user_attr(STUDY_MACHINE, stored)
     assert "runs on cpu, 64 cores (Another CPU), and this machine is" in _one_error_line(rc, err)
@@ -243,7 +243,7 @@ def test_a_new_worker_on_the_finished_study_finishes_it_again(
     """What `autotune confirm` would do: the same command, from any node with a copy of the
     model file, once the others are gone, runs nothing and confirms, exports and reports."""
     folder = _worker_folder(tmp_path, "later")
-    rc, out, err = _finish([_start(folder, shared_search["url"])], timeout=300)[0]
+    rc, out, err = finish([_start(folder, shared_search["url"])], timeout=300)[0]
     assert rc == 0, out + err
     assert f"already holds {N_TRIALS} runs" in out
     assert "\nreport: " in out and (folder / "reports" / f"{STUDY}.html").exists()
@@ -331,9 +331,9 @@ def killed_search(
         ranks_left = [pid for pid in ranks if Path(f"/proc/{pid}").exists()]
         ranks_left += _ranks_of(victim.pid)
     finally:
-        others = _finish([w for w in workers if w is not victim], timeout=600)
+        others = finish([w for w in workers if w is not victim], timeout=600)
     folder = folders[workers.index(victim)] if victim is not None else folders[0]
-    again = _finish([_start(folder, url, KILLED_TRIALS)], timeout=300)[0]
+    again = finish([_start(folder, url, KILLED_TRIALS)], timeout=300)[0]
     return {
         "url": url,
         "killed": killed,
@@ -404,7 +404,7 @@ def test_two_workers_on_one_machine_each_with_its_own_core(
         )
         for folder, core in zip(folders, cores, strict=True)
     ]
-    outcomes = _finish(workers, timeout=600)
+    outcomes = finish(workers, timeout=600)
     assert [rc for rc, _, _ in outcomes] == [0, 0], _explain(outcomes)
     for (_, out, _), folder, core in zip(outcomes, folders, cores, strict=True):
         assert "machine: cpu, 1 cores" in out and "warning: worker" not in out

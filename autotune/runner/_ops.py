@@ -144,7 +144,7 @@ def _build(builder: Any, name: str) -> None:
         ) from exc
 
 
-def _wait_for_other_build(lock: Path, until: float | None) -> None:
+def wait_for_other_build(lock: Path, until: float | None) -> None:
     """Wait while another live process holds ``lock``: forever (``until`` None, though a lock
     turns stale) or until ``time.monotonic()`` passes ``until``."""
     while (pid := clear_stale_lock(lock)) is not None:
@@ -184,7 +184,7 @@ def _prepare(machine: Machine, optimizer: dict[str, Any], until: float | None) -
         build_dir = extensions_directory() / builder.name
         lock = build_dir / "lock"
         locks.append(lock)
-        _wait_for_other_build(lock, until)
+        wait_for_other_build(lock, until)
         fresh = not any(build_dir.glob("*.so"))
         try:
             _build(builder, name)

@@ -10,8 +10,8 @@ from autotune.study._confirm import (
     confirm,
     confirmation_order,
 )
+from autotune.study._earlier import CANNOT_WIN_MARGIN
 from autotune.study._loop import run_study
-from autotune.study._objective import CANNOT_WIN_MARGIN
 from autotune.study._options import (
     ADAPTIVE,
     DEFAULT_MIN_MEASURE_SECONDS,

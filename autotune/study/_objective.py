@@ -21,8 +21,6 @@ import optuna
 
 from autotune._errors import UserError
 from autotune._memory import (
-    MemoryModel,
-    estimate_rank_bytes,
     measure_footprint,
     memory_limit_bytes,
     memory_limit_source,
@@ -53,7 +51,6 @@ from autotune._records import (
     NUMERICS_KEY,
     OK,
     PARTITION,
-    PEAK_MEMORY_BYTES,
     RATE,
     REASON,
     REFERENCE,
@@ -70,7 +67,6 @@ from autotune._records import (
     STUDY_REFERENCE_METRIC,
     STUDY_REFERENCE_NOISE,
     STUDY_REFERENCE_NUMBER,
-    STUDY_WORKERS,
     THROUGHPUT,
     TOKENS_PER_SECOND,
     TRIAL_DIR,
@@ -100,15 +96,21 @@ from autotune.pipeline import (
     profiled_partition,
 )
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
+from autotune.study._earlier import (
+    CANNOT_WIN_MARGIN,
+    cannot_win_below,
+    memory_prediction,
+    numerics_over_budget,
+    same_numerics,
+)
 from autotune.study._options import ADAPTIVE, SearchOptions
-from autotune.study._progress import progress_note
+from autotune.study._progress import study_progress
 from autotune.study._ranking import runs_of
 from autotune.study._retry import (
     record_owner,
     retry_interrupted,
     retry_orphaned_trials,
-    run_taken_trial,
-    take_queued_reference,
+    wait_for_reference_metric,
 )
 from autotune.study._sharing import (
     StorageLock,
@@ -122,10 +124,6 @@ from autotune.study._sharing import (
 _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 _RESULT_INDENT = " " * 10
 _POLL_SECONDS = 2.0
-CANNOT_WIN_MARGIN = 0.2
-"""A run stops early once its throughput is surely (95%) below the best feasible run's so far
-less this fraction: the best was timed at another moment, on a machine whose speed drifts, and
-its single window may have been a lucky one."""
 _LISTED_AT_MOST = 20_000
 """A space with more configurations than this is not listed, so never found exhausted."""
 
@@ -200,7 +198,7 @@ class Objective:
         if reason is None:
             reason = self._over_memory(proposal)
         if reason is None:
-            reason = self._numerics_over_budget(proposal)
+            reason = self._numerics_over_budget(proposal.config, proposal.is_reference)
         if reason is not None:
             return self._infeasible(proposal, reason)
         try:
@@ -318,51 +316,27 @@ class Objective:
         )
 
     def _over_memory(self, proposal: _Proposal) -> str | None:
-        """Why the configuration is predicted not to fit in memory, or None: the estimate
-        (parameters, gradients, optimizer state by ZeRO stage, measured activations) plus what
-        finished trials showed it misses. The reference runs whatever the prediction: it is
-        what the user runs today."""
-        config = proposal.config
-        estimate = estimate_rank_bytes(self.footprint, config, self.machine.accelerator)
-        pairs = [
-            (record.get(MEMORY_ESTIMATE_BYTES), record.get(PEAK_MEMORY_BYTES))
-            for record in self._completed()
-            if record.is_ok
-            and record.get(MEMORY_ESTIMATE_BYTES) is not None
-            and record.get(PEAK_MEMORY_BYTES) is not None
-        ]
-        prediction = MemoryModel.from_pairs(pairs).predict(estimate)
+        """Why the configuration is predicted not to fit in memory (`memory_prediction`), or
+        None. The reference runs whatever the prediction: it is what the user runs today."""
+        config, machine = proposal.config, self.machine
+        estimate, prediction = memory_prediction(self.study, self.footprint, config, machine)
         proposal.trial.set_user_attr(MEMORY_ESTIMATE_BYTES, estimate.total)
         proposal.trial.set_user_attr(MEMORY_PREDICTED_BYTES, prediction)
-        limit = memory_limit_bytes(self.machine, config.processes, self.options.max_memory)
-        source = memory_limit_source(self.machine, self.options.max_memory)
+        limit = memory_limit_bytes(machine, config.processes, self.options.max_memory)
+        source = memory_limit_source(machine, self.options.max_memory)
         over = why_over_memory(prediction, limit, estimate, source)
         return None if proposal.is_reference else over
 
-    def _numerics_over_budget(self, proposal: _Proposal) -> str | None:
-        """Why no run of this configuration can be feasible, or None: an earlier trial trained
-        the same numerics (`_same_numerics`' key) and lost more accuracy than the budget, and
-        a run of them would only reuse that verdict."""
-        if proposal.is_reference or not self.options.reuse_accuracy:
+    def _numerics_over_budget(self, config: TrialConfig, reference: bool) -> str | None:
+        if reference or not self.options.reuse_accuracy:
             return None
-        key = proposal.config.numerics_key(self.task.items_vary)
-        for trial in self.study.get_trials(deepcopy=False, states=_COMPLETE):
-            record = TrialRecord.of(trial)
-            if (
-                record.is_ok
-                and record.numerics_key == key
-                and record.accuracy_reused_from is None
-                and record.accuracy_loss is not None
-                and not is_feasible(trial.constraints)
-            ):
-                config = proposal.config
-                return (
-                    f"the same numerics (global batch {config.global_batch_size}, "
-                    f"{config.precision}, learning rate {config.learning_rate:.3g}) lost "
-                    f"{record.accuracy_loss:+.2%} in trial {record.number}, over the "
-                    f"{self.options.max_accuracy_loss:.2%} budget"
-                )
-        return None
+        budget = self.options.max_accuracy_loss
+        return numerics_over_budget(self.study, config, self.task.items_vary, budget)
+
+    def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
+        if not self.options.reuse_accuracy:
+            return None
+        return same_numerics(self.study, config, self.task.items_vary)
 
     def _stages(self, proposal: _Proposal) -> _Stages:
         """A pipeline trial's layer profile and, for the "profile" method, the boundaries it
@@ -475,60 +449,17 @@ class Objective:
         return result
 
     def _to_beat(self, proposal: _Proposal) -> float | None:
-        """The samples/s a run must be able to reach to train on: the best feasible run's so
-        far less `CANNOT_WIN_MARGIN`. None trains the whole budget:
-        the reference, --no-early-stop, --objective tokens (the ranks time samples), or no
-        feasible run yet."""
+        """The samples/s this run must be able to reach to train on (`cannot_win_below`);
+        None trains the whole budget: the reference, --no-early-stop, --objective tokens (the
+        ranks time samples)."""
         if proposal.is_reference or not self.options.early_stop:
             return None
-        if self.options.objective != "samples":
-            return None
-        feasible = [
-            record.throughput
-            for trial in self.study.get_trials(deepcopy=False, states=_COMPLETE)
-            if (record := TrialRecord.of(trial)).is_ok
-            and record.throughput is not None
-            and is_feasible(trial.constraints)
-        ]
-        return max(feasible) * (1 - CANNOT_WIN_MARGIN) if feasible else None
+        return cannot_win_below(self.study) if self.options.objective == "samples" else None
 
     def _progress(self, proposal: _Proposal, run: int) -> str:
         """Where this run stands: its number, its phase, the time so far and about how long
-        the runs left take (`progress_note`)."""
-        elapsed = time.monotonic() - self.started
-        walls = [
-            float(wall)
-            for trial in runs_of(self.study)
-            if (wall := TrialRecord.of(trial).get(WALL_SECONDS)) is not None
-        ]
-        workers = len(self.study.user_attrs.get(STUDY_WORKERS, {})) or 1
-        timeout = self.options.timeout
-        return progress_note(
-            run,
-            self.options.n_trials,
-            proposal.role,
-            elapsed,
-            walls,
-            workers,
-            None if timeout is None else timeout - elapsed,
-        )
-
-    def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
-        """An earlier trial that measured the metric of the same numerics, if any."""
-        # Reuse rests on every split of a global batch training the same; with items that
-        # vary in length the key holds the micro-batch too (TrialConfig.numerics_key).
-        if not self.options.reuse_accuracy:
-            return None
-        key = config.numerics_key(self.task.items_vary)
-        for record in self._completed():
-            if (
-                record.is_ok
-                and record.numerics_key == key
-                and record.accuracy_reused_from is None
-                and record.metric is not None
-            ):
-                return record
-        return None
+        the runs left take (`study_progress`)."""
+        return study_progress(self.study, self.options, proposal.role, run, self.started)
 
     def _record_run(
         self,
@@ -658,49 +589,8 @@ class Objective:
         return rate
 
     def _reference_metric(self) -> float:
-        """The study's reference metric. Another worker of a shared study may still be running
-        the reference: wait for it; if its run was cut short (its worker killed), run the
-        queued retry here.
-
-        Raises:
-            UserError: The reference failed on its worker, or ran past three trial timeouts.
-        """
-        running, deadline = None, 0.0
-        while True:
-            value = self.study.user_attrs.get(STUDY_REFERENCE_METRIC)
-            if value is not None:
-                return float(value)
-            optuna.storages.fail_stale_trials(self.study)
-            with self.lock:
-                for line in retry_orphaned_trials(self.study):
-                    self.print_line(line)
-                retry = take_queued_reference(self.study, first_too=True)
-            if retry is not None:
-                self.print_line(
-                    f"trial {retry.number:>3} runs here: the reference's run was cut short "
-                    "and every trial is scored against it"
-                )
-                run_taken_trial(self.study, retry, self)
-                continue
-            references = [
-                t
-                for t in self.study.get_trials(deepcopy=False)
-                if TrialRecord.of(t).is_reference
-                and t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-            ]
-            if not references:
-                raise UserError(
-                    "The reference configuration failed on another worker of this study, so "
-                    "no trial can be scored; see its reason with `autotune trials`, fix it and "
-                    "run the search again."
-                )
-            if references[0].number != running:
-                running = references[0].number
-                deadline = time.monotonic() + self.options.trial_timeout * 3
-            if time.monotonic() > deadline:
-                raise UserError(
-                    f"The reference (trial {running}) has run on another worker for more than "
-                    f"three trial timeouts ({self.options.trial_timeout * 3:.0f} s) without a "
-                    "result; run the search again."
-                )
-            time.sleep(_POLL_SECONDS)
+        """The study's reference metric, once some worker has measured it
+        (`wait_for_reference_metric`, which may run a cut-short reference's retry here)."""
+        return wait_for_reference_metric(
+            self.study, self, self.lock, self.print_line, self.options.trial_timeout * 3
+        )

@@ -4,9 +4,14 @@ about how long it has left (from the runs so far), shown when each run starts.""
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Sequence
 
-from autotune._records import REFERENCE, SEARCH
+import optuna
+
+from autotune._records import REFERENCE, SEARCH, STUDY_WORKERS, WALL_SECONDS, TrialRecord
+from autotune.study._options import SearchOptions
+from autotune.study._ranking import runs_of
 
 
 def duration(seconds: float) -> str:
@@ -57,3 +62,19 @@ def progress_note(
             else f", about {duration(left)} left"
         )
     return note
+
+
+def study_progress(
+    study: optuna.Study, options: SearchOptions, role: str, run: int, started: float
+) -> str:
+    """`progress_note` for run number ``run`` of the study, whose search here started at
+    ``started`` (`time.monotonic()`), from the wall times of the study's runs so far."""
+    elapsed = time.monotonic() - started
+    walls = [
+        float(wall)
+        for trial in runs_of(study)
+        if (wall := TrialRecord.of(trial).get(WALL_SECONDS)) is not None
+    ]
+    workers = len(study.user_attrs.get(STUDY_WORKERS, {})) or 1
+    timeout_left = None if options.timeout is None else options.timeout - elapsed
+    return progress_note(run, options.n_trials, role, elapsed, walls, workers, timeout_left)

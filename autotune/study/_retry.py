@@ -14,20 +14,34 @@ worker waiting for the reference's result takes its retry and runs it (`take_que
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune._records import OWNER, REASON, RETRY_OF, ROLE, TrialRecord
+from autotune._errors import UserError
+from autotune._records import (
+    OWNER,
+    REASON,
+    RETRY_OF,
+    ROLE,
+    STUDY_REFERENCE_METRIC,
+    TrialRecord,
+)
 from autotune.runner import Owner
 
 _FAILED_TRIAL = "failed_trial"
 _RETRY_HISTORY = "retry_history"
 """The system attributes Optuna's RetryHeartbeatStaleTrialCallback gives a retry; a retry
 made here carries them too, so either kind reads the same."""
+
+
+_POLL_SECONDS = 2.0
+"""How often a worker waiting for another's reference looks again."""
 
 
 def record_owner(trial: optuna.Trial) -> None:
@@ -158,3 +172,57 @@ def run_queued_reference(study: optuna.Study, objective: Callable[[optuna.Trial]
     reference = take_queued_reference(study)
     if reference is not None:
         run_taken_trial(study, reference, objective)
+
+
+def wait_for_reference_metric(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    lock: AbstractContextManager[Any],
+    print_line: Callable[[str], None],
+    patience: float,
+) -> float:
+    """The study's reference metric. Another worker of a shared study may still be running
+    the reference: wait for it; if its run was cut short (its worker killed), run the queued
+    retry here with ``objective``. ``lock`` is the storage's lock.
+
+    Raises:
+        UserError: The reference failed on its worker, or ran past ``patience`` seconds.
+    """
+    running, deadline = None, 0.0
+    while True:
+        value = study.user_attrs.get(STUDY_REFERENCE_METRIC)
+        if value is not None:
+            return float(value)
+        optuna.storages.fail_stale_trials(study)
+        with lock:
+            for line in retry_orphaned_trials(study):
+                print_line(line)
+            retry = take_queued_reference(study, first_too=True)
+        if retry is not None:
+            print_line(
+                f"trial {retry.number:>3} runs here: the reference's run was cut short "
+                "and every trial is scored against it"
+            )
+            run_taken_trial(study, retry, objective)
+            continue
+        references = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if TrialRecord.of(t).is_reference
+            and t.state in (TrialState.RUNNING, TrialState.WAITING)
+        ]
+        if not references:
+            raise UserError(
+                "The reference configuration failed on another worker of this study, so "
+                "no trial can be scored; see its reason with `autotune trials`, fix it and "
+                "run the search again."
+            )
+        if references[0].number != running:
+            running = references[0].number
+            deadline = time.monotonic() + patience
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"The reference (trial {running}) has run on another worker for more than "
+                f"three trial timeouts ({patience:.0f} s) without a result; run the search again."
+            )
+        time.sleep(_POLL_SECONDS)
