@@ -21,11 +21,13 @@ from autotune._task import reference_settings
 from autotune.study import (
     SPEEDUP_NOISE_FLOOR,
     best_trial,
+    chance_if_equal,
     confirm,
     confirmation_order,
     estimated_speedup,
     estimated_throughput,
     paired_speedups,
+    settle,
     throughput_runs,
     verdict,
 )
@@ -308,3 +310,51 @@ def test_the_reference_is_exported_and_reported_when_the_best_is_within_the_nois
     )
     exported = tmp_path / "trials" / "model" / "best" / "launch.json"
     assert json.loads(exported.read_text())["trial"] == 0
+
+
+def test_the_chance_of_a_lead_between_equals() -> None:
+    assert chance_if_equal(2, 2) == 0.25
+    assert chance_if_equal(4, 4) == 1 / 16
+    assert chance_if_equal(6, 7) == 8 / 128
+    assert chance_if_equal(0, 0) == 1.0
+
+
+def test_rounds_are_added_until_the_order_of_the_two_fastest_is_settled() -> None:
+    """Issue 17, item 3: 2 rounds each (a 25% chance between equals) do not settle the order;
+    2 more, with trial 1 ahead in every one, do (6%)."""
+    study = _study(
+        [
+            ("reference", "ok", 100.0, True, 1),
+            ("search", "ok", 200.0, True, 1),
+            ("search", "ok", 190.0, True, 1),
+        ]
+    )
+    machine = _Machine({0: [100.0] * 4, 1: [200.0, 210.0, 205.0, 200.0], 2: [180.0] * 4})
+    lines: list[str] = []
+    confirm(study, machine, count=2, rounds=2, seed=0, print_line=lines.append)
+    settle(study, machine, seed=0, print_line=lines.append)
+    assert sorted(number for number, _ in machine.calls) == [0] * 4 + [1] * 4 + [2] * 4
+    assert lines[-1] == (
+        "order settled: trial 1 ahead of trial 2 in 4 of 4 rounds side by side "
+        "(a 6% chance if they were equally fast)"
+    )
+    calls = len(machine.calls)
+    settle(study, machine, seed=0, print_line=lines.append)  # settled: nothing more runs
+    assert len(machine.calls) == calls
+
+
+def test_two_equally_fast_configurations_stay_unsettled_after_the_last_round() -> None:
+    study = _study(
+        [
+            ("reference", "ok", 100.0, True, 1),
+            ("search", "ok", 200.0, True, 1),
+            ("search", "ok", 199.0, True, 1),
+        ]
+    )
+    swings = [200.0, 190.0, 210.0, 195.0, 205.0, 200.0]
+    machine = _Machine({0: [100.0] * 6, 1: swings, 2: swings[::-1]})
+    lines: list[str] = []
+    confirm(study, machine, count=2, rounds=2, seed=0, print_line=lines.append)
+    settle(study, machine, seed=0, print_line=lines.append, max_rounds=6)
+    assert lines[-1].startswith("order not settled after 6 rounds: trial ")
+    assert len(machine.calls) == 18  # 6 rounds of the two and the reference

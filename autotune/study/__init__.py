@@ -7,8 +7,10 @@ from autotune.study._confirm import (
     CONFIRM_ROUNDS,
     DEFAULT_CONFIRM,
     Remeasure,
+    chance_if_equal,
     confirm,
     confirmation_order,
+    settle,
 )
 from autotune.study._earlier import CANNOT_WIN_MARGIN
 from autotune.study._loop import run_study
@@ -69,6 +71,7 @@ __all__ = [
     "SearchOptions",
     "Verdict",
     "best_trial",
+    "chance_if_equal",
     "confirm",
     "confirmation_order",
     "enqueue_reference",
@@ -86,6 +89,7 @@ __all__ = [
     "run_study",
     "runs_of",
     "sampler_seed",
+    "settle",
     "stored_confirmations",
     "stored_failures",
     "stored_rounds",

@@ -16,6 +16,7 @@ is its speed-up, and the best is the feasible configuration with the highest.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
@@ -44,6 +45,13 @@ DEFAULT_CONFIRM = 2
 """Fastest feasible configurations (besides the reference) timed again by default."""
 CONFIRM_ROUNDS = 2
 """Confirmation runs per configuration: with the trial's own window, a median of three."""
+
+SETTLE_CONFIDENCE = 0.9
+"""The order of the two fastest is settled once the chance that one leads in as many rounds
+as it did, were the two equally fast, is at most 1 - this (a one-sided sign test): the leader
+ahead in 4 of 4 rounds (6%), 6 of 7 (6%)."""
+MAX_ROUNDS = 6
+"""Rounds side by side after which the order of the two fastest is left unsettled."""
 
 Remeasure = Callable[[optuna.trial.FrozenTrial, str], tuple[float | None, str | None]]
 """Times a trial's configuration again (throughput only) in a run named by the string:
@@ -223,3 +231,61 @@ def _print_side_by_side(
                 f"  trial {number:>3}: {', '.join(f'{r:.2f}x' for r in pairs)} the reference "
                 f"side by side (median {statistics.median(pairs):.2f}x)"
             )
+
+
+def chance_if_equal(ahead: int, rounds: int) -> float:
+    """The chance that one of two equally fast configurations is ahead in at least ``ahead``
+    of ``rounds`` rounds (one-sided sign test)."""
+    if rounds == 0:
+        return 1.0
+    return sum(math.comb(rounds, k) for k in range(ahead, rounds + 1)) / 2**rounds
+
+
+def head_to_head(all_rounds: Sequence[dict[str, float]], first: int, second: int) -> list[float]:
+    """``first``'s rate over ``second``'s in each round that timed both."""
+    return [
+        r[str(first)] / r[str(second)]
+        for r in all_rounds
+        if r.get(str(first)) is not None and r.get(str(second))
+    ]
+
+
+def settle(
+    study: optuna.Study,
+    remeasure: Remeasure,
+    seed: int,
+    print_line: Callable[[str], None],
+    max_rounds: int = MAX_ROUNDS,
+) -> None:
+    """Time the two fastest feasible configurations (the reference may be one) side by side,
+    one round more at a time, until the leader is ahead in enough rounds that the order holds
+    at `SETTLE_CONFIDENCE`, or ``max_rounds`` rounds timed both; then say which."""
+    extra = 0
+    while True:
+        ranked = rank_candidates(
+            study.get_trials(deepcopy=False),
+            stored_confirmations(study),
+            stored_failures(study),
+            stored_rounds(study),
+        )
+        if len(ranked) < 2 or reference_of(ranked) is None:
+            return
+        first, second = ranked[0], ranked[1]
+        ratios = head_to_head(stored_rounds(study), first.number, second.number)
+        ahead = sum(ratio > 1 for ratio in ratios)
+        chance = chance_if_equal(ahead, len(ratios))
+        tally = (
+            f"trial {first.number} ahead of trial {second.number} in {ahead} of {len(ratios)} "
+            f"rounds side by side (a {chance:.0%} chance if they were equally fast)"
+        )
+        if chance <= 1 - SETTLE_CONFIDENCE:
+            print_line(f"order settled: {tally}")
+            return
+        if len(ratios) >= max_rounds or extra >= max_rounds:
+            print_line(f"order not settled after {len(ratios)} rounds: {tally}")
+            return
+        reference = reference_of(ranked)
+        chosen = [t for t in (first, second) if t is not reference]
+        wanted = 1 + max(len(stored_confirmations(study).get(str(t.number), [])) for t in chosen)
+        extra += 1
+        _run_rounds(study, chosen, reference, remeasure, wanted, seed + 100 + extra, print_line)

@@ -45,7 +45,7 @@ from autotune.runner import (
     remove_orphaned_buffers,
     with_nodes,
 )
-from autotune.study._confirm import CONFIRM_ROUNDS, confirm
+from autotune.study._confirm import CONFIRM_ROUNDS, confirm, settle
 from autotune.study._objective import Objective
 from autotune.study._options import SearchOptions
 from autotune.study._ranking import reference_trial, runs_of
@@ -137,6 +137,8 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
                     options.seed,
                     print_line,
                 )
+                if options.confirm:
+                    settle(study, objective.remeasure, options.seed, print_line)
     finally:
         if not left:
             # On the way out of an error: another one here must not hide it.
