@@ -21,6 +21,8 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import optuna
 from autotune._errors import UserError
 from autotune._plan import LR_SCALINGS, TrialConfig
 from autotune._records import (
+    EVAL_SECONDS,
     FAILED,
     INFEASIBLE,
     OK,
@@ -39,6 +42,8 @@ from autotune._records import (
     STUDY_MAX_ACCURACY_LOSS,
     STUDY_MODEL,
     STUDY_SPACE,
+    TRAIN_SECONDS,
+    WALL_SECONDS,
     TrialRecord,
 )
 from autotune._score import (
@@ -54,6 +59,7 @@ from autotune._space import (
     SearchSpace,
     fill_settings,
 )
+from autotune.study import reference_trial, stored_confirmations, throughput_runs
 
 STATUSES = (OK, INFEASIBLE, FAILED)
 """A point ran and was measured, could not run on the machine (no run), or ran and failed."""
@@ -73,6 +79,11 @@ class LandscapePoint:
         status: One of :data:`STATUSES`.
         throughput: Samples per second; set only when the status is "ok".
         accuracy_loss: Relative metric loss against the reference; set only when "ok".
+        wall_seconds: The whole run's wall time, when it ran (recorded with
+            --no-accuracy-reuse and --no-early-stop, so it trained and evaluated in full).
+        setup_seconds: Of that, what came before training: the launch or the warm group's
+            hand-over, the engine and the loaders (the wall time less training and eval).
+        train_seconds: Of that, the training loop over the sample budget.
     """
 
     key: str
@@ -80,6 +91,9 @@ class LandscapePoint:
     status: str
     throughput: float | None = None
     accuracy_loss: float | None = None
+    wall_seconds: float | None = None
+    setup_seconds: float | None = None
+    train_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -105,6 +119,22 @@ class LandscapePoint:
     def is_feasible(self, max_accuracy_loss: float) -> bool:
         return is_feasible(self.constraints(max_accuracy_loss))
 
+    @property
+    def timed(self) -> bool:
+        """Whether the point knows what its run cost (a landscape recorded with times)."""
+        return self.wall_seconds is not None
+
+    def full_seconds(self) -> float:
+        """What a run that trains the budget and evaluates costs: its recorded wall time."""
+        return float(self.wall_seconds or 0.0)
+
+    def timed_seconds(self, min_seconds: float) -> float:
+        """What a throughput-only run costs (a reused metric, or a run stopped because it
+        cannot win): the setup, then training until ``min_seconds`` are timed (or the budget
+        ends), no eval."""
+        setup, train = self.setup_seconds or 0.0, self.train_seconds or 0.0
+        return min(self.full_seconds(), setup + min(train, min_seconds))
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -116,6 +146,9 @@ class LandscapePoint:
             status=raw["status"],
             throughput=raw.get("throughput"),
             accuracy_loss=raw.get("accuracy_loss"),
+            wall_seconds=raw.get("wall_seconds"),
+            setup_seconds=raw.get("setup_seconds"),
+            train_seconds=raw.get("train_seconds"),
         )
 
 
@@ -168,6 +201,10 @@ class Landscape:
         lr_scaling: The study's learning-rate rule; it enters the keys too.
         machine: The machine the points were measured on, for the header of a benchmark.
         model: The model file's name.
+        min_measure_seconds: The search's --min-measure-seconds: how long a throughput-only
+            run times (`LandscapePoint.timed_seconds`).
+        window_noise: The spread of one timed window: the standard deviation of the log of
+            the reference's windows timed again and again (0 when not recorded).
     """
 
     space: SearchSpace
@@ -180,6 +217,8 @@ class Landscape:
     lr_scaling: str = "sqrt"
     machine: str = ""
     model: str = ""
+    min_measure_seconds: float = 3.0
+    window_noise: float = 0.0
 
     def __post_init__(self) -> None:
         problem = validate_budget(self.max_accuracy_loss)
@@ -266,6 +305,15 @@ class Landscape:
         """Points that cost a run when first proposed (ok or failed)."""
         return sum(point.runnable for point in self.points)
 
+    @property
+    def timed(self) -> bool:
+        """Whether every point that runs knows its cost, so replays can count wall time."""
+        return all(point.timed for point in self.points if point.runnable)
+
+    def grid_seconds(self) -> float:
+        """What an exhaustive grid of full runs takes: every runnable point's wall time."""
+        return sum(point.full_seconds() for point in self.points if point.runnable)
+
     def feasible_points(self) -> list[LandscapePoint]:
         return [p for p in self.points if p.is_feasible(self.max_accuracy_loss)]
 
@@ -296,6 +344,8 @@ class Landscape:
             "lr_scaling": self.lr_scaling,
             "machine": self.machine,
             "model": self.model,
+            "min_measure_seconds": self.min_measure_seconds,
+            "window_noise": self.window_noise,
             "points": [point.to_json() for point in self.points],
         }
 
@@ -329,6 +379,8 @@ class Landscape:
                 lr_scaling=raw.get("lr_scaling", "sqrt"),
                 machine=raw.get("machine", ""),
                 model=raw.get("model", ""),
+                min_measure_seconds=float(raw.get("min_measure_seconds", 3.0)),
+                window_noise=float(raw.get("window_noise", 0.0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(
@@ -353,11 +405,13 @@ def landscape_from_study(
     optimizer: dict[str, Any],
     *,
     model: str | None = None,
+    min_measure_seconds: float = 3.0,
 ) -> Landscape:
     """A landscape from a finished grid study of ``space``.
 
     Each configuration's first trial that is not a repeat gives its point. The budget, the
-    learning-rate rule and the machine come from the study.
+    learning-rate rule and the machine come from the study; the window noise from the
+    reference's windows when the study timed it again (its confirmation runs, `window_noise`).
 
     Args:
         study: A study `autotune search --sampler grid` ran to the end of its grid.
@@ -384,6 +438,8 @@ def landscape_from_study(
         lr_scaling=str(attrs.get(STUDY_LR_SCALING, "sqrt")),
         machine=str(attrs.get(STUDY_MACHINE, "")),
         model=model if model is not None else Path(str(attrs.get(STUDY_MODEL, ""))).name,
+        min_measure_seconds=min_measure_seconds,
+        window_noise=window_noise(study),
     )
     points: dict[str, LandscapePoint] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -402,6 +458,18 @@ def landscape_from_study(
             "(a run stopped early has no accuracy to record)."
         )
     return landscape
+
+
+def window_noise(study: optuna.Study) -> float:
+    """The standard deviation of the log of the reference's timed windows (its own and its
+    confirmation runs): how much one window of the same configuration moves on this machine;
+    0 with fewer than 3 windows."""
+    reference = reference_trial(study)
+    if reference is None:
+        return 0.0
+    windows = throughput_runs(reference.user_attrs, reference.number, stored_confirmations(study))
+    logs = [math.log(w) for w in windows if w > 0]
+    return statistics.stdev(logs) if len(logs) >= 3 else 0.0
 
 
 def _point_of(study: optuna.Study, record: TrialRecord, empty: Landscape) -> LandscapePoint | None:
@@ -424,10 +492,21 @@ def _point_of(study: optuna.Study, record: TrialRecord, empty: Landscape) -> Lan
             "this model file's optimizer gives; pass the --model it was run with."
         )
     ok = record.is_ok
+    wall, train, evaluation = (
+        record.get(WALL_SECONDS),
+        record.get(TRAIN_SECONDS),
+        record.get(EVAL_SECONDS),
+    )
+    setup = None
+    if wall is not None and train is not None and evaluation is not None:
+        setup = max(0.0, float(wall) - float(train) - float(evaluation))
     return LandscapePoint(
         key,
         record.settings,
         str(record.status),
         record.throughput if ok else None,
         record.accuracy_loss if ok else None,
+        wall_seconds=None if wall is None else float(wall),
+        setup_seconds=setup,
+        train_seconds=None if train is None else float(train),
     )

@@ -145,12 +145,33 @@ def bench(
             f"{proposals[len(proposals) // 2]:>10} "
             f"{seconds[sampler]:>9.1f}"
         )
+    if landscape.timed:
+        _print_times(landscape, summary)
     print(
         f"\nruns: to {fraction:.0%} of the best feasible throughput, of {runnable} runnable "
         f"points (percent in brackets); <={SHORT_SEARCH}: share of seeds there within "
         f"{SHORT_SEARCH} runs; proposals: median trials asked, repeats and configurations that "
         "cannot run included."
     )
+
+
+def _print_times(landscape: Landscape, summary: dict[str, dict[str, object]]) -> None:
+    """Wall time to the target, against an exhaustive grid of full runs."""
+    grid = landscape.grid_seconds()
+    print(
+        f"\nwall time to the target (runs cost their recorded wall time; throughput-only runs "
+        f"their setup and {landscape.min_measure_seconds:g} s timed; window noise "
+        f"{landscape.window_noise:.1%}); an exhaustive grid of full runs takes {grid:.0f} s"
+    )
+    print(f"{'sampler':<8} {'median s':>9} {'of grid':>8} {'p90 s':>7}")
+    for sampler, stats in summary.items():
+        median, p90 = stats["median_seconds"], stats["p90_seconds"]
+        share = stats["median_seconds_fraction"]
+        print(
+            f"{sampler:<8} {'-' if median is None else f'{median:.0f}':>9} "
+            f"{'-' if share is None else f'{share:.0%}':>8} "
+            f"{'-' if p90 is None else f'{p90:.0f}':>7}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

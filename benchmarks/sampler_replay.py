@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import statistics
 import warnings
 from collections.abc import Iterable, Sequence
@@ -51,6 +52,9 @@ class ReplayResult:
         runnable: The landscape's runnable points: what an exhaustive search spends.
         best_found: The best feasible throughput found (0 when none).
         target: The throughput to reach.
+        seconds_to_target: Wall time spent by then (a timed landscape), or None.
+        seconds: Wall time spent when the replay stopped (0 for an untimed landscape).
+        grid_seconds: What an exhaustive grid of full runs takes on the landscape.
     """
 
     sampler: str
@@ -63,6 +67,9 @@ class ReplayResult:
     runnable: int
     best_found: float
     target: float
+    seconds_to_target: float | None = None
+    seconds: float = 0.0
+    grid_seconds: float = 0.0
 
     @property
     def fraction(self) -> float | None:
@@ -75,16 +82,23 @@ class ReplayResult:
 class _ReplayObjective:
     """`autotune search`'s objective with the landscape in place of the runs."""
 
-    def __init__(self, landscape: Landscape, target: float) -> None:
-        self.landscape, self.target = landscape, target
+    def __init__(
+        self, landscape: Landscape, target: float, noise: float = 0.0, seed: int = 0
+    ) -> None:
+        self.landscape, self.target, self.noise = landscape, target, noise
+        self.rng = random.Random(seed)
         self.seen: dict[str, tuple[float, dict[str, float]]] = {}
         self.over_budget: set[str] = set()
+        self.judged: set[str] = set()
         self.runs = 0
         self.proposals = 0
         self.repeats = 0
+        self.seconds = 0.0
+        self.best_seen = 0.0
         self.best_found = 0.0
         self.runs_to_target: int | None = None
         self.proposals_to_target: int | None = None
+        self.seconds_to_target: float | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         landscape = self.landscape
@@ -108,28 +122,39 @@ class _ReplayObjective:
     def _first(
         self, point: LandscapePoint, numerics: str, reference: bool
     ) -> tuple[float, dict[str, float]]:
-        """What the tool records the first time it meets ``point``: no run where it cannot run
-        or its numerics were found over the budget; a run stopped early (its throughput, not
-        feasible) where it is slower than the best feasible run less the tool's margin; else
-        the point's recorded outcome."""
-        budget = self.landscape.max_accuracy_loss
+        """What the tool records the first time it meets ``point``, and what it costs: no run
+        where it cannot run or its numerics were found over the budget; a throughput-only run
+        where its numerics were judged before, or where it is slower than the best feasible
+        run less the tool's margin (stopped early: its throughput, not feasible); else a full
+        run and the point's recorded outcome. The tool sees each run's throughput through one
+        window's noise (``noise``, the log's standard deviation); the target is judged on the
+        true throughput of the configuration it would choose."""
+        budget, minimum = self.landscape.max_accuracy_loss, self.landscape.min_measure_seconds
         if not point.runnable or (numerics in self.over_budget and not reference):
             return 0.0, constraints_for_no_run()
         self.runs += 1
+        seen = point.value() * math.exp(self.rng.gauss(0.0, self.noise)) if self.noise else None
+        observed = point.value() if seen is None else seen
         if (
             point.status == OK
             and not reference
-            and self.best_found
-            and point.value() < self.best_found * (1 - CANNOT_WIN_MARGIN)
+            and self.best_seen
+            and observed < self.best_seen * (1 - CANNOT_WIN_MARGIN)
         ):
-            return point.value(), constraints_for_no_run()  # stopped early: no accuracy
-        if point.status == OK and not point.is_feasible(budget):
-            self.over_budget.add(numerics)
-        if point.is_feasible(budget):
-            self.best_found = max(self.best_found, point.value())
+            self.seconds += point.timed_seconds(minimum)
+            return observed, constraints_for_no_run()  # stopped early: no accuracy
+        reused = numerics in self.judged and not reference
+        self.seconds += point.timed_seconds(minimum) if reused else point.full_seconds()
+        if point.status == OK:
+            self.judged.add(numerics)
+            if not point.is_feasible(budget):
+                self.over_budget.add(numerics)
+        if point.is_feasible(budget) and observed > self.best_seen:
+            self.best_seen, self.best_found = observed, point.value()
             if self.runs_to_target is None and self.best_found >= self.target:
                 self.runs_to_target, self.proposals_to_target = self.runs, self.proposals
-        return point.value(), point.constraints(budget)
+                self.seconds_to_target = self.seconds
+        return observed if point.status == OK else point.value(), point.constraints(budget)
 
     def stop_when_done(self, study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if self.runs_to_target is not None or self.runs >= self.landscape.runnable:
@@ -143,12 +168,15 @@ def replay(
     max_proposals: int | None = None,
     target_fraction: float = TARGET_FRACTION,
     native_half: tuple[str, ...] = (),
+    noise: float | None = None,
 ) -> ReplayResult:
     """Search the landscape as `autotune search --sampler NAME --seed SEED` would.
 
     Stops once the best feasible throughput found reaches ``target_fraction`` of the
     landscape's best, once every runnable point has run, or after ``max_proposals``
-    proposals (by default the tool's own cap: 25 per runnable point).
+    proposals (by default the tool's own cap: 25 per runnable point). Each run's throughput
+    is seen through one window's noise, ``noise`` (the landscape's `window_noise` unless
+    given); on a timed landscape the wall time spent is counted too.
 
     Raises:
         UserError: The landscape misses configurations of its space or has no feasible point.
@@ -178,7 +206,8 @@ def replay(
             wanted,
             native_half,
         )
-        objective = _ReplayObjective(landscape, target)
+        noise = landscape.window_noise if noise is None else noise
+        objective = _ReplayObjective(landscape, target, noise, seed)
         study.optimize(
             objective,
             n_trials=wanted,
@@ -196,6 +225,9 @@ def replay(
         runnable=landscape.runnable,
         best_found=objective.best_found,
         target=target,
+        seconds_to_target=objective.seconds_to_target if landscape.timed else None,
+        seconds=objective.seconds,
+        grid_seconds=landscape.grid_seconds(),
     )
 
 
@@ -244,5 +276,13 @@ def summarise(results: Iterable[ReplayResult]) -> dict[str, dict[str, Any]]:
                 dict.fromkeys(("median", "p25", "p75", "p90", "mean", "min", "max")),
                 median_fraction=None,
             )
+        seconds = [r.seconds_to_target for r in replays if r.seconds_to_target is not None]
+        grid = replays[0].grid_seconds
+        stats.update(
+            median_seconds=statistics.median(seconds) if seconds else None,
+            p90_seconds=percentile(seconds, 90) if seconds else None,
+            grid_seconds=grid,
+            median_seconds_fraction=statistics.median(seconds) / grid if seconds and grid else None,
+        )
         summary[sampler] = stats
     return summary

@@ -295,6 +295,10 @@ def test_summarise_per_sampler() -> None:
         "min": 4.0,
         "max": 10.0,
         "median_fraction": 7.0 / 40,
+        "median_seconds": None,  # an untimed landscape
+        "p90_seconds": None,
+        "grid_seconds": 0.0,
+        "median_seconds_fraction": None,
     }
     assert summary["random"]["median"] == 15.0
     assert summary["grid"]["reached"] == 0 and summary["grid"]["median"] is None
@@ -331,3 +335,58 @@ def test_a_replay_tries_the_reference_in_native_half_precision_first_as_the_sear
     for seed in range(5):
         assert replay(landscape, "tpe", seed, native_half=("bf16",)).runs_to_target == 2
     assert any(replay(landscape, "tpe", seed).runs_to_target != 2 for seed in range(5))
+
+
+# --- time: what each run costs, and one window's noise (issue 17, item 8) ----------------------
+
+
+def _timed(landscape: Landscape) -> Landscape:
+    """The landscape with costs: 2 s of setup, then 10,000 samples trained at the point's
+    throughput (a slower configuration trains longer), then 1 s of eval."""
+    points = []
+    for point in landscape.points:
+        if point.runnable:
+            train = 10_000.0 / (point.throughput or 1000.0)
+            point = dataclasses.replace(
+                point, wall_seconds=2.0 + train + 1.0, setup_seconds=2.0, train_seconds=train
+            )
+        points.append(point)
+    return dataclasses.replace(landscape, points=tuple(points), min_measure_seconds=3.0)
+
+
+def test_a_point_costs_its_wall_time_or_a_throughput_only_run() -> None:
+    point = LandscapePoint("k", {}, "ok", 500.0, 0.0, 23.0, 2.0, 20.0)
+    assert point.full_seconds() == 23.0
+    assert point.timed_seconds(3.0) == 5.0  # setup and 3 s timed, no eval
+    short = LandscapePoint("k", {}, "ok", 500.0, 0.0, 4.0, 2.0, 1.5)
+    assert short.timed_seconds(3.0) == 3.5  # the budget ends first
+    assert not LandscapePoint("k", {}, "ok", 500.0, 0.0).timed
+
+
+def test_timed_replays_count_wall_time_against_the_grid(tmp_path: Path) -> None:
+    timed = _timed(LANDSCAPE)
+    assert timed.timed and not LANDSCAPE.timed
+    assert timed.grid_seconds() == pytest.approx(
+        sum(p.full_seconds() for p in timed.points if p.runnable)
+    )
+    assert Landscape.load(timed.save(tmp_path / "timed.json")) == dataclasses.replace(
+        timed, space=Landscape.load(tmp_path / "timed.json").space
+    )
+    for seed in range(5):
+        result = replay(timed, "tpe", seed)
+        assert result.seconds_to_target is not None and result.runs_to_target is not None
+        assert 0 < result.seconds_to_target <= result.seconds < result.grid_seconds
+        # Without noise, the same runs as an untimed replay: time changes no decision.
+        assert result.runs_to_target == replay(LANDSCAPE, "tpe", seed).runs_to_target
+    assert replay(LANDSCAPE, "tpe", 0).seconds_to_target is None
+
+
+def test_window_noise_hides_the_best_from_some_searches() -> None:
+    """The tool sees each run through one noisy window: with 30% noise, random search over the
+    same seeds reaches the target later (or not at all) more often than without."""
+    timed = _timed(LANDSCAPE)
+    quiet = [replay(timed, "random", seed).runs_to_target for seed in range(40)]
+    noisy = [replay(timed, "random", seed, noise=0.3).runs_to_target for seed in range(40)]
+    assert quiet != noisy
+    late = sum(n is None or (q is not None and n > q) for q, n in zip(quiet, noisy, strict=True))
+    assert late > 0
