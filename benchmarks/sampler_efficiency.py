@@ -8,9 +8,12 @@ runs each sampler needed before its best feasible throughput reached 95% of the 
 feasible throughput: median and spread over the seeds, as counts and as a share of the grid's
 runnable points (what an exhaustive search spends), and how many seeds got there at all.
 
-Record the landscape once (real DeepSpeed runs; 40 configurations with the space below):
+Record the landscape once (real DeepSpeed runs; 40 configurations with the space below). Every
+run trains and evaluates in full, so its wall time is what a full run costs, and the confirmation
+rounds time the reference again and again, which gives the noise of one window:
 
-    autotune search examples/digits_mlp.py --space search_spaces/landscape.yaml --no-early-stop \\
+    autotune search examples/digits_mlp.py --space search_spaces/landscape.yaml \\
+        --no-early-stop --no-accuracy-reuse --confirm 2 \\
         --sampler grid --n-trials 40 --study landscape --storage sqlite:///trials/landscape.db
     python benchmarks/sampler_efficiency.py --record trials/landscape.json \\
         --model examples/digits_mlp.py --space search_spaces/landscape.yaml \\
@@ -28,7 +31,11 @@ parallelism included, a quarter of them unable to run on 2 cores); record it the
 with `--native-half bf16 fp16` (the half precisions the recording machine computes natively)
 to start TPE and GP as `autotune search` does there, trying the reference in each first.
 The table gives the median, the spread (min-max, middle half, 90th percentile) and the mean:
-`--seeds 500` makes the comparison far less a matter of luck than 20 seeds.
+`--seeds 500` makes the comparison far less a matter of luck than 20 seeds. On a landscape
+recorded with times (as above), a second table gives the wall time to the target against an
+exhaustive grid of full runs: each run costs what it cost when recorded, a throughput-only run
+(a reused metric, or one stopped because it cannot win) its setup and --min-measure-seconds,
+and the tool sees each throughput through one window's noise.
 
 Target (issue 5): TPE reaches 95% of the grid optimum in at most 25% of the grid's runs
 (median over seeds), and needs fewer runs than random.
@@ -52,7 +59,14 @@ from autotune._errors import UserError  # noqa: E402
 from autotune.study import DEFAULT_STORAGE, SAMPLERS, load_study  # noqa: E402
 
 
-def record(out: Path, model: Path, space_path: Path, storage: str, study_name: str | None) -> None:
+def record(
+    out: Path,
+    model: Path,
+    space_path: Path,
+    storage: str,
+    study_name: str | None,
+    min_measure_seconds: float = 3.0,
+) -> None:
     from autotune._space import load_space
     from autotune._task import load_task
 
@@ -60,7 +74,12 @@ def record(out: Path, model: Path, space_path: Path, storage: str, study_name: s
     space = load_space(space_path)
     study = load_study(study_name, storage)
     landscape = landscape_from_study(
-        study, space, task.reference_settings(), task.model_file.optimizer, model=model.name
+        study,
+        space,
+        task.reference_settings(),
+        task.model_file.optimizer,
+        model=model.name,
+        min_measure_seconds=min_measure_seconds,
     )
     landscape.save(out)
     print(f"{out}: {_size_line(landscape)}")
@@ -195,13 +214,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", type=Path, help="with --record: the study's space file")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="with --record: storage URL")
     parser.add_argument("--study", help="with --record: study name (default: the model's)")
+    parser.add_argument(
+        "--min-measure-seconds",
+        type=float,
+        default=3.0,
+        help="with --record: the search's --min-measure-seconds (what a throughput-only run "
+        "times; default 3)",
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         if args.record is not None:
             if args.model is None or args.space is None:
                 parser.error("--record needs --model and --space, as given to autotune search")
-            record(args.record, args.model, args.space, args.storage, args.study or args.model.stem)
+            study = args.study or args.model.stem
+            record(
+                args.record, args.model, args.space, args.storage, study, args.min_measure_seconds
+            )
         elif args.landscape is None:
             parser.error("give a landscape file, or --record OUT to make one")
         else:
