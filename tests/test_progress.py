@@ -39,3 +39,13 @@ def test_timeout_decides_when_it_comes_sooner() -> None:
     assert time_left(10, walls, 1, 500.0) == (100.0, False)  # the runs end first
     assert time_left(10, [], 1, 30.0) == (30.0, True)
     assert time_left(10, walls, 1, -5.0) == (0.0, True)
+
+
+def test_no_more_runs_are_left_than_configurations_that_can_still_run() -> None:
+    """64 runs asked over a space where 10 runnable configurations are left untried."""
+    assert progress_note(3, 64, "search", 30.0, [15.0, 15.0], runs_left_at_most=10) == (
+        "run 3 of 64; 30 s in, about 2 min 30 s left"
+    )
+    assert progress_note(3, 64, "search", 30.0, [15.0], runs_left_at_most=0).endswith(
+        "about 15 s left"  # this run at least
+    )

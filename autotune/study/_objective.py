@@ -1,12 +1,13 @@
 """The objective: what the study does with one proposal.
 
 A proposal passes through gates in order, and the first that stops it decides what is stored:
-a configuration tried before reuses its stored result (a repeat); one that cannot run on this
-machine, is predicted not to fit in memory, trains numerics an earlier trial found over the
-accuracy budget, or whose profile partition fails is skipped without a run (infeasible); the rest claims one of the study's runs, under the storage lock that the
-workers of a shared study take (`autotune.study._sharing`), or waits for another worker's run of
-the same configuration and repeats it; then it runs (`autotune.runner.run_trial`) and is scored
-against the reference, or recorded as failed.
+a configuration tried before reuses its stored result (a repeat); one that cannot run here, is
+predicted not to fit in memory, trains numerics found over the accuracy budget, or whose profile
+partition fails is skipped without a run (infeasible); the rest claims one of the study's runs,
+under the storage lock the workers of a shared study take (`autotune.study._sharing`), or waits
+for another worker's run of the same configuration and repeats it; then it runs
+(`autotune.runner.run_trial`) and is scored against the reference, stopped early because it
+cannot win, or recorded as failed.
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ class Objective:
         self.footprint = measure_footprint(task.model_file)
         self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
         self._space_keys: frozenset[str] | None = None
+        self._runnable_keys: frozenset[str] = frozenset()
         self.started = time.monotonic()
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -215,18 +217,24 @@ class Objective:
             return self._stopped(proposal, result)
         return self._scored(proposal, result)
 
-    def untried(self) -> tuple[int, int] | None:
+    def untried(self, runnable_only: bool = False) -> tuple[int, int] | None:
         """(how many of the space's configurations no trial has tried yet, how many it holds):
-        a configuration is tried once a trial ran it, failed on it or found it cannot run here.
-        None when the space holds more than can be listed."""
+        a configuration is tried once a trial ran it, failed on it or found it cannot run here;
+        ``runnable_only`` counts those that pass this machine's rules (what may still cost a
+        run). None when the space holds more than can be listed."""
         if self._space_keys is None:
-            every = every_settings(self.space, self.reference_settings, _LISTED_AT_MOST)
-            keys = () if every is None else (self._config_of(s).key() for s in every)
-            self._space_keys = frozenset(keys)
+            every = every_settings(self.space, self.reference_settings, _LISTED_AT_MOST) or []
+            configs = [self._config_of(settings) for settings in every]
+            self._space_keys = frozenset(c.key() for c in configs)
+            self._runnable_keys = frozenset(
+                c.key() for c in configs if self._why_not_runnable(c) is None
+            )
         if not self._space_keys:
             return None
-        tried = {record.config_key for record in self._completed() if record.status != REPEAT}
-        return len(self._space_keys - tried), len(self._space_keys)
+        keys = self._runnable_keys if runnable_only else self._space_keys
+        done = self.study.get_trials(deepcopy=False, states=_COMPLETE)
+        tried = {TrialRecord.of(t).config_key for t in done if TrialRecord.of(t).status != REPEAT}
+        return len(keys - tried), len(keys)
 
     def can_run(self, settings: dict[str, Any]) -> bool:
         """Whether these settings pass the rules checked before a launch (not the memory
@@ -289,9 +297,6 @@ class Objective:
             self.options.lr_scaling,
         )
 
-    def _completed(self) -> list[TrialRecord]:
-        return [TrialRecord.of(t) for t in self.study.get_trials(deepcopy=False, states=_COMPLETE)]
-
     # --- the gates, in order ---------------------------------------------------------------
 
     def _find_repeat(self, proposal: _Proposal) -> optuna.trial.FrozenTrial | None:
@@ -330,13 +335,12 @@ class Objective:
     def _numerics_over_budget(self, config: TrialConfig, reference: bool) -> str | None:
         if reference or not self.options.reuse_accuracy:
             return None
-        budget = self.options.max_accuracy_loss
-        return numerics_over_budget(self.study, config, self.task.items_vary, budget)
+        budget, items_vary = self.options.max_accuracy_loss, self.task.items_vary
+        return numerics_over_budget(self.study, config, items_vary, budget)
 
     def _same_numerics(self, config: TrialConfig) -> TrialRecord | None:
-        if not self.options.reuse_accuracy:
-            return None
-        return same_numerics(self.study, config, self.task.items_vary)
+        reuse = self.options.reuse_accuracy
+        return same_numerics(self.study, config, self.task.items_vary) if reuse else None
 
     def _stages(self, proposal: _Proposal) -> _Stages:
         """A pipeline trial's layer profile and, for the "profile" method, the boundaries it
@@ -452,14 +456,15 @@ class Objective:
         """The samples/s this run must be able to reach to train on (`cannot_win_below`);
         None trains the whole budget: the reference, --no-early-stop, --objective tokens (the
         ranks time samples)."""
-        if proposal.is_reference or not self.options.early_stop:
-            return None
-        return cannot_win_below(self.study) if self.options.objective == "samples" else None
+        stops = self.options.early_stop and self.options.objective == "samples"
+        return cannot_win_below(self.study) if stops and not proposal.is_reference else None
 
     def _progress(self, proposal: _Proposal, run: int) -> str:
-        """Where this run stands: its number, its phase, the time so far and about how long
-        the runs left take (`study_progress`)."""
-        return study_progress(self.study, self.options, proposal.role, run, self.started)
+        """Where this run stands (`study_progress`); no more runs are left than untried
+        configurations this machine can run."""
+        untried = self.untried(runnable_only=True)
+        at_most = None if untried is None else untried[0]
+        return study_progress(self.study, self.options, proposal.role, run, self.started, at_most)
 
     def _record_run(
         self,
@@ -545,8 +550,7 @@ class Objective:
         measured = result.measurements or {}
         for name in MEASURED:
             trial.set_user_attr(name, measured.get(name))
-        rate = self._rate(measured)
-        trial.set_user_attr(RATE, rate)
+        trial.set_user_attr(RATE, rate := self._rate(measured))
         to_beat = float(trial.user_attrs[CANNOT_WIN_BELOW])
         reason = (
             f"stopped after {measured.get(MEASURED_STEPS)} timed steps of "

@@ -46,14 +46,19 @@ def progress_note(
     walls: Sequence[float],
     workers: int = 1,
     timeout_left: float | None = None,
+    runs_left_at_most: int | None = None,
 ) -> str:
     """What a run's line says in brackets: ``run 3 of 12, start-up; 42 s in, about 2 min left``
-    (``walls``: the wall times of the study's runs so far)."""
+    (``walls``: the wall times of the study's runs so far; the runs left are those up to
+    ``n_trials``, or ``runs_left_at_most`` when fewer configurations are left to run)."""
     phase = "" if role == SEARCH else (", the reference" if role == REFERENCE else f", {role}")
     note = f"run {run} of {n_trials}{phase}"
     if run <= 1 and not walls:
         return note
-    left, by_timeout = time_left(n_trials - run + 1, walls, workers, timeout_left)
+    runs_left = n_trials - run + 1
+    if runs_left_at_most is not None:
+        runs_left = max(1, min(runs_left, runs_left_at_most))
+    left, by_timeout = time_left(runs_left, walls, workers, timeout_left)
     note += f"; {duration(elapsed)} in"
     if left is not None:
         note += (
@@ -65,10 +70,16 @@ def progress_note(
 
 
 def study_progress(
-    study: optuna.Study, options: SearchOptions, role: str, run: int, started: float
+    study: optuna.Study,
+    options: SearchOptions,
+    role: str,
+    run: int,
+    started: float,
+    runs_left_at_most: int | None = None,
 ) -> str:
     """`progress_note` for run number ``run`` of the study, whose search here started at
-    ``started`` (`time.monotonic()`), from the wall times of the study's runs so far."""
+    ``started`` (`time.monotonic()`), from the wall times of the study's runs so far; at most
+    ``runs_left_at_most`` runs remain (this one included) where the space says so."""
     elapsed = time.monotonic() - started
     walls = [
         float(wall)
@@ -77,4 +88,6 @@ def study_progress(
     ]
     workers = len(study.user_attrs.get(STUDY_WORKERS, {})) or 1
     timeout_left = None if options.timeout is None else options.timeout - elapsed
-    return progress_note(run, options.n_trials, role, elapsed, walls, workers, timeout_left)
+    return progress_note(
+        run, options.n_trials, role, elapsed, walls, workers, timeout_left, runs_left_at_most
+    )
