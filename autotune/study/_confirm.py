@@ -258,8 +258,10 @@ def settle(
     max_rounds: int = MAX_ROUNDS,
 ) -> None:
     """Time the two fastest feasible configurations (the reference may be one) side by side,
-    one round more at a time, until the leader is ahead in enough rounds that the order holds
-    at `SETTLE_CONFIDENCE`, or ``max_rounds`` rounds timed both; then say which."""
+    one round more at a time (the reference in each), until the leader is ahead in enough
+    rounds that the order holds at `SETTLE_CONFIDENCE`, or ``max_rounds`` rounds timed both,
+    or this has added ``max_rounds`` rounds (the two fastest may change on the way); then say
+    which."""
     extra = 0
     while True:
         ranked = rank_candidates(
@@ -285,7 +287,30 @@ def settle(
             print_line(f"order not settled after {len(ratios)} rounds: {tally}")
             return
         reference = reference_of(ranked)
-        chosen = [t for t in (first, second) if t is not reference]
-        wanted = 1 + max(len(stored_confirmations(study).get(str(t.number), [])) for t in chosen)
+        assert reference is not None
         extra += 1
-        _run_rounds(study, chosen, reference, remeasure, wanted, seed + 100 + extra, print_line)
+        _one_round(study, [first, second, reference], remeasure, seed + 100 + extra, print_line)
+
+
+def _one_round(
+    study: optuna.Study,
+    trials: Sequence[optuna.trial.FrozenTrial],
+    remeasure: Remeasure,
+    seed: int,
+    print_line: Callable[[str], None],
+) -> None:
+    """One more round timing each of ``trials`` (the reference among them) once, whatever
+    their counts so far."""
+    by_number = {t.number: t for t in trials}
+    layouts = {number: TrialRecord.of(t).processes for number, t in by_number.items()}
+    order = confirmation_order(layouts, 1, seed)
+    print_line(
+        f"settling: timing trials {', '.join(str(n) for n in sorted(by_number))} side by side "
+        "once more"
+    )
+    study.set_user_attr(STUDY_CONFIRMATION_ROUNDS, [*stored_rounds(study), {}])
+    for index, number in enumerate(order, start=1):
+        _confirm_once(study, by_number[number], remeasure, f"  [{index}/{len(order)}]", print_line)
+    reference = reference_of(list(trials))
+    if reference is not None:
+        _print_side_by_side(study, by_number, reference, print_line)
