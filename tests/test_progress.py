@@ -20,15 +20,15 @@ def test_the_first_run_is_the_reference_with_nothing_to_estimate_from() -> None:
     assert progress_note(1, 12, "reference", 0.5, []) == "run 1 of 12, the reference"
 
 
-def test_time_left_is_the_median_run_times_the_runs_left_shared_by_the_workers() -> None:
-    walls = [13.0, 3.0, 4.0]  # the reference's two seeds make it the slowest
+def test_time_left_is_the_mean_run_times_the_runs_left_shared_by_the_workers() -> None:
+    walls = [14.0, 3.0, 4.0]  # the reference's two seeds make it the slowest
     assert progress_note(4, 12, "start-up", 20.0, walls) == (
-        "run 4 of 12, start-up; 20 s in, about 36 s left"
+        "run 4 of 12, start-up; 20 s in, about 1 min 03 s left"
     )
     assert progress_note(6, 12, "search", 40.0, walls, workers=2) == (
-        "run 6 of 12; 40 s in, about 14 s left"
+        "run 6 of 12; 40 s in, about 24 s left"
     )
-    assert time_left(9, walls, 1, None) == (36.0, False)
+    assert time_left(9, walls, 1, None) == (63.0, False)
 
 
 def test_timeout_decides_when_it_comes_sooner() -> None:

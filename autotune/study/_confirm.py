@@ -31,6 +31,7 @@ from autotune._records import (
     rate_unit,
 )
 from autotune.study._ranking import (
+    SPEEDUP_NOISE_FLOOR,
     estimated_throughput,
     paired_speedups,
     rank_candidates,
@@ -52,6 +53,9 @@ as it did, were the two equally fast, is at most 1 - this (a one-sided sign test
 ahead in 4 of 4 rounds (6%), 6 of 7 (6%)."""
 MAX_ROUNDS = 6
 """Rounds side by side after which the order of the two fastest is left unsettled."""
+TIE_ROUNDS = 3
+"""Rounds side by side after which two configurations whose median ratio is within
+`SPEEDUP_NOISE_FLOOR` of 1 are left in either order: settling it would buy nothing."""
 
 Remeasure = Callable[[optuna.trial.FrozenTrial, str], tuple[float | None, str | None]]
 """Times a trial's configuration again (throughput only) in a run named by the string:
@@ -282,6 +286,13 @@ def settle(
         )
         if chance <= 1 - SETTLE_CONFIDENCE:
             print_line(f"order settled: {tally}")
+            return
+        if len(ratios) >= TIE_ROUNDS and abs(statistics.median(ratios) - 1) <= SPEEDUP_NOISE_FLOOR:
+            print_line(
+                f"order left open: trials {first.number} and {second.number} are within "
+                f"{SPEEDUP_NOISE_FLOOR:.0%} of each other side by side (median "
+                f"{statistics.median(ratios):.3f} over {len(ratios)} rounds); either will do"
+            )
             return
         if len(ratios) >= max_rounds or extra >= max_rounds:
             print_line(f"order not settled after {len(ratios)} rounds: {tally}")

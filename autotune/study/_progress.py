@@ -29,10 +29,12 @@ def duration(seconds: float) -> str:
 def time_left(
     runs_left: int, walls: Sequence[float], workers: int, timeout_left: float | None
 ) -> tuple[float | None, bool]:
-    """(About how long the runs left take: the median wall time of the runs so far, times the
-    runs left, shared by the workers; or the time --timeout leaves when that is sooner), and
-    whether --timeout is what decides. None before any run has finished, without --timeout."""
-    estimate = statistics.median(walls) * runs_left / max(1, workers) if walls else None
+    """(About how long the runs left take: the mean wall time of the runs so far (a sum of
+    runs is their count times their mean: relaunches and full trainings make the tail), times
+    the runs left, shared by the workers; or the time --timeout leaves when that is sooner),
+    and whether --timeout is what decides. None before any run has finished, without
+    --timeout."""
+    estimate = statistics.fmean(walls) * runs_left / max(1, workers) if walls else None
     if timeout_left is not None and (estimate is None or timeout_left < estimate):
         return max(0.0, timeout_left), True
     return estimate, False
