@@ -127,8 +127,10 @@ class _ReplayObjective:
         where its numerics were judged before, or where it is slower than the best feasible
         run less the tool's margin (stopped early: its throughput, not feasible); else a full
         run and the point's recorded outcome. The tool sees each run's throughput through one
-        window's noise (``noise``, the log's standard deviation); the target is judged on the
-        true throughput of the configuration it would choose."""
+        window's noise (``noise``, the log's standard deviation): what TPE learns from and
+        what a later run must beat not to stop early. A feasible configuration that trained in
+        full counts as found at its true throughput (the confirmation rounds at the end of a
+        search time the leaders side by side; the replay does not model them)."""
         budget, minimum = self.landscape.max_accuracy_loss, self.landscape.min_measure_seconds
         if not point.runnable or (numerics in self.over_budget and not reference):
             return 0.0, constraints_for_no_run()
@@ -149,8 +151,9 @@ class _ReplayObjective:
             self.judged.add(numerics)
             if not point.is_feasible(budget):
                 self.over_budget.add(numerics)
-        if point.is_feasible(budget) and observed > self.best_seen:
-            self.best_seen, self.best_found = observed, point.value()
+        if point.is_feasible(budget):
+            self.best_seen = max(self.best_seen, observed)
+            self.best_found = max(self.best_found, point.value())
             if self.runs_to_target is None and self.best_found >= self.target:
                 self.runs_to_target, self.proposals_to_target = self.runs, self.proposals
                 self.seconds_to_target = self.seconds
