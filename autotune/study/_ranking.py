@@ -194,15 +194,18 @@ class Verdict:
     noise: float
 
     @property
-    def beats_reference(self) -> bool:
-        """True when the best is another configuration, faster by more than the noise."""
+    def best_is_another(self) -> bool:
+        """True when the best is a configuration other than the reference."""
         return (
             self.best is not None
             and self.reference is not None
             and self.best.number != self.reference.number
-            and self.speedup is not None
-            and self.speedup - 1.0 > self.noise
         )
+
+    @property
+    def beats_reference(self) -> bool:
+        """True when the best is another configuration, faster by more than the noise."""
+        return self.best_is_another and self.speedup is not None and self.speedup - 1 > self.noise
 
     @property
     def chosen(self) -> optuna.trial.FrozenTrial | None:
@@ -215,12 +218,7 @@ class Verdict:
     @property
     def within_noise(self) -> bool:
         """True when a faster configuration was found but not by more than the noise."""
-        return (
-            self.best is not None
-            and self.reference is not None
-            and self.best.number != self.reference.number
-            and not self.beats_reference
-        )
+        return self.best_is_another and not self.beats_reference
 
 
 def speedup_noise(pairs: Sequence[float]) -> float:
