@@ -210,7 +210,7 @@ def _stops_early(plan: TrialPlan, timing: Timing, window_start: float) -> bool:
         if agree(slower, world):
             timing.cannot_win = True
             log(
-                f"at most {most:.1f} samples/s (95%) after {measured_so_far} measured steps, "
+                f"at most {most or 0.0:.1f} samples/s (95%) after {measured_so_far} measured steps, "
                 f"below the {adaptive.cannot_win_below:.1f} needed to win: stopping, no eval"
             )
             return True
