@@ -1,10 +1,13 @@
-"""A run that cannot win stops early (issue 17, item 4): real CPU DeepSpeed runs. Each forward
-pass sleeps 20 ms, so throughput is the micro-batch over about 20 ms: micro-batch 4 is 16 times
-slower than the reference's 64, whatever the machine's load, and stops once its step time shows
-it; with --no-early-stop it trains its whole budget."""
+"""A run that cannot win stops early (issue 17, item 4), and --timeout alone is a budget
+(item 7): real CPU DeepSpeed runs. Each forward pass sleeps 20 ms, so throughput is the
+micro-batch over about 20 ms: micro-batch 4 is 16 times slower than the reference's 64, whatever
+the machine's load, and stops once its step time shows it; with --no-early-stop it trains its
+whole budget."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +121,25 @@ def test_no_early_stop_trains_the_whole_budget(tmp_path: Path, model_path: Path)
     assert record.get(MEASURED_STEPS) >= record.get(BUDGET_STEPS) - 3  # all but warm-up
     assert record.get(METRIC) is not None
     assert record.get(CANNOT_WIN_BELOW) is None and record.get(CANNOT_WIN) is False
+
+
+@pytest.mark.e2e
+def test_timeout_alone_ends_the_search_by_time(tmp_path: Path, model_path: Path) -> None:
+    """Issue 17, item 7: `--timeout` without `--n-trials` searches as long as the time allows
+    (Optuna starts no trial after it; the one running finishes)."""
+    space = tmp_path / "space.yaml"
+    space.write_text("micro_batch_size: [64, 32, 16, 8, 4]\ngradient_accumulation_steps: [1, 2]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "autotune.cli", "search", str(model_path), "--space", str(space)]
+        + ["--timeout", "1", "--confirm", "0", "--train-samples", str(SAMPLES)]
+        + ["--storage", f"sqlite:///{tmp_path}/study.db", "--sampler", "grid"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "searching for 1 s (--timeout)" in out, out
+    assert "running (run 1, the reference)" in out, out
+    assert out.count(" running (run ") == 1, out  # the reference outlasts the timeout

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from autotune import SearchOptions
+from autotune._errors import UserError
+from autotune.study._options import UNLIMITED_RUNS
 from autotune.study._progress import duration, progress_note, time_left
 
 
@@ -48,4 +53,20 @@ def test_no_more_runs_are_left_than_configurations_that_can_still_run() -> None:
     )
     assert progress_note(3, 64, "search", 30.0, [15.0], runs_left_at_most=0).endswith(
         "about 15 s left"  # this run at least
+    )
+
+
+def test_timeout_alone_is_a_budget() -> None:
+    """Issue 17, item 7: --timeout without --n-trials runs as many as the time allows."""
+    options = SearchOptions(model=Path("model.py"), n_trials=None, timeout=600)
+    assert options.run_limit == UNLIMITED_RUNS
+    assert options.budget() == "600 s (--timeout)"
+    both = SearchOptions(model=Path("model.py"), timeout=90)
+    assert both.run_limit == 12
+    assert both.budget() == "12 runs or 90 s (--timeout), whichever comes first"
+    assert SearchOptions(model=Path("model.py")).budget() == "12 runs"
+    with pytest.raises(UserError, match="Give --n-trials or --timeout"):
+        SearchOptions(model=Path("model.py"), n_trials=None)
+    assert progress_note(5, None, "search", 95.0, [20.0] * 4, timeout_left=505.0) == (
+        "run 5; 1 min 35 s in, 8 min 25 s left of --timeout"
     )

@@ -54,7 +54,9 @@ def _add_search_flags(parser: argparse.ArgumentParser) -> None:
         f"({', '.join(shipped_spaces())}; default: default)",
     )
     parser.add_argument(
-        "--n-trials", type=int, default=12, help="runs the study should hold (default: %(default)s)"
+        "--n-trials",
+        type=int,
+        help="runs the study should hold (default: 12, or with --timeout as many as it allows)",
     )
     parser.add_argument(
         "--timeout", type=float, help="stop starting trials after this many seconds"
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     options = SearchOptions(
         model=args.model,
         space=args.space,
-        n_trials=args.n_trials,
+        n_trials=args.n_trials if args.n_trials is not None or args.timeout else 12,
         timeout=args.timeout,
         trial_timeout=args.trial_timeout,
         train_samples=args.train_samples,

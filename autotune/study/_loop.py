@@ -331,7 +331,7 @@ def _queue_first_trials(
         objective.can_run,
         options.sampler,
         options.seed,
-        options.n_trials,
+        options.run_limit,
         objective.machine.native_half,
     )
     if halves or drawn:
@@ -362,7 +362,8 @@ def _exhausted(
     )
     print_line(
         f"the space is exhausted: {tried} has been tried; "
-        f"the search ends with {len(runs_of(study))} of --n-trials {options.n_trials} runs"
+        f"the search ends with {len(runs_of(study))} runs"
+        + ("" if options.n_trials is None else f" of --n-trials {options.n_trials}")
     )
     return True
 
@@ -371,18 +372,23 @@ def _search(
     study: optuna.Study, objective: Objective, options: SearchOptions, print_line: PrintLine
 ) -> None:
     """Let the sampler propose until the study holds ``options.n_trials`` runs (repeats and
-    configurations that cannot run cost no run)."""
+    configurations that cannot run cost no run), --timeout passes, or the space is
+    exhausted."""
     already = len(runs_of(study))
-    if already >= options.n_trials:
+    if already >= options.run_limit:
         print_line(
             f"study '{options.study_name}' already holds {already} runs "
             f"(--n-trials {options.n_trials})."
         )
         return
+    searching = (
+        f"searching until {options.n_trials}"
+        if options.timeout is None
+        else f"searching for {options.budget()}"
+    )
     print_line(
         f"study '{options.study_name}' in {redact(options.storage)}: {already} runs so "
-        f"far, searching until {options.n_trials}; budget "
-        f"{options.max_accuracy_loss:.2%} accuracy loss"
+        f"far, {searching}; budget {options.max_accuracy_loss:.2%} accuracy loss"
     )
 
     run_queued_reference(study, objective)
@@ -394,14 +400,14 @@ def _search(
             report_in(study, objective.worker)
             for line in retry_orphaned_trials(study):  # another worker's, cut short
                 print_line(line)
-        if len(runs_of(study)) >= options.n_trials:
+        if len(runs_of(study)) >= options.run_limit:
             study.stop()
         elif _exhausted(study, objective, options, print_line):
             study.stop()
 
     study.optimize(
         objective,
-        n_trials=(options.n_trials - already) * ASKS_PER_RUN,
+        n_trials=(options.run_limit - already) * ASKS_PER_RUN,
         timeout=options.timeout,
         callbacks=[stop_when_enough],
         catch=(),

@@ -381,7 +381,7 @@ class Objective:
             optuna.TrialPruned: The study holds its runs: this worker stops.
         """
         key = None if proposal.is_reference else proposal.config.key()
-        waited_for = None
+        waited_for, limit = None, self.options.run_limit
         while True:
             with self.lock:
                 # A worker killed mid-run on this host: fail its trial and queue the retry now,
@@ -394,18 +394,18 @@ class Objective:
                 # Runs left for queued retries are theirs: a run cut short runs again.
                 kept = 0 if proposal.trial.user_attrs.get(RETRY_OF) else queued_retries(trials)
                 # A reference always runs (a retried one too): every trial waits for it.
-                if twin is None and (taken + kept < self.options.n_trials or proposal.is_reference):
+                if twin is None and (taken + kept < limit or proposal.is_reference):
                     proposal.trial.set_user_attr(RUN_SLOT, taken + 1)
                     report_in(self.study, self.worker)
                     return taken + 1
             if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE:
                 return twin
-            if twin is None and kept and taken < self.options.n_trials:
+            if twin is None and kept and taken < limit:
                 reason = "the study's last runs are kept for the retries of runs cut short"
                 proposal.trial.set_user_attr(REASON, reason)
                 self.print_line(f"{proposal.label} not run: {reason}")
                 raise optuna.TrialPruned(reason)  # this worker's next trial is such a retry
-            if twin is None and len(runs_of(self.study)) >= self.options.n_trials:
+            if twin is None and len(runs_of(self.study)) >= limit:
                 reason = f"the study holds its {self.options.n_trials} runs"
                 proposal.trial.set_user_attr(REASON, reason)
                 self.print_line(f"{proposal.label} not run: {reason}")

@@ -23,6 +23,8 @@ ADAPTIVE = {"rel_halfwidth": 0.02, "min_steps": 5}
 """Throughput is stable once the 95% interval of the mean step time is within +-2%; a trial
 whose metric is reused from the same numerics stops training there (once it has measured
 ``min_measure_seconds``)."""
+UNLIMITED_RUNS = 1_000_000
+"""The run limit of a search given --timeout and no --n-trials: the time ends it."""
 DEFAULT_MIN_MEASURE_SECONDS = 3.0
 """A trial's throughput is timed over at least this much training (steps past the sample
 budget run after the metric is taken): windows of a second or less measured this machine's
@@ -42,7 +44,7 @@ class SearchOptions:
 
     model: Path
     space: Path = DEFAULT_SPACE
-    n_trials: int = 12
+    n_trials: int | None = 12
     timeout: float | None = None
     trial_timeout: float = DEFAULT_TRIAL_TIMEOUT
     train_samples: int = DEFAULT_TRAIN_SAMPLES
@@ -75,7 +77,9 @@ class SearchOptions:
         budget = validate_budget(self.max_accuracy_loss)
         if budget:
             return budget + "."
-        if self.n_trials < 1:
+        if self.n_trials is None and self.timeout is None:
+            return "Give --n-trials or --timeout: without either the search would not end."
+        if self.n_trials is not None and self.n_trials < 1:
             return f"--n-trials must be at least 1, got {self.n_trials}."
         if self.timeout is not None and not _positive(self.timeout):
             return f"--timeout must be a positive number of seconds, got {self.timeout}."
@@ -103,6 +107,20 @@ class SearchOptions:
         if self.launcher not in LAUNCHERS:
             return f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher}."
         return None
+
+    @property
+    def run_limit(self) -> int:
+        """The runs the study may hold: --n-trials, or without it (--timeout alone) as many as
+        the time allows, `UNLIMITED_RUNS`."""
+        return UNLIMITED_RUNS if self.n_trials is None else self.n_trials
+
+    def budget(self) -> str:
+        """The search's budget in words: ``12 runs``, ``600 s (--timeout)``, or both."""
+        runs = None if self.n_trials is None else f"{self.n_trials} runs"
+        time = None if self.timeout is None else f"{self.timeout:g} s (--timeout)"
+        return " or ".join(part for part in (runs, time) if part) + (
+            ", whichever comes first" if runs and time else ""
+        )
 
     @property
     def study_name(self) -> str:

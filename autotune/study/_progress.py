@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import optuna
 
 from autotune._records import REFERENCE, SEARCH, STUDY_WORKERS, WALL_SECONDS, TrialRecord
-from autotune.study._options import SearchOptions
+from autotune.study._options import UNLIMITED_RUNS, SearchOptions
 from autotune.study._ranking import runs_of
 
 
@@ -42,7 +42,7 @@ def time_left(
 
 def progress_note(
     run: int,
-    n_trials: int,
+    n_trials: int | None,
     role: str,
     elapsed: float,
     walls: Sequence[float],
@@ -54,10 +54,11 @@ def progress_note(
     (``walls``: the wall times of the study's runs so far; the runs left are those up to
     ``n_trials``, or ``runs_left_at_most`` when fewer configurations are left to run)."""
     phase = "" if role == SEARCH else (", the reference" if role == REFERENCE else f", {role}")
-    note = f"run {run} of {n_trials}{phase}"
+    note = f"run {run}{'' if n_trials is None else f' of {n_trials}'}{phase}"
     if run <= 1 and not walls:
         return note
-    runs_left = n_trials - run + 1
+    limit = UNLIMITED_RUNS if n_trials is None else n_trials
+    runs_left = limit - run + 1
     if runs_left_at_most is not None:
         runs_left = max(1, min(runs_left, runs_left_at_most))
     left, by_timeout = time_left(runs_left, walls, workers, timeout_left)
