@@ -6,6 +6,7 @@ from __future__ import annotations
 from autotune.study._confirm import (
     CONFIRM_ROUNDS,
     DEFAULT_CONFIRM,
+    MAX_ROUNDS,
     Remeasure,
     chance_if_equal,
     confirm,
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "DEFAULT_TRAIN_SAMPLES",
     "DEFAULT_TRIAL_TIMEOUT",
+    "MAX_ROUNDS",
     "SAMPLERS",
     "SPEEDUP_NOISE_FLOOR",
     "STARTUP_RUNS",
