@@ -12,8 +12,9 @@ from autotune import SearchOptions, load_study, search
 
 def grid_search_options(folder: Path, model: Path, space: Path, **values: Any) -> SearchOptions:
     """A grid search of ``model`` over ``space`` whose study, trials and report stay in
-    ``folder``, with a 120 s trial timeout and no confirmation rounds; ``values`` set the rest
-    (or override these)."""
+    ``folder``, with a 120 s trial timeout, no confirmation rounds and no early stop (whether a
+    run stops early depends on the machine's load, which would make the statuses these tests
+    count vary); ``values`` set the rest (or override these)."""
     options: dict[str, Any] = {
         "model": model,
         "space": space,
@@ -23,6 +24,7 @@ def grid_search_options(folder: Path, model: Path, space: Path, **values: Any) -
         "reports_dir": folder / "reports",
         "trial_timeout": 120,
         "confirm": 0,
+        "early_stop": False,
     }
     options.update(values)
     return SearchOptions(**options)

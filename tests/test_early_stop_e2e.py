@@ -70,7 +70,7 @@ def _searched(folder: Path, model: Path, **values: object) -> tuple[optuna.Study
         n_trials=2,
         train_samples=SAMPLES,
         min_measure_seconds=1.0,
-        **values,
+        **{"early_stop": True, **values},
     )
 
 

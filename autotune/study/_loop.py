@@ -362,8 +362,9 @@ def _exhausted(
     )
     print_line(
         f"the space is exhausted: {tried} has been tried; "
-        f"the search ends with {len(runs_of(study))} runs"
+        f"the search ends with {len(runs_of(study))}"
         + ("" if options.n_trials is None else f" of --n-trials {options.n_trials}")
+        + " runs"
     )
     return True
 
