@@ -16,10 +16,11 @@ from typing import Any
 # --- what a trial's record holds ---------------------------------------------------------------
 
 ROLE = "role"
-"""Why the trial exists: `REFERENCE`, `STARTUP` or `SEARCH` (the default when absent)."""
+"""Why the trial exists: `REFERENCE`, `STARTUP`, `PROBE` or `SEARCH` (the default when
+absent)."""
 STATUS = "status"
-"""What happened to it: `OK`, `REPEAT`, `INFEASIBLE`, `FAILED` or `STOPPED`; absent while it
-runs."""
+"""What happened to it: `OK`, `REPEAT`, `INFEASIBLE`, `FAILED`, `STOPPED` or `PROBED`; absent
+while it runs."""
 REASON = "reason"
 FAILURE_REASON = "failure_reason"
 SETTINGS = "settings"
@@ -50,6 +51,8 @@ OWNER = "owner"
 """The process running the trial (host, boot, pid namespace, pid, start time: see
 `autotune.runner.Owner`), so a resumed search can tell a trial left RUNNING by a dead process."""
 RETRY_OF = "retry_of"
+CHOSEN_BECAUSE = "chosen_because"
+"""On a trial of the probe-first strategy: why it was chosen (`autotune.study.ProbeStep`)."""
 """On a retry: the number of the trial whose run was cut short (killed or interrupted)."""
 
 RATE = "rate"
@@ -130,6 +133,7 @@ NOT_COPIED_BY_REPEAT: tuple[str, ...] = (
     RUN_SLOT,
     OWNER,
     RETRY_OF,
+    CHOSEN_BECAUSE,
 )
 """Keys a repeat keeps its own values of when it copies an earlier trial's record."""
 
@@ -142,8 +146,11 @@ FAILED = "failed"
 STOPPED = "stopped"
 """The run stopped early: its throughput could not beat the best feasible run's, so it was not
 trained to the end nor evaluated (no metric, not a candidate for the best)."""
-STATUSES: tuple[str, ...] = (OK, REPEAT, INFEASIBLE, FAILED, STOPPED)
-RAN: tuple[str, ...] = (OK, FAILED, STOPPED)
+PROBED = "probed"
+"""A probe of the probe-first strategy: the configuration was timed briefly, throughput only
+(no metric, not a candidate for the best; a search run of it follows where it could win)."""
+STATUSES: tuple[str, ...] = (OK, REPEAT, INFEASIBLE, FAILED, STOPPED, PROBED)
+RAN: tuple[str, ...] = (OK, FAILED, STOPPED, PROBED)
 """Statuses of trials that launched a run (a repeat and a skipped proposal did not)."""
 MEASURED_STATUSES: tuple[str, ...] = (OK, REPEAT)
 """Statuses whose record carries a throughput and an accuracy loss."""
@@ -151,6 +158,7 @@ MEASURED_STATUSES: tuple[str, ...] = (OK, REPEAT)
 REFERENCE = "reference"
 STARTUP = "start-up"
 SEARCH = "search"
+PROBE = "probe"
 
 # --- what the study's own record holds -------------------------------------------------------------
 

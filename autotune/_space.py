@@ -490,12 +490,12 @@ def reference_with(
         if value == reference[name] or value not in domain:
             continue
         settings = {**reference, name: value}
-        if _expressible(space, settings) and runnable(settings):
+        if expressible(space, settings) and runnable(settings):
             found.append(settings)
     return found
 
 
-def _expressible(space: SearchSpace, settings: dict[str, Any]) -> bool:
+def expressible(space: SearchSpace, settings: dict[str, Any]) -> bool:
     """Whether the space holds every value of ``settings`` that it samples."""
     params = sampled_params(space, settings)
     for name, domain in space.domains.items():

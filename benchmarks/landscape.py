@@ -135,6 +135,12 @@ class LandscapePoint:
         setup, train = self.setup_seconds or 0.0, self.train_seconds or 0.0
         return min(self.full_seconds(), setup + min(train, min_seconds))
 
+    def probe_seconds(self, window: float, min_seconds: float) -> float:
+        """What a probe costs: the run's own setup (the recorded setup less the timing past
+        the budget that ``min_seconds`` added), then ``window`` of training, no eval."""
+        setup, train = self.setup_seconds or 0.0, self.train_seconds or 0.0
+        return max(0.0, setup - max(0.0, min_seconds - train)) + window
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

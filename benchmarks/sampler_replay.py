@@ -30,9 +30,15 @@ from autotune._space import record_reference, suggest
 from autotune.study import (
     ASKS_PER_RUN,
     CANNOT_WIN_MARGIN,
+    PROBE_SECONDS,
+    ProbeOption,
+    ProbePlan,
+    ProbeStep,
+    ProbeTiming,
     enqueue_reference,
     enqueue_startup,
     make_sampler,
+    options_at_distance,
 )
 
 
@@ -232,6 +238,126 @@ def replay(
         seconds=objective.seconds,
         grid_seconds=landscape.grid_seconds(),
     )
+
+
+def replay_probe(
+    landscape: Landscape,
+    seed: int,
+    target_fraction: float = TARGET_FRACTION,
+    noise: float | None = None,
+    everywhere: bool = True,
+) -> ReplayResult:
+    """Search the landscape as `autotune search` (the probe-first strategy) would: each step of
+    `ProbePlan` meets the landscape's recorded outcome instead of a run. A probe costs the
+    point's setup and `PROBE_SECONDS` (`LandscapePoint.probe_seconds`); a run of numerics not
+    judged before costs its recorded full run (or, stopped early because it cannot win, its
+    setup and --min-measure-seconds), one of judged numerics its setup and --min-measure-
+    seconds. Every window (the reference's too) is seen through ``noise``, drawn with
+    ``seed``. A configuration counts as found once a run of it is scored within the budget,
+    at its true throughput.
+
+    Raises:
+        UserError: The landscape misses configurations of its space or has no feasible point.
+    """
+    missing = landscape.missing()
+    if missing:
+        raise UserError(
+            f"The landscape misses {len(missing)} configurations of its space (e.g. "
+            f"{missing[0]}); record the full grid."
+        )
+    target = landscape.target_throughput(target_fraction)
+    noise = landscape.window_noise if noise is None else noise
+    rng = random.Random(seed)
+    budget, minimum = landscape.max_accuracy_loss, landscape.min_measure_seconds
+    grid = landscape.space.grid()
+
+    def option_of(settings: dict[str, Any]) -> ProbeOption | None:
+        try:
+            point = landscape.lookup(settings)
+        except UserError:
+            return None  # settings the space cannot express (an inactive setting changed)
+        if not point.runnable:
+            return None  # the tool's rules skip it without a run, and the planner never asks
+        return ProbeOption(point.key, landscape.numerics_key_of(settings), point.settings)
+
+    def neighbours(settings: Any, distance: int) -> list[ProbeOption]:
+        return options_at_distance(grid, settings, distance, option_of)
+
+    reference = option_of(landscape.reference)
+    assert reference is not None
+    # The reference's recorded run was the search's first: a cold launch, and two seeds. Its
+    # probes cost what a probe of its layout costs on a warm group.
+    layout = landscape.reference.get("processes", 1)
+    reference_probe = statistics.median(
+        p.probe_seconds(PROBE_SECONDS, minimum)
+        for p in landscape.points
+        if p.status == OK and p.key != reference.key and p.settings.get("processes", 1) == layout
+    )
+    plan = ProbePlan(reference, neighbours, everywhere)
+    timings: list[ProbeTiming] = []
+    judged: set[str] = set()
+    seconds, best_found, best_seen = 0.0, 0.0, 0.0
+    runs_to_target: int | None = None
+    seconds_to_target: float | None = None
+    while runs_to_target is None:
+        step = plan.next_step(timings)
+        if step is None:
+            break
+        point = landscape.lookup(dict(step.option.settings))
+        timing, cost = _replayed(point, step, judged, budget, minimum)
+        if step.kind == "probe" and step.option.key == reference.key:
+            cost = reference_probe
+        seen = timing.rate * math.exp(rng.gauss(0.0, noise)) if timing.rate else None
+        if timing.kind == "scored" and step.option.key != reference.key:
+            if seen is not None and best_seen and seen < best_seen * (1 - CANNOT_WIN_MARGIN):
+                timing = dataclasses.replace(timing, kind="stopped", feasible=None)
+                cost = point.timed_seconds(minimum)
+        seconds += cost
+        timings.append(dataclasses.replace(timing, rate=seen))
+        if timing.kind == "scored":
+            judged.add(step.option.numerics)
+            if timing.feasible:
+                best_seen = max(best_seen, seen or 0.0)
+                best_found = max(best_found, float(timing.rate or 0.0))
+                if best_found >= target:
+                    runs_to_target, seconds_to_target = len(timings), seconds
+    return ReplayResult(
+        sampler="probe",
+        seed=seed,
+        runs_to_target=runs_to_target,
+        proposals_to_target=runs_to_target,
+        runs=len(timings),
+        proposals=len(timings),
+        repeats=0,
+        runnable=landscape.runnable,
+        best_found=best_found,
+        target=target,
+        seconds_to_target=seconds_to_target if landscape.timed else None,
+        seconds=seconds,
+        grid_seconds=landscape.grid_seconds(),
+    )
+
+
+def _replayed(
+    point: LandscapePoint, step: ProbeStep, judged: set[str], budget: float, minimum: float
+) -> tuple[ProbeTiming, float]:
+    """What the tool records for one step on ``point``, and its wall time (before noise)."""
+    option = step.option
+    probe_cost = point.probe_seconds(PROBE_SECONDS, minimum)
+    if point.status != OK:
+        cost = point.full_seconds() if step.kind == "run" else probe_cost
+        return ProbeTiming(option.key, option.numerics, "failed", settings=option.settings), cost
+    if step.kind == "probe":
+        timing = ProbeTiming(
+            option.key, option.numerics, "probed", point.value(), settings=option.settings
+        )
+        return timing, probe_cost
+    cost = point.timed_seconds(minimum) if option.numerics in judged else point.full_seconds()
+    feasible = point.is_feasible(budget)
+    timing = ProbeTiming(
+        option.key, option.numerics, "scored", point.value(), feasible, option.settings
+    )
+    return timing, cost
 
 
 def percentile(values: Sequence[float], q: float) -> float:

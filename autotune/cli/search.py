@@ -56,10 +56,14 @@ def _add_search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-trials",
         type=int,
-        help="runs the study should hold (default: 12, or with --timeout as many as it allows)",
+        help="runs the study should hold, probes included (default: the probe strategy runs "
+        "until it is done; an Optuna --sampler runs 12, or with --timeout as many as it allows)",
     )
     parser.add_argument(
-        "--timeout", type=float, help="stop starting trials after this many seconds"
+        "--timeout",
+        type=float,
+        help="stop starting trials after this many seconds (the probe strategy then probes "
+        "past the incumbent's near neighbours while time is left)",
     )
     parser.add_argument(
         "--trial-timeout",
@@ -85,7 +89,12 @@ def _add_search_flags(parser: argparse.ArgumentParser) -> None:
         default="sqrt",
         help="learning-rate rule when the global batch differs from the reference",
     )
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="probe",
+        help="probe: the probe-first strategy (default; see README); or an Optuna sampler",
+    )
     add_study_flags(parser, "study name (default: the model file's name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampler")
 
@@ -173,13 +182,21 @@ def _parsed(flag: str, parse: Callable[[str], T], text: str | None) -> T | None:
         raise UserError(f"{flag}: {exc}") from None
 
 
+def _n_trials(args: argparse.Namespace) -> int | None:
+    """--n-trials, or its default: none for the probe strategy and with --timeout (they end
+    the search), else 12."""
+    if args.n_trials is not None or args.timeout or args.sampler == "probe":
+        return args.n_trials
+    return 12
+
+
 def run(args: argparse.Namespace) -> int:
     max_memory = _parsed("--max-memory", parse_memory, args.max_memory)
     devices = _parsed("--devices", parse_devices, args.devices)
     options = SearchOptions(
         model=args.model,
         space=args.space,
-        n_trials=args.n_trials if args.n_trials is not None or args.timeout else 12,
+        n_trials=_n_trials(args),
         timeout=args.timeout,
         trial_timeout=args.trial_timeout,
         train_samples=args.train_samples,

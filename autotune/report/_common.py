@@ -27,6 +27,7 @@ from autotune._records import (
     METRIC,
     OK,
     PEAK_MEMORY_BYTES,
+    PROBED,
     REASON,
     REFERENCE,
     ROLE,
@@ -93,6 +94,7 @@ CATEGORIES: tuple[str, ...] = (
     "feasible",
     "over budget",
     "stopped early",
+    "probed",
     "infeasible",
     "failed",
     "running",
@@ -103,6 +105,7 @@ COLOURS: dict[str, str] = {
     "feasible": "#2ca02c",
     "over budget": "#ff7f0e",
     "stopped early": "#9467bd",
+    "probed": "#17becf",
     "infeasible": "#7f7f7f",
     "failed": "#d62728",
     "running": "#1f77b4",
@@ -112,6 +115,7 @@ SYMBOLS: dict[str, str] = {
     "feasible": "circle",
     "over budget": "circle",
     "stopped early": "triangle-down",
+    "probed": "diamond-open",
     "infeasible": "x",
     "failed": "x",
     "running": "hourglass",
@@ -187,6 +191,12 @@ def stopped_early(row: dict[str, Any]) -> bool:
     return not is_missing(value) and bool(value)
 
 
+def rate_only(row: dict[str, Any]) -> bool:
+    """True when the trial has a throughput and no accuracy: a run stopped early, or a probe
+    of the probe-first strategy."""
+    return stopped_early(row) or row.get(STATUS) == PROBED
+
+
 def is_feasible(row: dict[str, Any], budget: float) -> bool:
     """True when the trial was measured and kept within the accuracy budget.
 
@@ -206,6 +216,8 @@ def category(row: dict[str, Any], budget: float) -> str:
     status = row.get(STATUS)
     if stopped_early(row):
         return "stopped early"
+    if status == PROBED:
+        return "probed"
     if is_measured(row):
         return "feasible" if is_feasible(row, budget) else "over budget"
     if status == INFEASIBLE:

@@ -20,8 +20,8 @@ from autotune.report._common import (
     info_budget,
     is_feasible,
     is_measured,
+    rate_only,
     roles_of,
-    stopped_early,
     trial_hover,
 )
 from autotune.report._format import as_float, as_text
@@ -83,7 +83,7 @@ def get_history_info(frame: pd.DataFrame, info: dict[str, Any]) -> HistoryInfo:
     unit = str(info.get("rate_unit") or "samples/s")
     own = TOKENS_PER_SECOND if unit == "tokens/s" else THROUGHPUT
     for row in rows:
-        timed = is_measured(row) or stopped_early(row)  # stopped early: a rate, no accuracy
+        timed = is_measured(row) or rate_only(row)  # stopped early, or a probe: no accuracy
         measured = as_float(row.get(own)) if timed else None
         runs = row.get("throughput_runs")
         if row.get(STATUS) == OK and isinstance(runs, list | tuple):

@@ -26,8 +26,8 @@ from autotune.report._common import (
     frame_rows,
     info_budget,
     is_measured,
+    rate_only,
     roles_of,
-    stopped_early,
 )
 from autotune.report._format import (
     as_float,
@@ -89,7 +89,7 @@ def get_table_info(frame: pd.DataFrame, info: dict[str, Any]) -> TrialTableInfo:
 def _cells(row: dict[str, Any], settings: tuple[str, ...], tokens: bool) -> tuple[str, ...]:
     """One trial's formatted cells (with a tokens/s cell when ``tokens``)."""
     measured = is_measured(row)
-    timed = measured or stopped_early(row)  # a run stopped early has a throughput, no loss
+    timed = measured or rate_only(row)  # stopped early, or a probe: a throughput, no loss
     throughput = as_float(row.get(THROUGHPUT)) if timed else None
     token_rate = as_float(row.get(TOKENS_PER_SECOND)) if timed else None
     loss = as_float(row.get(ACCURACY_LOSS)) if measured else None
@@ -110,8 +110,9 @@ def _cells(row: dict[str, Any], settings: tuple[str, ...], tokens: bool) -> tupl
 def _best_first_key(row: dict[str, Any], budget: float) -> tuple[int, float, int]:
     """Sort key: feasible trials by throughput, then over budget by throughput, then the rest."""
     throughput = as_float(row.get(THROUGHPUT)) or 0.0
-    rank = {"feasible": 0, "over budget": 1, "stopped early": 2}.get(category(row, budget), 3)
-    return (rank, -throughput if rank < 3 else 0.0, row[NUMBER])
+    ranks = {"feasible": 0, "over budget": 1, "stopped early": 2, "probed": 3}
+    rank = ranks.get(category(row, budget), 4)
+    return (rank, -throughput if rank < 4 else 0.0, row[NUMBER])
 
 
 def render_table(table: TrialTableInfo) -> str:

@@ -48,6 +48,7 @@ from autotune.runner import (
 from autotune.study._confirm import CONFIRM_ROUNDS, confirm, settle
 from autotune.study._objective import Objective
 from autotune.study._options import SearchOptions
+from autotune.study._probe_search import probe_search
 from autotune.study._ranking import reference_trial, runs_of
 from autotune.study._retry import retry_orphaned_trials, run_queued_reference
 from autotune.study._samplers import (
@@ -384,8 +385,9 @@ def _search(
         return
     searching = (
         f"searching until {options.n_trials}"
-        if options.timeout is None
-        else f"searching for {options.budget()}"
+        if options.timeout is None and options.n_trials is not None
+        else f"searching {'' if options.n_trials is None and options.timeout is None else 'for '}"
+        f"{options.budget()}"
     )
     print_line(
         f"study '{options.study_name}' in {redact(options.storage)}: {already} runs so "
@@ -393,6 +395,9 @@ def _search(
     )
 
     run_queued_reference(study, objective)
+    if options.sampler == "probe":
+        probe_search(study, objective, options, print_line)
+        return
     if _exhausted(study, objective, options, print_line):
         return
 

@@ -7,7 +7,8 @@ partition fails is skipped without a run (infeasible); the rest claims one of th
 under the storage lock the workers of a shared study take (`autotune.study._sharing`), or waits
 for another worker's run of the same configuration and repeats it; then it runs
 (`autotune.runner.run_trial`) and is scored against the reference, stopped early because it
-cannot win, or recorded as failed.
+cannot win, or recorded as failed. A probe of the probe-first strategy (`autotune.study.
+_probing`) is never a repeat: it times the configuration briefly and stores its throughput.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from autotune._plan import Machine, TrialConfig, why_not_runnable
 from autotune._records import (
     ACCURACY_LOSS,
     ACCURACY_REUSED_FROM,
-    BUDGET_STEPS,
     CANNOT_WIN,
     CANNOT_WIN_BELOW,
+    CHOSEN_BECAUSE,
     CONFIG_KEY,
     DS_CONFIG,
     FAILED,
@@ -44,19 +45,18 @@ from autotune._records import (
     LAUNCHED,
     LEARNING_RATE,
     MEASURED,
-    MEASURED_STEPS,
     MEMORY_ESTIMATE_BYTES,
     MEMORY_PREDICTED_BYTES,
     METRIC,
-    NOT_COPIED_BY_REPEAT,
     NUMERICS_KEY,
     OK,
     PARTITION,
+    PROBE,
+    PROBED,
     RATE,
     REASON,
     REFERENCE,
     REPEAT,
-    REPEAT_OF,
     RETRY_OF,
     ROLE,
     RUN_SLOT,
@@ -64,7 +64,6 @@ from autotune._records import (
     SETTINGS,
     STAGE_PREDICTED_SECONDS,
     STATUS,
-    STOPPED,
     STUDY_REFERENCE_METRIC,
     STUDY_REFERENCE_NOISE,
     STUDY_REFERENCE_NUMBER,
@@ -77,7 +76,6 @@ from autotune._records import (
 )
 from autotune._score import (
     accuracy_loss,
-    constraints_for_no_run,
     constraints_for_run,
     is_feasible,
     reference_noise,
@@ -98,13 +96,19 @@ from autotune.pipeline import (
 )
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
 from autotune.study._earlier import (
-    CANNOT_WIN_MARGIN,
     cannot_win_below,
     memory_prediction,
     numerics_over_budget,
     same_numerics,
 )
 from autotune.study._options import ADAPTIVE, SearchOptions
+from autotune.study._outcomes import (
+    store_no_run,
+    store_probed,
+    store_repeat,
+    store_stopped,
+)
+from autotune.study._probing import PROBE_SECONDS
 from autotune.study._progress import study_progress
 from autotune.study._ranking import runs_of
 from autotune.study._retry import (
@@ -213,6 +217,8 @@ class Objective:
         result = self._run(proposal, stages, claimed)
         if not result.ok:
             return self._failed(proposal, result)
+        if proposal.role == PROBE:
+            return self._probed(proposal, result)
         if (result.measurements or {}).get(CANNOT_WIN):
             return self._stopped(proposal, result)
         return self._scored(proposal, result)
@@ -224,7 +230,7 @@ class Objective:
         run). None when the space holds more than can be listed."""
         if self._space_keys is None:
             every = every_settings(self.space, self.reference_settings, _LISTED_AT_MOST) or []
-            configs = [self._config_of(settings) for settings in every]
+            configs = [self.config_of(settings) for settings in every]
             self._space_keys = frozenset(c.key() for c in configs)
             self._runnable_keys = frozenset(
                 c.key() for c in configs if self._why_not_runnable(c) is None
@@ -239,7 +245,7 @@ class Objective:
     def can_run(self, settings: dict[str, Any]) -> bool:
         """Whether these settings pass the rules checked before a launch (not the memory
         pre-screen, which needs the configuration's footprint)."""
-        return self._why_not_runnable(self._config_of(settings)) is None
+        return self._why_not_runnable(self.config_of(settings)) is None
 
     def remeasure(
         self, trial: optuna.trial.FrozenTrial, name: str
@@ -248,7 +254,7 @@ class Objective:
         boundaries: (its rate, None), or (None, why the run failed)."""
         record = TrialRecord.of(trial)
         result = run_trial(
-            self._config_of(record.settings),
+            self.config_of(record.settings),
             self.machine,
             self.task.model_file.path,
             self.options.train_samples,
@@ -279,17 +285,19 @@ class Objective:
             settings = record_reference(trial, self.space, self.reference_settings)
         else:
             settings = suggest(trial, self.space, self.reference_settings)
-        config = self._config_of(settings)
+        config = self.config_of(settings)
         trial.set_user_attr(ROLE, role)
         trial.set_user_attr(WORKER, self.worker.number)
         trial.set_user_attr(CONFIG_KEY, config.key())
+        trial.set_user_attr(NUMERICS_KEY, config.numerics_key(self.task.items_vary))
         trial.set_user_attr(SETTINGS, config.settings())
         trial.set_user_attr(GLOBAL_BATCH_SIZE, config.global_batch_size)
         trial.set_user_attr(LEARNING_RATE, config.learning_rate)
         label = f"trial {trial.number:>3} [{describe_settings(config.settings())}]"
         return _Proposal(trial, role, config, label)
 
-    def _config_of(self, settings: dict[str, Any]) -> TrialConfig:
+    def config_of(self, settings: dict[str, Any]) -> TrialConfig:
+        """The configuration these settings give with the model file and the study's rules."""
         return TrialConfig.from_settings(
             settings,
             self.task.model_file.optimizer,
@@ -300,14 +308,14 @@ class Objective:
     # --- the gates, in order ---------------------------------------------------------------
 
     def _find_repeat(self, proposal: _Proposal) -> optuna.trial.FrozenTrial | None:
-        """An earlier trial of the same configuration (not itself a repeat); the reference
-        always runs."""
-        if proposal.is_reference:
+        """An earlier trial of the same configuration (not itself a repeat or a probe); the
+        reference and probes always run."""
+        if proposal.is_reference or proposal.role == PROBE:
             return None
         key = proposal.config.key()
         for done in self.study.get_trials(deepcopy=False, states=_COMPLETE):
             record = TrialRecord.of(done)
-            if record.config_key == key and record.status != REPEAT:
+            if record.config_key == key and record.status not in (REPEAT, PROBED):
                 return done
         return None
 
@@ -380,7 +388,8 @@ class Objective:
         Raises:
             optuna.TrialPruned: The study holds its runs: this worker stops.
         """
-        key = None if proposal.is_reference else proposal.config.key()
+        probe = proposal.is_reference or proposal.role == PROBE  # a probe times it anew
+        key = None if probe else proposal.config.key()
         waited_for, limit = None, self.options.run_limit
         while True:
             with self.lock:
@@ -425,14 +434,19 @@ class Objective:
         earlier trial measured the metric of the same numerics) and record what it
         launched."""
         trial, config = proposal.trial, proposal.config
-        reused = None if proposal.is_reference else self._same_numerics(config)
-        self.print_line(f"{proposal.label} running ({self._progress(proposal, run)})")
+        probe = proposal.role == PROBE
+        reused = None if proposal.is_reference or probe else self._same_numerics(config)
+        why = trial.user_attrs.get(CHOSEN_BECAUSE)
+        doing = f"probing ({why}; " if probe else f"running ({'' if why is None else why + '; '}"
+        self.print_line(f"{proposal.label} {doing}{self._progress(proposal, run)})")
         directory = self.trial_root / f"trial_{trial.number:04d}"
         seeds = [self.options.seed]
         if proposal.is_reference:
             seeds.append(self.options.seed + 1)  # two seeds measure the metric's own noise
         adaptive = dict(self.adaptive)
-        to_beat = None if reused is not None else self._to_beat(proposal)
+        if probe:
+            adaptive["min_seconds"] = min(PROBE_SECONDS, self.options.min_measure_seconds)
+        to_beat = None if reused is not None or probe else self._to_beat(proposal)
         if to_beat is not None:
             trial.set_user_attr(CANNOT_WIN_BELOW, to_beat)
             adaptive["cannot_win_below"] = to_beat
@@ -446,7 +460,7 @@ class Objective:
             self.options.trial_timeout,
             partition_bounds=stages.bounds,
             workers=self.workers,
-            need_metric=reused is None,
+            need_metric=reused is None and not probe,
             adaptive=adaptive,
         )
         self._record_run(proposal, stages, result, reused, directory)
@@ -475,7 +489,6 @@ class Objective:
         directory: Path,
     ) -> None:
         trial, config = proposal.trial, proposal.config
-        trial.set_user_attr(NUMERICS_KEY, config.numerics_key(self.task.items_vary))
         trial.set_user_attr(LAUNCHED, result.launched)
         if result.ok and reused is not None:
             # Only throughput was measured; the metric is the earlier trial's, same numerics.
@@ -507,33 +520,18 @@ class Objective:
     # --- what is stored -------------------------------------------------------------------
 
     def _copy(self, proposal: _Proposal, earlier: optuna.trial.FrozenTrial) -> float:
-        trial = proposal.trial
-        for name, value in earlier.user_attrs.items():
-            if name not in NOT_COPIED_BY_REPEAT:
-                trial.set_user_attr(name, value)
-        trial.set_user_attr(STATUS, REPEAT)
-        trial.set_user_attr(REPEAT_OF, earlier.number)
-        for name, value in earlier.constraints.items():
-            trial.set_constraint(name, value)
+        store_repeat(proposal.trial, earlier)
         self.print_line(f"{proposal.label} repeat of trial {earlier.number}: stored result reused")
         return float(earlier.value or 0.0)
 
     def _infeasible(self, proposal: _Proposal, reason: str) -> float:
-        trial = proposal.trial
-        trial.set_user_attr(STATUS, INFEASIBLE)
-        trial.set_user_attr(REASON, reason)
-        for name, value in constraints_for_no_run().items():
-            trial.set_constraint(name, value)
+        store_no_run(proposal.trial, INFEASIBLE, reason)
         self.print_line(f"{proposal.label} skipped: {reason}")
         return 0.0
 
     def _failed(self, proposal: _Proposal, result: RunResult) -> float:
-        trial = proposal.trial
-        trial.set_user_attr(STATUS, FAILED)
-        trial.set_user_attr(FAILURE_REASON, result.failure_reason)
-        trial.set_user_attr(REASON, result.failure_reason)
-        for name, value in constraints_for_no_run().items():
-            trial.set_constraint(name, value)
+        store_no_run(proposal.trial, FAILED, str(result.failure_reason))
+        proposal.trial.set_user_attr(FAILURE_REASON, result.failure_reason)
         self.print_line(f"{_RESULT_INDENT}-> failed: {result.failure_reason}")
         if proposal.is_reference:
             raise UserError(
@@ -544,25 +542,18 @@ class Objective:
         return 0.0
 
     def _stopped(self, proposal: _Proposal, result: RunResult) -> float:
-        """A run that stopped early: slower than the best feasible run, whatever its accuracy.
-        Its throughput is stored and is its value; it has no metric, so it is not feasible."""
-        trial = proposal.trial
+        """A run stopped early, slower than the best feasible run (`store_stopped`)."""
         measured = result.measurements or {}
-        for name in MEASURED:
-            trial.set_user_attr(name, measured.get(name))
-        trial.set_user_attr(RATE, rate := self._rate(measured))
-        to_beat = float(trial.user_attrs[CANNOT_WIN_BELOW])
-        reason = (
-            f"stopped after {measured.get(MEASURED_STEPS)} timed steps of "
-            f"{measured.get(BUDGET_STEPS)}: {measured[THROUGHPUT]:.1f} samples/s cannot reach "
-            f"{to_beat:.1f} ({1 - CANNOT_WIN_MARGIN:.0%} of the best feasible run's), so its "
-            "accuracy cannot matter"
-        )
-        trial.set_user_attr(STATUS, STOPPED)
-        trial.set_user_attr(REASON, reason)
-        for name, value in constraints_for_no_run().items():
-            trial.set_constraint(name, value)
+        reason = store_stopped(proposal.trial, measured, rate := self._rate(measured))
         self.print_line(f"{_RESULT_INDENT}-> {reason} ({result.wall_seconds:.0f} s)")
+        return rate
+
+    def _probed(self, proposal: _Proposal, result: RunResult) -> float:
+        """A probe: its throughput only (`store_probed`)."""
+        measured = result.measurements or {}
+        store_probed(proposal.trial, measured, rate := self._rate(measured))
+        wall = result.wall_seconds
+        self.print_line(f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s ({wall:.0f} s)")
         return rate
 
     def _scored(self, proposal: _Proposal, result: RunResult) -> float:

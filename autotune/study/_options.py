@@ -18,7 +18,8 @@ DEFAULT_SPACE = default_space()
 DEFAULT_STORAGE = "sqlite:///trials/autotune.db"
 DEFAULT_TRAIN_SAMPLES = 8192
 DEFAULT_TRIAL_TIMEOUT = 300.0
-SAMPLERS = ("tpe", "gp", "random", "grid")
+SAMPLERS = ("probe", "tpe", "gp", "random", "grid")
+"""The probe-first strategy (`autotune.study._probing`), then the Optuna samplers."""
 ADAPTIVE = {"rel_halfwidth": 0.02, "min_steps": 5}
 """Throughput is stable once the 95% interval of the mean step time is within +-2%; a trial
 whose metric is reused from the same numerics stops training there (once it has measured
@@ -44,13 +45,13 @@ class SearchOptions:
 
     model: Path
     space: Path = DEFAULT_SPACE
-    n_trials: int | None = 12
+    n_trials: int | None = None
     timeout: float | None = None
     trial_timeout: float = DEFAULT_TRIAL_TIMEOUT
     train_samples: int = DEFAULT_TRAIN_SAMPLES
     max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS
     lr_scaling: str = "sqrt"
-    sampler: str = "tpe"
+    sampler: str = "probe"
     study: str | None = None
     storage: str = DEFAULT_STORAGE
     seed: int = 0
@@ -77,8 +78,11 @@ class SearchOptions:
         budget = validate_budget(self.max_accuracy_loss)
         if budget:
             return budget + "."
-        if self.n_trials is None and self.timeout is None:
-            return "Give --n-trials or --timeout: without either the search would not end."
+        if self.n_trials is None and self.timeout is None and self.sampler != "probe":
+            return (
+                f"Give --n-trials or --timeout with --sampler {self.sampler}: without either "
+                "the search would not end."
+            )
         if self.n_trials is not None and self.n_trials < 1:
             return f"--n-trials must be at least 1, got {self.n_trials}."
         if self.timeout is not None and not _positive(self.timeout):
@@ -110,12 +114,15 @@ class SearchOptions:
 
     @property
     def run_limit(self) -> int:
-        """The runs the study may hold: --n-trials, or without it (--timeout alone) as many as
-        the time allows, `UNLIMITED_RUNS`."""
+        """The runs the study may hold (probes count): --n-trials, or without it as many as
+        the time allows or the probe-first strategy wants, `UNLIMITED_RUNS`."""
         return UNLIMITED_RUNS if self.n_trials is None else self.n_trials
 
     def budget(self) -> str:
-        """The search's budget in words: ``12 runs``, ``600 s (--timeout)``, or both."""
+        """The search's budget in words: ``12 runs``, ``600 s (--timeout)``, both, or
+        ``until it is done`` (the probe-first strategy without either)."""
+        if self.n_trials is None and self.timeout is None:
+            return "until it is done"
         runs = None if self.n_trials is None else f"{self.n_trials} runs"
         time = None if self.timeout is None else f"{self.timeout:g} s (--timeout)"
         return " or ".join(part for part in (runs, time) if part) + (

@@ -69,7 +69,9 @@ def make_sampler(
         )
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_RUNS)
-    if name == "random":
+    if name in ("random", "probe"):
+        # The probe strategy queues every trial it wants with all its settings fixed; the
+        # sampler only fills what a queued trial leaves open, which it never does.
         return optuna.samplers.RandomSampler(seed=seed)
     return _GridSampler(space_grid, seed=seed)
 

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 
 from autotune._errors import UserError
-from autotune._records import REPEAT, RETRY_OF, STUDY_WORKERS, TrialRecord
+from autotune._records import PROBE, PROBED, REPEAT, RETRY_OF, STUDY_WORKERS, TrialRecord
 from autotune.study._storage import redact, storage_error
 
 _LOCK_KEY = 0x6175746F74756E65
@@ -267,13 +267,14 @@ def twin_of(
 ) -> optuna.trial.FrozenTrial | None:
     """The trial a proposal of configuration ``key`` (trial ``number``) would repeat: a finished
     one of the same configuration (not itself a repeat), else one that claimed a run of it and
-    runs now; None when there is neither."""
+    runs now; None when there is neither. Probes (`PROBED`) time a configuration, they do not
+    run it: none is repeated."""
     running = None
     for trial in trials:
         record = TrialRecord.of(trial)
-        if trial.number == number or record.config_key != key:
+        if trial.number == number or record.config_key != key or record.role == PROBE:
             continue
-        if trial.state == _COMPLETE and record.status != REPEAT:
+        if trial.state == _COMPLETE and record.status not in (REPEAT, PROBED):
             return trial
         if trial.state == _RUNNING and record.run_slot is not None and running is None:
             running = trial

@@ -1,0 +1,78 @@
+"""What a trial that was not scored stores: a repeat (an earlier trial's record), a trial
+without a measurement (skipped, or failed), a run stopped early because it cannot win, and a
+probe of the probe-first strategy. The last two keep their measurements and their rate (the
+trial's value), have no metric, and carry the constraints of a trial without a run, so neither
+is ever a candidate for the best."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from autotune._records import (
+    BUDGET_STEPS,
+    CANNOT_WIN_BELOW,
+    MEASURED,
+    MEASURED_STEPS,
+    NOT_COPIED_BY_REPEAT,
+    PROBED,
+    RATE,
+    REASON,
+    REPEAT,
+    REPEAT_OF,
+    STATUS,
+    STOPPED,
+    THROUGHPUT,
+)
+from autotune._score import constraints_for_no_run
+from autotune.study._earlier import CANNOT_WIN_MARGIN
+
+
+def store_no_run(trial: optuna.Trial, status: str, reason: str) -> None:
+    """Store a trial that has no measurement (`INFEASIBLE` or `FAILED`) and why."""
+    trial.set_user_attr(STATUS, status)
+    trial.set_user_attr(REASON, reason)
+    for name, value in constraints_for_no_run().items():
+        trial.set_constraint(name, value)
+
+
+def store_repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+    """Store a repeat: ``earlier``'s record and constraints, as `REPEAT` of it."""
+    for name, value in earlier.user_attrs.items():
+        if name not in NOT_COPIED_BY_REPEAT:
+            trial.set_user_attr(name, value)
+    trial.set_user_attr(STATUS, REPEAT)
+    trial.set_user_attr(REPEAT_OF, earlier.number)
+    for name, value in earlier.constraints.items():
+        trial.set_constraint(name, value)
+
+
+def store_timed(trial: optuna.Trial, measured: dict[str, Any], rate: float, status: str) -> None:
+    """Store a run's measurements, its rate and ``status``, with the constraints of a trial
+    without a run."""
+    for name in MEASURED:
+        trial.set_user_attr(name, measured.get(name))
+    trial.set_user_attr(RATE, rate)
+    trial.set_user_attr(STATUS, status)
+    for name, value in constraints_for_no_run().items():
+        trial.set_constraint(name, value)
+
+
+def store_stopped(trial: optuna.Trial, measured: dict[str, Any], rate: float) -> str:
+    """Store a run that stopped early (`STOPPED`); returns the reason it stored."""
+    store_timed(trial, measured, rate, STOPPED)
+    to_beat = float(trial.user_attrs[CANNOT_WIN_BELOW])
+    reason = (
+        f"stopped after {measured.get(MEASURED_STEPS)} timed steps of "
+        f"{measured.get(BUDGET_STEPS)}: {measured[THROUGHPUT]:.1f} samples/s cannot reach "
+        f"{to_beat:.1f} ({1 - CANNOT_WIN_MARGIN:.0%} of the best feasible run's), so its "
+        "accuracy cannot matter"
+    )
+    trial.set_user_attr(REASON, reason)
+    return reason
+
+
+def store_probed(trial: optuna.Trial, measured: dict[str, Any], rate: float) -> None:
+    """Store a probe (`PROBED`): throughput only."""
+    store_timed(trial, measured, rate, PROBED)
