@@ -8,7 +8,8 @@ trained in alternation (ABBA) by the plain DeepSpeed script (`benchmarks/replay_
 each over at least ``--min-seconds``): the hogged search's best over the quiet one's, the median
 of ``--pairs`` pairs, says what the load cost. The same configuration costs nothing.
 
-    python benchmarks/robustness.py                                  # digits_mlp, 12 runs
+    python benchmarks/robustness.py                                  # digits_mlp, default search
+    python benchmarks/robustness.py --sampler tpe                    # TPE, 12 runs
     python benchmarks/robustness.py --model examples/embedding_heavy.py --pairs 4
 
 Target (issue 17): the hogged search's best is the quiet one's configuration, or within 5% of
@@ -73,12 +74,13 @@ class Hog:
 
 
 def _search(
-    model: Path, work: Path, name: str, n_trials: int, seed: int
+    model: Path, work: Path, name: str, n_trials: int | None, seed: int, sampler: str
 ) -> tuple[float, Path, str, str]:
     """Run one search; (its wall seconds, its export folder, its best's key and settings)."""
     options = SearchOptions(
         model=model,
         n_trials=n_trials,
+        sampler=sampler,
         seed=seed,
         study=name,
         storage=f"sqlite:///{work}/study.db",
@@ -99,22 +101,27 @@ def _search(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "examples" / "digits_mlp.py")
-    parser.add_argument("--n-trials", type=int, default=12)
+    parser.add_argument(
+        "--n-trials", type=int, help="runs (default: none for probe, 12 for the others)"
+    )
+    parser.add_argument("--sampler", default="probe", help="the search's --sampler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pairs", type=int, default=3, help="ABBA pairs side by side")
     parser.add_argument("--min-seconds", type=float, default=10.0, help="each replay's window")
     parser.add_argument("--train-samples", type=int, default=4096, help="each replay's samples")
     args = parser.parse_args()
+    if args.n_trials is None and args.sampler != "probe":
+        args.n_trials = 12
     with tempfile.TemporaryDirectory(prefix="robustness_") as tmp:
         work = Path(tmp)
         quiet_wall, quiet_dir, quiet_key, quiet_text = _search(
-            args.model, work, "quiet", args.n_trials, args.seed
+            args.model, work, "quiet", args.n_trials, args.seed, args.sampler
         )
         hog = Hog(start=quiet_wall / 3, duration=quiet_wall / 3)
         hog.begin()
         try:
             hog_wall, hog_dir, hog_key, hog_text = _search(
-                args.model, work, "hogged", args.n_trials, args.seed
+                args.model, work, "hogged", args.n_trials, args.seed, args.sampler
             )
         finally:
             hog.end()

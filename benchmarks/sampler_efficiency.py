@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 from landscape import TARGET_FRACTION, Landscape, landscape_from_study  # noqa: E402
-from sampler_replay import ReplayResult, replay, summarise  # noqa: E402
+from sampler_replay import ReplayResult, replay, replay_probe, summarise  # noqa: E402
 
 from autotune._errors import UserError  # noqa: E402
 from autotune.study import DEFAULT_STORAGE, SAMPLERS, load_study  # noqa: E402
@@ -105,6 +105,9 @@ def _fmt(value: float | None, runnable: int) -> str:
     return "-" if value is None else f"{value:g} ({value / runnable:.0%})"
 
 
+PROBE_BAR = 0.25
+"""Issue 17's bar: the probe-first strategy reaches the target in at most this share of the
+wall time an exhaustive grid of full runs takes (median over seeds)."""
 SHORT_SEARCH = 12
 """The runs of a short search (`autotune search`'s default --n-trials): the table also gives the
 share of seeds that reach the target within them."""
@@ -134,6 +137,9 @@ def bench(
     for sampler in samplers:
         started = time.perf_counter()
         for seed in range(seeds):
+            if sampler == "probe":
+                results.append(replay_probe(landscape, seed, target_fraction=fraction))
+                continue
             results.append(
                 replay(landscape, sampler, seed, target_fraction=fraction, native_half=native_half)
             )
@@ -190,6 +196,21 @@ def _print_times(landscape: Landscape, summary: dict[str, dict[str, object]]) ->
             f"{sampler:<8} {'-' if median is None else f'{median:.0f}':>9} "
             f"{'-' if share is None else f'{share:.0%}':>8} "
             f"{'-' if p90 is None else f'{p90:.0f}':>7}"
+        )
+    probe = summary.get("probe", {}).get("median_seconds")
+    if probe is not None:
+        others = {
+            name: stats["median_seconds"]
+            for name, stats in summary.items()
+            if name in ("tpe", "random") and stats["median_seconds"] is not None
+        }
+        share = probe / grid
+        beats = all(probe < float(other) for other in others.values())  # type: ignore[arg-type]
+        print(
+            f"probe: {share:.0%} of the grid's wall time (bar: at most {PROBE_BAR:.0%}: "
+            f"{'held' if share <= PROBE_BAR else 'short'}); "
+            + ", ".join(f"{name} {float(v):.0f} s" for name, v in others.items())  # type: ignore[arg-type]
+            + f" ({'beaten' if beats else 'not beaten'})"
         )
 
 

@@ -405,13 +405,21 @@ def summarise(results: Iterable[ReplayResult]) -> dict[str, dict[str, Any]]:
                 dict.fromkeys(("median", "p25", "p75", "p90", "mean", "min", "max")),
                 median_fraction=None,
             )
-        seconds = [r.seconds_to_target for r in replays if r.seconds_to_target is not None]
+        # A seed that never reached the target counts as slower than every seed that did.
+        seconds = [
+            math.inf if r.seconds_to_target is None else r.seconds_to_target for r in replays
+        ]
+        timed = replays[0].seconds_to_target is not None or any(
+            r.seconds_to_target is not None for r in replays
+        )
+        median = statistics.median(seconds) if timed else math.inf
+        p90 = percentile(seconds, 90) if timed else math.inf
         grid = replays[0].grid_seconds
         stats.update(
-            median_seconds=statistics.median(seconds) if seconds else None,
-            p90_seconds=percentile(seconds, 90) if seconds else None,
+            median_seconds=median if math.isfinite(median) else None,
+            p90_seconds=p90 if math.isfinite(p90) else None,
             grid_seconds=grid,
-            median_seconds_fraction=statistics.median(seconds) / grid if seconds and grid else None,
+            median_seconds_fraction=median / grid if math.isfinite(median) and grid else None,
         )
         summary[sampler] = stats
     return summary
