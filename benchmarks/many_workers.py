@@ -85,7 +85,8 @@ def _search(
         url = server.url(database) + f"?application_name=worker{number}"
         command = [sys.executable, "-m", "autotune.cli", "search", "model.py", "--space"]
         command += ["space.yaml", "--study", "scaling", "--storage", url, "--confirm", "0"]
-        command += ["--n-trials", str(args.runs), "--train-samples", str(args.train_samples)]
+        command += ["--sampler", "tpe", "--n-trials", str(args.runs)]
+        command += ["--train-samples", str(args.train_samples)]
         command += ["--min-measure-seconds", "0", "--no-early-stop"]  # the same work either way
         log = (folder / "search.log").open("w")
         env = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")

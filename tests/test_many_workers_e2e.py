@@ -82,6 +82,8 @@ def _command(url: str, n_trials: int = N_TRIALS) -> list[str]:
         STUDY,
         "--storage",
         url,
+        "--sampler",
+        "tpe",  # these tests are about the claims of runs an Optuna sampler's workers share
         "--n-trials",
         str(n_trials),
         "--train-samples",

@@ -230,6 +230,8 @@ def test_a_search_with_a_hostfile_runs_its_two_rank_trial_across_the_nodes(
         "space.yaml",
         "--hostfile",
         str(nodes.hostfile),
+        "--sampler",
+        "tpe",
         "--n-trials",
         "2",
         "--train-samples",
@@ -265,8 +267,8 @@ BATCH_SCRIPT = textwrap.dedent(
     # docs/many-workers.md's batch script, one slot per node, autotune run by this Python.
     scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/$/ slots=1/' > hostfile
     {python} -m autotune.cli search model.py --space space.yaml --hostfile hostfile \\
-        --launcher slurm --n-trials 2 --train-samples {samples} --min-measure-seconds 0.3 \\
-        --confirm 0
+        --launcher slurm --sampler tpe --n-trials 2 --train-samples {samples} \\
+        --min-measure-seconds 0.3 --confirm 0
     """
 )
 

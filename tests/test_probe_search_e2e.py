@@ -60,7 +60,7 @@ def searched(
         trials_dir=folder / "trials",
         reports_dir=folder / "reports",
         train_samples=640,
-        max_accuracy_loss=1.0,  # every batch is feasible: this test is about speed
+        max_accuracy_loss=0.9,  # every batch is feasible: this test is about speed
         min_measure_seconds=0.5,
         confirm=0,
         trial_timeout=120,

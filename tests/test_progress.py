@@ -61,12 +61,15 @@ def test_timeout_alone_is_a_budget() -> None:
     options = SearchOptions(model=Path("model.py"), n_trials=None, timeout=600)
     assert options.run_limit == UNLIMITED_RUNS
     assert options.budget() == "600 s (--timeout)"
-    both = SearchOptions(model=Path("model.py"), timeout=90)
+    both = SearchOptions(model=Path("model.py"), n_trials=12, timeout=90)
     assert both.run_limit == 12
     assert both.budget() == "12 runs or 90 s (--timeout), whichever comes first"
-    assert SearchOptions(model=Path("model.py")).budget() == "12 runs"
-    with pytest.raises(UserError, match="Give --n-trials or --timeout"):
-        SearchOptions(model=Path("model.py"), n_trials=None)
+    assert SearchOptions(model=Path("model.py"), n_trials=12).budget() == "12 runs"
+    # The probe search (the default) ends on its own; an Optuna sampler needs a budget.
+    assert SearchOptions(model=Path("model.py")).budget() == "until it is done"
+    assert SearchOptions(model=Path("model.py")).run_limit == UNLIMITED_RUNS
+    with pytest.raises(UserError, match="Give --n-trials or --timeout with --sampler tpe"):
+        SearchOptions(model=Path("model.py"), sampler="tpe")
     assert progress_note(5, None, "search", 95.0, [20.0] * 4, timeout_left=505.0) == (
         "run 5; 1 min 35 s in, 8 min 25 s left of --timeout"
     )

@@ -205,10 +205,12 @@ def test_confirmation_runs_time_the_fastest_and_the_reference_again(searched: tu
     rounds = study.user_attrs["confirmation_rounds"]
     assert all(reference in r for r in rounds)  # every round times the reference too
     for number, runs in confirmations.items():
-        # Two confirmation runs each, and the two fastest up to 6 rounds more while their order
-        # is settled (the reference is timed in every round).
+        # Two confirmation runs each (the fastest, confirmed), and the two fastest up to 6
+        # rounds more while their order is settled (the reference is timed in every round); a
+        # configuration the confirmation moved into the top two joins only those rounds.
         expected = len(rounds) if number == reference else len(runs)
-        assert len(runs) == expected and 2 <= len(runs) <= 2 + MAX_ROUNDS, number
+        least = 2 if number in (reference, str(fastest.number)) else 1
+        assert len(runs) == expected and least <= len(runs) <= 2 + MAX_ROUNDS, number
         assert all(value > 0 for value in runs), number
         for index in range(1, len(runs) + 1):
             # Each confirmation is a real run with its own folder (throughput only, no eval).
