@@ -41,6 +41,11 @@ from autotune.study import (
     options_at_distance,
 )
 
+SWITCH_SECONDS = 8.5
+"""What a run costs on top of its recorded time when its processes differ from the last run's:
+the launch of a new warm group (8.5-9 s measured on the 2-core CPU machine, 2026-12-01; the
+landscapes were recorded in grid order, one group per layout, so their runs hardly paid it)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ReplayResult:
@@ -100,6 +105,7 @@ class _ReplayObjective:
         self.proposals = 0
         self.repeats = 0
         self.seconds = 0.0
+        self.processes: int | None = None
         self.best_seen = 0.0
         self.best_found = 0.0
         self.runs_to_target: int | None = None
@@ -141,6 +147,7 @@ class _ReplayObjective:
         if not point.runnable or (numerics in self.over_budget and not reference):
             return 0.0, constraints_for_no_run()
         self.runs += 1
+        self.seconds += self._switch(point)
         seen = point.value() * math.exp(self.rng.gauss(0.0, self.noise)) if self.noise else None
         observed = point.value() if seen is None else seen
         if (
@@ -164,6 +171,13 @@ class _ReplayObjective:
                 self.runs_to_target, self.proposals_to_target = self.runs, self.proposals
                 self.seconds_to_target = self.seconds
         return observed if point.status == OK else point.value(), point.constraints(budget)
+
+    def _switch(self, point: LandscapePoint) -> float:
+        """`SWITCH_SECONDS` when this run's processes differ from the last run's."""
+        processes = point.settings.get("processes", 1)
+        switched = self.processes is not None and processes != self.processes
+        self.processes = processes
+        return SWITCH_SECONDS if switched and self.landscape.timed else 0.0
 
     def stop_when_done(self, study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if self.runs_to_target is not None or self.runs >= self.landscape.runnable:
@@ -307,6 +321,9 @@ def replay_probe(
         timing, cost = _replayed(point, step, judged, budget, minimum)
         if step.kind == "probe" and step.option.key == reference.key:
             cost = reference_probe
+        processes = step.option.settings.get("processes", 1)
+        if timings and processes != timings[-1].settings.get("processes", 1):
+            cost += SWITCH_SECONDS
         seen = timing.rate * math.exp(rng.gauss(0.0, noise)) if timing.rate else None
         if timing.kind == "scored" and step.option.key != reference.key:
             if seen is not None and best_seen and seen < best_seen * (1 - CANNOT_WIN_MARGIN):

@@ -47,7 +47,8 @@ PROBE_SECONDS = 1.0
 configuration's step time is stable after tens of steps."""
 REFERENCE_EVERY = 4
 """Timings between two probes of the reference: each probe's ratio is to the reference's
-windows just before and just after it."""
+windows just before and just after it. While the probes run in another layout than the
+reference's, three times as many (a change of layout launches a process group)."""
 IMPROVEMENT = 0.02
 """A probe beats the incumbent when its ratio is more than this above the incumbent's: a
 window counts as timed once its mean step time is known to +-2%."""
@@ -244,13 +245,20 @@ class ProbePlan:
         return found
 
     def _reference_due(self, timings: Sequence[ProbeTiming]) -> bool:
-        """Whether `REFERENCE_EVERY` timings ran since the reference's last."""
+        """Whether `REFERENCE_EVERY` timings ran since the reference's last, and the last ran
+        in the reference's layout; or, while the probes are in another layout (each change of
+        layout launches a process group), three times as many."""
         since = 0
         for timing in reversed(timings):
             if timing.key == self.reference.key and timing.rate:
-                return since >= REFERENCE_EVERY
+                break
             since += timing.rate is not None
-        return False
+        else:
+            return False
+        if since < REFERENCE_EVERY:
+            return False
+        last = timings[-1].settings if timings else {}
+        return layout(last) == layout(self.reference.settings) or since >= 3 * REFERENCE_EVERY
 
     def _incumbent(self, known: Mapping[str, _Known]) -> ProbeOption:
         """The fastest configuration scored within the budget (the reference at first)."""
@@ -329,6 +337,12 @@ def window_noise(timings: Sequence[ProbeTiming], reference_key: str) -> float:
     if len(rates) < 3:
         return DEFAULT_NOISE
     return max(IMPROVEMENT, statistics.stdev(rates))
+
+
+def layout(settings: Mapping[str, Any]) -> Any:
+    """What a warm process group serves: its processes (a step with another count launches a
+    new group: 8.5-9 s on the 2-core CPU machine, against 1-2 s for a probe)."""
+    return settings.get("processes", 1)
 
 
 def options_at_distance(

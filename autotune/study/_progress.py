@@ -61,6 +61,8 @@ def progress_note(
     runs_left = limit - run + 1
     if runs_left_at_most is not None:
         runs_left = max(1, min(runs_left, runs_left_at_most))
+    if runs_left >= UNLIMITED_RUNS - run:
+        walls = []  # no bound on the runs left (a probe search of a space too large to list)
     left, by_timeout = time_left(runs_left, walls, workers, timeout_left)
     note += f"; {duration(elapsed)} in"
     if left is not None:
