@@ -56,6 +56,15 @@ def test_no_more_runs_are_left_than_configurations_that_can_still_run() -> None:
     )
 
 
+def test_a_search_without_a_bound_on_its_runs_estimates_no_time_left() -> None:
+    """The probe search of a space too large to list, without --timeout: its phase and the time
+    it has run, no guess at what is left."""
+    assert progress_note(5, None, "probe", 95.0, [2.0] * 4) == "run 5, probe; 1 min 35 s in"
+    assert progress_note(5, None, "probe", 95.0, [2.0] * 4, runs_left_at_most=10) == (
+        "run 5, probe; 1 min 35 s in, about 20 s left"
+    )
+
+
 def test_timeout_alone_is_a_budget() -> None:
     """Issue 17, item 7: --timeout without --n-trials runs as many as the time allows."""
     options = SearchOptions(model=Path("model.py"), n_trials=None, timeout=600)
