@@ -103,9 +103,9 @@ def probe_search(
     builder = _Options(objective)
     reference = builder.reference()
     plan = probing.ProbePlan(reference, builder.neighbours, everywhere=options.timeout is not None)
-    started, stalled = time.monotonic(), 0
+    stalled = 0
     while True:
-        if options.timeout is not None and time.monotonic() - started >= options.timeout:
+        if options.timeout is not None and time.monotonic() - objective.started >= options.timeout:
             print_line(f"--timeout has passed: the search ends with {len(runs_of(study))} runs")
             return
         if len(runs_of(study)) >= options.run_limit:
@@ -115,14 +115,17 @@ def probe_search(
             trials = study.get_trials(deepcopy=False)
             step = plan.next_step(probe_timings(trials))
             pending = [t for t in trials if t.state in _PENDING]
+            running = any(t.state == optuna.trial.TrialState.RUNNING for t in pending)
             if step is None and not pending:
                 print_line(_done(trials))
                 return
             if step is not None and not _take(study, builder.space, step, reference, pending):
                 step = None
-        if step is None:
+        if step is None and running:
             time.sleep(_POLL_SECONDS)  # another worker's run may change the plan
             continue
+        # A step queued, or (none left) a trial still queued: one an earlier search left
+        # waiting when it was stopped, which nobody else would run.
         before = _finished(study)
         study.optimize(objective, n_trials=1, catch=())
         # A step that added no timing (another worker ran the trial queued for it, or it
