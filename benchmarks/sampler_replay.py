@@ -184,6 +184,21 @@ class _ReplayObjective:
             study.stop()
 
 
+def _target(landscape: Landscape, target_fraction: float) -> float:
+    """The throughput a replay must reach, once the landscape is known to hold its whole grid.
+
+    Raises:
+        UserError: The landscape misses configurations of its space or has no feasible point.
+    """
+    missing = landscape.missing()
+    if missing:
+        raise UserError(
+            f"The landscape misses {len(missing)} configurations of its space (e.g. "
+            f"{missing[0]}); record the full grid."
+        )
+    return landscape.target_throughput(target_fraction)
+
+
 def replay(
     landscape: Landscape,
     sampler_name: str,
@@ -204,13 +219,7 @@ def replay(
     Raises:
         UserError: The landscape misses configurations of its space or has no feasible point.
     """
-    missing = landscape.missing()
-    if missing:
-        raise UserError(
-            f"The landscape misses {len(missing)} configurations of its space (e.g. "
-            f"{missing[0]}); record the full grid."
-        )
-    target = landscape.target_throughput(target_fraction)
+    target = _target(landscape, target_fraction)
     space = landscape.space
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -273,13 +282,7 @@ def replay_probe(
     Raises:
         UserError: The landscape misses configurations of its space or has no feasible point.
     """
-    missing = landscape.missing()
-    if missing:
-        raise UserError(
-            f"The landscape misses {len(missing)} configurations of its space (e.g. "
-            f"{missing[0]}); record the full grid."
-        )
-    target = landscape.target_throughput(target_fraction)
+    target = _target(landscape, target_fraction)
     noise = landscape.window_noise if noise is None else noise
     rng = random.Random(seed)
     budget, minimum = landscape.max_accuracy_loss, landscape.min_measure_seconds
