@@ -27,6 +27,7 @@ from autotune._errors import UserError
 from autotune._records import OK, TrialRecord
 from autotune._score import constraints_for_no_run
 from autotune._space import record_reference, suggest
+from autotune.runner import KEEP_GROUPS
 from autotune.study import (
     ASKS_PER_RUN,
     CANNOT_WIN_MARGIN,
@@ -42,9 +43,27 @@ from autotune.study import (
 )
 
 SWITCH_SECONDS = 8.5
-"""What a run costs on top of its recorded time when its processes differ from the last run's:
-the launch of a new warm group (8.5-9 s measured on the 2-core CPU machine, 2026-12-01; the
-landscapes were recorded in grid order, one group per layout, so their runs hardly paid it)."""
+"""What a run costs on top of its recorded time when it launches a warm group: when no group of
+its processes is alive (the search keeps the last `KEEP_GROUPS` layouts' groups). 8.5-9 s
+measured on the 2-core CPU machine, 2026-12-01; the landscapes were recorded in grid order, one
+group per layout, so their runs hardly paid it."""
+
+
+class _WarmGroups:
+    """Which layouts have a live warm group, as `WarmWorkers` keeps them: the search's first
+    group is in the first run's recorded time, each later launch costs `SWITCH_SECONDS`."""
+
+    def __init__(self) -> None:
+        self.alive: list[int] = []  # processes, the one used last at the end
+
+    def cost(self, processes: int) -> float:
+        """What a run of ``processes`` ranks costs on top of its recorded time."""
+        launched = processes not in self.alive
+        first = not self.alive
+        if not launched:
+            self.alive.remove(processes)
+        self.alive = [*self.alive, processes][-KEEP_GROUPS:]
+        return SWITCH_SECONDS if launched and not first else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +124,7 @@ class _ReplayObjective:
         self.proposals = 0
         self.repeats = 0
         self.seconds = 0.0
-        self.processes: int | None = None
+        self.groups = _WarmGroups()
         self.best_seen = 0.0
         self.best_found = 0.0
         self.runs_to_target: int | None = None
@@ -173,11 +192,9 @@ class _ReplayObjective:
         return observed if point.status == OK else point.value(), point.constraints(budget)
 
     def _switch(self, point: LandscapePoint) -> float:
-        """`SWITCH_SECONDS` when this run's processes differ from the last run's."""
-        processes = point.settings.get("processes", 1)
-        switched = self.processes is not None and processes != self.processes
-        self.processes = processes
-        return SWITCH_SECONDS if switched and self.landscape.timed else 0.0
+        """`SWITCH_SECONDS` when this run launches a warm group (`_WarmGroups`)."""
+        cost = self.groups.cost(point.settings.get("processes", 1))
+        return cost if self.landscape.timed else 0.0
 
     def stop_when_done(self, study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if self.runs_to_target is not None or self.runs >= self.landscape.runnable:
@@ -311,6 +328,7 @@ def replay_probe(
         if p.status == OK and p.key != reference.key and p.settings.get("processes", 1) == layout
     )
     plan = ProbePlan(reference, neighbours, everywhere)
+    groups = _WarmGroups()
     timings: list[ProbeTiming] = []
     judged: set[str] = set()
     seconds, best_found, best_seen = 0.0, 0.0, 0.0
@@ -324,9 +342,7 @@ def replay_probe(
         timing, cost = _replayed(point, step, judged, budget, minimum)
         if step.kind == "probe" and step.option.key == reference.key:
             cost = reference_probe
-        processes = step.option.settings.get("processes", 1)
-        if timings and processes != timings[-1].settings.get("processes", 1):
-            cost += SWITCH_SECONDS
+        cost += groups.cost(step.option.settings.get("processes", 1))
         seen = timing.rate * math.exp(rng.gauss(0.0, noise)) if timing.rate else None
         if timing.kind == "scored" and step.option.key != reference.key:
             if seen is not None and best_seen and seen < best_seen * (1 - CANNOT_WIN_MARGIN):

@@ -95,6 +95,7 @@ def warm_runs(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         ("after_diverged", _config(model_path, gradient_accumulation_steps=2), 120),
         ("hangs", _config(model_path, micro_batch_size=8), 20),
         ("after_timeout", _config(model_path, micro_batch_size=16), 120),
+        ("two_ranks_kept", _config(model_path, processes=2, micro_batch_size=16), 120),
     ]
     with WarmWorkers(root / "workers") as workers:
         for name, config, timeout in plan:
@@ -133,12 +134,19 @@ def test_warm_trial_measures_what_a_fresh_launch_measures(warm_runs: dict) -> No
 
 
 @pytest.mark.e2e
-def test_group_is_reused_until_the_layout_changes(warm_runs: dict) -> None:
+def test_a_group_per_layout_is_kept_warm(warm_runs: dict) -> None:
+    """Each layout's group is launched once and kept while the other layout's runs: going
+    back to one process, and back to two after the one-process group failed twice, launches
+    nothing."""
     assert warm_runs["first"].launched
     assert not warm_runs["zero1"].launched
     assert warm_runs["two_ranks"].launched
     assert not warm_runs["two_ranks_again"].launched
     assert warm_runs["zero1"].ok and warm_runs["two_ranks_again"].ok
+    assert not warm_runs["diverged"].launched
+    kept = warm_runs["two_ranks_kept"]
+    assert kept.ok and not kept.launched
+    assert kept.measurements["metric"] == warm_runs["two_ranks"].measurements["metric"]
 
 
 @pytest.mark.e2e
@@ -162,8 +170,8 @@ def test_group_restarts_after_a_failure_and_a_timeout(warm_runs: dict) -> None:
     assert warm_runs["after_diverged"].ok and warm_runs["after_diverged"].launched
     assert warm_runs["hangs"].failure_reason.startswith("timeout")
     assert warm_runs["after_timeout"].ok and warm_runs["after_timeout"].launched
-    # 1 process, 2 processes, 1 process again, after the failure, after the timeout.
-    assert warm_runs["launches"] == 5
+    # 1 process, 2 processes, then 1 process after the failure and after the timeout.
+    assert warm_runs["launches"] == 4
     log = (warm_runs["diverged"].directory / "log.txt").read_text()
     assert "DivergedError" in log  # each trial's own log, even in a shared group
 

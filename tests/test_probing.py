@@ -86,15 +86,21 @@ def test_options_at_distance_changes_exactly_that_many_settings() -> None:
 
 def test_a_probe_is_judged_against_the_reference_windows_beside_it() -> None:
     timings = [
-        _timing("ref", SCORED, 100.0),
+        _timing("ref", SCORED, 100.0),  # its full run: a window until it has been probed
         _timing("x", PROBED, 150.0),
-        _timing("ref", PROBED, 200.0),  # the machine doubled its speed meanwhile
+    ]
+    assert ratios(timings, "ref") == [1.0, 1.5]
+    timings += [
+        _timing("ref", PROBED, 200.0),  # from here on, the reference's windows are its probes
         _timing("y", PROBED, 300.0),
+        _timing("ref", PROBED, 400.0),  # the machine doubled its speed meanwhile
+        _timing("w", PROBED, 600.0),
         _timing("z", SKIPPED, None),
     ]
-    assert ratios(timings, "ref") == [1.0, 1.0, 1.0, 1.5, None]
-    assert drifted(timings, "ref", 1)  # 100 then 200: more than DRIFT_LIMIT apart
-    assert not drifted(timings, "ref", 3)  # no reference window after it yet
+    assert ratios(timings, "ref") == [1.0, 0.75, 1.0, 1.0, 1.0, 1.5, None]
+    assert not drifted(timings, "ref", 1)  # only a probe of the reference counts beside it
+    assert drifted(timings, "ref", 3)  # 200 then 400: more than DRIFT_LIMIT apart
+    assert not drifted(timings, "ref", 5)  # no reference window after it yet
 
 
 def test_window_noise_comes_from_the_reference_windows() -> None:
@@ -103,6 +109,9 @@ def test_window_noise_comes_from_the_reference_windows() -> None:
     assert window_noise(steady, "ref") == pytest.approx(0.02)  # the floor
     noisy = [_timing("ref", PROBED, rate) for rate in (80.0, 100.0, 125.0)]
     assert window_noise(noisy, "ref") > 0.15
+    # The full run, a longer window from a fresh group, is not one of them once probed.
+    cold = [_timing("ref", SCORED, 50.0), *steady]
+    assert window_noise(cold, "ref") == pytest.approx(0.02)
 
 
 def test_the_reference_runs_first_then_its_neighbours_are_probed() -> None:

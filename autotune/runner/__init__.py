@@ -29,9 +29,10 @@ from autotune.runner._owner import Owner, remove_orphaned_buffers, remove_shm_bu
 from autotune.runner._profiling import ProfileCache, measure_layers, measure_link
 from autotune.runner._protocol import AdaptiveStop, TrialPlan
 from autotune.runner._timing import step_time_is_stable, throughput_upper_bound
-from autotune.runner._workers import WarmWorkers, launch_command
+from autotune.runner._workers import KEEP_GROUPS, WarmWorkers, launch_command
 
 __all__ = [
+    "KEEP_GROUPS",
     "STALE_LOCK_SECONDS",
     "AdaptiveStop",
     "Batches",

@@ -111,13 +111,16 @@ def _write_output_to(log: Path) -> None:
 def _next_request(inbox: Path) -> str:
     """Rank 0: wait for the orchestrator's next request (a plan path, or STOP). Should the
     orchestrator die meanwhile, ``watch_owner`` ends the group."""
+    idle_since = time.monotonic()
     while True:
         requests = sorted(inbox.glob("*.request"))
         if requests:
             text = requests[0].read_text().strip()
             requests[0].unlink()
             return text
-        time.sleep(0.002)
+        # Every 2 ms while the search is busy with this group; every 20 ms once it has been
+        # idle a second (another layout's group is timing: its ranks need the cores).
+        time.sleep(0.002 if time.monotonic() - idle_since < 1.0 else 0.02)
 
 
 def serve(inbox: Path, rank: int) -> int:
@@ -141,6 +144,15 @@ def serve(inbox: Path, rank: int) -> int:
         if code != 0:
             return code  # other ranks may be stuck in a collective: the group ends here
         gc.collect()
+        _release_cached_memory()
+
+
+def _release_cached_memory() -> None:
+    """Give the accelerator's cached blocks back: an idle warm group must not hold memory that
+    another layout's group (on the same devices) needs."""
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator().empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:

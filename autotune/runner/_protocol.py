@@ -39,12 +39,16 @@ class AdaptiveStop:
         cannot_win_below: Samples/s the run must be able to reach; once it has timed
             ``min_seconds`` and the 95% interval of its mean step time puts its throughput
             below this, it cannot win: it stops, unevaluated. None trains the whole budget.
+        max_seconds: Without the metric, timing stops after this long even where the step
+            time is not stable yet (a probe: its noise is judged by timing it again). None
+            times until stable or the budget's end.
     """
 
     rel_halfwidth: float
     min_steps: int
     min_seconds: float = 0.0
     cannot_win_below: float | None = None
+    max_seconds: float | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> AdaptiveStop | None:
@@ -56,6 +60,7 @@ class AdaptiveStop:
             min_steps=int(values["min_steps"]),
             min_seconds=float(values.get("min_seconds", 0.0)),
             cannot_win_below=_float_or_none(values.get("cannot_win_below")),
+            max_seconds=_float_or_none(values.get("max_seconds")),
         )
 
 

@@ -214,8 +214,14 @@ def _stops_early(plan: TrialPlan, timing: Timing, window_start: float) -> bool:
                 f"below the {adaptive.cannot_win_below:.1f} needed to win: stopping, no eval"
             )
             return True
+    if plan.need_metric:
+        return False
     # The accuracy for these numerics is known; only throughput was wanted.
-    return not plan.need_metric and timing.stable_after is not None and agree(timed_enough, world)
+    if timing.stable_after is not None:
+        return agree(timed_enough, world)
+    if adaptive.max_seconds is None:
+        return False
+    return agree(time.perf_counter() - window_start >= adaptive.max_seconds, world)
 
 
 def timed_loop(

@@ -3,8 +3,10 @@
 A fresh launch costs seconds per trial (the launcher, imports in every rank, process-group
 setup); rebuilding the model, engine and loaders inside a running rank costs a fraction of a
 second. `WarmWorkers` launches the harness in serve mode once per layout (number of processes)
-and hands it one plan at a time through a request file. The group is closed and relaunched when
-the layout changes, and after any failure: a failed rank may have left others stuck in a
+and hands it one plan at a time through a request file. It keeps the groups of the last
+`KEEP_GROUPS` layouts alive, idle, so a search that goes back and forth between process counts
+launches each once (a launch took 8.5-9 s on the 2-core CPU machine, a probe 1-2 s). A group is
+closed and relaunched after any failure: a failed rank may have left others stuck in a
 collective, and after an out-of-memory the memory is not reliably given back.
 """
 
@@ -32,6 +34,10 @@ from autotune.runner._owner import (
 from autotune.runner._protocol import FAILURE_GLOB, RESULT_FILE, STOP
 
 POLL_SECONDS = 0.005
+KEEP_GROUPS = 2
+"""Warm groups (layouts) kept alive at most; the one used longest ago is closed first. An idle
+group's ranks hold their memory (on a GPU, a context on each of their devices) and their rank 0
+looks for a request every few milliseconds."""
 HARNESS = Path(__file__).resolve().with_name("_harness.py")
 """The harness script, run by path in every rank (it imports nothing of the orchestrator's)."""
 
@@ -152,7 +158,8 @@ class _Group:
 
 
 class WarmWorkers:
-    """Keeps at most one warm group (one layout) alive; see the module docstring.
+    """Keeps warm groups alive, one per layout, at most `KEEP_GROUPS`; see the module
+    docstring.
 
     Args:
         directory: Where the groups' request folders and launcher logs go.
@@ -160,7 +167,7 @@ class WarmWorkers:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.group: _Group | None = None
+        self.groups: dict[int, _Group] = {}  # by processes, the one used last at the end
         self.launches = 0
 
     def _start(
@@ -177,9 +184,18 @@ class WarmWorkers:
         return _Group(processes, launched, inbox, log)
 
     def close(self, wait: bool = True) -> None:
-        """End the warm group, if any: ask it to stop (with ``wait``, when it is idle), then
-        kill what is left, whatever interrupts the wait."""
-        group, self.group = self.group, None
+        """End every warm group: ask each to stop (with ``wait``, when it is idle), then kill
+        what is left, whatever interrupts the wait."""
+        try:
+            for processes in list(self.groups):
+                self._close(processes, wait)
+        finally:
+            for processes in list(self.groups):
+                self._close(processes, wait=False)
+
+    def _close(self, processes: int, wait: bool = True) -> None:
+        """End the warm group of ``processes`` ranks, if any (see ``close``)."""
+        group = self.groups.pop(processes, None)
         if group is None:
             return
         try:
@@ -196,6 +212,22 @@ class WarmWorkers:
         finally:
             end_group(group.launched)
 
+    def _group_for(
+        self, processes: int, port: int, env: dict[str, str], device_ids: Sequence[int]
+    ) -> tuple[_Group, bool]:
+        """The live warm group of ``processes`` ranks, launched if there is none (closing the
+        one used longest ago when `KEEP_GROUPS` are alive); and whether it was launched now."""
+        group = self.groups.pop(processes, None)
+        if group is not None and group.process.poll() is None:
+            self.groups[processes] = group  # used last: to the end
+            return group, False
+        if group is not None:
+            end_group(group.launched)
+        while len(self.groups) >= KEEP_GROUPS:
+            self._close(next(iter(self.groups)))
+        self.groups[processes] = self._start(processes, port, env, device_ids)
+        return self.groups[processes], True
+
     def run(
         self,
         plan_path: Path,
@@ -208,14 +240,7 @@ class WarmWorkers:
         """Run one plan in the warm group for ``processes`` ranks on ``device_ids`` (starting
         one if needed) and wait for its result, its failure, the group's end, or
         ``timeout``."""
-        if self.group is not None and (
-            self.group.processes != processes or self.group.process.poll() is not None
-        ):
-            self.close()
-        fresh = self.group is None
-        if self.group is None:
-            self.group = self._start(processes, port, env, device_ids)
-        group = self.group
+        group, fresh = self._group_for(processes, port, env, device_ids)
         directory = plan_path.parent
         request = group.inbox / f"{time.time_ns()}.request"
         tmp = request.with_suffix(".tmp")
@@ -227,17 +252,17 @@ class WarmWorkers:
                 if (directory / RESULT_FILE).exists():
                     return Outcome(0, launched=fresh)
                 if any(directory.glob(FAILURE_GLOB)):
-                    self.close()  # its other ranks may wait forever on the failed one
+                    self._close(processes)  # its other ranks may wait forever on the failed one
                     return Outcome(1, launched=fresh)
                 returncode = group.process.poll()
                 if returncode is not None:
-                    self.close()
+                    self._close(processes)
                     return Outcome(returncode if returncode else 1, launched=fresh)
                 if time.monotonic() > deadline:
-                    self.close()
+                    self._close(processes)
                     return Outcome(-signal.SIGKILL, timed_out=True, launched=fresh)
                 time.sleep(POLL_SECONDS)
-        except BaseException:  # Ctrl-C, SIGTERM: kill the busy group at once
+        except BaseException:  # Ctrl-C, SIGTERM: kill the busy group at once, the others too
             self.close(wait=False)
             raise
 

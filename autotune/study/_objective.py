@@ -108,7 +108,7 @@ from autotune.study._outcomes import (
     store_repeat,
     store_stopped,
 )
-from autotune.study._probing import PROBE_SECONDS
+from autotune.study._probing import PROBE_MAX_SECONDS, PROBE_SECONDS
 from autotune.study._progress import study_progress
 from autotune.study._ranking import runs_of
 from autotune.study._retry import (
@@ -446,6 +446,7 @@ class Objective:
         adaptive = dict(self.adaptive)
         if probe:
             adaptive["min_seconds"] = min(PROBE_SECONDS, self.options.min_measure_seconds)
+            adaptive["max_seconds"] = max(PROBE_MAX_SECONDS, adaptive["min_seconds"])
         to_beat = None if reused is not None or probe else self._to_beat(proposal)
         if to_beat is not None:
             trial.set_user_attr(CANNOT_WIN_BELOW, to_beat)

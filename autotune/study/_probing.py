@@ -45,10 +45,14 @@ its numerics were judged before, times it and reuses their verdict."""
 PROBE_SECONDS = 1.0
 """A probe times this much training (after the steps that settle): on a warm group a
 configuration's step time is stable after tens of steps."""
+PROBE_MAX_SECONDS = 3.0
+"""A probe whose step time is not stable yet after this long stops anyway: its window is as
+noisy as it is, and a configuration in doubt is timed again (a probe of a DataLoader worker
+configuration ran its whole budget, 8-16 s, before this)."""
 REFERENCE_EVERY = 4
 """Timings between two probes of the reference: each probe's ratio is to the reference's
-windows just before and just after it. While the probes run in another layout than the
-reference's, three times as many (a change of layout launches a process group)."""
+windows just before and just after it. (The warm groups of two layouts are kept alive, so going
+back to the reference's layout for it launches nothing.)"""
 IMPROVEMENT = 0.02
 """A probe beats the incumbent when its ratio is more than this above the incumbent's: a
 window counts as timed once its mean step time is known to +-2%."""
@@ -126,11 +130,20 @@ Neighbours = Callable[[Mapping[str, Any], int], Sequence[ProbeOption]]
 settings (`options_at_distance`)."""
 
 
+def reference_windows(timings: Sequence[ProbeTiming], reference_key: str) -> list[int]:
+    """Where the reference's windows are in ``timings``: its probes, once it has been probed
+    (its full run is a longer window from a freshly launched group, and read 1-30% apart from
+    its probes on the 2-core CPU machine); its full run before that."""
+    timed = [i for i, t in enumerate(timings) if t.key == reference_key and t.rate]
+    probed = [i for i in timed if timings[i].kind == PROBED]
+    return probed or timed
+
+
 def ratios(timings: Sequence[ProbeTiming], reference_key: str) -> list[float | None]:
     """Each timing's rate over the reference's, timed close to it: the mean of the reference's
-    timings just before and just after it (the nearest one at either end); None for timings
-    without a rate, and before the reference was timed."""
-    marks = [i for i, t in enumerate(timings) if t.key == reference_key and t.rate]
+    windows (`reference_windows`) just before and just after it (the nearest one at either
+    end); None for timings without a rate, and before the reference was timed."""
+    marks = reference_windows(timings, reference_key)
     found: list[float | None] = []
     for i, timing in enumerate(timings):
         if not timing.rate or not marks:
@@ -151,7 +164,7 @@ def ratios(timings: Sequence[ProbeTiming], reference_key: str) -> list[float | N
 def drifted(timings: Sequence[ProbeTiming], reference_key: str, index: int) -> bool:
     """Whether the reference's windows just before and just after timing ``index`` differ by
     more than `DRIFT_LIMIT` (the machine changed speed meanwhile)."""
-    rates = [(i, float(t.rate)) for i, t in enumerate(timings) if t.key == reference_key and t.rate]
+    rates = [(i, float(timings[i].rate or 0.0)) for i in reference_windows(timings, reference_key)]
     before = [rate for i, rate in rates if i < index]
     after = [rate for i, rate in rates if i > index]
     if not before or not after:
@@ -245,20 +258,13 @@ class ProbePlan:
         return found
 
     def _reference_due(self, timings: Sequence[ProbeTiming]) -> bool:
-        """Whether `REFERENCE_EVERY` timings ran since the reference's last, and the last ran
-        in the reference's layout; or, while the probes are in another layout (each change of
-        layout launches a process group), three times as many."""
+        """Whether `REFERENCE_EVERY` timings ran since the reference's last."""
         since = 0
         for timing in reversed(timings):
             if timing.key == self.reference.key and timing.rate:
-                break
+                return since >= REFERENCE_EVERY
             since += timing.rate is not None
-        else:
-            return False
-        if since < REFERENCE_EVERY:
-            return False
-        last = timings[-1].settings if timings else {}
-        return layout(last) == layout(self.reference.settings) or since >= 3 * REFERENCE_EVERY
+        return False
 
     def _incumbent(self, known: Mapping[str, _Known]) -> ProbeOption:
         """The fastest configuration scored within the budget (the reference at first)."""
@@ -331,18 +337,12 @@ def _upper(known: _Known, noise: float) -> float:
 
 def window_noise(timings: Sequence[ProbeTiming], reference_key: str) -> float:
     """The noise of one window (the standard deviation of its log): from the reference's
-    windows once there are three (drift included, so it errs high), `DEFAULT_NOISE` before;
-    never below `IMPROVEMENT`."""
-    rates = [math.log(t.rate) for t in timings if t.key == reference_key and t.rate]
+    windows (`reference_windows`) once there are three (drift included, so it errs high),
+    `DEFAULT_NOISE` before; never below `IMPROVEMENT`."""
+    rates = [math.log(timings[i].rate or 1.0) for i in reference_windows(timings, reference_key)]
     if len(rates) < 3:
         return DEFAULT_NOISE
     return max(IMPROVEMENT, statistics.stdev(rates))
-
-
-def layout(settings: Mapping[str, Any]) -> Any:
-    """What a warm process group serves: its processes (a step with another count launches a
-    new group: 8.5-9 s on the 2-core CPU machine, against 1-2 s for a probe)."""
-    return settings.get("processes", 1)
 
 
 def options_at_distance(
