@@ -90,6 +90,10 @@ LOSS_SCALE = "loss_scale"
 CANNOT_WIN = "cannot_win"
 """True when the run stopped before its sample budget because its throughput, measured so far,
 could not beat the best feasible run's (`STOPPED`); it then has no metric."""
+GRADIENT_NOISE = "gradient_noise"
+"""On the reference's run: squared gradient norms at two batch sizes after its training
+(`autotune.runner._gradient_noise`), from which `autotune._noise_scale` estimates the gradient
+noise scale; None where they cannot be measured."""
 CANNOT_WIN_BELOW = "cannot_win_below"
 """On a run that could stop early: the samples/s it had to be able to reach to go on."""
 TRAIN_LOSS = "train_loss"
@@ -122,6 +126,7 @@ MEASURED: tuple[str, ...] = (
     SKIPPED_STEPS,
     LOSS_SCALE,
     CANNOT_WIN,
+    GRADIENT_NOISE,
 )
 """The measurements a successful run stores, in the order they are written."""
 

@@ -13,7 +13,14 @@ import optuna
 
 from autotune._errors import UserError
 from autotune._export import export
-from autotune._records import STUDY_REFERENCE_NOISE, TrialRecord, rate_unit
+from autotune._noise_scale import summary_line
+from autotune._records import (
+    GLOBAL_BATCH_SIZE,
+    GRADIENT_NOISE,
+    STUDY_REFERENCE_NOISE,
+    TrialRecord,
+    rate_unit,
+)
 from autotune._space import describe_settings
 from autotune.report import write_study_report
 from autotune.study import (
@@ -115,6 +122,13 @@ def finish(
     judged = verdict(study)
     best = judged.best
     _warn_if_noisy(study, options, print_line)
+    noise_line = summary_line(
+        reference.user_attrs.get(GRADIENT_NOISE),
+        int(reference.user_attrs.get(GLOBAL_BATCH_SIZE) or 0),
+        None if best is None else best.user_attrs.get(GLOBAL_BATCH_SIZE),
+    )
+    if noise_line is not None:
+        print_line(noise_line)
     confirmations = stored_confirmations(study)
     reference_runs = throughput_runs(reference.user_attrs, reference.number, confirmations)
     best_runs = [] if best is None else throughput_runs(best.user_attrs, best.number, confirmations)

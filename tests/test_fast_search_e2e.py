@@ -73,6 +73,8 @@ def warm_runs(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     plan = [
         ("first", _config(model_path), 120),
         ("zero1", _config(model_path, zero_stage=1), 120),
+        ("zero3", _config(model_path, zero_stage=3), 120),
+        ("after_zero3", _config(model_path), 120),
         ("two_ranks", _config(model_path, processes=2, micro_batch_size=16), 120),
         (
             "two_ranks_again",
@@ -150,6 +152,18 @@ def test_a_group_per_layout_is_kept_warm(warm_runs: dict) -> None:
 
 
 @pytest.mark.e2e
+def test_a_zero3_trial_ends_its_group(warm_runs: dict) -> None:
+    """A ZeRO-3 engine replaces torch's linear for the rest of its process (and left later
+    trials in the group up to 47% slower): its group is closed after it, and the next trial
+    trains exactly as the first did."""
+    zero3, after, first = warm_runs["zero3"], warm_runs["after_zero3"], warm_runs["first"]
+    assert zero3.ok and not zero3.launched
+    assert after.ok and after.launched
+    assert after.measurements["metric"] == first.measurements["metric"]
+    assert after.measurements["train_loss"] == first.measurements["train_loss"]
+
+
+@pytest.mark.e2e
 def test_a_pipeline_trial_leaves_the_warm_group_as_it_found_it(warm_runs: dict) -> None:
     """A pipeline engine registers its topology as DeepSpeed's global model-parallel unit; the
     next engine without a pipeline in the same group took it for model parallelism and failed
@@ -170,8 +184,8 @@ def test_group_restarts_after_a_failure_and_a_timeout(warm_runs: dict) -> None:
     assert warm_runs["after_diverged"].ok and warm_runs["after_diverged"].launched
     assert warm_runs["hangs"].failure_reason.startswith("timeout")
     assert warm_runs["after_timeout"].ok and warm_runs["after_timeout"].launched
-    # 1 process, 2 processes, then 1 process after the failure and after the timeout.
-    assert warm_runs["launches"] == 4
+    # 1 process, again after ZeRO 3, 2 processes, 1 process after the failure and the timeout.
+    assert warm_runs["launches"] == 5
     log = (warm_runs["diverged"].directory / "log.txt").read_text()
     assert "DivergedError" in log  # each trial's own log, even in a shared group
 

@@ -13,7 +13,8 @@ import optuna
 import pytest
 
 from autotune import SearchOptions, load_study, search
-from autotune._records import OK, PROBE, PROBED, REFERENCE, REPEAT, TrialRecord
+from autotune._noise_scale import of_measured
+from autotune._records import GRADIENT_NOISE, OK, PROBE, PROBED, REFERENCE, REPEAT, TrialRecord
 from autotune.report import trials_frame
 from autotune.study import verdict
 from autotune.study._probe_search import probe_timings
@@ -117,3 +118,21 @@ def test_probes_are_shown_as_such_with_their_throughput(
     probed = frame[frame["status"] == PROBED]
     assert len(probed) > 0 and probed["throughput"].notna().all()
     assert probed["accuracy_loss"].isna().all()
+
+
+def test_the_reference_measures_its_gradient_noise(
+    searched: tuple[optuna.Study, list[str]],
+) -> None:
+    """Issue 18: after its training, the reference's rank 0 measures squared gradient norms at
+    its micro-batch and at 4 of them (8 times); no other run does."""
+    study, lines = searched
+    runs = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).ran]
+    raw = runs[0].user_attrs[GRADIENT_NOISE]
+    assert (raw["small"], raw["big"]) == (16, 64)
+    assert len(raw["small_sq"]) == len(raw["big_sq"]) == 8
+    assert all(value > 0 for value in raw["small_sq"] + raw["big_sq"])
+    assert all(t.user_attrs.get(GRADIENT_NOISE) is None for t in runs[1:])
+    found = of_measured(raw)
+    assert found is not None
+    printed = [line for line in lines if line.startswith("gradient noise scale")]
+    assert len(printed) == (found.simple is not None)

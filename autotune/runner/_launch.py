@@ -88,6 +88,7 @@ def run_trial(
     workers: WarmWorkers | None = None,
     need_metric: bool = True,
     adaptive: dict[str, Any] | None = None,
+    measure_noise: bool = False,
 ) -> RunResult:
     """Run one real DeepSpeed training of ``config`` and wait for it.
 
@@ -113,6 +114,7 @@ def run_trial(
         adaptive: ``{"rel_halfwidth": 0.02, "min_steps": 5}`` to record when the step-time
             estimate became stable (95% interval within +-2%), and, without ``need_metric``,
             stop there; None measures every step of the budget.
+        measure_noise: Measure the gradient noise after training (`GRADIENT_NOISE`).
 
     Raises:
         UserError: DeepSpeed cannot build an op the trial needs on this machine.
@@ -132,6 +134,7 @@ def run_trial(
         partition_bounds=tuple(partition_bounds) if partition_bounds else None,
         need_metric=need_metric,
         adaptive=AdaptiveStop.from_dict(adaptive),
+        measure_noise=measure_noise,
     )
     plan_path = _write_plan(directory, plan)
     across = machine.spans_nodes(config.processes)
@@ -148,7 +151,13 @@ def run_trial(
         outcome = _launch_fresh(plan_path, config.processes, env, log, timeout, machine.device_ids)
     else:
         outcome = workers.run(
-            plan_path, config.processes, free_port(), timeout, env, machine.device_ids
+            plan_path,
+            config.processes,
+            free_port(),
+            timeout,
+            env,
+            machine.device_ids,
+            reusable=config.zero_stage < 3,
         )
     return _result(directory, outcome, time.perf_counter() - start, timeout, log)
 

@@ -83,6 +83,8 @@ class TrialPlan:
         partition_bounds: Pipeline stage boundaries to build, or None for DeepSpeed's method.
         need_metric: False when only throughput is wanted (the metric is known).
         adaptive: When to call the step time stable, or None to time the whole budget.
+        measure_noise: Whether rank 0 measures the gradient noise after training (the
+            reference's first seed).
     """
 
     model_path: str
@@ -95,6 +97,7 @@ class TrialPlan:
     partition_bounds: tuple[int, ...] | None
     need_metric: bool
     adaptive: AdaptiveStop | None
+    measure_noise: bool = False
 
     @property
     def budget_steps(self) -> int:
@@ -108,7 +111,7 @@ class TrialPlan:
     def for_later_seed(self) -> TrialPlan:
         """The plan for a seed after the first: it only gives the metric's noise, so its
         throughput is not kept and its window is not lengthened."""
-        return dataclasses.replace(self, adaptive=None)
+        return dataclasses.replace(self, adaptive=None, measure_noise=False)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +130,7 @@ class TrialPlan:
             partition_bounds=tuple(int(b) for b in bounds) if bounds else None,
             need_metric=bool(data["need_metric"]),
             adaptive=AdaptiveStop.from_dict(data["adaptive"]),
+            measure_noise=bool(data.get("measure_noise", False)),
         )
 
     def write(self, path: Path) -> None:

@@ -23,6 +23,7 @@ from autotune._records import (
     CANNOT_WIN,
     EVAL_SECONDS,
     EXTRA_STEPS,
+    GRADIENT_NOISE,
     LOSS_SCALE,
     MEASURED_SECONDS,
     MEASURED_STEPS,
@@ -46,6 +47,7 @@ from autotune._records import (
     WORLD_SIZE,
 )
 from autotune.runner._data import Batches, CastingBatches, cast_batch, torch_dtype, train_loader
+from autotune.runner._gradient_noise import gradient_norms, measurable
 from autotune.runner._protocol import TrialPlan
 from autotune.runner._rank import (
     DivergedError,
@@ -429,6 +431,23 @@ def measurements(
     }
 
 
+def _gradient_noise(
+    plan: TrialPlan, ranks: Ranks, batches: Iterator[Any], model_file: Any
+) -> dict[str, Any] | None:
+    """Rank 0's gradient norms for the noise scale, where the plan asks and they can be
+    measured (`autotune.runner._gradient_noise`); None elsewhere."""
+    import torch.distributed as dist
+
+    zero_stage = int(plan.ds_config.get("zero_optimization", {}).get("stage", 0))
+    if not plan.measure_noise or dist.get_rank() != 0 or measurable(ranks.pipeline, zero_stage):
+        return None
+    norms = gradient_norms(
+        ranks.engine.module, model_file, batches, plan.config.micro_batch_size, ranks.device
+    )
+    log(f"gradient norms measured at batches of {norms['small']} and {norms['big']}")
+    return norms
+
+
 def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, Any]:
     """One training run from seeded weights on the fixed sample budget, measured on rank 0."""
     from deepspeed.accelerator import get_accelerator
@@ -447,6 +466,8 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     lengthen_window(plan, ranks, casting, timing, seed)
     tokens_per_item = window_tokens_per_item(ranks, casting)
     result = measurements(plan, ranks, timing, metric, eval_seconds, clock, tokens_per_item)
+    # After the peak memory was read: the fp32 copy it trains is not the run's.
+    result[GRADIENT_NOISE] = _gradient_noise(plan, ranks, batches, model_file)
     ranks.engine.destroy()
     batches.close()
     return result

@@ -7,7 +7,10 @@ and hands it one plan at a time through a request file. It keeps the groups of t
 `KEEP_GROUPS` layouts alive, idle, so a search that goes back and forth between process counts
 launches each once (a launch took 8.5-9 s on the 2-core CPU machine, a probe 1-2 s). A group is
 closed and relaunched after any failure: a failed rank may have left others stuck in a
-collective, and after an out-of-memory the memory is not reliably given back.
+collective, and after an out-of-memory the memory is not reliably given back. It is closed too
+after a trial that leaves its ranks changed (`reusable` False): a ZeRO-3 engine replaces torch's
+linear for the rest of the process and left every later trial in its group up to 47% slower
+(digits_mlp on the 2-core CPU machine; restoring torch's linear alone did not undo it).
 """
 
 from __future__ import annotations
@@ -236,10 +239,12 @@ class WarmWorkers:
         timeout: float,
         env: dict[str, str],
         device_ids: Sequence[int] = (),
+        reusable: bool = True,
     ) -> Outcome:
         """Run one plan in the warm group for ``processes`` ranks on ``device_ids`` (starting
         one if needed) and wait for its result, its failure, the group's end, or
-        ``timeout``."""
+        ``timeout``. A plan that is not ``reusable`` leaves its ranks changed: the group is
+        closed after it, whatever its outcome."""
         group, fresh = self._group_for(processes, port, env, device_ids)
         directory = plan_path.parent
         request = group.inbox / f"{time.time_ns()}.request"
@@ -250,6 +255,8 @@ class WarmWorkers:
         try:
             while True:
                 if (directory / RESULT_FILE).exists():
+                    if not reusable:
+                        self._close(processes)
                     return Outcome(0, launched=fresh)
                 if any(directory.glob(FAILURE_GLOB)):
                     self._close(processes)  # its other ranks may wait forever on the failed one

@@ -463,6 +463,7 @@ class Objective:
             workers=self.workers,
             need_metric=reused is None and not probe,
             adaptive=adaptive,
+            measure_noise=proposal.is_reference,
         )
         self._record_run(proposal, stages, result, reused, directory)
         return result
