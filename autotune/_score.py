@@ -20,8 +20,14 @@ def accuracy_loss(reference_metric: float, metric: float) -> float:
     return (reference_metric - metric) / scale
 
 
+REFERENCE_SEEDS = 3
+"""Training seeds of the reference's run: the spread of its metric over them is the noise every
+accuracy verdict is read against (issue 18 asks for at least 3)."""
+
+
 def reference_noise(seed_metrics: Sequence[float]) -> float | None:
-    """Relative spread of the reference's metric over training seeds, or None with one seed."""
+    """Relative spread (largest less smallest) of the reference's metric over training seeds,
+    or None with one seed."""
     if len(seed_metrics) < 2:
         return None
     scale = abs(seed_metrics[0]) or 1.0

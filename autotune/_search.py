@@ -21,6 +21,7 @@ from autotune._records import (
     TrialRecord,
     rate_unit,
 )
+from autotune._score import REFERENCE_SEEDS
 from autotune._space import describe_settings
 from autotune.report import write_study_report
 from autotune.study import (
@@ -160,7 +161,7 @@ def _warn_if_noisy(
     noise = study.user_attrs.get(STUDY_REFERENCE_NOISE)
     if noise is not None and noise > options.max_accuracy_loss:
         print_line(
-            f"warning: the reference's metric moved {noise:.2%} between two training seeds, more "
+            f"warning: the reference's metric moved {noise:.2%} across {REFERENCE_SEEDS} training seeds, more "
             f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
         )
 

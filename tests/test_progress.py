@@ -26,7 +26,7 @@ def test_the_first_run_is_the_reference_with_nothing_to_estimate_from() -> None:
 
 
 def test_time_left_is_the_mean_run_times_the_runs_left_shared_by_the_workers() -> None:
-    walls = [14.0, 3.0, 4.0]  # the reference's two seeds make it the slowest
+    walls = [14.0, 3.0, 4.0]  # the reference's three seeds make it the slowest
     assert progress_note(4, 12, "start-up", 20.0, walls) == (
         "run 4 of 12, start-up; 20 s in, about 1 min 03 s left"
     )

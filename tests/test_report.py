@@ -312,6 +312,43 @@ def test_tradeoff_keeps_a_best_trial_that_is_a_repeat(frame: pd.DataFrame) -> No
     assert roles[6] == "best"
 
 
+# --- accuracy by global batch (issue 18) -------------------------------------------------------
+
+
+def test_batches_group_scored_runs_and_predict_their_samples() -> None:
+    frame = pd.DataFrame(
+        [
+            _trial(0, role="reference", throughput=100.0, accuracy_loss=0.0),
+            _trial(1, throughput=150.0, accuracy_loss=0.003, global_batch_size=16),
+            _trial(2, throughput=160.0, accuracy_loss=0.001, global_batch_size=16),
+            _trial(3, throughput=300.0, accuracy_loss=0.05, global_batch_size=64),
+            _trial(4, "probed", throughput=310.0, global_batch_size=128),
+            _trial(5, "failed", reason="timeout", global_batch_size=256),
+        ]
+    )
+    batches = report.get_batch_info(frame, _info(noise_scale=32.0, reference_batch=8))
+
+    assert [row.batch for row in batches.rows] == [8, 16, 64]
+    sixteen = batches.rows[1]
+    assert sixteen.numbers == (1, 2)
+    assert sixteen.losses_percent == pytest.approx((0.3, 0.1))
+    assert sixteen.median_percent == pytest.approx(0.2)
+    # (1 + B / 32) / (1 + 8 / 32): 1.0, 1.2, 2.4.
+    assert [row.predicted_samples for row in batches.rows] == pytest.approx([1.0, 1.2, 2.4])
+    assert batches.budget_percent == pytest.approx(1.0)
+    assert batches.noise_percent == pytest.approx(0.2)
+    names = [trace.name for trace in report.render_batches(batches).data]
+    assert any(name.startswith("predicted samples") for name in names)
+
+
+def test_batches_without_a_noise_scale_show_no_prediction(frame: pd.DataFrame) -> None:
+    batches = report.get_batch_info(frame, _info())
+    assert [row.batch for row in batches.rows] == [8]
+    assert batches.rows[0].predicted_samples is None and batches.noise_scale is None
+    names = [trace.name for trace in report.render_batches(batches).data]
+    assert not any(name.startswith("predicted samples") for name in names)
+
+
 # --- table of all trials -----------------------------------------------------------------------
 
 
@@ -342,9 +379,9 @@ def test_render_report_embeds_plotlyjs_once(frame: pd.DataFrame) -> None:
 
     assert html.startswith("<!DOCTYPE html>")
     assert html.count("* plotly.js v") == 1
-    # history, trade-off, parallel coordinates, slices, memory, pipeline stages, timeline;
-    # importances need the study, so they are a note here.
-    assert html.count("Plotly.newPlot(") == 7
+    # history, trade-off, batches, parallel coordinates, slices, memory, pipeline stages,
+    # timeline; importances need the study, so they are a note here.
+    assert html.count("Plotly.newPlot(") == 8
     assert "Parameter importances need at least 5 measured trials (4 so far)." in html
     assert re.search(r"<script[^>]*\bsrc=", html) is None  # nothing loaded from a network
     assert "Best vs reference" in html and "All trials" in html
@@ -742,7 +779,7 @@ def test_report_info_and_frame_from_a_study(tmp_path: Path) -> None:
     assert frame.loc[0, "log_tail"] == ""
     html = report.render_report(frame, info)
     assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
-    assert html.count("Plotly.newPlot(") == 8
+    assert html.count("Plotly.newPlot(") == 9
 
 
 def test_report_info_without_enough_trials_has_no_importances() -> None:

@@ -126,6 +126,8 @@ def _report_info() -> dict[str, object]:
         best_ds_config={"train_batch_size": 32, "zero_optimization": {"stage": 0}},
         best_launch={"processes": 1, "command": "deepspeed --num_gpus 1 train.py"},
         importances={"micro_batch_size": 0.6, "precision": 0.3, "zero_stage": 0.1},
+        noise_scale=64.0,  # the per-batch figure draws its second axis too
+        reference_batch=8,
     )
 
 
@@ -152,7 +154,7 @@ def test_every_figure_renders_without_page_errors(
 
     assert result.returncode == 0, result.stderr[-3000:]
     dom = result.stdout
-    assert len(ids) == 8, ids
+    assert len(ids) == 9, ids
     for div_id in ids:
         assert "main-svg" in _figure_markup(dom, ids, div_id), f"plotly did not draw {div_id}"
     assert _page_errors(result.stderr) == []

@@ -89,7 +89,7 @@ def test_reference_runs_first_and_trials_record_measurements(searched: tuple) ->
     trials = study.get_trials()
     assert trials[0].user_attrs["role"] == "reference"
     assert trials[0].user_attrs["settings"]["micro_batch_size"] == 32
-    assert len(trials[0].user_attrs["seed_metrics"]) == 2  # the reference's noise run
+    assert len(trials[0].user_attrs["seed_metrics"]) == 3  # the reference's noise runs
     ran = [t for t in trials if t.user_attrs.get("status") == "ok"]
     assert len(ran) == 4 == summary.runs
     for trial in ran:

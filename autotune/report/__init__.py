@@ -9,6 +9,7 @@ into the frame and the facts every section takes.
 
 from __future__ import annotations
 
+from autotune.report._batches import BatchInfo, BatchRow, get_batch_info, render_batches
 from autotune.report._best import BestInfo, ComparisonRow, get_best_info, render_best
 from autotune.report._common import CATEGORIES, SETTINGS
 from autotune.report._data import report_info, trials_frame, write_study_report
@@ -53,6 +54,10 @@ from autotune.report._tradeoff import (
 )
 
 __all__ = [
+    "BatchInfo",
+    "BatchRow",
+    "get_batch_info",
+    "render_batches",
     "CATEGORIES",
     "FAILURE_CLASSES",
     "LIBRARIES",

@@ -332,3 +332,27 @@ def annotate_empty(figure: go.Figure, text: str) -> None:
         showarrow=False,
         font={"size": 16},
     )
+
+
+def add_noise_and_budget(
+    figure: go.Figure, noise_percent: float | None, budget_percent: float, axis: str
+) -> None:
+    """The band of the reference's seed-to-seed noise (+-``noise_percent``) and the budget's
+    line, across the accuracy-loss axis ``axis`` ("x" or "y")."""
+    if noise_percent is not None and noise_percent > 0:
+        add_band = figure.add_vrect if axis == "x" else figure.add_hrect
+        add_band(
+            **{f"{axis}0": -noise_percent, f"{axis}1": noise_percent},
+            fillcolor="#999999",
+            opacity=0.15,
+            line_width=0,
+            annotation_text="reference noise",
+            annotation_position="bottom left",
+        )
+    add_line = figure.add_vline if axis == "x" else figure.add_hline
+    add_line(
+        **{axis: budget_percent},
+        line={"color": "#d62728", "dash": "dash"},
+        annotation_text=f"budget {budget_percent:.3g}%",
+        annotation_position="top right",
+    )

@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from autotune._noise_scale import of_measured
 from autotune._records import (
     ACCURACY_REUSED_FROM,
     CANNOT_WIN,
@@ -18,6 +19,7 @@ from autotune._records import (
     EXTRA_STEPS,
     FAILED,
     GLOBAL_BATCH_SIZE,
+    GRADIENT_NOISE,
     LAUNCH,
     LAUNCHED,
     LEARNING_RATE,
@@ -233,6 +235,21 @@ def report_info(study: optuna.Study) -> dict[str, Any]:
         "best_ds_config": None if chosen_record is None else chosen_record.get(DS_CONFIG),
         "best_launch": None if chosen_record is None else chosen_record.get(LAUNCH),
         "importances": _importances(study) or None,
+        **_noise_scale_info(study),
+    }
+
+
+def _noise_scale_info(study: optuna.Study) -> dict[str, Any]:
+    """The reference's gradient noise scale (None where it was not measured, or came out
+    unusable) and its global batch, for the per-batch figure."""
+    number = study.user_attrs.get(STUDY_REFERENCE_NUMBER)
+    if number is None:
+        return {"noise_scale": None, "reference_batch": None}
+    attrs = study.get_trials(deepcopy=False)[int(number)].user_attrs
+    found = of_measured(attrs.get(GRADIENT_NOISE))
+    return {
+        "noise_scale": None if found is None else found.simple,
+        "reference_batch": attrs.get(GLOBAL_BATCH_SIZE),
     }
 
 

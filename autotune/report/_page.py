@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from autotune.report._batches import get_batch_info, render_batches
 from autotune.report._best import get_best_info, render_best
 from autotune.report._common import FIGURE_HEIGHT
 from autotune.report._failures import get_failure_info, render_failures
@@ -98,6 +99,12 @@ def _figures(frame: pd.DataFrame, info: dict[str, Any]) -> tuple[_Figure, ...]:
             "Throughput vs accuracy loss",
             "autotune-tradeoff",
             render_tradeoff(get_tradeoff_info(frame, info)),
+            FIGURE_HEIGHT,
+        ),
+        (
+            "Accuracy by global batch, and the samples each is predicted to need",
+            "autotune-batches",
+            render_batches(get_batch_info(frame, info)),
             FIGURE_HEIGHT,
         ),
         (

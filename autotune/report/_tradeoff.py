@@ -14,6 +14,7 @@ from autotune._records import ACCURACY_LOSS, OK, STATUS, THROUGHPUT
 from autotune.report._common import (
     COLOURS,
     NUMBER,
+    add_noise_and_budget,
     annotate_empty,
     frame_rows,
     info_budget,
@@ -120,7 +121,7 @@ _HIGHLIGHTS = (
 def render_tradeoff(tradeoff: TradeoffInfo) -> go.Figure:
     """The scatter, the budget line, the noise band, and the reference and best markers."""
     figure = go.Figure()
-    _add_noise_and_budget(figure, tradeoff)
+    add_noise_and_budget(figure, tradeoff.noise_percent, tradeoff.budget_percent, "x")
     _add_points(figure, tradeoff)
     if len(tradeoff.pareto_numbers) > 1:
         figure.add_trace(_pareto_line(tradeoff))
@@ -134,26 +135,6 @@ def render_tradeoff(tradeoff: TradeoffInfo) -> go.Figure:
         hoverlabel={"align": "left"},
     )
     return figure
-
-
-def _add_noise_and_budget(figure: go.Figure, tradeoff: TradeoffInfo) -> None:
-    """The band of the reference's seed-to-seed noise and the budget's vertical line."""
-    if tradeoff.noise_percent is not None and tradeoff.noise_percent > 0:
-        figure.add_vrect(
-            x0=-tradeoff.noise_percent,
-            x1=tradeoff.noise_percent,
-            fillcolor="#999999",
-            opacity=0.15,
-            line_width=0,
-            annotation_text="reference noise",
-            annotation_position="bottom left",
-        )
-    figure.add_vline(
-        x=tradeoff.budget_percent,
-        line={"color": "#d62728", "dash": "dash"},
-        annotation_text=f"budget {tradeoff.budget_percent:.3g}%",
-        annotation_position="top right",
-    )
 
 
 def _add_points(figure: go.Figure, tradeoff: TradeoffInfo) -> None:

@@ -150,14 +150,9 @@ def run_trial(
     elif workers is None:
         outcome = _launch_fresh(plan_path, config.processes, env, log, timeout, machine.device_ids)
     else:
+        devices, reusable = machine.device_ids, config.zero_stage < 3  # see WarmWorkers.run
         outcome = workers.run(
-            plan_path,
-            config.processes,
-            free_port(),
-            timeout,
-            env,
-            machine.device_ids,
-            reusable=config.zero_stage < 3,
+            plan_path, config.processes, free_port(), timeout, env, devices, reusable
         )
     return _result(directory, outcome, time.perf_counter() - start, timeout, log)
 

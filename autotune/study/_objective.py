@@ -75,6 +75,7 @@ from autotune._records import (
     TrialRecord,
 )
 from autotune._score import (
+    REFERENCE_SEEDS,
     accuracy_loss,
     constraints_for_run,
     is_feasible,
@@ -442,7 +443,8 @@ class Objective:
         directory = self.trial_root / f"trial_{trial.number:04d}"
         seeds = [self.options.seed]
         if proposal.is_reference:
-            seeds.append(self.options.seed + 1)  # two seeds measure the metric's own noise
+            # More seeds measure the metric's own noise (REFERENCE_SEEDS in all).
+            seeds += [self.options.seed + k for k in range(1, REFERENCE_SEEDS)]
         adaptive = dict(self.adaptive)
         if probe:
             adaptive["min_seconds"] = min(PROBE_SECONDS, self.options.min_measure_seconds)
