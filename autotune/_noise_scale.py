@@ -110,7 +110,7 @@ def summary_line(
         f"examples ({found.measurements} measurements at batches of {raw['small']} and "
         f"{raw['big']})"
     )
-    if batch is not None and batch != reference_batch:
+    if batch is not None and batch != reference_batch and batch > 0 and reference_batch > 0:
         ratio = samples_ratio(batch, reference_batch, found.simple)
         line += (
             f"; by the large-batch model, the best's global batch of {batch} needs "

@@ -161,8 +161,9 @@ def _warn_if_noisy(
     noise = study.user_attrs.get(STUDY_REFERENCE_NOISE)
     if noise is not None and noise > options.max_accuracy_loss:
         print_line(
-            f"warning: the reference's metric moved {noise:.2%} across {REFERENCE_SEEDS} training seeds, more "
-            f"than the {options.max_accuracy_loss:.2%} budget; verdicts near the budget are noise."
+            f"warning: the reference's metric moved {noise:.2%} across {REFERENCE_SEEDS} training "
+            f"seeds, more than the {options.max_accuracy_loss:.2%} budget; verdicts near the "
+            "budget are noise."
         )
 
 

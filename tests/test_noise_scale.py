@@ -89,4 +89,5 @@ def test_the_summary_line_reads_a_run_record() -> None:
     assert f"{samples_ratio(64, 32, found.simple):.2f}x the reference's samples" in line
     assert "needs" not in (summary_line(raw, 32, 32) or "")  # the reference's own batch
     assert summary_line(None, 32, 64) is None
+    assert "needs" not in (summary_line(raw, 0, 64) or "")  # no reference batch: no prediction
     assert summary_line({**raw, "small_sq": [1.0], "big_sq": [1.2]}, 32, 64) is None
