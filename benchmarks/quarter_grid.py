@@ -8,7 +8,8 @@ The grid's best is exported by a two-run grid search over a space pinned to its 
 reference, then it). A search that recommends the grid's best configuration needs no pairs.
 
     python benchmarks/quarter_grid.py                      # the three landscapes of 2026-12-01
-    python benchmarks/quarter_grid.py --only embedding --pairs 4
+    python benchmarks/quarter_grid.py --only embedding --pairs 12
+    python benchmarks/quarter_grid.py --only embedding --versus micro_batch_size=64
 
 Target (issue 17): each search's recommendation is at least 0.95 of the grid's best, side by
 side. Run it with nothing else on the machine.
@@ -17,6 +18,7 @@ side. Run it with nothing else on the machine.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -46,11 +48,17 @@ LANDSCAPES = {
 }
 
 
-def _pinned_space(landscape: Landscape, out: Path) -> Path:
-    """A space holding only the grid's best settings (each of the landscape's settings pinned)."""
+def _pinned_space(landscape: Landscape, out: Path, changes: dict[str, str] | None = None) -> Path:
+    """A space holding only the grid's best settings (each of the landscape's settings pinned),
+    with ``changes`` (setting: value) made to it."""
     best = landscape.best_feasible()
     assert best is not None
-    lines = [f"{name}: [{_yaml(best.settings[name])}]" for name in landscape.space.domains]
+    pinned = {name: _yaml(best.settings[name]) for name in landscape.space.domains}
+    unknown = set(changes or {}) - set(pinned)
+    if unknown:
+        raise SystemExit(f"--versus: no setting {sorted(unknown)} in {landscape.space.source}")
+    pinned.update(changes or {})
+    lines = [f"{name}: [{value}]" for name, value in pinned.items()]
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -84,7 +92,14 @@ def _run(name: str, options: SearchOptions, key: str | None = None) -> tuple[flo
     return wall, folder, str(record.config_key), describe_settings(record.settings)
 
 
-def bench(name: str, work: Path, pairs: int, min_seconds: float, train_samples: int) -> float:
+def bench(
+    name: str,
+    work: Path,
+    pairs: int,
+    min_seconds: float,
+    train_samples: int,
+    versus: dict[str, str] | None = None,
+) -> float:
     model_name, space_name, landscape_name = LANDSCAPES[name]
     model = ROOT / "examples" / model_name
     landscape = Landscape.load(ROOT / "benchmarks" / "landscapes" / landscape_name)
@@ -95,15 +110,26 @@ def bench(name: str, work: Path, pairs: int, min_seconds: float, train_samples: 
         "trials_dir": work / "trials",
         "reports_dir": work / "reports",
     }
-    quarter = SearchOptions(
-        space=ROOT / "search_spaces" / space_name,
-        timeout=grid / 4,
-        study=f"{name}_quarter",
-        **common,
-    )
-    wall, found_dir, found_key, found_text = _run(f"{name} quarter", quarter)
     best = landscape.best_feasible()
     assert best is not None
+    if versus:  # no search: the named configuration against the grid's best
+        changed = SearchOptions(
+            space=_pinned_space(landscape, work / f"{name}_versus.yaml", versus),
+            sampler="grid",
+            n_trials=2,
+            confirm=0,
+            study=f"{name}_versus",
+            **common,
+        )
+        wall, found_dir, found_key, found_text = _run(f"{name} versus", changed)
+    else:
+        quarter = SearchOptions(
+            space=ROOT / "search_spaces" / space_name,
+            timeout=grid / 4,
+            study=f"{name}_quarter",
+            **common,
+        )
+        wall, found_dir, found_key, found_text = _run(f"{name} quarter", quarter)
     pinned = SearchOptions(
         space=_pinned_space(landscape, work / f"{name}_pinned.yaml"),
         sampler="grid",
@@ -135,23 +161,54 @@ def bench(name: str, work: Path, pairs: int, min_seconds: float, train_samples: 
         )
     median = statistics.median(ratios)
     verdict = "target met" if median >= TARGET else f"short of {TARGET:.0%}"
-    print(f"  {name}: {median:.3f}x the grid's best side by side (median of {pairs}; {verdict})")
+    low, high, level = median_interval(ratios)
+    print(
+        f"  {name}: {median:.3f}x the grid's best side by side (median of {pairs}; {verdict}); "
+        f"{level:.0%} interval for the median {low:.3f}-{high:.3f}"
+    )
     return median
+
+
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """A distribution-free interval for the median (order statistics, binomial with p = 1/2):
+    the narrowest symmetric pair of order statistics covering the median with at least 95%,
+    or the whole range where there are too few values for that. (low, high, coverage)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    cdf = [sum(math.comb(n, i) for i in range(k + 1)) / 2**n for k in range(n + 1)]
+    best = (ordered[0], ordered[-1], 1 - 2 * cdf[0] if n else 0.0)
+    for k in range(1, n // 2):
+        coverage = 1 - 2 * cdf[k]
+        if coverage < 0.95:
+            break
+        best = (ordered[k], ordered[n - 1 - k], coverage)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(LANDSCAPES), nargs="+")
-    parser.add_argument("--pairs", type=int, default=3, help="ABBA pairs side by side")
+    parser.add_argument("--pairs", type=int, default=12, help="ABBA pairs side by side")
     parser.add_argument("--min-seconds", type=float, default=10.0, help="each replay's window")
     parser.add_argument("--train-samples", type=int, default=4096, help="each replay's samples")
+    parser.add_argument(
+        "--versus",
+        nargs="+",
+        metavar="SETTING=VALUE",
+        help="no search: time the grid's best with these changes against it (with one --only)",
+    )
     args = parser.parse_args()
+    versus = dict(item.split("=", 1) for item in args.versus or [])
+    if versus and len(args.only or []) != 1:
+        parser.error("--versus needs exactly one --only landscape")
     results = {}
     with tempfile.TemporaryDirectory(prefix="quarter_grid_") as tmp:
         for name in args.only or list(LANDSCAPES):
             folder = Path(tmp) / name
             folder.mkdir()
-            results[name] = bench(name, folder, args.pairs, args.min_seconds, args.train_samples)
+            results[name] = bench(
+                name, folder, args.pairs, args.min_seconds, args.train_samples, versus
+            )
     print("\n" + ", ".join(f"{name} {ratio:.3f}x" for name, ratio in results.items()))
 
 
