@@ -13,20 +13,24 @@ from autotune._errors import UserError
 from autotune._records import (
     ACCURACY_LOSS,
     DS_CONFIG,
+    GLOBAL_BATCH_SIZE,
     LAUNCH,
     MEASURED_STEPS,
     PEAK_MEMORY_BYTES,
     REASON,
     STATUS,
+    STUDY_TRAIN_SAMPLES,
     TrialRecord,
     rate_unit,
 )
 from autotune.study import (
+    Scoring,
     estimated_speedup,
     estimated_throughput,
     reference_of,
     stored_confirmations,
     stored_rounds,
+    study_scoring,
     throughput_runs,
     verdict,
 )
@@ -38,6 +42,7 @@ def export_trial(
     confirmations: dict[str, list[float]] | None = None,
     speedup: tuple[float | None, list[float]] | None = None,
     unit: str = "samples/s",
+    scoring: Scoring | None = None,
 ) -> tuple[Path, Path]:
     """Write ``ds_config.json`` (accepted unchanged by ``deepspeed.initialize``) and
     ``launch.json`` (processes, pipeline layout, data loading, the launch command).
@@ -47,7 +52,9 @@ def export_trial(
     (from `autotune.study.estimated_speedup`) its speed-up over the reference and the
     side-by-side ratios that speed-up is the median of. ``unit`` is what the study ranks by
     (`records.rate_unit`): its windows go under ``throughput_*`` for samples/s and under
-    ``tokens_per_s*`` for tokens/s; the other figure is the trial's own window.
+    ``tokens_per_s*`` for tokens/s; the other figure is the trial's own window. Under goodput
+    ``scoring`` the windows are divided by the batch's efficiency back to what was timed, and
+    ``goodput`` says what the speed-up is a ratio of.
 
     Raises:
         UserError: The trial never ran, so it has no configuration worth exporting.
@@ -69,7 +76,9 @@ def export_trial(
     ds_config_path.write_text(json.dumps(attrs[DS_CONFIG], indent=2) + "\n")
     launch: dict[str, Any] = dict(attrs[LAUNCH])
     launch["trial"] = trial.number
-    runs = throughput_runs(attrs, trial.number, confirmations or {})
+    batch = int(attrs.get(GLOBAL_BATCH_SIZE) or 0)
+    scale = 1.0 if scoring is None else scoring.efficiency(batch)
+    runs = [rate / scale for rate in throughput_runs(attrs, trial.number, confirmations or {})]
     own = {"samples/s": record.throughput, "tokens/s": record.tokens_per_second}
     windows = {name: [] if value is None else [value] for name, value in own.items()}
     windows[unit] = runs
@@ -88,6 +97,14 @@ def export_trial(
         "speedup_vs_reference": speedup[0] if speedup else None,
         "speedup_runs": speedup[1] if speedup else [],
     }
+    if scoring is not None and scoring.goodput:
+        launch["goodput"] = {
+            # The speed-up above is of goodput: throughput times this efficiency.
+            "efficiency": scale,
+            "samples_to_reference_loss": scoring.samples_for(batch),
+            "reference_samples": scoring.train_samples,
+            "gradient_noise_scale": scoring.noise_scale,
+        }
     launch_path.write_text(json.dumps(launch, indent=2) + "\n")
     return ds_config_path, launch_path
 
@@ -126,4 +143,6 @@ def export(
         confirmations,
         stored_rounds(study),
     )
-    return export_trial(trial, out_dir, confirmations, speedup, rate_unit(study.user_attrs))
+    attrs = study.user_attrs
+    scoring = study_scoring(attrs, int(attrs.get(STUDY_TRAIN_SAMPLES) or 0))
+    return export_trial(trial, out_dir, confirmations, speedup, rate_unit(attrs), scoring)

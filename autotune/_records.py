@@ -178,6 +178,8 @@ STUDY_MAX_ACCURACY_LOSS = "max_accuracy_loss"
 STUDY_LR_SCALING = "lr_scaling"
 STUDY_SEED = "seed"
 STUDY_OBJECTIVE = "objective"
+STUDY_SCORING = "scoring"
+""""goodput" (throughput times statistical efficiency) or "throughput" (`study._goodput`)."""
 """What the study maximises: "samples" (samples/s) or "tokens" (real tokens/s); a study
 written before the choice existed has none and maximised samples/s."""
 STUDY_METRIC_NAME = "metric_name"
@@ -192,6 +194,10 @@ STUDY_SPACE = "space"
 STUDY_REFERENCE_METRIC = "reference_metric"
 STUDY_REFERENCE_NOISE = "reference_noise"
 STUDY_REFERENCE_NUMBER = "reference_number"
+STUDY_NOISE_SCALE = "noise_scale"
+"""The reference's gradient noise scale B_noise (None where it could not be measured)."""
+STUDY_REFERENCE_BATCH = "reference_batch"
+"""The reference's global batch, which the goodput ratios are relative to."""
 STUDY_CONFIRMATIONS = "confirmations"
 """Trial number (as a string) -> samples/s of each confirmation run."""
 STUDY_CONFIRMATION_ROUNDS = "confirmation_rounds"
@@ -204,9 +210,10 @@ STUDY_FIXED: tuple[str, ...] = (
     STUDY_LR_SCALING,
     STUDY_SEED,
     STUDY_OBJECTIVE,
+    STUDY_SCORING,
 )
 """What a resumed search must share with the study, so its trials stay comparable."""
-STUDY_FIXED_DEFAULTS: dict[str, Any] = {STUDY_OBJECTIVE: "samples"}
+STUDY_FIXED_DEFAULTS: dict[str, Any] = {STUDY_OBJECTIVE: "samples", STUDY_SCORING: "throughput"}
 """What a study written before one of `STUDY_FIXED` existed was run with."""
 RATE_UNITS = {"samples": "samples/s", "tokens": "tokens/s"}
 """The unit of a trial's `RATE`, by `STUDY_OBJECTIVE`."""
@@ -216,6 +223,14 @@ def rate_unit(study_attrs: Mapping[str, Any]) -> str:
     """The unit of the rates a study ranks by: "samples/s" or "tokens/s"."""
     objective = study_attrs.get(STUDY_OBJECTIVE, STUDY_FIXED_DEFAULTS[STUDY_OBJECTIVE])
     return RATE_UNITS[objective]
+
+
+def rate_label(study_attrs: Mapping[str, Any]) -> str:
+    """How a study's rates read in its output: `rate_unit`, "of goodput" where they are
+    throughput times efficiency (a goodput study whose reference measured its noise scale)."""
+    goodput = study_attrs.get(STUDY_SCORING) == "goodput"
+    scaled = goodput and study_attrs.get(STUDY_NOISE_SCALE) is not None
+    return rate_unit(study_attrs) + (" of goodput" if scaled else "")
 
 
 def _float(value: Any) -> float | None:

@@ -19,7 +19,7 @@ from autotune._records import (
     GRADIENT_NOISE,
     STUDY_REFERENCE_NOISE,
     TrialRecord,
-    rate_unit,
+    rate_label,
 )
 from autotune._score import REFERENCE_SEEDS
 from autotune._space import describe_settings
@@ -183,7 +183,7 @@ def _print_best(
     side_by_side = f", median of {len(pairs)} rounds side by side" if pairs else ""
     print_line(
         f"best: trial {judged.best.number} [{describe_settings(record.settings)}] "
-        f"{best_value:.1f} {rate_unit(study.user_attrs)}{_windows(best_runs)} vs reference "
+        f"{best_value:.1f} {rate_label(study.user_attrs)}{_windows(best_runs)} vs reference "
         f"{reference_value:.1f}{_windows(reference_runs)} "
         f"({judged.speedup or math.nan:.2f}x{side_by_side}), accuracy loss "
         f"{record.accuracy_loss:+.2%}"

@@ -24,6 +24,7 @@ from autotune.study import (
     DEFAULT_TRIAL_TIMEOUT,
     OBJECTIVES,
     SAMPLERS,
+    SCORINGS,
     SearchOptions,
 )
 
@@ -156,6 +157,15 @@ def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
         "input_ids, steadier when sequence lengths vary (default: %(default)s)",
     )
     parser.add_argument(
+        "--scoring",
+        choices=SCORINGS,
+        default="throughput",
+        help="throughput: every run trains --train-samples and scores its samples/s; goodput "
+        "(experimental): each global batch trains the samples the reference's gradient noise "
+        "scale predicts it needs to reach the reference's loss, and scores its samples/s times "
+        "its statistical efficiency (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-accuracy-reuse",
         action="store_true",
         help="measure the metric in every trial, even when an earlier trial trained the same "
@@ -213,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         min_measure_seconds=args.min_measure_seconds,
         confirm=args.confirm,
         objective=args.objective,
+        scoring=args.scoring,
         devices=devices,
         hostfile=args.hostfile,
         launcher=args.launcher,

@@ -57,12 +57,14 @@ from autotune.report._importance import MIN_TRIALS_FOR_IMPORTANCE
 from autotune.report._page import write_report
 from autotune.report._summary import LIBRARIES
 from autotune.study import (
+    Scoring,
     Verdict,
     estimated_speedup,
     estimated_throughput,
     reference_of,
     stored_confirmations,
     stored_rounds,
+    study_scoring,
     throughput_runs,
     verdict,
 )
@@ -97,10 +99,12 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     docs/many-workers.md) are left out."""
     confirmations, rounds = stored_confirmations(study), stored_rounds(study)
     reference = reference_of(study.get_trials(deepcopy=False))
+    # Under goodput scoring the windows are shown as timed (rates over efficiency).
+    scoring = study_scoring(study.user_attrs, 0)
     rows = []
     for trial in study.get_trials(deepcopy=False, states=_SHOWN):
         row = _trial_row(trial)
-        row.update(_confirmed(trial, reference, confirmations, rounds))
+        row.update(_confirmed(trial, reference, confirmations, rounds, scoring))
         row.update(_feasibility_and_log(trial, row[STATUS]))
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -132,10 +136,13 @@ def _confirmed(
     reference: optuna.trial.FrozenTrial | None,
     confirmations: dict[str, list[float]],
     rounds: list[dict[str, float]],
+    scoring: Scoring,
 ) -> dict[str, Any]:
     """Every window the configuration was timed over, their median, and its speed-up over the
-    reference (side by side in confirmation rounds where there were any; see autotune.study)."""
-    runs = throughput_runs(trial.user_attrs, trial.number, confirmations)
+    reference (side by side in confirmation rounds where there were any; see autotune.study;
+    of goodput under goodput ``scoring``, whose rates are divided back to what was timed)."""
+    scale = scoring.efficiency(int(trial.user_attrs.get(GLOBAL_BATCH_SIZE) or 0))
+    runs = [rate / scale for rate in throughput_runs(trial.user_attrs, trial.number, confirmations)]
     estimate = estimated_throughput(runs)
     speedup, pairs = estimated_speedup(
         trial.user_attrs, trial.number, reference, confirmations, rounds

@@ -14,6 +14,7 @@ from autotune.study._confirm import (
     settle,
 )
 from autotune.study._earlier import CANNOT_WIN_MARGIN
+from autotune.study._goodput import Scoring, study_scoring
 from autotune.study._loop import run_study
 from autotune.study._options import (
     ADAPTIVE,
@@ -24,6 +25,7 @@ from autotune.study._options import (
     DEFAULT_TRIAL_TIMEOUT,
     OBJECTIVES,
     SAMPLERS,
+    SCORINGS,
     SearchOptions,
 )
 from autotune.study._probing import (
@@ -62,6 +64,8 @@ from autotune.study._samplers import (
 from autotune.study._storage import load_study, open_storage, redact
 
 __all__ = [
+    "Scoring",
+    "study_scoring",
     "ADAPTIVE",
     "ASKS_PER_RUN",
     "CANNOT_WIN_MARGIN",
@@ -79,6 +83,7 @@ __all__ = [
     "STARTUP_RUNS",
     "Remeasure",
     "OBJECTIVES",
+    "SCORINGS",
     "ProbeOption",
     "ProbePlan",
     "ProbeStep",

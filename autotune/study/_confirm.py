@@ -28,7 +28,7 @@ from autotune._records import (
     STUDY_CONFIRMATION_ROUNDS,
     STUDY_CONFIRMATIONS,
     TrialRecord,
-    rate_unit,
+    rate_label,
 )
 from autotune.study._ranking import (
     SPEEDUP_NOISE_FLOOR,
@@ -215,7 +215,7 @@ def _confirm_once(
     study.set_user_attr(STUDY_CONFIRMATION_ROUNDS, all_rounds)
     runs = throughput_runs(trial.user_attrs, number, confirmations)
     print_line(
-        f"{progress} trial {number:>3}: {rate:.1f} {rate_unit(study.user_attrs)} "
+        f"{progress} trial {number:>3}: {rate:.1f} {rate_label(study.user_attrs)} "
         f"(median of {len(runs)}: {estimated_throughput(runs):.1f})"
     )
 

@@ -31,6 +31,7 @@ from autotune._records import (
     STUDY_MODEL,
     STUDY_MODEL_SHA256,
     STUDY_OBJECTIVE,
+    STUDY_SCORING,
     STUDY_SEED,
     STUDY_SPACE,
     STUDY_TRAIN_SAMPLES,
@@ -229,6 +230,7 @@ def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> No
         STUDY_LR_SCALING: options.lr_scaling,
         STUDY_SEED: options.seed,
         STUDY_OBJECTIVE: options.objective,
+        STUDY_SCORING: options.scoring,
     }
     stored = dict(study.user_attrs)
     if not stored.get(STUDY_MODEL):

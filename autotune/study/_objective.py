@@ -62,7 +62,6 @@ from autotune._records import (
     RUN_SLOT,
     SEED_METRICS,
     SETTINGS,
-    STAGE_PREDICTED_SECONDS,
     STATUS,
     STUDY_REFERENCE_METRIC,
     STUDY_REFERENCE_NOISE,
@@ -92,7 +91,6 @@ from autotune._task import Task
 from autotune.pipeline import (
     LayerProfile,
     PartitionError,
-    predicted_stage_seconds,
     profiled_partition,
 )
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
@@ -102,8 +100,10 @@ from autotune.study._earlier import (
     numerics_over_budget,
     same_numerics,
 )
+from autotune.study._goodput import Scoring, StudyScoring
 from autotune.study._options import ADAPTIVE, SearchOptions
 from autotune.study._outcomes import (
+    launch_recipe,
     store_no_run,
     store_probed,
     store_repeat,
@@ -186,6 +186,7 @@ class Objective:
         self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
         self._space_keys: frozenset[str] | None = None
         self._runnable_keys: frozenset[str] = frozenset()
+        self.scoring = StudyScoring(study, options, self._reference_metric)
         self.started = time.monotonic()
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -269,12 +270,13 @@ class Objective:
         )
         if not result.ok or result.measurements is None:
             return None, result.failure_reason
-        return self._rate(result.measurements), None
+        return self._rate(result.measurements, record.get(GLOBAL_BATCH_SIZE)), None
 
-    def _rate(self, measured: dict[str, Any]) -> float:
-        """What the study maximises, from a run's measurements (`RATE`)."""
+    def _rate(self, measured: dict[str, Any], batch: int | None) -> float:
+        """What the study maximises, from a run's measurements (`RATE`): its samples/s (or
+        tokens/s), times its global batch's efficiency under goodput scoring."""
         name = TOKENS_PER_SECOND if self.options.objective == "tokens" else THROUGHPUT
-        return float(measured[name])
+        return float(measured[name]) * self.scoring.get().efficiency(batch or 0)
 
     # --- the proposal ----------------------------------------------------------------------
 
@@ -321,10 +323,11 @@ class Objective:
         return None
 
     def _why_not_runnable(self, config: TrialConfig) -> str | None:
-        return why_not_runnable(
+        scoring, batch = self.scoring.get(), config.global_batch_size
+        return scoring.too_large(batch) or why_not_runnable(
             config,
             self.machine,
-            self.options.train_samples,
+            scoring.samples_for(batch),
             self.task.train_size,
             self.task.layer_types,
         )
@@ -449,7 +452,8 @@ class Objective:
         if probe:
             adaptive["min_seconds"] = min(PROBE_SECONDS, self.options.min_measure_seconds)
             adaptive["max_seconds"] = max(PROBE_MAX_SECONDS, adaptive["min_seconds"])
-        to_beat = None if reused is not None or probe else self._to_beat(proposal)
+        scoring = self.scoring.get(wait=not proposal.is_reference)
+        to_beat = None if reused is not None or probe else self._to_beat(proposal, scoring)
         if to_beat is not None:
             trial.set_user_attr(CANNOT_WIN_BELOW, to_beat)
             adaptive["cannot_win_below"] = to_beat
@@ -457,7 +461,7 @@ class Objective:
             config,
             self.machine,
             self.task.model_file.path,
-            self.options.train_samples,
+            self.options.train_samples if probe else scoring.samples_for(config.global_batch_size),
             seeds,
             directory,
             self.options.trial_timeout,
@@ -470,12 +474,15 @@ class Objective:
         self._record_run(proposal, stages, result, reused, directory)
         return result
 
-    def _to_beat(self, proposal: _Proposal) -> float | None:
-        """The samples/s this run must be able to reach to train on (`cannot_win_below`);
-        None trains the whole budget: the reference, --no-early-stop, --objective tokens (the
-        ranks time samples)."""
+    def _to_beat(self, proposal: _Proposal, scoring: Scoring) -> float | None:
+        """The samples/s this run must be able to reach to train on (`cannot_win_below`, over
+        its efficiency); None trains the whole budget: the reference, --no-early-stop,
+        --objective tokens (the ranks time samples)."""
         stops = self.options.early_stop and self.options.objective == "samples"
-        return cannot_win_below(self.study) if stops and not proposal.is_reference else None
+        best = cannot_win_below(self.study) if stops and not proposal.is_reference else None
+        return (
+            None if best is None else best / scoring.efficiency(proposal.config.global_batch_size)
+        )
 
     def _progress(self, proposal: _Proposal, run: int) -> str:
         """Where this run stands (`study_progress`); no more runs are left than untried
@@ -503,23 +510,9 @@ class Objective:
         trial.set_user_attr(TRIAL_DIR, str(directory))
         trial.set_user_attr(WALL_SECONDS, result.wall_seconds)
         trial.set_user_attr(DS_CONFIG, config.ds_config())
-        trial.set_user_attr(LAUNCH, self._launch_recipe(proposal, stages, result))
-
-    def _launch_recipe(
-        self, proposal: _Proposal, stages: _Stages, result: RunResult
-    ) -> dict[str, Any]:
-        """How to launch the configuration again; a run that partitioned a pipeline adds the
-        boundaries it used (and the profile's prediction of each stage's time)."""
-        launch = proposal.config.launch_recipe(self.machine)
-        used = (result.measurements or {}).get(PARTITION) if result.ok else None
-        if used:
-            # Whatever the method, the boundaries it produced rebuild the same pipeline
-            # (autotune.build_pipeline_module), and the profile says how balanced they are.
-            launch["partition_bounds"] = used
-            if stages.profile is not None:
-                predicted = predicted_stage_seconds(stages.profile, proposal.config, used)
-                proposal.trial.set_user_attr(STAGE_PREDICTED_SECONDS, list(predicted))
-        return launch
+        trial.set_user_attr(
+            LAUNCH, launch_recipe(trial, config, self.machine, stages.profile, result)
+        )
 
     # --- what is stored -------------------------------------------------------------------
 
@@ -548,14 +541,16 @@ class Objective:
     def _stopped(self, proposal: _Proposal, result: RunResult) -> float:
         """A run stopped early, slower than the best feasible run (`store_stopped`)."""
         measured = result.measurements or {}
-        reason = store_stopped(proposal.trial, measured, rate := self._rate(measured))
+        rate = self._rate(measured, proposal.config.global_batch_size)
+        reason = store_stopped(proposal.trial, measured, rate)
         self.print_line(f"{_RESULT_INDENT}-> {reason} ({result.wall_seconds:.0f} s)")
         return rate
 
     def _probed(self, proposal: _Proposal, result: RunResult) -> float:
         """A probe: its throughput only (`store_probed`)."""
         measured = result.measurements or {}
-        store_probed(proposal.trial, measured, rate := self._rate(measured))
+        rate = self._rate(measured, proposal.config.global_batch_size)
+        store_probed(proposal.trial, measured, rate)
         wall = result.wall_seconds
         self.print_line(f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s ({wall:.0f} s)")
         return rate
@@ -565,13 +560,14 @@ class Objective:
         measured = result.measurements or {}
         for name in MEASURED:
             trial.set_user_attr(name, measured.get(name))
-        rate = self._rate(measured)
-        trial.set_user_attr(RATE, rate)
         if proposal.is_reference:
             noise = reference_noise(measured[SEED_METRICS])
             self.study.set_user_attr(STUDY_REFERENCE_METRIC, measured[METRIC])
             self.study.set_user_attr(STUDY_REFERENCE_NOISE, noise)
             self.study.set_user_attr(STUDY_REFERENCE_NUMBER, trial.number)
+            self.scoring.record(trial.user_attrs, self.print_line)
+        rate = self._rate(measured, proposal.config.global_batch_size)
+        trial.set_user_attr(RATE, rate)
         loss = accuracy_loss(self._reference_metric(), measured[METRIC])
         constraints = constraints_for_run(loss, self.options.max_accuracy_loss)
         for name, value in constraints.items():
@@ -583,6 +579,7 @@ class Objective:
         self.print_line(
             f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s"
             + ("" if tokens is None else f" ({tokens:,.0f} tokens/s)")
+            + self.scoring.get().describe(proposal.config.global_batch_size, rate)
             + f", accuracy loss {loss * 100:+.2f}%, {verdict} ({result.wall_seconds:.0f} s)"
         )
         return rate

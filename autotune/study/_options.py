@@ -34,6 +34,9 @@ noise more than the configuration's speed, and replays of the export missed them
 
 OBJECTIVES = ("samples", "tokens")
 """What a search maximises: samples/s, or real tokens/s (batches with ``input_ids``)."""
+SCORINGS = ("goodput", "throughput")
+"""How a run's rate is scored: times its batch's statistical efficiency, or plainly
+(`autotune.study._goodput`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,7 @@ class SearchOptions:
     min_measure_seconds: float = DEFAULT_MIN_MEASURE_SECONDS
     confirm: int = DEFAULT_CONFIRM
     objective: str = "samples"
+    scoring: str = "throughput"
     hostfile: Path | None = None
     launcher: str = "ssh"
     devices: tuple[int, ...] | None = None
@@ -104,6 +108,8 @@ class SearchOptions:
             )
         if self.objective not in OBJECTIVES:
             return f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective}."
+        if self.scoring not in SCORINGS:
+            return f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring}."
         if self.confirm < 0:
             return f"--confirm must be 0 or more configurations, got {self.confirm}."
         if self.devices is not None and not self.devices:

@@ -2,7 +2,7 @@
 without a measurement (skipped, or failed), a run stopped early because it cannot win, and a
 probe of the probe-first strategy. The last two keep their measurements and their rate (the
 trial's value), have no metric, and carry the constraints of a trial without a run, so neither
-is ever a candidate for the best."""
+is ever a candidate for the best. And what every run stores of how to launch it again."""
 
 from __future__ import annotations
 
@@ -10,22 +10,27 @@ from typing import Any
 
 import optuna
 
+from autotune._plan import Machine, TrialConfig
 from autotune._records import (
     BUDGET_STEPS,
     CANNOT_WIN_BELOW,
     MEASURED,
     MEASURED_STEPS,
     NOT_COPIED_BY_REPEAT,
+    PARTITION,
     PROBED,
     RATE,
     REASON,
     REPEAT,
     REPEAT_OF,
+    STAGE_PREDICTED_SECONDS,
     STATUS,
     STOPPED,
     THROUGHPUT,
 )
 from autotune._score import constraints_for_no_run
+from autotune.pipeline import LayerProfile, predicted_stage_seconds
+from autotune.runner import RunResult
 from autotune.study._earlier import CANNOT_WIN_MARGIN
 
 
@@ -76,3 +81,24 @@ def store_stopped(trial: optuna.Trial, measured: dict[str, Any], rate: float) ->
 def store_probed(trial: optuna.Trial, measured: dict[str, Any], rate: float) -> None:
     """Store a probe (`PROBED`): throughput only."""
     store_timed(trial, measured, rate, PROBED)
+
+
+def launch_recipe(
+    trial: optuna.Trial,
+    config: TrialConfig,
+    machine: Machine,
+    profile: LayerProfile | None,
+    result: RunResult,
+) -> dict[str, Any]:
+    """How to launch the configuration again; a run that partitioned a pipeline adds the
+    boundaries it used (and stores the profile's prediction of each stage's time)."""
+    launch = config.launch_recipe(machine)
+    used = (result.measurements or {}).get(PARTITION) if result.ok else None
+    if used:
+        # Whatever the method, the boundaries it produced rebuild the same pipeline
+        # (autotune.build_pipeline_module), and the profile says how balanced they are.
+        launch["partition_bounds"] = used
+        if profile is not None:
+            predicted = predicted_stage_seconds(profile, config, used)
+            trial.set_user_attr(STAGE_PREDICTED_SECONDS, list(predicted))
+    return launch
