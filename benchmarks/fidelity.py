@@ -64,6 +64,23 @@ and of 0.938-1.088 with 10 s ones (8 pairs)."""
 
 def replay(model: Path, export_dir: Path, train_samples: int, min_seconds: float) -> float:
     """Samples/s of one fresh launch of the plain script on an exported configuration."""
+    stdout = _replay(model, export_dir, train_samples, ["--min-seconds", str(min_seconds)])
+    found = re.search(r"replay: ([0-9.]+) samples/s", stdout)
+    assert found is not None
+    return float(found.group(1))
+
+
+def replay_eval(model: Path, export_dir: Path, train_samples: int) -> tuple[float, float]:
+    """(the wall seconds of the whole training, the metric after it) of one fresh launch of the
+    plain script training exactly ``train_samples`` (``replay_export.py --eval``)."""
+    stdout = _replay(model, export_dir, train_samples, ["--eval"])
+    found = re.search(r"eval: trained \d+ samples in ([0-9.]+) s; metric (-?[0-9.]+)", stdout)
+    assert found is not None
+    return float(found.group(1)), float(found.group(2))
+
+
+def _replay(model: Path, export_dir: Path, train_samples: int, more: list[str]) -> str:
+    """One fresh launch of the plain script; its stdout (exits with its output if it failed)."""
     launch = json.loads((export_dir / "launch.json").read_text())
     env = dict(os.environ, DS_ACCELERATOR="cpu") if launch["accelerator"] == "cpu" else None
     if launch.get("threads_per_process"):
@@ -85,8 +102,7 @@ def replay(model: Path, export_dir: Path, train_samples: int, min_seconds: float
             str(export_dir),
             "--train-samples",
             str(train_samples),
-            "--min-seconds",
-            str(min_seconds),
+            *more,
         ],
         capture_output=True,
         text=True,
@@ -95,10 +111,9 @@ def replay(model: Path, export_dir: Path, train_samples: int, min_seconds: float
         check=False,
     )
     remove_shm_buffers(port)
-    found = re.search(r"replay: ([0-9.]+) samples/s", out.stdout)
-    if not found:
+    if not re.search(r"^(replay|eval): ", out.stdout, re.MULTILINE):
         raise SystemExit(f"replay failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return float(found.group(1))
+    return out.stdout
 
 
 def harness(

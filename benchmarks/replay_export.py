@@ -42,6 +42,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-seconds", type=float, default=0.0)
     parser.add_argument("--local_rank", type=int, default=0)
+    parser.add_argument(
+        "--eval",
+        action="store_true",
+        help="train exactly --train-samples (no --min-seconds), then print the wall time of the "
+        "whole training and the model file's metric on its eval data",
+    )
     args = parser.parse_args()
 
     ds_config = json.loads((args.export / "ds_config.json").read_text())
@@ -163,6 +169,7 @@ def main() -> None:
                     engine.step()
 
     dist.barrier()
+    first = time.perf_counter()
     train_steps(WARMUP_STEPS)
     dist.barrier()
     start = time.perf_counter()
@@ -170,7 +177,10 @@ def main() -> None:
     train_steps(measured)
     dist.barrier()
     elapsed = time.perf_counter() - start
-    if elapsed < args.min_seconds:
+    if args.eval:
+        assert not pipeline, "--eval evaluates a plain engine, not pipeline stages"
+        _evaluate(args.model, engine, dtype, steps * ds_config["train_batch_size"], first)
+    elif elapsed < args.min_seconds:
         more = torch.tensor(
             [math.ceil((args.min_seconds - elapsed) * measured / elapsed)], device=engine.device
         )
@@ -190,6 +200,28 @@ def main() -> None:
             if trial
             else f"replay: {throughput:.1f} samples/s",
             flush=True,
+        )
+
+
+def _evaluate(model: Path, engine, dtype, samples: int, first: float) -> None:
+    """Print the wall time since ``first`` (the whole training) and the metric on the model
+    file's eval data, computed as autotune computes it (the same held-out split and metric)."""
+    from autotune._batch import cast_batch, evaluate
+    from autotune._task import load_model_file
+
+    seconds = time.perf_counter() - first
+    model_file = load_model_file(model)
+    _, eval_data = model_file.datasets()
+    loader = DataLoader(
+        eval_data, batch_size=model_file.eval_batch_size, collate_fn=model_file.collate
+    )
+    engine.eval()
+    with torch.no_grad():
+        batches = (cast_batch(batch, dtype, engine.device) for batch in loader)
+        metric = evaluate(engine, batches, model_file.metric)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"eval: trained {samples} samples in {seconds:.3f} s; metric {metric:.6f}", flush=True
         )
 
 

@@ -27,6 +27,7 @@ from autotune._records import (
     STUDY_MODEL,
     STUDY_MODEL_SHA256,
     STUDY_OBJECTIVE,
+    STUDY_SCORING,
     STUDY_SEED,
     STUDY_TRAIN_SAMPLES,
     STUDY_WORKERS,
@@ -196,6 +197,7 @@ def _fixed(sha: str = "abc123def4567890") -> dict[str, object]:
         STUDY_LR_SCALING: "sqrt",
         STUDY_SEED: 0,
         STUDY_OBJECTIVE: "samples",
+        STUDY_SCORING: "throughput",
     }
 
 
@@ -212,7 +214,7 @@ def test_a_study_is_tied_to_the_model_files_content_not_its_path() -> None:
 def test_a_study_written_before_the_hash_is_still_tied_to_its_path() -> None:
     old = {k: v for k, v in _fixed().items() if k != STUDY_MODEL_SHA256}
     old[STUDY_MODEL] = "/work/model.py"
-    del old[STUDY_OBJECTIVE]  # older still: it maximised samples/s
+    del old[STUDY_OBJECTIVE], old[STUDY_SCORING]  # older still: it maximised samples/s
     assert resume_problem("s", old, _fixed(), "/work/model.py") is None
     problem = resume_problem("s", old, _fixed(), "/elsewhere/model.py")
     assert problem == (

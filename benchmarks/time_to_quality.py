@@ -1,0 +1,123 @@
+"""Time to quality (issue 18's second bar): the configuration a goodput search picks, against the
+reference, each trained by the plain DeepSpeed script (`benchmarks/replay_export.py --eval`) for
+as long as it needs to reach the reference's quality: the reference for the search's
+``--train-samples`` N, the pick for the samples the reference's gradient noise scale predicts
+its global batch needs (`launch.json`'s ``goodput`` section). Each run's wall time covers its
+whole training (launch and evaluation excluded); the two alternate (ABBA) in fresh launches.
+
+For each example: the default search (the probe-first strategy) of its model over its recorded
+landscape's space with ``--scoring goodput`` and ``--timeout``; then ``--pairs`` pairs. Prints
+each pair's seconds and metrics, the median of the reference's time over the pick's (above 1:
+the pick reaches the quality sooner) and the median of the pick's accuracy loss against the
+reference in the same pair.
+
+    python benchmarks/time_to_quality.py                  # digits_mlp and embedding_heavy
+    python benchmarks/time_to_quality.py --only digits --pairs 6
+
+Target (issue 18): the pick reaches the reference's quality in less wall time (ratio above 1)
+with its accuracy loss within the budget, on both examples. Run it with nothing else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune import SearchOptions, export, load_study, search  # noqa: E402
+from autotune._records import REFERENCE, TrialRecord  # noqa: E402
+from autotune._score import accuracy_loss  # noqa: E402
+from autotune._space import describe_settings  # noqa: E402
+from benchmarks.fidelity import replay_eval  # noqa: E402
+
+EXAMPLES = {
+    "digits": ("digits_mlp.py", "landscape.yaml"),
+    "embedding": ("embedding_heavy.py", "landscape_embedding.yaml"),
+}
+
+
+def bench(name: str, work: Path, pairs: int, timeout: float, budget: float) -> tuple[float, float]:
+    """(the median time ratio, reference over pick; the median accuracy loss of the pick)."""
+    model_name, space_name = EXAMPLES[name]
+    model = ROOT / "examples" / model_name
+    options = SearchOptions(
+        model=model,
+        space=ROOT / "search_spaces" / space_name,
+        storage=f"sqlite:///{work}/study.db",
+        trials_dir=work / "trials",
+        reports_dir=work / "reports",
+        study=f"{name}_goodput",
+        timeout=timeout,
+        max_accuracy_loss=budget,
+        scoring="goodput",
+    )
+    started = time.perf_counter()
+    summary = search(options, print_line=lambda line: print(f"[{name}] {line}", flush=True))
+    print(f"[{name}] search: {time.perf_counter() - started:.0f} s", flush=True)
+    study = load_study(options.study_name, options.storage)
+    reference = next(t for t in study.trials if TrialRecord.of(t).role == REFERENCE)
+    if summary.chosen is None or summary.chosen.number == reference.number:
+        print(f"  {name}: the search keeps the reference: no pick to time (ratio 1.000)")
+        return 1.0, 0.0
+    picked_dir, reference_dir = work / "pick", work / "reference"
+    export(study, picked_dir, summary.chosen.number)
+    export(study, reference_dir, reference.number)
+    goodput = json.loads((picked_dir / "launch.json").read_text()).get("goodput")
+    if not goodput:
+        raise SystemExit(f"{name}: the study did not score goodput (no noise scale measured)")
+    samples = {"pick": goodput["samples_to_reference_loss"], "reference": options.train_samples}
+    folders = {"pick": picked_dir, "reference": reference_dir}
+    print(
+        f"\n{name}: pick [{describe_settings(TrialRecord.of(summary.chosen).settings)}] trains "
+        f"{samples['pick']:,} samples (efficiency {goodput['efficiency']:.3f}, noise scale "
+        f"{goodput['gradient_noise_scale']:,.0f}); reference "
+        f"[{describe_settings(TrialRecord.of(reference).settings)}] {samples['reference']:,}"
+    )
+    ratios, losses = [], []
+    for index in range(pairs):
+        order = ["reference", "pick"] if index % 2 == 0 else ["pick", "reference"]
+        got = {label: replay_eval(model, folders[label], samples[label]) for label in order}
+        ratios.append(got["reference"][0] / got["pick"][0])
+        losses.append(accuracy_loss(got["reference"][1], got["pick"][1]))
+        print(
+            f"  pair {index + 1}: reference {got['reference'][0]:.2f} s (metric "
+            f"{got['reference'][1]:.4f}), pick {got['pick'][0]:.2f} s (metric "
+            f"{got['pick'][1]:.4f}): {ratios[-1]:.3f}x sooner, accuracy loss {losses[-1]:+.2%}",
+            flush=True,
+        )
+    ratio, loss = statistics.median(ratios), statistics.median(losses)
+    held = ratio > 1.0 and loss <= budget
+    print(
+        f"  {name}: the pick reaches the reference's quality {ratio:.3f}x sooner (median of "
+        f"{pairs}), accuracy loss {loss:+.2%} (median); {'target met' if held else 'short'}"
+    )
+    return ratio, loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=sorted(EXAMPLES), nargs="+")
+    parser.add_argument("--pairs", type=int, default=4, help="ABBA pairs side by side")
+    parser.add_argument("--timeout", type=float, default=120.0, help="each search's --timeout")
+    parser.add_argument("--max-accuracy-loss", type=float, default=0.005)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="time_to_quality_") as tmp:
+        for name in args.only or list(EXAMPLES):
+            folder = Path(tmp) / name
+            folder.mkdir()
+            results[name] = bench(name, folder, args.pairs, args.timeout, args.max_accuracy_loss)
+    print()
+    for name, (ratio, loss) in results.items():
+        print(f"{name}: {ratio:.3f}x sooner, accuracy loss {loss:+.2%}")
+
+
+if __name__ == "__main__":
+    main()

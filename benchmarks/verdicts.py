@@ -1,0 +1,190 @@
+"""Accuracy verdicts against full-length training (issue 18's first bar).
+
+For each example, a grid of configurations that change the numerics (global batch and
+precision; the reference among them) is searched three times, every run trained for real:
+- **short**: `--scoring throughput`, every run trains the search's `--train-samples` N (today's
+  verdict, the baseline);
+- **goodput**: `--scoring goodput`, each global batch trains the samples the reference's gradient
+  noise scale predicts it needs to reach the reference's loss (a batch predicted to need more
+  than 8x is skipped: an infeasible verdict);
+- **long**: `--scoring throughput` with 8N samples for every run, the reference included: the
+  verdict that full-length training gives, which the other two are judged against.
+A configuration's verdict is feasible (its metric within `--max-accuracy-loss` of the
+reference's, trained as long) or not; a run that failed in any of the three is left out and
+listed. Prints each configuration's three accuracy losses and verdicts, then how many of the
+short and of the goodput verdicts agree with the long ones.
+
+    python benchmarks/verdicts.py                       # digits_mlp and embedding_heavy
+    python benchmarks/verdicts.py --only digits --long-factor 8
+
+Target (issue 18): the goodput verdicts agree with the long runs' for at least 90% of at least
+12 configurations on each of two examples. Every run trains its whole budget; throughput is
+not the point here (0.5 s windows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune import SearchOptions, load_study, search  # noqa: E402
+from autotune._records import (  # noqa: E402
+    ACCURACY_LOSS,
+    INFEASIBLE,
+    REFERENCE,
+    REPEAT,
+    SAMPLES_TRAINED,
+    STUDY_NOISE_SCALE,
+    STUDY_REFERENCE_NOISE,
+    TrialRecord,
+)
+from autotune._score import is_feasible  # noqa: E402
+from autotune._space import describe_settings  # noqa: E402
+
+TARGET = 0.90
+EXAMPLES = {
+    # name: (model file, its space of numerics: global batches around the reference's, two
+    # precisions; the reference, mbs 32 fp32, is one of them)
+    "digits": (
+        "digits_mlp.py",
+        "micro_batch_size: [8, 16, 32, 64, 128, 256, 512]\nprecision: [fp32, bf16]\n",
+    ),
+    "embedding": (
+        "embedding_heavy.py",
+        "micro_batch_size: [8, 16, 32, 64, 128, 256, 512]\nprecision: [fp32, bf16]\n",
+    ),
+}
+KINDS = ("short", "goodput", "long")
+
+
+def _verdicts(
+    name: str, kind: str, work: Path, train_samples: int, budget: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Run one grid search; (config key -> its verdict and figures, the study's attributes)."""
+    model_name, space_text = EXAMPLES[name]
+    space = work / "space.yaml"
+    space.write_text(space_text)
+    configurations = 14
+    options = SearchOptions(
+        model=ROOT / "examples" / model_name,
+        space=space,
+        storage=f"sqlite:///{work}/study.db",
+        trials_dir=work / "trials",
+        reports_dir=work / "reports",
+        study=f"{name}_{kind}",
+        sampler="grid",
+        n_trials=configurations,
+        train_samples=train_samples,
+        max_accuracy_loss=budget,
+        scoring="goodput" if kind == "goodput" else "throughput",
+        early_stop=False,
+        reuse_accuracy=False,
+        min_measure_seconds=0.5,
+        confirm=0,
+        trial_timeout=900,
+    )
+    started = time.perf_counter()
+    search(options, print_line=lambda line: print(f"[{name} {kind}] {line}", flush=True))
+    print(f"[{name} {kind}] {time.perf_counter() - started:.0f} s", flush=True)
+    study = load_study(options.study_name, options.storage)
+    found: dict[str, dict[str, Any]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        record = TrialRecord.of(trial)
+        if record.config_key is None or record.status == REPEAT:
+            continue
+        entry: dict[str, Any] = {
+            "settings": describe_settings(record.settings),
+            "reference": record.role == REFERENCE,
+        }
+        if record.is_ok:
+            entry["feasible"] = is_feasible(trial.constraints)
+            entry["loss"] = record.get(ACCURACY_LOSS)
+            entry["samples"] = record.get(SAMPLES_TRAINED)
+        elif record.status == INFEASIBLE and "predicted to need" in str(record.reason):
+            entry["feasible"], entry["loss"], entry["samples"] = False, None, None
+        else:
+            entry["failed"] = record.reason or record.status
+        found[str(record.config_key)] = entry
+    return found, dict(study.user_attrs)
+
+
+def _loss(entry: dict[str, Any]) -> str:
+    if "failed" in entry:
+        return "failed"
+    verdict = "ok" if entry["feasible"] else "over"
+    if entry["loss"] is None:
+        return "skipped (too large)"
+    return f"{entry['loss'] * 100:+6.2f}% {verdict} ({entry['samples']:,})"
+
+
+def bench(name: str, work: Path, train_samples: int, factor: int, budget: float) -> dict[str, int]:
+    results = {}
+    attrs = {}
+    for kind in KINDS:
+        folder = work / kind
+        folder.mkdir()
+        samples = train_samples * factor if kind == "long" else train_samples
+        results[kind], attrs[kind] = _verdicts(name, kind, folder, samples, budget)
+    long = results["long"]
+    print(
+        f"\n{name}: budget {budget:.2%}; N = {train_samples:,} samples, long = {factor}N; "
+        f"gradient noise scale (goodput's reference) {attrs['goodput'].get(STUDY_NOISE_SCALE)}"
+    )
+    for kind in KINDS:
+        noise = attrs[kind].get(STUDY_REFERENCE_NOISE)
+        spread = "?" if noise is None else f"{noise:.2%}"
+        print(f"  the reference's metric across seeds, {kind}: {spread}")
+    print(f"  {'configuration':<52} {'short':>28} {'goodput':>28} {'long':>28}")
+    agree = {"short": 0, "goodput": 0, "compared": 0}
+    for key, truth in long.items():
+        row = [results[kind].get(key, {"failed": "not run"}) for kind in KINDS]
+        print(f"  {truth['settings']:<52} " + " ".join(f"{_loss(e):>28}" for e in row))
+        if any("failed" in e for e in row) or truth["reference"]:
+            continue  # a failure, or the reference itself (its loss is 0 by definition)
+        agree["compared"] += 1
+        for kind, entry in zip(KINDS[:2], row[:2], strict=True):
+            agree[kind] += entry["feasible"] == truth["feasible"]
+    compared = agree["compared"]
+    for kind in KINDS[:2]:
+        share = agree[kind] / compared if compared else 0.0
+        print(
+            f"  {name}: {kind} verdicts agree with the long runs' for {agree[kind]} of "
+            f"{compared} ({share:.0%})"
+        )
+    return agree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=sorted(EXAMPLES), nargs="+")
+    parser.add_argument("--train-samples", type=int, default=8192, help="the search's N")
+    parser.add_argument("--long-factor", type=int, default=8, help="the long runs train this x N")
+    parser.add_argument("--max-accuracy-loss", type=float, default=0.005)
+    args = parser.parse_args()
+    totals = {}
+    with tempfile.TemporaryDirectory(prefix="verdicts_") as tmp:
+        for name in args.only or list(EXAMPLES):
+            folder = Path(tmp) / name
+            folder.mkdir()
+            totals[name] = bench(
+                name, folder, args.train_samples, args.long_factor, args.max_accuracy_loss
+            )
+    print()
+    for name, agree in totals.items():
+        compared = agree["compared"] or 1
+        verdict = "target met" if agree["goodput"] / compared >= TARGET else "short of 90%"
+        print(
+            f"{name}: short {agree['short']}/{agree['compared']}, goodput "
+            f"{agree['goodput']}/{agree['compared']} ({verdict})"
+        )
+
+
+if __name__ == "__main__":
+    main()
