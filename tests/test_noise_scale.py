@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from autotune._noise_scale import (
+    SIGNIFICANCE,
     efficiency,
     estimate,
     goodput,
@@ -55,6 +56,22 @@ def test_a_gradient_lost_in_its_noise_gives_no_noise_scale() -> None:
     found = estimate([1.0], [1.2], 4, 32)
     assert found.gradient_sq > 0 and found.trace < 0 and found.simple is None
     assert estimate([10.0], [0.1], 1, 2).simple is None  # |G|^2 estimate negative
+
+
+def test_a_gradient_within_its_standard_errors_of_zero_gives_no_noise_scale() -> None:
+    """Late in training |G|^2 is small against its noise: a mean |G|^2 estimate less than
+    SIGNIFICANCE standard errors above zero gives no noise scale, whatever the ratio reads."""
+    weak = _synthetic_norms(4000.0, 8, 32, measurements=8, seed=0)
+    found = estimate(*weak, 8, 32)
+    assert found.gradient_se > 0
+    assert found.gradient_sq < SIGNIFICANCE * found.gradient_se
+    assert found.simple is None and found.bounds is None
+    # The same gradient measured at batches around its noise scale stands clear of zero.
+    strong = estimate(*_synthetic_norms(400.0, 128, 1024, measurements=32, seed=0), 128, 1024)
+    assert strong.gradient_sq > SIGNIFICANCE * strong.gradient_se
+    assert strong.simple is not None and strong.bounds is not None
+    low, high = strong.bounds
+    assert low < strong.simple < high
 
 
 def test_bad_batch_sizes_and_lists_are_refused() -> None:

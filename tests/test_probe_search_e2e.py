@@ -16,6 +16,7 @@ from autotune import SearchOptions, load_study, search
 from autotune._noise_scale import of_measured
 from autotune._records import GRADIENT_NOISE, OK, PROBE, PROBED, REFERENCE, REPEAT, TrialRecord
 from autotune.report import trials_frame
+from autotune.runner._gradient_noise import MEASUREMENTS
 from autotune.study import verdict
 from autotune.study._probe_search import probe_timings
 
@@ -124,12 +125,12 @@ def test_the_reference_measures_its_gradient_noise(
     searched: tuple[optuna.Study, list[str]],
 ) -> None:
     """Issue 18: after its training, the reference's rank 0 measures squared gradient norms at
-    its micro-batch and at 4 of them (8 times); no other run does."""
+    its micro-batch and at 4 of them (MEASUREMENTS times); no other run does."""
     study, lines = searched
     runs = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).ran]
     raw = runs[0].user_attrs[GRADIENT_NOISE]
     assert (raw["small"], raw["big"]) == (16, 64)
-    assert len(raw["small_sq"]) == len(raw["big_sq"]) == 8
+    assert len(raw["small_sq"]) == len(raw["big_sq"]) == MEASUREMENTS
     assert all(value > 0 for value in raw["small_sq"] + raw["big_sq"])
     assert all(t.user_attrs.get(GRADIENT_NOISE) is None for t in runs[1:])
     found = of_measured(raw)
