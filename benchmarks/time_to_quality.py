@@ -70,14 +70,19 @@ def bench(name: str, work: Path, pairs: int, timeout: float, budget: float) -> t
     export(study, picked_dir, summary.chosen.number)
     export(study, reference_dir, reference.number)
     goodput = json.loads((picked_dir / "launch.json").read_text()).get("goodput")
-    if not goodput:
-        raise SystemExit(f"{name}: the study did not score goodput (no noise scale measured)")
-    samples = {"pick": goodput["samples_to_reference_loss"], "reference": options.train_samples}
+    # Without a noise scale the study scored plain throughput: the pick trains as many samples.
+    pick_samples = goodput["samples_to_reference_loss"] if goodput else options.train_samples
+    samples = {"pick": pick_samples, "reference": options.train_samples}
     folders = {"pick": picked_dir, "reference": reference_dir}
+    why = (
+        f"efficiency {goodput['efficiency']:.3f}, noise scale "
+        f"{goodput['gradient_noise_scale']:,.0f}"
+        if goodput
+        else "no noise scale measured: scored by plain throughput"
+    )
     print(
         f"\n{name}: pick [{describe_settings(TrialRecord.of(summary.chosen).settings)}] trains "
-        f"{samples['pick']:,} samples (efficiency {goodput['efficiency']:.3f}, noise scale "
-        f"{goodput['gradient_noise_scale']:,.0f}); reference "
+        f"{samples['pick']:,} samples ({why}); reference "
         f"[{describe_settings(TrialRecord.of(reference).settings)}] {samples['reference']:,}"
     )
     ratios, losses = [], []
