@@ -147,7 +147,10 @@ class StudyScoring:
         scores goodput (a run's length depends on it)."""
         if self._fixed is not None:
             return self._fixed
-        if wait and self.options.scoring == "goodput":
+        if self.options.scoring != "goodput":  # plain throughput throughout: no need to ask
+            self._fixed = Scoring(self.options.train_samples)
+            return self._fixed
+        if wait:
             self.wait_for_reference()
         attrs = self.study.user_attrs
         found = study_scoring(attrs, self.options.train_samples)
