@@ -31,7 +31,7 @@ from autotune.study import (
     stored_confirmations,
     stored_rounds,
     study_scoring,
-    throughput_runs,
+    timed_runs,
     verdict,
 )
 
@@ -76,9 +76,8 @@ def export_trial(
     ds_config_path.write_text(json.dumps(attrs[DS_CONFIG], indent=2) + "\n")
     launch: dict[str, Any] = dict(attrs[LAUNCH])
     launch["trial"] = trial.number
-    batch = int(attrs.get(GLOBAL_BATCH_SIZE) or 0)
-    scale = 1.0 if scoring is None else scoring.efficiency(batch)
-    runs = [rate / scale for rate in throughput_runs(attrs, trial.number, confirmations or {})]
+    scoring = scoring or Scoring(0)
+    runs = timed_runs(attrs, trial.number, confirmations or {}, scoring)
     own = {"samples/s": record.throughput, "tokens/s": record.tokens_per_second}
     windows = {name: [] if value is None else [value] for name, value in own.items()}
     windows[unit] = runs
@@ -97,10 +96,11 @@ def export_trial(
         "speedup_vs_reference": speedup[0] if speedup else None,
         "speedup_runs": speedup[1] if speedup else [],
     }
-    if scoring is not None and scoring.goodput:
+    if scoring.goodput:
+        batch = int(attrs.get(GLOBAL_BATCH_SIZE) or 0)
         launch["goodput"] = {
             # The speed-up above is of goodput: throughput times this efficiency.
-            "efficiency": scale,
+            "efficiency": scoring.efficiency(batch),
             "samples_to_reference_loss": scoring.samples_for(batch),
             "reference_samples": scoring.train_samples,
             "gradient_noise_scale": scoring.noise_scale,

@@ -65,7 +65,7 @@ from autotune.study import (
     stored_confirmations,
     stored_rounds,
     study_scoring,
-    throughput_runs,
+    timed_runs,
     verdict,
 )
 
@@ -141,8 +141,7 @@ def _confirmed(
     """Every window the configuration was timed over, their median, and its speed-up over the
     reference (side by side in confirmation rounds where there were any; see autotune.study;
     of goodput under goodput ``scoring``, whose rates are divided back to what was timed)."""
-    scale = scoring.efficiency(int(trial.user_attrs.get(GLOBAL_BATCH_SIZE) or 0))
-    runs = [rate / scale for rate in throughput_runs(trial.user_attrs, trial.number, confirmations)]
+    runs = timed_runs(trial.user_attrs, trial.number, confirmations, scoring)
     estimate = estimated_throughput(runs)
     speedup, pairs = estimated_speedup(
         trial.user_attrs, trial.number, reference, confirmations, rounds

@@ -14,7 +14,7 @@ from autotune.study._confirm import (
     settle,
 )
 from autotune.study._earlier import CANNOT_WIN_MARGIN
-from autotune.study._goodput import Scoring, study_scoring
+from autotune.study._goodput import Scoring, study_scoring, timed_runs
 from autotune.study._loop import run_study
 from autotune.study._options import (
     ADAPTIVE,
@@ -64,6 +64,7 @@ from autotune.study._samplers import (
 from autotune.study._storage import load_study, open_storage, redact
 
 __all__ = [
+    "timed_runs",
     "Scoring",
     "study_scoring",
     "ADAPTIVE",

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from autotune.study._ranking import throughput_runs
+
 if TYPE_CHECKING:
     from autotune.study._options import SearchOptions
 
@@ -111,6 +113,15 @@ def store_noise_scale(study: optuna.Study, reference_attrs: dict[str, Any]) -> f
     study.set_user_attr(STUDY_NOISE_SCALE, noise)
     study.set_user_attr(STUDY_REFERENCE_BATCH, reference_attrs.get(GLOBAL_BATCH_SIZE))
     return noise
+
+
+def timed_runs(
+    attrs: dict[str, Any], number: int, confirmations: dict[str, list[float]], scoring: Scoring
+) -> list[float]:
+    """Every window a trial's configuration was timed over (`throughput_runs`), in what was
+    timed: under goodput ``scoring`` its rates divided back by its batch's efficiency."""
+    scale = scoring.efficiency(int(attrs.get(GLOBAL_BATCH_SIZE) or 0))
+    return [rate / scale for rate in throughput_runs(attrs, number, confirmations)]
 
 
 def goodput_line(noise_scale: float | None) -> str:
