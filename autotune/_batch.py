@@ -164,16 +164,28 @@ def evaluate(
     batches: Any,
     metric: Callable[[Any, Any], Any],
 ) -> float:
-    """The metric over every eval batch.
+    """The metric over every eval batch (`evaluate_with_loss` without the loss)."""
+    return evaluate_with_loss(model, batches, metric)[0]
 
-    Dict batches stream: each batch's metric is computed as it comes and only one batch's
-    outputs are held; the result is their mean weighted by each batch's items. Pairs keep the
-    contract of a metric over the whole eval set: their predictions are gathered and the
-    metric called once.
+
+def evaluate_with_loss(
+    model: Callable[..., Any],
+    batches: Any,
+    metric: Callable[[Any, Any], Any],
+    loss: Callable[[Any, Any], Any] | None = None,
+) -> tuple[float, float | None]:
+    """The metric over every eval batch, and the eval loss from the same outputs (None
+    without ``loss``, or where the outputs carry none).
+
+    Dict batches stream: each batch's metric and loss are computed as they come and only one
+    batch's outputs are held; the results are their means weighted by each batch's items.
+    Pairs keep the contract of a metric over the whole eval set: their predictions are
+    gathered and the metric (and the loss) called once.
     """
     outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
-    total, items = 0.0, 0
+    total, loss_total, items = 0.0, 0.0, 0
+    has_loss = loss is not None
     for batch in batches:
         output, target = forward(model, batch)
         if is_dict_batch(batch):
@@ -182,13 +194,28 @@ def evaluate(
             if value is None:
                 raise TypeError("metric() must return a number")
             total += value * count
+            batch_loss = _eval_loss(loss, output, target) if has_loss else None
+            has_loss = batch_loss is not None
+            loss_total += (batch_loss or 0.0) * count
             items += count
         else:
             outputs.append(output_logits(output).float().cpu())
             targets.append(target.cpu())
     if outputs:
-        value = as_number(metric(torch.cat(outputs), torch.cat(targets)))
+        logits, labels = torch.cat(outputs), torch.cat(targets)
+        value = as_number(metric(logits, labels))
         if value is None:
             raise TypeError("metric() must return a number")
-        return value
-    return total / max(1, items)
+        return value, _eval_loss(loss, logits, labels) if has_loss else None
+    return total / max(1, items), loss_total / max(1, items) if has_loss else None
+
+
+def _eval_loss(loss: Callable[[Any, Any], Any] | None, output: Any, target: Any) -> float | None:
+    """The loss of one eval batch, or None where it cannot be computed (no loss in the
+    output, or a loss that is not a number)."""
+    if loss is None:
+        return None
+    try:
+        return as_number(loss(output, target))
+    except (NoLossError, TypeError, ValueError, RuntimeError):
+        return None

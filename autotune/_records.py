@@ -68,6 +68,18 @@ TOKENS_PER_SECOND = "tokens_per_second"
 ``input_ids``; None otherwise."""
 METRIC = "metric"
 SEED_METRICS = "seed_metrics"
+EVAL_LOSS = "eval_loss"
+"""The model's loss on the eval data, computed from the same outputs as the metric (None
+where the outputs carry none); a trial's is the mean over its seeds."""
+SEED_EVAL_LOSSES = "seed_eval_losses"
+VERDICT_CONFIDENCE = "verdict_confidence"
+"""The chance that the trial's true accuracy loss is within the budget, from the reference's
+seed noise (`autotune._verdict`); None without it."""
+VERDICT_BY = "verdict_by"
+"""What decided the trial's verdict: "metric", "eval loss" or "one seed"."""
+VERDICT_SEEDS = "verdict_seeds"
+"""Training seeds behind the trial's metric (more than one where a verdict near the budget
+was retrained)."""
 PEAK_MEMORY_BYTES = "peak_memory_bytes"
 PEAK_MEMORY_PER_RANK = "peak_memory_per_rank"
 STEP_TIME_P50 = "step_time_p50"
@@ -106,6 +118,8 @@ MEASURED: tuple[str, ...] = (
     TOKENS_PER_SECOND,
     METRIC,
     SEED_METRICS,
+    EVAL_LOSS,
+    SEED_EVAL_LOSSES,
     PEAK_MEMORY_BYTES,
     PEAK_MEMORY_PER_RANK,
     STEP_TIME_P50,
@@ -193,6 +207,10 @@ worker's number offsets its sampler's seed (the first, 0, keeps --seed)."""
 STUDY_SPACE = "space"
 STUDY_REFERENCE_METRIC = "reference_metric"
 STUDY_REFERENCE_NOISE = "reference_noise"
+STUDY_REFERENCE_SEED_METRICS = "reference_seed_metrics"
+"""The reference's metric on each of its training seeds (the study's reference metric is
+their mean)."""
+STUDY_REFERENCE_SEED_EVAL_LOSSES = "reference_seed_eval_losses"
 STUDY_REFERENCE_NUMBER = "reference_number"
 STUDY_NOISE_SCALE = "noise_scale"
 """The reference's gradient noise scale B_noise (None where it could not be measured)."""

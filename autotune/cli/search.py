@@ -98,6 +98,14 @@ def _add_search_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_study_flags(parser, "study name (default: the model file's name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampler")
+    parser.add_argument(
+        "--verdict-seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="training seeds of every run that measures its metric (default 1; a verdict "
+        "within the reference's noise of the budget is retrained up to the reference's 3)",
+    )
 
 
 def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         study=args.study,
         storage=args.storage,
         seed=args.seed,
+        verdict_seeds=args.verdict_seeds,
         max_memory=max_memory,
         warm_workers=not args.fresh_launches,
         reuse_accuracy=not args.no_accuracy_reuse,

@@ -28,7 +28,14 @@ if __package__ in (None, ""):  # run by path: the package this file belongs to i
 
 import torch  # noqa: E402
 
-from autotune._records import METRIC, SEED_METRICS, THROUGHPUT  # noqa: E402
+from autotune._records import (  # noqa: E402
+    CANNOT_WIN,
+    EVAL_LOSS,
+    METRIC,
+    SEED_EVAL_LOSSES,
+    SEED_METRICS,
+    THROUGHPUT,
+)
 from autotune.runner._owner import watch_owner  # noqa: E402
 from autotune.runner._protocol import (  # noqa: E402
     LOG_FILE,
@@ -63,8 +70,11 @@ def run(plan_path: Path) -> dict[str, Any]:
             f"seed {seed}: {runs[-1][THROUGHPUT]:.1f} samples/s, metric "
             + ("not measured" if metric is None else f"{metric:.4f}")
         )
+        if runs[-1].get(CANNOT_WIN):
+            break  # stopped early: slower than the best, no seed's metric can matter
     result = dict(runs[0])
     result[SEED_METRICS] = [r[METRIC] for r in runs]
+    result[SEED_EVAL_LOSSES] = [r.get(EVAL_LOSS) for r in runs]
     return result
 
 

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from autotune._batch import evaluate, forward
+from autotune._batch import evaluate_with_loss, forward
 from autotune._records import (
     BUDGET_STEPS,
     CANNOT_WIN,
+    EVAL_LOSS,
     EVAL_SECONDS,
     EXTRA_STEPS,
     GRADIENT_NOISE,
@@ -265,15 +266,15 @@ def timed_loop(
 
 def _evaluate(
     model: Any, data: Dataset[Any], dtype: torch.dtype, device: torch.device, model_file: Any
-) -> float:
-    """The metric on the eval data, in batches of the file's EVAL_BATCH_SIZE (dict batches
-    stream: one batch's outputs at a time)."""
+) -> tuple[float, float | None]:
+    """The metric and the eval loss on the eval data, in batches of the file's
+    EVAL_BATCH_SIZE (dict batches stream: one batch's outputs at a time)."""
     loader = DataLoader(
         data, batch_size=model_file.eval_batch_size, shuffle=False, collate_fn=model_file.collate
     )
     with torch.no_grad():
         batches = (cast_batch(batch, dtype, device) for batch in loader)
-        return evaluate(model, batches, model_file.metric)
+        return evaluate_with_loss(model, batches, model_file.metric, model_file.loss)
 
 
 def _gather_pipeline_model(engine: Any, model_file: Any, dtype: torch.dtype) -> nn.Module:
@@ -298,11 +299,12 @@ def evaluate_metric(
     model_file: Any,
     timing: Timing,
     seed: int,
-) -> tuple[float | None, float]:
-    """The eval step: the metric on the eval data (None when it is not needed) and the
-    seconds it took."""
+) -> tuple[float | None, float | None, float]:
+    """The eval step: the metric and the eval loss on the eval data (None when not needed)
+    and the seconds it took."""
     eval_start = time.perf_counter()
     metric: float | None = None
+    eval_loss: float | None = None
     if timing.cannot_win:
         pass  # it stopped early: slower than the best feasible run, its metric cannot matter
     elif plan.need_metric:
@@ -312,7 +314,7 @@ def evaluate_metric(
         if ranks.pipeline:
             evaluator = _gather_pipeline_model(ranks.engine, model_file, ranks.dtype)
             evaluator = evaluator.to(ranks.device)
-        metric = _evaluate(evaluator, eval_data, ranks.dtype, ranks.device, model_file)
+        metric, eval_loss = _evaluate(evaluator, eval_data, ranks.dtype, ranks.device, model_file)
         if not math.isfinite(metric):
             raise DivergedError(f"metric on eval data is {metric}")
     else:
@@ -323,7 +325,7 @@ def evaluate_metric(
             else f"step time not stable within the budget ({budget_measured} measured steps)"
         )
         log(f"seed {seed}: {stability}; metric reused, no eval")
-    return metric, time.perf_counter() - eval_start
+    return metric, eval_loss, time.perf_counter() - eval_start
 
 
 def lengthen_window(
@@ -462,12 +464,15 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     casting = CastingBatches(batches, ranks.dtype, ranks.device)
     clock = StageClock(ranks.engine, accelerator) if ranks.pipeline else None
     timing = timed_loop(plan, ranks, casting, clock)
-    metric, eval_seconds = evaluate_metric(plan, ranks, eval_data, model_file, timing, seed)
+    metric, eval_loss, eval_seconds = evaluate_metric(
+        plan, ranks, eval_data, model_file, timing, seed
+    )
     lengthen_window(plan, ranks, casting, timing, seed)
     tokens_per_item = window_tokens_per_item(ranks, casting)
     result = measurements(plan, ranks, timing, metric, eval_seconds, clock, tokens_per_item)
     # After the peak memory was read: the fp32 copy it trains is not the run's.
     result[GRADIENT_NOISE] = _gradient_noise(plan, ranks, batches, model_file)
+    result[EVAL_LOSS] = eval_loss
     ranks.engine.destroy()
     batches.close()
     return result

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from autotune._memory import (
 )
 from autotune._plan import Machine, TrialConfig, why_not_runnable
 from autotune._records import (
-    ACCURACY_LOSS,
     ACCURACY_REUSED_FROM,
     CANNOT_WIN,
     CANNOT_WIN_BELOW,
@@ -54,18 +53,13 @@ from autotune._records import (
     PROBE,
     PROBED,
     RATE,
-    REASON,
     REFERENCE,
     REPEAT,
-    RETRY_OF,
     ROLE,
-    RUN_SLOT,
+    SEED_EVAL_LOSSES,
     SEED_METRICS,
     SETTINGS,
     STATUS,
-    STUDY_REFERENCE_METRIC,
-    STUDY_REFERENCE_NOISE,
-    STUDY_REFERENCE_NUMBER,
     THROUGHPUT,
     TOKENS_PER_SECOND,
     TRIAL_DIR,
@@ -73,13 +67,7 @@ from autotune._records import (
     WORKER,
     TrialRecord,
 )
-from autotune._score import (
-    REFERENCE_SEEDS,
-    accuracy_loss,
-    constraints_for_run,
-    is_feasible,
-    reference_noise,
-)
+from autotune._score import REFERENCE_SEEDS
 from autotune._space import (
     SearchSpace,
     describe_settings,
@@ -94,6 +82,7 @@ from autotune.pipeline import (
     profiled_partition,
 )
 from autotune.runner import ProfileCache, RunResult, WarmWorkers, run_trial
+from autotune.study._claim import claim_run
 from autotune.study._earlier import (
     cannot_win_below,
     memory_prediction,
@@ -101,6 +90,7 @@ from autotune.study._earlier import (
     same_numerics,
 )
 from autotune.study._goodput import Scoring, StudyScoring
+from autotune.study._judging import judge_run, reference_of, store_reference, store_verdict
 from autotune.study._options import ADAPTIVE, SearchOptions
 from autotune.study._outcomes import (
     launch_recipe,
@@ -111,25 +101,18 @@ from autotune.study._outcomes import (
 )
 from autotune.study._probing import PROBE_MAX_SECONDS, PROBE_SECONDS
 from autotune.study._progress import study_progress
-from autotune.study._ranking import runs_of
 from autotune.study._retry import (
     record_owner,
     retry_interrupted,
-    retry_orphaned_trials,
     wait_for_reference_metric,
 )
 from autotune.study._sharing import (
     StorageLock,
     Worker,
-    queued_retries,
-    report_in,
-    slots_taken,
-    twin_of,
 )
 
 _COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 _RESULT_INDENT = " " * 10
-_POLL_SECONDS = 2.0
 _LISTED_AT_MOST = 20_000
 """A space with more configurations than this is not listed, so never found exhausted."""
 
@@ -223,7 +206,7 @@ class Objective:
             return self._probed(proposal, result)
         if (result.measurements or {}).get(CANNOT_WIN):
             return self._stopped(proposal, result)
-        return self._scored(proposal, result)
+        return self._scored(proposal, result, stages)
 
     def untried(self, runnable_only: bool = False) -> tuple[int, int] | None:
         """(how many of the space's configurations no trial has tried yet, how many it holds):
@@ -255,18 +238,13 @@ class Objective:
         """Time a finished trial's configuration again, throughput only, on the same pipeline
         boundaries: (its rate, None), or (None, why the run failed)."""
         record = TrialRecord.of(trial)
-        result = run_trial(
+        result = self._launch(
             self.config_of(record.settings),
-            self.machine,
-            self.task.model_file.path,
             self.options.train_samples,
             [self.options.seed],
-            self.trial_root / name,
-            self.options.trial_timeout,
-            partition_bounds=record.get(PARTITION),
-            workers=self.workers,
-            need_metric=False,
-            adaptive=self.adaptive,
+            name,
+            record.get(PARTITION),
+            self.adaptive,
         )
         if not result.ok or result.measurements is None:
             return None, result.failure_reason
@@ -381,57 +359,20 @@ class Objective:
         return self.profiles.profile(self.task.model_file, config)
 
     def _claim(self, proposal: _Proposal) -> optuna.trial.FrozenTrial | int:
-        """The trial this proposal repeats, or the number of the study's run it claimed.
-
-        Under the storage lock: an earlier trial of the same configuration that finished is
-        repeated; one that another worker runs now is waited for, then repeated (or, if it
-        failed, the proposal tries again); otherwise the proposal takes the next of the
-        study's --n-trials runs, if one is left. While all are handed out, it waits for one to
-        finish or fail.
-
-        Raises:
-            optuna.TrialPruned: The study holds its runs: this worker stops.
-        """
-        probe = proposal.is_reference or proposal.role == PROBE  # a probe times it anew
-        key = None if probe else proposal.config.key()
-        waited_for, limit = None, self.options.run_limit
-        while True:
-            with self.lock:
-                # A worker killed mid-run on this host: fail its trial and queue the retry now,
-                # rather than wait on it until the heartbeats give up.
-                for line in retry_orphaned_trials(self.study):
-                    self.print_line(line)
-                trials = self.study.get_trials(deepcopy=False)
-                twin = None if key is None else twin_of(trials, key, proposal.trial.number)
-                taken = slots_taken(trials)
-                # Runs left for queued retries are theirs: a run cut short runs again.
-                kept = 0 if proposal.trial.user_attrs.get(RETRY_OF) else queued_retries(trials)
-                # A reference always runs (a retried one too): every trial waits for it.
-                if twin is None and (taken + kept < limit or proposal.is_reference):
-                    proposal.trial.set_user_attr(RUN_SLOT, taken + 1)
-                    report_in(self.study, self.worker)
-                    return taken + 1
-            if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE:
-                return twin
-            if twin is None and kept and taken < limit:
-                reason = "the study's last runs are kept for the retries of runs cut short"
-                proposal.trial.set_user_attr(REASON, reason)
-                self.print_line(f"{proposal.label} not run: {reason}")
-                raise optuna.TrialPruned(reason)  # this worker's next trial is such a retry
-            if twin is None and len(runs_of(self.study)) >= limit:
-                reason = f"the study holds its {self.options.n_trials} runs"
-                proposal.trial.set_user_attr(REASON, reason)
-                self.print_line(f"{proposal.label} not run: {reason}")
-                self.study.stop()
-                raise optuna.TrialPruned("the study holds its runs")
-            if twin is not None and twin.number != waited_for:
-                waited_for = twin.number
-                self.print_line(
-                    f"{proposal.label} waiting for trial {twin.number}, the same configuration "
-                    "running on another worker"
-                )
-            time.sleep(_POLL_SECONDS)
-            optuna.storages.fail_stale_trials(self.study)
+        """The trial this proposal repeats, or the number of the study's run it claimed
+        (`claim_run`; a probe or the reference times its configuration anew)."""
+        probe = proposal.is_reference or proposal.role == PROBE
+        return claim_run(
+            self.study,
+            self.lock,
+            self.worker,
+            self.options,
+            proposal.trial,
+            None if probe else proposal.config.key(),
+            proposal.is_reference,
+            proposal.label,
+            self.print_line,
+        )
 
     def _run(self, proposal: _Proposal, stages: _Stages, run: int) -> RunResult:
         """Launch the trial's run (run number ``run`` of the study's; throughput only where an
@@ -444,10 +385,11 @@ class Objective:
         doing = f"probing ({why}; " if probe else f"running ({'' if why is None else why + '; '}"
         self.print_line(f"{proposal.label} {doing}{self._progress(proposal, run)})")
         directory = self.trial_root / f"trial_{trial.number:04d}"
-        seeds = [self.options.seed]
-        if proposal.is_reference:
-            # More seeds measure the metric's own noise (REFERENCE_SEEDS in all).
-            seeds += [self.options.seed + k for k in range(1, REFERENCE_SEEDS)]
+        # The reference's seeds measure the metric's own noise; --verdict-seeds trains every
+        # run that measures its metric on as many.
+        count = 1 if probe or reused is not None else self.options.verdict_seeds
+        count = max(count, REFERENCE_SEEDS) if proposal.is_reference else count
+        seeds = [self.options.seed + k for k in range(count)]
         adaptive = dict(self.adaptive)
         if probe:
             adaptive["min_seconds"] = min(PROBE_SECONDS, self.options.min_measure_seconds)
@@ -505,7 +447,8 @@ class Objective:
             # Only throughput was measured; the metric is the earlier trial's, same numerics.
             assert result.measurements is not None
             result.measurements[METRIC] = reused.get(METRIC)
-            result.measurements[SEED_METRICS] = [reused.get(METRIC)]
+            result.measurements[SEED_METRICS] = reused.get(SEED_METRICS) or [reused.get(METRIC)]
+            result.measurements[SEED_EVAL_LOSSES] = reused.get(SEED_EVAL_LOSSES)
             trial.set_user_attr(ACCURACY_REUSED_FROM, reused.number)
         trial.set_user_attr(TRIAL_DIR, str(directory))
         trial.set_user_attr(WALL_SECONDS, result.wall_seconds)
@@ -555,34 +498,82 @@ class Objective:
         self.print_line(f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s ({wall:.0f} s)")
         return rate
 
-    def _scored(self, proposal: _Proposal, result: RunResult) -> float:
+    def _scored(self, proposal: _Proposal, result: RunResult, stages: _Stages) -> float:
         trial = proposal.trial
         measured = result.measurements or {}
         for name in MEASURED:
             trial.set_user_attr(name, measured.get(name))
         if proposal.is_reference:
-            noise = reference_noise(measured[SEED_METRICS])
-            self.study.set_user_attr(STUDY_REFERENCE_METRIC, measured[METRIC])
-            self.study.set_user_attr(STUDY_REFERENCE_NOISE, noise)
-            self.study.set_user_attr(STUDY_REFERENCE_NUMBER, trial.number)
+            store_reference(self.study, trial, measured)
             self.scoring.record(trial.user_attrs, self.print_line)
         rate = self._rate(measured, proposal.config.global_batch_size)
         trial.set_user_attr(RATE, rate)
-        loss = accuracy_loss(self._reference_metric(), measured[METRIC])
-        constraints = constraints_for_run(loss, self.options.max_accuracy_loss)
-        for name, value in constraints.items():
-            trial.set_constraint(name, value)
-        trial.set_user_attr(ACCURACY_LOSS, loss)
+        self._reference_metric()  # waits for the reference of a shared study
+        budget = self.options.max_accuracy_loss
+        reused = trial.user_attrs.get(ACCURACY_REUSED_FROM) is not None
+        verdict, metrics, losses = judge_run(
+            reference_of(self.study.user_attrs),
+            measured,
+            budget,
+            None if reused else lambda offsets: self._more_seeds(proposal, stages, offsets),
+            lambda line: self.print_line(_RESULT_INDENT + line),
+        )
+        store_verdict(trial, verdict, metrics, losses, budget)
         trial.set_user_attr(STATUS, OK)
-        verdict = "feasible" if is_feasible(constraints) else "over the accuracy budget"
         tokens = measured.get(TOKENS_PER_SECOND)
         self.print_line(
             f"{_RESULT_INDENT}-> {measured[THROUGHPUT]:.1f} samples/s"
             + ("" if tokens is None else f" ({tokens:,.0f} tokens/s)")
             + self.scoring.get().describe(proposal.config.global_batch_size, rate)
-            + f", accuracy loss {loss * 100:+.2f}%, {verdict} ({result.wall_seconds:.0f} s)"
+            + f", accuracy loss {verdict.loss * 100:+.2f}%, {verdict.describe()}"
+            + f" ({trial.user_attrs.get(WALL_SECONDS, result.wall_seconds):.0f} s)"
         )
         return rate
+
+    def _more_seeds(
+        self, proposal: _Proposal, stages: _Stages, offsets: range
+    ) -> dict[str, Any] | None:
+        """Train the trial's configuration again on more seeds (--seed plus ``offsets``), for
+        the metric only: their measurements, or None when the run failed (the verdict then
+        stays with the seeds it has)."""
+        config, trial = proposal.config, proposal.trial
+        result = self._launch(
+            config,
+            self.scoring.get().samples_for(config.global_batch_size),
+            [self.options.seed + offset for offset in offsets],
+            f"trial_{trial.number:04d}/more_seeds",
+            stages.bounds,
+        )
+        trial.set_user_attr(WALL_SECONDS, trial.user_attrs[WALL_SECONDS] + result.wall_seconds)
+        if not result.ok or result.measurements is None:
+            self.print_line(f"{_RESULT_INDENT}   more seeds failed: {result.failure_reason}")
+            return None
+        return result.measurements
+
+    def _launch(
+        self,
+        config: TrialConfig,
+        samples: int,
+        seeds: list[int],
+        name: str,
+        bounds: Sequence[int] | None,
+        adaptive: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Run ``config`` again, outside a trial's own run: its metric on ``seeds``, or with
+        ``adaptive`` its throughput only. Files under the study's trial folder ``name``."""
+        return run_trial(
+            config,
+            self.machine,
+            self.task.model_file.path,
+            samples,
+            seeds,
+            self.trial_root / name,
+            self.options.trial_timeout,
+            partition_bounds=bounds,
+            workers=self.workers,
+            need_metric=adaptive is None,
+            adaptive=adaptive,
+        )
 
     def _reference_metric(self) -> float:
         """The study's reference metric, once some worker has measured it

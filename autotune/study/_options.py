@@ -58,6 +58,7 @@ class SearchOptions:
     study: str | None = None
     storage: str = DEFAULT_STORAGE
     seed: int = 0
+    verdict_seeds: int = 1
     trials_dir: Path = Path("trials")
     reports_dir: Path = Path("reports")
     warm_workers: bool = True
@@ -110,6 +111,8 @@ class SearchOptions:
             return f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective}."
         if self.scoring not in SCORINGS:
             return f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring}."
+        if self.verdict_seeds < 1:
+            return f"--verdict-seeds must be at least 1 training seed, got {self.verdict_seeds}."
         if self.confirm < 0:
             return f"--confirm must be 0 or more configurations, got {self.confirm}."
         if self.devices is not None and not self.devices:

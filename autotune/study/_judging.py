@@ -1,0 +1,116 @@
+"""What the study stores of accuracy verdicts: the reference's metric over its seeds (the
+noise every verdict is read against) and each scored trial's verdict (`autotune._verdict`)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from autotune._records import (
+    ACCURACY_LOSS,
+    EVAL_LOSS,
+    METRIC,
+    SEED_EVAL_LOSSES,
+    SEED_METRICS,
+    STUDY_REFERENCE_METRIC,
+    STUDY_REFERENCE_NOISE,
+    STUDY_REFERENCE_NUMBER,
+    STUDY_REFERENCE_SEED_EVAL_LOSSES,
+    STUDY_REFERENCE_SEED_METRICS,
+    VERDICT_BY,
+    VERDICT_CONFIDENCE,
+    VERDICT_SEEDS,
+)
+from autotune._score import constraints_for_run, reference_noise
+from autotune._verdict import EVAL_LOSS as BY_EVAL_LOSS
+from autotune._verdict import ReferenceNoise, Verdict, judge, needs_more_seeds
+
+
+def seed_figures(measured: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    """A run's metric on each seed, and its eval loss on each seed (empty unless every seed
+    has one)."""
+    metrics = [float(m) for m in measured.get(SEED_METRICS) or [measured[METRIC]]]
+    losses = measured.get(SEED_EVAL_LOSSES) or []
+    if len(losses) != len(metrics) or any(loss is None for loss in losses):
+        return metrics, []
+    return metrics, [float(loss) for loss in losses]
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def store_reference(study: optuna.Study, trial: optuna.Trial, measured: Mapping[str, Any]) -> None:
+    """Record the reference's seeds on the study; its metric is their mean. The metric is
+    stored last: other workers wait for it, and find the seeds with it."""
+    metrics, losses = seed_figures(measured)
+    study.set_user_attr(STUDY_REFERENCE_SEED_METRICS, metrics)
+    study.set_user_attr(STUDY_REFERENCE_SEED_EVAL_LOSSES, losses)
+    study.set_user_attr(STUDY_REFERENCE_NOISE, reference_noise(metrics))
+    study.set_user_attr(STUDY_REFERENCE_NUMBER, trial.number)
+    trial.set_user_attr(METRIC, _mean(metrics))
+    trial.set_user_attr(EVAL_LOSS, _mean(losses))
+    study.set_user_attr(STUDY_REFERENCE_METRIC, _mean(metrics))
+
+
+def reference_of(study_attrs: Mapping[str, Any]) -> ReferenceNoise:
+    """The reference's seeds as the study recorded them (a study from before seeds were kept:
+    its one reference metric, so verdicts are read without noise)."""
+    metrics = study_attrs.get(STUDY_REFERENCE_SEED_METRICS)
+    if not metrics:
+        return ReferenceNoise((float(study_attrs[STUDY_REFERENCE_METRIC]),))
+    losses = study_attrs.get(STUDY_REFERENCE_SEED_EVAL_LOSSES) or ()
+    return ReferenceNoise(tuple(map(float, metrics)), tuple(map(float, losses)))
+
+
+def store_verdict(
+    trial: optuna.Trial, verdict: Verdict, metrics: list[float], losses: list[float], budget: float
+) -> None:
+    """Store a scored trial's verdict: its constraints (over the budget by how much; a verdict
+    the eval loss decided is at the budget when kept, just over it when not), its metric and
+    eval loss (means over its seeds) and how sure the verdict is."""
+    over = constraints_for_run(verdict.loss, budget)
+    if verdict.by == BY_EVAL_LOSS:
+        over = constraints_for_run(budget if verdict.feasible else budget + 1e-6, budget)
+    for name, value in over.items():
+        trial.set_constraint(name, value)
+    trial.set_user_attr(SEED_METRICS, metrics)
+    trial.set_user_attr(SEED_EVAL_LOSSES, losses)
+    trial.set_user_attr(METRIC, _mean(metrics))
+    trial.set_user_attr(EVAL_LOSS, _mean(losses))
+    trial.set_user_attr(ACCURACY_LOSS, verdict.loss)
+    trial.set_user_attr(VERDICT_CONFIDENCE, verdict.confidence)
+    trial.set_user_attr(VERDICT_BY, verdict.by)
+    trial.set_user_attr(VERDICT_SEEDS, verdict.seeds)
+
+
+def judge_run(
+    reference: ReferenceNoise,
+    measured: Mapping[str, Any],
+    budget: float,
+    more_seeds: Callable[[range], Mapping[str, Any] | None] | None,
+    print_line: Callable[[str], None],
+) -> tuple[Verdict, list[float], list[float]]:
+    """A run's verdict, with its metric and eval loss on each seed. A verdict within the
+    reference's noise of the budget trains more seeds first (``more_seeds`` trains the seeds
+    it is given, counted from --seed, and returns their measurements or None; None where
+    the run's metric was reused from an earlier trial)."""
+    metrics, losses = seed_figures(measured)
+    verdict = judge(reference, metrics, budget, losses)
+    more = needs_more_seeds(verdict, reference)
+    if not more or more_seeds is None:
+        return verdict, metrics, losses
+    print_line(
+        f"-> accuracy loss {verdict.loss * 100:+.2f}%, within the reference's noise of the "
+        f"budget: training {more} more seed{'s' if more > 1 else ''}"
+    )
+    extra = more_seeds(range(len(metrics), len(metrics) + more))
+    if extra is None:
+        return verdict, metrics, losses
+    more_metrics, more_losses = seed_figures(extra)
+    losses = losses + more_losses if losses and more_losses else []
+    metrics = metrics + more_metrics
+    return judge(reference, metrics, budget, losses), metrics, losses
