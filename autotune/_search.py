@@ -29,10 +29,12 @@ from autotune.study import (
     SearchOptions,
     Verdict,
     estimated_throughput,
+    quality_check,
     reference_trial,
     run_study,
     runs_of,
     stored_confirmations,
+    study_scoring,
     throughput_runs,
     verdict,
 )
@@ -138,6 +140,14 @@ def finish(
         print_line("no feasible configuration yet: every run lost more accuracy than the budget.")
     else:
         _print_best(study, judged, reference_runs, best_runs, print_line)
+        check = quality_check(
+            best.user_attrs,
+            reference.user_attrs,
+            study.user_attrs,
+            study_scoring(study.user_attrs, options.train_samples).goodput,
+        )
+        if check is not None and best.number != reference.number:
+            print_line(check.line())
         export_dir = _export_chosen(study, judged, options, print_line)
     report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
     print_line(f"report: {report_path}")
@@ -162,8 +172,8 @@ def _warn_if_noisy(
     if noise is not None and noise > options.max_accuracy_loss:
         print_line(
             f"warning: the reference's metric moved {noise:.2%} across {REFERENCE_SEEDS} training "
-            f"seeds, more than the {options.max_accuracy_loss:.2%} budget; verdicts near the "
-            "budget are noise."
+            f"seeds, more than the {options.max_accuracy_loss:.2%} budget; a verdict within that "
+            "noise of the budget trained as many seeds, and each says how sure it is."
         )
 
 

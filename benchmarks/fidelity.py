@@ -70,13 +70,20 @@ def replay(model: Path, export_dir: Path, train_samples: int, min_seconds: float
     return float(found.group(1))
 
 
-def replay_eval(model: Path, export_dir: Path, train_samples: int) -> tuple[float, float]:
-    """(the wall seconds of the whole training, the metric after it) of one fresh launch of the
-    plain script training exactly ``train_samples`` (``replay_export.py --eval``)."""
+def replay_eval(
+    model: Path, export_dir: Path, train_samples: int
+) -> tuple[float, float, float | None]:
+    """(the wall seconds of the whole training, the metric after it, the eval loss after it or
+    None) of one fresh launch of the plain script training exactly ``train_samples``
+    (``replay_export.py --eval``)."""
     stdout = _replay(model, export_dir, train_samples, ["--eval"])
-    found = re.search(r"eval: trained \d+ samples in ([0-9.]+) s; metric (-?[0-9.]+)", stdout)
+    found = re.search(
+        r"eval: trained \d+ samples in ([0-9.]+) s; metric (-?[0-9.]+)(?:; eval loss ([0-9.]+))?",
+        stdout,
+    )
     assert found is not None
-    return float(found.group(1)), float(found.group(2))
+    loss = None if found.group(3) is None else float(found.group(3))
+    return float(found.group(1)), float(found.group(2)), loss
 
 
 def _replay(model: Path, export_dir: Path, train_samples: int, more: list[str]) -> str:

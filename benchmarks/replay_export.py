@@ -204,9 +204,10 @@ def main() -> None:
 
 
 def _evaluate(model: Path, engine, dtype, samples: int, first: float) -> None:
-    """Print the wall time since ``first`` (the whole training) and the metric on the model
-    file's eval data, computed as autotune computes it (the same held-out split and metric)."""
-    from autotune._batch import cast_batch, evaluate
+    """Print the wall time since ``first`` (the whole training), the metric and the eval loss
+    on the model file's eval data, computed as autotune computes them (the same held-out split,
+    metric and loss)."""
+    from autotune._batch import cast_batch, evaluate_with_loss
     from autotune._task import load_model_file
 
     seconds = time.perf_counter() - first
@@ -218,10 +219,12 @@ def _evaluate(model: Path, engine, dtype, samples: int, first: float) -> None:
     engine.eval()
     with torch.no_grad():
         batches = (cast_batch(batch, dtype, engine.device) for batch in loader)
-        metric = evaluate(engine, batches, model_file.metric)
+        metric, loss = evaluate_with_loss(engine, batches, model_file.metric, model_file.loss)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
-            f"eval: trained {samples} samples in {seconds:.3f} s; metric {metric:.6f}", flush=True
+            f"eval: trained {samples} samples in {seconds:.3f} s; metric {metric:.6f}"
+            + ("" if loss is None else f"; eval loss {loss:.6f}"),
+            flush=True,
         )
 
 

@@ -1,18 +1,19 @@
-"""Time to quality (issue 18's second bar): the configuration a goodput search picks, against the
+"""Time to quality (issue 18's second bar): the configuration a search picks, against the
 reference, each trained by the plain DeepSpeed script (`benchmarks/replay_export.py --eval`) for
-as long as it needs to reach the reference's quality: the reference for the search's
-``--train-samples`` N, the pick for the samples the reference's gradient noise scale predicts
-its global batch needs (`launch.json`'s ``goodput`` section). Each run's wall time covers its
-whole training (launch and evaluation excluded); the two alternate (ABBA) in fresh launches.
+as long as the search trained it for its verdict: the reference for the search's
+``--train-samples`` N; the pick for N under the default scoring, or under ``--scoring goodput``
+for the samples the reference's gradient noise scale predicts its global batch needs
+(`launch.json`'s ``goodput`` section). Each run's wall time covers its whole training (launch
+and evaluation excluded); the two alternate (ABBA) in fresh launches.
 
-For each example: the default search (the probe-first strategy) of its model over its recorded
-landscape's space with ``--scoring goodput`` and ``--timeout``; then ``--pairs`` pairs. Prints
-each pair's seconds and metrics, the median of the reference's time over the pick's (above 1:
-the pick reaches the quality sooner) and the median of the pick's accuracy loss against the
-reference in the same pair.
+For each example and each scoring: the default search (the probe-first strategy) of its model
+over its recorded landscape's space with ``--timeout``; then ``--pairs`` pairs. Prints each
+pair's seconds, metrics and eval losses, the median of the reference's time over the pick's
+(above 1: the pick reaches the quality sooner), the median of the pick's accuracy loss against
+the reference in the same pair, and whether the pick's eval loss reached the reference's.
 
     python benchmarks/time_to_quality.py                  # digits_mlp and embedding_heavy
-    python benchmarks/time_to_quality.py --only digits --pairs 6
+    python benchmarks/time_to_quality.py --only digits --pairs 6 --scoring goodput
 
 Target (issue 18): the pick reaches the reference's quality in less wall time (ratio above 1)
 with its accuracy loss within the budget, on both examples. Run it with nothing else running.
@@ -43,7 +44,9 @@ EXAMPLES = {
 }
 
 
-def bench(name: str, work: Path, pairs: int, timeout: float, budget: float) -> tuple[float, float]:
+def bench(
+    name: str, work: Path, pairs: int, timeout: float, budget: float, scoring: str
+) -> tuple[float, float]:
     """(the median time ratio, reference over pick; the median accuracy loss of the pick)."""
     model_name, space_name = EXAMPLES[name]
     model = ROOT / "examples" / model_name
@@ -53,10 +56,10 @@ def bench(name: str, work: Path, pairs: int, timeout: float, budget: float) -> t
         storage=f"sqlite:///{work}/study.db",
         trials_dir=work / "trials",
         reports_dir=work / "reports",
-        study=f"{name}_goodput",
+        study=f"{name}_{scoring}",
         timeout=timeout,
         max_accuracy_loss=budget,
-        scoring="goodput",
+        scoring=scoring,
     )
     started = time.perf_counter()
     summary = search(options, print_line=lambda line: print(f"[{name}] {line}", flush=True))
@@ -85,23 +88,28 @@ def bench(name: str, work: Path, pairs: int, timeout: float, budget: float) -> t
         f"{samples['pick']:,} samples ({why}); reference "
         f"[{describe_settings(TrialRecord.of(reference).settings)}] {samples['reference']:,}"
     )
-    ratios, losses = [], []
+    ratios, losses, eval_losses = [], [], []
     for index in range(pairs):
         order = ["reference", "pick"] if index % 2 == 0 else ["pick", "reference"]
         got = {label: replay_eval(model, folders[label], samples[label]) for label in order}
         ratios.append(got["reference"][0] / got["pick"][0])
         losses.append(accuracy_loss(got["reference"][1], got["pick"][1]))
+        eval_losses.append((got["reference"][2], got["pick"][2]))
         print(
             f"  pair {index + 1}: reference {got['reference'][0]:.2f} s (metric "
-            f"{got['reference'][1]:.4f}), pick {got['pick'][0]:.2f} s (metric "
-            f"{got['pick'][1]:.4f}): {ratios[-1]:.3f}x sooner, accuracy loss {losses[-1]:+.2%}",
+            f"{got['reference'][1]:.4f}, eval loss {got['reference'][2]}), pick "
+            f"{got['pick'][0]:.2f} s (metric {got['pick'][1]:.4f}, eval loss {got['pick'][2]}):"
+            f" {ratios[-1]:.3f}x sooner, accuracy loss {losses[-1]:+.2%}",
             flush=True,
         )
     ratio, loss = statistics.median(ratios), statistics.median(losses)
     held = ratio > 1.0 and loss <= budget
+    check = summary.chosen.user_attrs
     print(
-        f"  {name}: the pick reaches the reference's quality {ratio:.3f}x sooner (median of "
-        f"{pairs}), accuracy loss {loss:+.2%} (median); {'target met' if held else 'short'}"
+        f"  {name} ({scoring}): the pick reaches the reference's quality {ratio:.3f}x sooner "
+        f"(median of {pairs}), accuracy loss {loss:+.2%} (median; the search's verdict "
+        f"{check.get('accuracy_loss', float('nan')):+.2%} over {check.get('verdict_seeds')} "
+        f"seed(s)); {'target met' if held else 'short'}"
     )
     return ratio, loss
 
@@ -112,16 +120,22 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4, help="ABBA pairs side by side")
     parser.add_argument("--timeout", type=float, default=120.0, help="each search's --timeout")
     parser.add_argument("--max-accuracy-loss", type=float, default=0.005)
+    parser.add_argument(
+        "--scoring", choices=("throughput", "goodput"), nargs="+", default=["throughput", "goodput"]
+    )
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="time_to_quality_") as tmp:
         for name in args.only or list(EXAMPLES):
-            folder = Path(tmp) / name
-            folder.mkdir()
-            results[name] = bench(name, folder, args.pairs, args.timeout, args.max_accuracy_loss)
+            for scoring in args.scoring:
+                folder = Path(tmp) / f"{name}_{scoring}"
+                folder.mkdir()
+                results[name, scoring] = bench(
+                    name, folder, args.pairs, args.timeout, args.max_accuracy_loss, scoring
+                )
     print()
-    for name, (ratio, loss) in results.items():
-        print(f"{name}: {ratio:.3f}x sooner, accuracy loss {loss:+.2%}")
+    for (name, scoring), (ratio, loss) in results.items():
+        print(f"{name} ({scoring}): {ratio:.3f}x sooner, accuracy loss {loss:+.2%}")
 
 
 if __name__ == "__main__":

@@ -7,18 +7,22 @@ precision; the reference among them) is searched three times, every run trained 
 - **goodput**: `--scoring goodput`, each global batch trains the samples the reference's gradient
   noise scale predicts it needs to reach the reference's loss (a batch predicted to need more
   than 8x is skipped: an infeasible verdict);
-- **long**: `--scoring throughput` with 8N samples for every run, the reference included: the
-  verdict that full-length training gives, which the other two are judged against.
+- **long**: `--scoring throughput` with 8N samples for every run, the reference included, each
+  run trained on 3 seeds (`--verdict-seeds 3`, the mean judged against the reference's mean of
+  3): the verdict that full-length training gives, which the others are judged against.
 A configuration's verdict is feasible (its metric within `--max-accuracy-loss` of the
 reference's, trained as long) or not; a run that failed in any of the three is left out and
-listed. Prints each configuration's three accuracy losses and verdicts, then how many of the
-short and of the goodput verdicts agree with the long ones.
+listed. Beside them, the **seed-0** verdict: the short study's first seed against the
+reference's first seed, each trained once (the verdict before issue 18's first item; the
+short and goodput verdicts now read the reference's 3 seeds and train a verdict within the
+noise of the budget on 3 seeds too). Prints each configuration's accuracy losses and verdicts,
+then how many of the seed-0, short and goodput verdicts agree with the long ones.
 
     python benchmarks/verdicts.py                       # digits_mlp and embedding_heavy
     python benchmarks/verdicts.py --only digits --long-factor 8
 
-Target (issue 18): the goodput verdicts agree with the long runs' for at least 90% of at least
-12 configurations on each of two examples. Every run trains its whole budget; throughput is
+Target (issue 18): the search's verdicts (short, the default scoring; and goodput) agree with
+the long runs' for at least 90% of at least 12 configurations on each of two examples. Every run trains its whole budget; throughput is
 not the point here (0.5 s windows).
 """
 
@@ -41,11 +45,14 @@ from autotune._records import (  # noqa: E402
     REFERENCE,
     REPEAT,
     SAMPLES_TRAINED,
+    SEED_METRICS,
     STUDY_NOISE_SCALE,
     STUDY_REFERENCE_NOISE,
+    STUDY_REFERENCE_SEED_METRICS,
+    VERDICT_SEEDS,
     TrialRecord,
 )
-from autotune._score import is_feasible  # noqa: E402
+from autotune._score import accuracy_loss, constraints_for_run, is_feasible  # noqa: E402
 from autotune._space import describe_settings  # noqa: E402
 
 TARGET = 0.90
@@ -62,6 +69,7 @@ EXAMPLES = {
     ),
 }
 KINDS = ("short", "goodput", "long")
+LONG_SEEDS = 3
 
 
 def _verdicts(
@@ -89,6 +97,7 @@ def _verdicts(
         min_measure_seconds=0.5,
         confirm=0,
         trial_timeout=900,
+        verdict_seeds=LONG_SEEDS if kind == "long" else 1,
     )
     started = time.perf_counter()
     search(options, print_line=lambda line: print(f"[{name} {kind}] {line}", flush=True))
@@ -107,6 +116,8 @@ def _verdicts(
             entry["feasible"] = is_feasible(trial.constraints)
             entry["loss"] = record.get(ACCURACY_LOSS)
             entry["samples"] = record.get(SAMPLES_TRAINED)
+            entry["seeds"] = record.get(VERDICT_SEEDS)
+            entry["seed0"] = (record.get(SEED_METRICS) or [None])[0]
         elif record.status == INFEASIBLE and "predicted to need" in str(record.reason):
             entry["feasible"], entry["loss"], entry["samples"] = False, None, None
         else:
@@ -121,7 +132,18 @@ def _loss(entry: dict[str, Any]) -> str:
     verdict = "ok" if entry["feasible"] else "over"
     if entry["loss"] is None:
         return "skipped (too large)"
-    return f"{entry['loss'] * 100:+6.2f}% {verdict} ({entry['samples']:,})"
+    seeds = entry.get("seeds") or 1
+    return f"{entry['loss'] * 100:+6.2f}% {verdict} ({entry['samples']:,}{'' if seeds == 1 else f' x{seeds}'})"
+
+
+def _seed0(entry: dict[str, Any], reference_seed0: float, budget: float) -> dict[str, Any]:
+    """The verdict before issue 18's first item: the run's first seed against the reference's
+    first seed."""
+    if "failed" in entry or entry.get("seed0") is None:
+        return {"failed": entry.get("failed", "no metric")}
+    loss = accuracy_loss(reference_seed0, entry["seed0"])
+    feasible = is_feasible(constraints_for_run(loss, budget))
+    return {**entry, "loss": loss, "feasible": feasible, "seeds": 1}
 
 
 def bench(name: str, work: Path, train_samples: int, factor: int, budget: float) -> dict[str, int]:
@@ -133,6 +155,11 @@ def bench(name: str, work: Path, train_samples: int, factor: int, budget: float)
         samples = train_samples * factor if kind == "long" else train_samples
         results[kind], attrs[kind] = _verdicts(name, kind, folder, samples, budget)
     long = results["long"]
+    reference_seed0 = attrs["short"][STUDY_REFERENCE_SEED_METRICS][0]
+    results["seed-0"] = {
+        key: _seed0(entry, reference_seed0, budget) for key, entry in results["short"].items()
+    }
+    shown = ("seed-0", *KINDS)
     print(
         f"\n{name}: budget {budget:.2%}; N = {train_samples:,} samples, long = {factor}N; "
         f"gradient noise scale (goodput's reference) {attrs['goodput'].get(STUDY_NOISE_SCALE)}"
@@ -141,18 +168,18 @@ def bench(name: str, work: Path, train_samples: int, factor: int, budget: float)
         noise = attrs[kind].get(STUDY_REFERENCE_NOISE)
         spread = "?" if noise is None else f"{noise:.2%}"
         print(f"  the reference's metric across seeds, {kind}: {spread}")
-    print(f"  {'configuration':<52} {'short':>28} {'goodput':>28} {'long':>28}")
-    agree = {"short": 0, "goodput": 0, "compared": 0}
+    print(f"  {'configuration':<40} " + " ".join(f"{kind:>26}" for kind in shown))
+    agree = {"seed-0": 0, "short": 0, "goodput": 0, "compared": 0}
     for key, truth in long.items():
-        row = [results[kind].get(key, {"failed": "not run"}) for kind in KINDS]
-        print(f"  {truth['settings']:<52} " + " ".join(f"{_loss(e):>28}" for e in row))
+        row = [results[kind].get(key, {"failed": "not run"}) for kind in shown]
+        print(f"  {truth['settings']:<40} " + " ".join(f"{_loss(e):>26}" for e in row))
         if any("failed" in e for e in row) or truth["reference"]:
             continue  # a failure, or the reference itself (its loss is 0 by definition)
         agree["compared"] += 1
-        for kind, entry in zip(KINDS[:2], row[:2], strict=True):
+        for kind, entry in zip(shown[:3], row[:3], strict=True):
             agree[kind] += entry["feasible"] == truth["feasible"]
     compared = agree["compared"]
-    for kind in KINDS[:2]:
+    for kind in shown[:3]:
         share = agree[kind] / compared if compared else 0.0
         print(
             f"  {name}: {kind} verdicts agree with the long runs' for {agree[kind]} of "
@@ -179,10 +206,14 @@ def main() -> None:
     print()
     for name, agree in totals.items():
         compared = agree["compared"] or 1
-        verdict = "target met" if agree["goodput"] / compared >= TARGET else "short of 90%"
+        met = {
+            kind: "met" if agree[kind] / compared >= TARGET else "short of 90%"
+            for kind in ("short", "goodput")
+        }
         print(
-            f"{name}: short {agree['short']}/{agree['compared']}, goodput "
-            f"{agree['goodput']}/{agree['compared']} ({verdict})"
+            f"{name}: seed-0 {agree['seed-0']}/{agree['compared']}, short "
+            f"{agree['short']}/{agree['compared']} ({met['short']}), goodput "
+            f"{agree['goodput']}/{agree['compared']} ({met['goodput']})"
         )
 
 

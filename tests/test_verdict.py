@@ -143,3 +143,28 @@ def test_verdict_seeds_must_be_at_least_one(tmp_path):
 
     with pytest.raises(UserError, match="--verdict-seeds must be at least 1"):
         SearchOptions(model=tmp_path / "m.py", verdict_seeds=0)
+
+
+def test_the_quality_check_compares_eval_losses_within_the_reference_s_noise():
+    from autotune.study import quality_check
+
+    study = {
+        "reference_metric": 0.95,
+        "reference_seed_metrics": [0.94, 0.95, 0.96],
+        "reference_seed_eval_losses": [0.30, 0.31, 0.32],
+    }
+    reference = {"samples_trained": 8192}
+    close = quality_check(
+        {"seed_eval_losses": [0.325], "samples_trained": 16384}, reference, study, True
+    )
+    assert close is not None and close.reached  # within 2 standard errors: 0.02 * 1.15
+    assert close.reference_eval_loss == pytest.approx(0.31)
+    assert close.margin == pytest.approx(2 * 0.01 * (4 / 3) ** 0.5)
+    line = close.line()
+    assert "trained 16,384 samples (predicted to reach the reference's loss)" in line
+    assert line.endswith("reached")
+    far = quality_check(
+        {"seed_eval_losses": [0.40], "samples_trained": 8192}, reference, study, False
+    )
+    assert far is not None and not far.reached and far.line().endswith("not reached")
+    assert quality_check({"seed_eval_losses": [None]}, reference, study, False) is None

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from autotune._noise_scale import samples_ratio
+from autotune._noise_scale import efficiency, samples_ratio
 from autotune._records import ACCURACY_LOSS, GLOBAL_BATCH_SIZE, OK, STATUS
 from autotune.report._common import (
     NUMBER,
@@ -138,6 +138,7 @@ def render_batches(batches: BatchInfo) -> go.Figure:
                     f"noise scale {batches.noise_scale:,.0f})"
                 ),
                 line={"color": "#9467bd", "dash": "dot"},
+                text=[_efficiency_text(row.batch, batches) for row in predicted],
                 yaxis="y2",
             )
         )
@@ -155,3 +156,10 @@ def render_batches(batches: BatchInfo) -> go.Figure:
         legend={"orientation": "h", "y": -0.25},
     )
     return figure
+
+
+def _efficiency_text(batch: int, batches: BatchInfo) -> str:
+    """A batch's predicted statistical efficiency (what its throughput is multiplied by under
+    goodput scoring), for the hover."""
+    assert batches.noise_scale is not None and batches.reference_batch is not None
+    return f"efficiency {efficiency(batch, batches.reference_batch, batches.noise_scale):.2f}"

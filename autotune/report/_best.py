@@ -11,16 +11,23 @@ import pandas as pd
 
 from autotune._records import (
     ACCURACY_LOSS,
+    EVAL_LOSS,
     PEAK_MEMORY_BYTES,
     REASON,
+    SAMPLES_TRAINED,
     STATUS,
     STEP_TIME_P50,
     STEP_TIME_P90,
     THROUGHPUT,
     TOKENS_PER_SECOND,
+    VERDICT_BY,
+    VERDICT_CONFIDENCE,
+    VERDICT_SEEDS,
 )
 from autotune._space import setting_help, setting_label
+from autotune._verdict import EVAL_LOSS as EVAL_LOSS_DECIDED
 from autotune.report._common import (
+    FEASIBLE,
     NUMBER,
     SETTINGS,
     find_row,
@@ -191,6 +198,17 @@ def _result_rows(
             format_percent(as_float(ref_row.get(ACCURACY_LOSS))),
             format_percent(as_float(best_row.get(ACCURACY_LOSS))),
         ),
+        ComparisonRow("accuracy verdict", _verdict(ref_row, True), _verdict(best_row, False)),
+        ComparisonRow(
+            "samples trained",
+            _count(ref_row.get(SAMPLES_TRAINED)),
+            _count(best_row.get(SAMPLES_TRAINED)),
+        ),
+        ComparisonRow(
+            "eval loss (mean of its seeds)",
+            _number(ref_row.get(EVAL_LOSS)),
+            _number(best_row.get(EVAL_LOSS)),
+        ),
         ComparisonRow(
             "peak memory",
             format_bytes(as_float(ref_row.get(PEAK_MEMORY_BYTES))),
@@ -224,6 +242,34 @@ def _no_best_message(
             f": {reason}" if reason else "."
         )
     return message
+
+
+def _verdict(row: dict[str, Any], reference: bool) -> str:
+    """How the accuracy verdict was reached: "reference (3 seeds)", "96% sure (1 seed)", "the
+    eval loss decided (3 seeds)"."""
+    seeds = as_float(row.get(VERDICT_SEEDS))
+    if seeds is None:
+        return MISSING
+    count = f"{seeds:.0f} seed{'' if seeds == 1 else 's'}"
+    if reference:
+        return f"the reference ({count})"
+    if row.get(VERDICT_BY) == EVAL_LOSS_DECIDED:
+        return f"the eval loss decided ({count})"
+    confidence = as_float(row.get(VERDICT_CONFIDENCE))
+    if confidence is None:
+        return count
+    sure = confidence if row.get(FEASIBLE) else 1.0 - confidence
+    return f"{sure:.0%} sure ({count})"
+
+
+def _count(value: Any) -> str:
+    number = as_float(value)
+    return MISSING if number is None else f"{number:,.0f}"
+
+
+def _number(value: Any) -> str:
+    number = as_float(value)
+    return MISSING if number is None else f"{number:.4g}"
 
 
 def _side_by_side(row: dict[str, Any]) -> str:

@@ -30,6 +30,8 @@ from autotune._records import (
     PARTITION,
     REPEAT_OF,
     ROLE,
+    SEED_EVAL_LOSSES,
+    SEED_METRICS,
     SKIPPED_STEPS,
     STABLE_AFTER_STEPS,
     STAGE_COMM_SECONDS,
@@ -45,6 +47,7 @@ from autotune._records import (
     STUDY_REFERENCE_NOISE,
     STUDY_REFERENCE_NUMBER,
     STUDY_TRAIN_SAMPLES,
+    VERDICT_BY,
     TrialRecord,
     rate_unit,
     study_budget,
@@ -86,6 +89,9 @@ _DETAILS: tuple[str, ...] = (
     STAGE_COMPUTE_SECONDS,
     STAGE_COMM_SECONDS,
     STAGE_PREDICTED_SECONDS,
+    VERDICT_BY,
+    SEED_METRICS,
+    SEED_EVAL_LOSSES,
 )
 """Record values copied as they are (None when absent)."""
 

@@ -15,6 +15,7 @@ from autotune.study._confirm import (
 )
 from autotune.study._earlier import CANNOT_WIN_MARGIN
 from autotune.study._goodput import Scoring, study_scoring, timed_runs
+from autotune.study._judging import QualityCheck, quality_check
 from autotune.study._loop import run_study
 from autotune.study._options import (
     ADAPTIVE,
@@ -67,6 +68,8 @@ __all__ = [
     "timed_runs",
     "Scoring",
     "study_scoring",
+    "quality_check",
+    "QualityCheck",
     "ADAPTIVE",
     "ASKS_PER_RUN",
     "CANNOT_WIN_MARGIN",

@@ -1,4 +1,5 @@
-"""Goodput scoring (issue 18, the default; ``--scoring throughput`` keeps plain throughput).
+"""Goodput scoring (issue 18; opt in with ``--scoring goodput``, the default ``throughput`` keeps
+plain throughput).
 
 A larger global batch takes more samples to reach the same loss (`autotune._noise_scale`), so
 its samples/s overstate how soon it trains the model. Under goodput scoring, once the reference

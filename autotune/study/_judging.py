@@ -3,6 +3,8 @@ noise every verdict is read against) and each scored trial's verdict (`autotune.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -13,6 +15,7 @@ from autotune._records import (
     ACCURACY_LOSS,
     EVAL_LOSS,
     METRIC,
+    SAMPLES_TRAINED,
     SEED_EVAL_LOSSES,
     SEED_METRICS,
     STUDY_REFERENCE_METRIC,
@@ -25,8 +28,14 @@ from autotune._records import (
     VERDICT_SEEDS,
 )
 from autotune._score import constraints_for_run, reference_noise
+from autotune._verdict import (
+    CLEAR_STANDARD_ERRORS,
+    ReferenceNoise,
+    Verdict,
+    judge,
+    needs_more_seeds,
+)
 from autotune._verdict import EVAL_LOSS as BY_EVAL_LOSS
-from autotune._verdict import ReferenceNoise, Verdict, judge, needs_more_seeds
 
 
 def seed_figures(measured: Mapping[str, Any]) -> tuple[list[float], list[float]]:
@@ -114,3 +123,68 @@ def judge_run(
     losses = losses + more_losses if losses and more_losses else []
     metrics = metrics + more_metrics
     return judge(reference, metrics, budget, losses), metrics, losses
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityCheck:
+    """Whether a trial, trained the samples it was given, reached the reference's eval loss
+    (issue 18, item 3: under goodput scoring those are the samples it was predicted to need).
+
+    Attributes:
+        samples: Samples the trial trained.
+        reference_samples: Samples the reference trained.
+        eval_loss: The trial's eval loss, the mean over its seeds.
+        reference_eval_loss: The reference's, the mean over its seeds.
+        margin: Two standard errors of the difference, from the reference's seeds (0 with
+            one seed).
+        predicted: Whether the trial's samples were predicted by the noise scale.
+    """
+
+    samples: int
+    reference_samples: int
+    eval_loss: float
+    reference_eval_loss: float
+    margin: float
+    predicted: bool
+
+    @property
+    def reached(self) -> bool:
+        return self.eval_loss <= self.reference_eval_loss + self.margin
+
+    def line(self) -> str:
+        why = " (predicted to reach the reference's loss)" if self.predicted else ""
+        return (
+            f"quality: trained {self.samples:,} samples{why}, the reference {self.reference_samples:,}:"
+            f" eval loss {self.eval_loss:.4g} against the reference's {self.reference_eval_loss:.4g}"
+            f" (+-{self.margin:.2g}): " + ("reached" if self.reached else "not reached")
+        )
+
+
+def quality_check(
+    trial_attrs: Mapping[str, Any],
+    reference_attrs: Mapping[str, Any],
+    study_attrs: Mapping[str, Any],
+    predicted: bool,
+) -> QualityCheck | None:
+    """The check for a trial (None where the eval loss or the samples were not measured)."""
+    if not study_attrs.get(STUDY_REFERENCE_SEED_EVAL_LOSSES):
+        return None  # the study's reference had no eval loss (or predates it)
+    reference = reference_of(study_attrs)
+    losses = trial_attrs.get(SEED_EVAL_LOSSES) or []
+    samples, reference_samples = (
+        attrs.get(SAMPLES_TRAINED) for attrs in (trial_attrs, reference_attrs)
+    )
+    if not losses or None in losses or not reference.seed_eval_losses:
+        return None
+    if samples is None or reference_samples is None:
+        return None
+    sd = reference.loss_sd or 0.0
+    error = sd * math.sqrt(1.0 / len(losses) + 1.0 / len(reference.seed_eval_losses))
+    return QualityCheck(
+        int(samples),
+        int(reference_samples),
+        statistics.fmean(losses),
+        statistics.fmean(reference.seed_eval_losses),
+        CLEAR_STANDARD_ERRORS * error,
+        predicted,
+    )
