@@ -29,9 +29,10 @@ UNSURE = (0.1, 0.9)
 CLEAR_STANDARD_ERRORS = 2.0
 """How many standard errors the eval loss must differ by to break a tie."""
 
-METRIC, EVAL_LOSS, ONE_SEED = "metric", "eval loss", "one seed"
-"""What decided a verdict: the metric's mean with its noise, the eval loss breaking a tie, or
-the metric alone (a reference of one seed has no noise to read it against)."""
+METRIC, EVAL_LOSS, ONE_SEED, REFERENCE = "metric", "eval loss", "one seed", "reference"
+"""What decided a verdict: the metric's mean with its noise, the eval loss breaking a tie, the
+metric alone (a reference of one seed has no noise to read it against), or nothing: the
+reference is within the budget of itself."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,8 @@ class Verdict:
         the metric is within its noise of the budget, 3 seeds)"."""
         word = "feasible" if self.feasible else "over the accuracy budget"
         seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+        if self.by == REFERENCE:
+            return f"{word} (the reference, {seeds})"
         if self.by == EVAL_LOSS:
             return f"{word} (the eval loss decided: the metric is within its noise, {seeds})"
         if self.confidence is None:
@@ -145,6 +148,11 @@ def _eval_loss_clearly(reference: ReferenceNoise, seed_eval_losses: Sequence[flo
     if error == 0.0 or abs(difference) < CLEAR_STANDARD_ERRORS * error:
         return None
     return difference < 0.0
+
+
+def of_reference(reference: ReferenceNoise) -> Verdict:
+    """The reference's own verdict: no loss against itself, sure."""
+    return Verdict(0.0, True, None, len(reference.seed_metrics), REFERENCE)
 
 
 def needs_more_seeds(verdict: Verdict, reference: ReferenceNoise) -> int:

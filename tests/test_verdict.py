@@ -168,3 +168,11 @@ def test_the_quality_check_compares_eval_losses_within_the_reference_s_noise():
     )
     assert far is not None and not far.reached and far.line().endswith("not reached")
     assert quality_check({"seed_eval_losses": [None]}, reference, study, False) is None
+
+
+def test_the_reference_and_runs_of_its_numerics_take_the_reference_s_verdict():
+    reference = ReferenceNoise((0.94, 0.95, 0.96))
+    measured = {"metric": 0.95, "seed_metrics": [0.94, 0.95, 0.96]}
+    verdict, _, _ = judge_run(reference, measured, BUDGET, None, print)
+    assert verdict.feasible and verdict.loss == 0.0 and verdict.sure
+    assert verdict.describe() == "feasible (the reference, 3 seeds)"

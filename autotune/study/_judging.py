@@ -34,6 +34,7 @@ from autotune._verdict import (
     Verdict,
     judge,
     needs_more_seeds,
+    of_reference,
 )
 from autotune._verdict import EVAL_LOSS as BY_EVAL_LOSS
 
@@ -108,6 +109,9 @@ def judge_run(
     it is given, counted from --seed, and returns their measurements or None; None where
     the run's metric was reused from an earlier trial)."""
     metrics, losses = seed_figures(measured)
+    if tuple(metrics) == reference.seed_metrics:
+        # The reference, or a run that reused its metric (the same numerics): no loss, sure.
+        return of_reference(reference), metrics, losses
     verdict = judge(reference, metrics, budget, losses)
     more = needs_more_seeds(verdict, reference)
     if not more or more_seeds is None:
