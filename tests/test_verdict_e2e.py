@@ -4,33 +4,15 @@ DeepSpeed search on CPU."""
 from __future__ import annotations
 
 import statistics
-import textwrap
 from pathlib import Path
 
 import pytest
+from _models import RANDOM_LABELS_CLASSIFIER
 from search_options import run_grid_search
 
 from autotune._score import REFERENCE_SEEDS
 
 pytestmark = pytest.mark.e2e
-
-# Random labels: what a seed learns is noise, so the reference's seeds disagree.
-NOISY_MODEL = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    BATCH_SIZE = 32
-
-    def model():
-        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
-
-    def train_data():
-        g = torch.Generator().manual_seed(3)
-        return TensorDataset(torch.randn(1024, 16, generator=g), torch.randint(0, 4, (1024,), generator=g))
-    """
-)
 
 
 def test_a_verdict_within_the_noise_of_the_budget_trains_the_reference_s_seed_count(
@@ -41,7 +23,7 @@ def test_a_verdict_within_the_noise_of_the_budget_trains_the_reference_s_seed_co
     standard error of the reference's mean. With a budget of 0 that verdict cannot be sure,
     so it trains the reference's other seeds before it counts."""
     model = tmp_path / "noisy.py"
-    model.write_text(NOISY_MODEL)
+    model.write_text(RANDOM_LABELS_CLASSIFIER)
     study, lines = run_grid_search(
         tmp_path,
         model,
