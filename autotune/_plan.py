@@ -19,7 +19,7 @@ WARMUP_STEPS = 3
 """Optimizer steps run before timing starts (allocator, caches, first communication)."""
 MIN_MEASURED_STEPS = 5
 """A trial needs at least this many timed steps for its throughput to mean anything."""
-LR_SCALINGS = ("sqrt", "linear", "none")
+LR_SCALINGS = ("sqrt", "linear", "none", "noise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,16 +260,28 @@ def detect_machine() -> Machine:
     )
 
 
-def scale_learning_rate(base_lr: float, base_batch: int, batch: int, rule: str) -> float:
+def scale_learning_rate(
+    base_lr: float, base_batch: int, batch: int, rule: str, noise_scale: float | None = None
+) -> float:
     """The learning rate for a global batch ``batch`` given ``base_lr`` at ``base_batch``.
 
     ``sqrt`` keeps the gradient noise scale roughly constant for Adam-type optimizers;
-    ``linear`` is Goyal et al.'s rule for SGD; ``none`` keeps the user's rate.
+    ``linear`` is Goyal et al.'s rule for SGD; ``none`` keeps the user's rate. ``noise``: for a
+    batch larger than ``base_batch``, the rate the large-batch model (McCandlish et al. 2018)
+    finds best relative to the reference's, ``(1 + B_noise / base_batch) / (1 + B_noise /
+    batch)`` for the measured gradient ``noise_scale`` B_noise (it rises about linearly while
+    the batch is well below B_noise and levels off past it): the rate that model's
+    samples-to-loss prediction assumes, so goodput scoring uses it (`autotune.study._goodput`).
+    For a smaller batch it is ``sqrt``: the model's linear drop is SGD's optimum, and with
+    AdamW it left batches of 8 and 16 short of the reference's metric at their predicted
+    samples where ``sqrt`` reached it (benchmarks/RESULTS.md). Without a noise scale, ``sqrt``.
     """
     if rule == "none" or batch == base_batch:
         return base_lr
     ratio = batch / base_batch
-    return base_lr * (math.sqrt(ratio) if rule == "sqrt" else ratio)
+    if rule == "noise" and noise_scale is not None and noise_scale > 0 and batch > base_batch:
+        return base_lr * (1 + noise_scale / base_batch) / (1 + noise_scale / batch)
+    return base_lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,8 +308,10 @@ class TrialConfig:
         optimizer: dict[str, Any],
         reference_batch: int,
         lr_scaling: str,
+        noise_scale: float | None = None,
     ) -> TrialConfig:
-        """Build a config from sampled settings, scaling the learning rate for its batch."""
+        """Build a config from sampled settings, scaling the learning rate for its batch
+        (``noise_scale``: B_noise for the ``noise`` rule)."""
         base_lr = float(optimizer["params"]["lr"])
         values = {name: settings[name] for name in PARAMETERS}
         pipeline = values["pipeline_stages"] > 1
@@ -306,7 +320,9 @@ class TrialConfig:
         values["partition_method"] = values["partition_method"] if pipeline else "parameters"
         values["prefetch_factor"] = values["prefetch_factor"] if workers else 2
         unscaled = cls(**values, learning_rate=base_lr, optimizer=copy.deepcopy(optimizer))
-        lr = scale_learning_rate(base_lr, reference_batch, unscaled.global_batch_size, lr_scaling)
+        lr = scale_learning_rate(
+            base_lr, reference_batch, unscaled.global_batch_size, lr_scaling, noise_scale
+        )
         return dataclasses.replace(unscaled, learning_rate=lr)
 
     @property

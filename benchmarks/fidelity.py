@@ -28,6 +28,7 @@ Target (issue 5, this 2-core CPU machine): fidelity within +-10%.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -137,6 +138,8 @@ def harness(
     config = TrialConfig.from_settings(
         trial.user_attrs["settings"], model_file.optimizer, model_file.batch_size, lr_scaling
     )
+    if trial.user_attrs.get("learning_rate") is not None:  # the rate the trial ran with
+        config = dataclasses.replace(config, learning_rate=trial.user_attrs["learning_rate"])
     result = run_trial(
         config,
         detect_machine(),

@@ -10,6 +10,9 @@ precision; the reference among them) is searched three times, every run trained 
 - **long**: `--scoring throughput` with 8N samples for every run, the reference included, each
   run trained on 3 seeds (`--verdict-seeds 3`, the mean judged against the reference's mean of
   3): the verdict that full-length training gives, which the others are judged against.
+Every study trains the same configurations: a global batch's learning rate is the one the
+large-batch model finds best for it (`--lr-scaling noise`, what goodput scoring uses), for the
+noise scale the goodput study's reference measures (that study runs first; the others pin it).
 A configuration's verdict is feasible (its metric within `--max-accuracy-loss` of the
 reference's, trained as long) or not; a run that failed in any of the three is left out and
 listed. Beside them, the **seed-0** verdict: the short study's first seed against the
@@ -18,7 +21,7 @@ short and goodput verdicts now read the reference's 3 seeds and train a verdict 
 noise of the budget on 3 seeds too). Prints each configuration's accuracy losses and verdicts,
 then how many of the seed-0, short and goodput verdicts agree with the long ones.
 
-    python benchmarks/verdicts.py                       # digits_mlp and embedding_heavy
+    python benchmarks/verdicts.py                       # digits_mlp, embedding_heavy, synthetic_tokens
     python benchmarks/verdicts.py --only digits --long-factor 8
 
 Target (issue 18): the search's verdicts (short, the default scoring; and goodput) agree with
@@ -58,7 +61,7 @@ from autotune._space import describe_settings  # noqa: E402
 TARGET = 0.90
 EXAMPLES = {
     # name: (model file, its space of numerics: global batches around the reference's, two
-    # precisions; the reference, mbs 32 fp32, is one of them)
+    # precisions; the reference, mbs 32 fp32 unless noted, is one of them)
     "digits": (
         "digits_mlp.py",
         "micro_batch_size: [8, 16, 32, 64, 128, 256, 512]\nprecision: [fp32, bf16]\n",
@@ -67,15 +70,22 @@ EXAMPLES = {
         "embedding_heavy.py",
         "micro_batch_size: [8, 16, 32, 64, 128, 256, 512]\nprecision: [fp32, bf16]\n",
     ),
+    "tokens": (  # its reference is mbs 64 fp32
+        "synthetic_tokens.py",
+        "micro_batch_size: [8, 16, 32, 64, 128, 256, 512]\nprecision: [fp32, bf16]\n",
+    ),
 }
 KINDS = ("short", "goodput", "long")
 LONG_SEEDS = 3
 
 
 def _verdicts(
-    name: str, kind: str, work: Path, train_samples: int, budget: float
+    name: str, kind: str, work: Path, train_samples: int, budget: float, noise: float | None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Run one grid search; (config key -> its verdict and figures, the study's attributes)."""
+    """Run one grid search; (config key -> its verdict and figures, the study's attributes).
+    Every study trains the same configurations: the learning rate of each global batch is the
+    ``noise`` rule's (the one goodput scoring uses) for the goodput study's noise scale
+    (``noise``; the goodput study itself measures it)."""
     model_name, space_text = EXAMPLES[name]
     space = work / "space.yaml"
     space.write_text(space_text)
@@ -92,6 +102,8 @@ def _verdicts(
         train_samples=train_samples,
         max_accuracy_loss=budget,
         scoring="goodput" if kind == "goodput" else "throughput",
+        lr_scaling="noise",
+        lr_noise_scale=noise,
         early_stop=False,
         reuse_accuracy=False,
         min_measure_seconds=0.5,
@@ -149,11 +161,13 @@ def _seed0(entry: dict[str, Any], reference_seed0: float, budget: float) -> dict
 def bench(name: str, work: Path, train_samples: int, factor: int, budget: float) -> dict[str, int]:
     results = {}
     attrs = {}
-    for kind in KINDS:
+    noise = None
+    for kind in ("goodput", "short", "long"):  # goodput first: it measures the noise scale
         folder = work / kind
         folder.mkdir()
         samples = train_samples * factor if kind == "long" else train_samples
-        results[kind], attrs[kind] = _verdicts(name, kind, folder, samples, budget)
+        results[kind], attrs[kind] = _verdicts(name, kind, folder, samples, budget, noise)
+        noise = noise or attrs[kind].get(STUDY_NOISE_SCALE)
     long = results["long"]
     reference_seed0 = attrs["short"][STUDY_REFERENCE_SEED_METRICS][0]
     results["seed-0"] = {

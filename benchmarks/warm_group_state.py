@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autotune import SearchOptions, TrialConfig, detect_machine, run_trial  # noqa: E402
+from autotune import TrialConfig, detect_machine, run_trial  # noqa: E402
 from autotune._records import THROUGHPUT  # noqa: E402
 from autotune._task import load_model_file, reference_settings  # noqa: E402
 from autotune.runner import WarmWorkers  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
     def config(**values: object) -> TrialConfig:
         settings = {**reference_settings(model_file.batch_size), **values}
         return TrialConfig.from_settings(
-            settings, model_file.optimizer, model_file.batch_size, SearchOptions.lr_scaling
+            settings, model_file.optimizer, model_file.batch_size, "sqrt"
         )
 
     machine = detect_machine()

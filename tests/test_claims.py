@@ -82,7 +82,7 @@ def test_a_proposal_running_on_another_worker_is_waited_for_and_repeated(
     options, task, space, study = _empty_study(write_model, tmp_path, n_trials=4)
     settings = {**task.reference_settings(), "micro_batch_size": 16}
     key = TrialConfig.from_settings(
-        settings, task.model_file.optimizer, task.model_file.batch_size, options.lr_scaling
+        settings, task.model_file.optimizer, task.model_file.batch_size, options.lr_rule
     ).key()
     for _ in range(2):
         study.enqueue_trial(sampled_params(space, settings))

@@ -5,6 +5,7 @@ that uses it is tested in test_goodput_e2e.py."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,19 @@ def test_a_study_resumes_only_with_the_scoring_it_was_run_with() -> None:
     older = {k: v for k, v in fixed.items() if k != STUDY_SCORING}  # before scoring existed
     assert resume_problem("s", older, {**fixed, STUDY_SCORING: "throughput"}, "m.py") is None
     assert resume_problem("s", older, fixed, "m.py") is not None
+
+
+def test_goodput_scoring_trains_each_batch_at_the_rate_its_prediction_assumes(
+    tmp_path: Path,
+) -> None:
+    from autotune import SearchOptions
+    from autotune._errors import UserError
+
+    model = tmp_path / "m.py"
+    assert SearchOptions(model=model).lr_rule == "sqrt"  # the default scoring keeps sqrt
+    assert SearchOptions(model=model, scoring="goodput").lr_rule == "noise"
+    assert SearchOptions(model=model, scoring="goodput", lr_scaling="none").lr_rule == "none"
+    with pytest.raises(UserError, match="--lr-scaling must be one of auto, sqrt"):
+        SearchOptions(model=model, lr_scaling="cubic")
+    with pytest.raises(UserError, match="lr_noise_scale must be a positive"):
+        SearchOptions(model=model, lr_noise_scale=-1.0)

@@ -17,7 +17,9 @@ import pytest
 from autotune import SearchOptions, export, load_study, search
 from autotune._records import (
     BUDGET_STEPS,
+    LEARNING_RATE,
     RATE,
+    STUDY_LR_SCALING,
     STUDY_NOISE_SCALE,
     STUDY_REFERENCE_BATCH,
     THROUGHPUT,
@@ -71,6 +73,7 @@ def searched(
         confirm=0,
         scoring="goodput",
         trial_timeout=120,
+        early_stop=False,  # the larger batch trains in full however the machine's load times it
     )
     lines: list[str] = []
     search(options, print_line=lines.append)
@@ -92,6 +95,12 @@ def test_a_larger_batch_trains_its_predicted_samples_and_scores_its_goodput(
     assert reference.user_attrs[RATE] == pytest.approx(reference.user_attrs[THROUGHPUT])
     assert larger.user_attrs[BUDGET_STEPS] == scoring.samples_for(64) // 64
     assert larger.user_attrs[BUDGET_STEPS] > TRAIN_SAMPLES // 64
+    # Goodput scoring trains each batch at the rate its samples prediction assumes (the
+    # `noise` rule, `--lr-scaling auto`), for the noise scale the reference measured.
+    assert study.user_attrs[STUDY_LR_SCALING] == "noise"
+    assert reference.user_attrs[LEARNING_RATE] == pytest.approx(1e-4)
+    best_rate = 1e-4 * (1 + noise / 16) / (1 + noise / 64)
+    assert larger.user_attrs[LEARNING_RATE] == pytest.approx(best_rate)
     expected = larger.user_attrs[THROUGHPUT] * scoring.efficiency(64)
     assert larger.user_attrs[RATE] == pytest.approx(expected)
     assert larger.value == pytest.approx(expected)

@@ -128,6 +128,36 @@ def test_scale_learning_rate(rule: str, batch: int, expected: float) -> None:
     assert scale_learning_rate(1e-3, 32, batch, rule) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("batch", "noise_scale", "expected"),
+    [
+        (128, 96.0, 1e-3 * (1 + 3) / (1 + 0.75)),  # between sqrt (2x) and linear (4x)
+        (8, 96.0, 0.5e-3),  # below the reference: sqrt
+        (4096, 96.0, 1e-3 * (1 + 3) / (1 + 96 / 4096)),  # far past B_noise: flat, near 4x
+        (64, 1e9, 2e-3),  # B_noise far above every batch: linear
+        (64, 1e-9, 1e-3),  # B_noise far below every batch: the reference's rate
+        (32, 96.0, 1e-3),  # the reference's own batch
+    ],
+)
+def test_the_noise_rule_is_the_large_batch_models_best_rate(
+    batch: int, noise_scale: float, expected: float
+) -> None:
+    got = scale_learning_rate(1e-3, 32, batch, "noise", noise_scale)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_noise_rule_without_a_noise_scale_is_sqrt() -> None:
+    assert scale_learning_rate(1e-3, 32, 128, "noise", None) == pytest.approx(2e-3)
+    trial = TrialConfig.from_settings(
+        {**REFERENCE, "micro_batch_size": 128}, OPTIMIZER, 32, "noise"
+    )
+    assert trial.learning_rate == pytest.approx(2e-3)
+    trial = TrialConfig.from_settings(
+        {**REFERENCE, "micro_batch_size": 128}, OPTIMIZER, 32, "noise", 96.0
+    )
+    assert trial.learning_rate == pytest.approx(1e-3 * 4 / 1.75)
+
+
 @pytest.mark.parametrize(("rule", "expected"), [("sqrt", 2e-3), ("linear", 4e-3), ("none", 1e-3)])
 def test_learning_rate_scales_with_the_global_batch(rule: str, expected: float) -> None:
     # Global batch 128 = 32 per rank x 2 accumulation x 2 data-parallel ranks: 4x the reference.

@@ -86,9 +86,10 @@ def _add_search_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lr-scaling",
-        choices=LR_SCALINGS,
-        default="sqrt",
-        help="learning-rate rule when the global batch differs from the reference",
+        choices=("auto", *LR_SCALINGS),
+        default="auto",
+        help="learning-rate rule when the global batch differs from the reference (default: "
+        "auto: noise under --scoring goodput, sqrt otherwise)",
     )
     parser.add_argument(
         "--sampler",

@@ -153,6 +153,7 @@ class StudyScoring:
     ) -> None:
         self.study, self.options, self.wait_for_reference = study, options, wait_for_reference
         self._fixed: Scoring | None = None
+        self._lr_noise: tuple[float | None] | None = None
 
     def get(self, wait: bool = False) -> Scoring:
         """The scoring as it stands; ``wait`` first waits for the reference where the study
@@ -175,3 +176,25 @@ class StudyScoring:
         noise = store_noise_scale(self.study, reference_attrs)
         if self.options.scoring == "goodput":
             print_line(" " * 10 + goodput_line(noise))
+
+    def lr_noise_scale(self) -> float | None:
+        """The B_noise of the ``noise`` learning-rate rule: pinned (``lr_noise_scale``), or the
+        reference's once stored (None before that, or where it could not be measured)."""
+        if self.options.lr_rule != "noise" or self.options.lr_noise_scale is not None:
+            return self.options.lr_noise_scale
+        if self._lr_noise is None:
+            attrs = self.study.user_attrs
+            if STUDY_NOISE_SCALE not in attrs:
+                return None
+            self._lr_noise = (attrs[STUDY_NOISE_SCALE],)
+        return self._lr_noise[0]
+
+    def lr_waits(self) -> bool:
+        """Whether a configuration's learning rate still waits for the reference's noise
+        scale (the ``noise`` rule before the reference has stored it)."""
+        self.lr_noise_scale()
+        return (
+            self.options.lr_rule == "noise"
+            and self.options.lr_noise_scale is None
+            and self._lr_noise is None
+        )

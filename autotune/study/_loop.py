@@ -227,7 +227,7 @@ def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> No
         STUDY_MODEL_SHA256: model_sha256(task.model_file.path),
         STUDY_TRAIN_SAMPLES: options.train_samples,
         STUDY_MAX_ACCURACY_LOSS: options.max_accuracy_loss,
-        STUDY_LR_SCALING: options.lr_scaling,
+        STUDY_LR_SCALING: options.lr_rule,
         STUDY_SEED: options.seed,
         STUDY_OBJECTIVE: options.objective,
         STUDY_SCORING: options.scoring,

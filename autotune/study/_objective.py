@@ -213,16 +213,17 @@ class Objective:
         a configuration is tried once a trial ran it, failed on it or found it cannot run here;
         ``runnable_only`` counts those that pass this machine's rules (what may still cost a
         run). None when the space holds more than can be listed."""
-        if self._space_keys is None:
+        space_keys, runnable_keys = self._space_keys, self._runnable_keys
+        if space_keys is None:
             every = every_settings(self.space, self.reference_settings, _LISTED_AT_MOST) or []
             configs = [self.config_of(settings) for settings in every]
-            self._space_keys = frozenset(c.key() for c in configs)
-            self._runnable_keys = frozenset(
-                c.key() for c in configs if self._why_not_runnable(c) is None
-            )
-        if not self._space_keys:
+            space_keys = frozenset(c.key() for c in configs)
+            runnable_keys = frozenset(c.key() for c in configs if self._why_not_runnable(c) is None)
+            if not self.scoring.lr_waits():  # the keys hold learning rates: final once they are
+                self._space_keys, self._runnable_keys = space_keys, runnable_keys
+        if not space_keys:
             return None
-        keys = self._runnable_keys if runnable_only else self._space_keys
+        keys = runnable_keys if runnable_only else space_keys
         done = self.study.get_trials(deepcopy=False, states=_COMPLETE)
         tried = {TrialRecord.of(t).config_key for t in done if TrialRecord.of(t).status != REPEAT}
         return len(keys - tried), len(keys)
@@ -266,6 +267,8 @@ class Objective:
             settings = record_reference(trial, self.space, self.reference_settings)
         else:
             settings = suggest(trial, self.space, self.reference_settings)
+            if self.scoring.lr_waits():
+                self.scoring.wait_for_reference()
         config = self.config_of(settings)
         trial.set_user_attr(ROLE, role)
         trial.set_user_attr(WORKER, self.worker.number)
@@ -278,12 +281,14 @@ class Objective:
         return _Proposal(trial, role, config, label)
 
     def config_of(self, settings: dict[str, Any]) -> TrialConfig:
-        """The configuration these settings give with the model file and the study's rules."""
+        """The configuration these settings give with the model file and the study's rules
+        (the ``noise`` learning-rate rule reads the reference's noise scale once stored)."""
         return TrialConfig.from_settings(
             settings,
             self.task.model_file.optimizer,
             self.task.model_file.batch_size,
-            self.options.lr_scaling,
+            self.options.lr_rule,
+            self.scoring.lr_noise_scale(),
         )
 
     # --- the gates, in order ---------------------------------------------------------------
@@ -504,8 +509,10 @@ class Objective:
         for name in MEASURED:
             trial.set_user_attr(name, measured.get(name))
         if proposal.is_reference:
-            store_reference(self.study, trial, measured)
+            # The noise scale first: other workers wait for the reference's metric, and their
+            # scoring and learning rates read the noise scale as soon as it is there.
             self.scoring.record(trial.user_attrs, self.print_line)
+            store_reference(self.study, trial, measured)
         rate = self._rate(measured, proposal.config.global_batch_size)
         trial.set_user_attr(RATE, rate)
         self._reference_metric()  # waits for the reference of a shared study

@@ -53,7 +53,8 @@ class SearchOptions:
     trial_timeout: float = DEFAULT_TRIAL_TIMEOUT
     train_samples: int = DEFAULT_TRAIN_SAMPLES
     max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS
-    lr_scaling: str = "sqrt"
+    lr_scaling: str = "auto"
+    lr_noise_scale: float | None = None
     sampler: str = "probe"
     study: str | None = None
     storage: str = DEFAULT_STORAGE
@@ -96,8 +97,10 @@ class SearchOptions:
             return f"--trial-timeout must be positive, got {self.trial_timeout}."
         if self.train_samples < 1:
             return f"--train-samples must be at least 1, got {self.train_samples}."
-        if self.lr_scaling not in LR_SCALINGS:
-            return f"--lr-scaling must be one of {', '.join(LR_SCALINGS)}."
+        if self.lr_scaling not in (*LR_SCALINGS, "auto"):
+            return f"--lr-scaling must be one of auto, {', '.join(LR_SCALINGS)}."
+        if self.lr_noise_scale is not None and not _positive(self.lr_noise_scale):
+            return f"lr_noise_scale must be a positive batch size, got {self.lr_noise_scale}."
         if self.sampler not in SAMPLERS:
             return f"--sampler must be one of {', '.join(SAMPLERS)}."
         if self.max_memory is not None and not _positive(self.max_memory):
@@ -120,6 +123,17 @@ class SearchOptions:
         if self.launcher not in LAUNCHERS:
             return f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher}."
         return None
+
+    @property
+    def lr_rule(self) -> str:
+        """The learning-rate rule the study runs with: ``--lr-scaling``, where ``auto`` is
+        ``noise`` under goodput scoring (the rate its samples prediction assumes) and ``sqrt``
+        otherwise. ``lr_noise_scale`` (Python API only) pins the B_noise of the ``noise`` rule
+        instead of the reference's measured one, so that two studies train the same
+        configurations (the verdicts benchmark)."""
+        if self.lr_scaling != "auto":
+            return self.lr_scaling
+        return "noise" if self.scoring == "goodput" else "sqrt"
 
     @property
     def run_limit(self) -> int:
