@@ -250,6 +250,7 @@ def test_short_budgets_are_timed_over_the_minimum_window(model_path: Path, tmp_p
                 120,
                 workers=workers,
                 adaptive=window,
+                measure_noise=True,
             )
             for name, window in (("plain", None), ("timed", adaptive))
         )
@@ -260,6 +261,10 @@ def test_short_budgets_are_timed_over_the_minimum_window(model_path: Path, tmp_p
     # window: the same as without them.
     assert long["steps"] == short["steps"] == 512 // 32
     assert long["metric"] == short["metric"]
+    # So is the gradient noise (issue 18): the extra steps train on, and their count depends
+    # on the machine's speed; measured after them, the noise scale moved with it.
+    assert short["gradient_noise"] is not None
+    assert long["gradient_noise"] == short["gradient_noise"]
     assert long["measured_steps"] == long["steps"] - 3 + long["extra_steps"]
     assert long["measured_seconds"] - long["eval_seconds"] >= 1.5
 

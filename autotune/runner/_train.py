@@ -388,15 +388,17 @@ def measurements(
     eval_seconds: float,
     clock: StageClock | None,
     tokens_per_item: float | None = None,
+    peaks: list[int] | None = None,
 ) -> dict[str, Any]:
-    """The memory step and the result: every rank's peak memory, the stage clock's figures,
-    and the run's measurements under their record names (collectives: every rank calls it)."""
+    """The memory step and the result: every rank's peak memory (``peaks`` where read
+    before), the stage clock's figures, and the run's measurements under their record names
+    (collectives: every rank calls it)."""
     import torch.distributed as dist
 
     engine, warmup = ranks.engine, plan.warmup_steps
     measured_steps = timing.steps_run - warmup + timing.extra_steps
     batch = plan.config.global_batch_size
-    peaks = gather_peak_memory(ranks.accelerator)
+    peaks = gather_peak_memory(ranks.accelerator) if peaks is None else peaks
     timed = sorted(timing.step_times[warmup:])
     partition = getattr(engine.module, "parts", None)
     stages = clock.gather(measured_steps) if clock is not None else None
@@ -467,11 +469,17 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     metric, eval_loss, eval_seconds = evaluate_metric(
         plan, ranks, eval_data, model_file, timing, seed
     )
+    # The noise on the budget's model (the extra timing steps below train on, so their count,
+    # which depends on the machine's speed, would move it), after the peak memory was read:
+    # the fp32 copy it trains is not the run's, and the extra steps add no new peak.
+    peaks = gather_peak_memory(ranks.accelerator)
+    noise = _gradient_noise(plan, ranks, batches, model_file)
     lengthen_window(plan, ranks, casting, timing, seed)
     tokens_per_item = window_tokens_per_item(ranks, casting)
-    result = measurements(plan, ranks, timing, metric, eval_seconds, clock, tokens_per_item)
-    # After the peak memory was read: the fp32 copy it trains is not the run's.
-    result[GRADIENT_NOISE] = _gradient_noise(plan, ranks, batches, model_file)
+    result = measurements(
+        plan, ranks, timing, metric, eval_seconds, clock, tokens_per_item, peaks=peaks
+    )
+    result[GRADIENT_NOISE] = noise
     result[EVAL_LOSS] = eval_loss
     ranks.engine.destroy()
     batches.close()
