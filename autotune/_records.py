@@ -51,9 +51,13 @@ OWNER = "owner"
 """The process running the trial (host, boot, pid namespace, pid, start time: see
 `autotune.runner.Owner`), so a resumed search can tell a trial left RUNNING by a dead process."""
 RETRY_OF = "retry_of"
+"""On a retry: the number of the trial whose run was cut short (killed or interrupted)."""
 CHOSEN_BECAUSE = "chosen_because"
 """On a trial of the probe-first strategy: why it was chosen (`autotune.study.ProbeStep`)."""
-"""On a retry: the number of the trial whose run was cut short (killed or interrupted)."""
+TIMES_REFERENCE = "times_reference"
+"""On a probe of the reference's configuration: True. It runs the reference's settings, as
+the reference trial does, whatever the space can express (a space without the model file's
+own micro-batch, for one)."""
 
 RATE = "rate"
 """What the study maximises, over this trial's timed window: its samples/s, or its tokens/s

@@ -14,7 +14,17 @@ import pytest
 
 from autotune import SearchOptions, load_study, search
 from autotune._noise_scale import of_measured
-from autotune._records import GRADIENT_NOISE, OK, PROBE, PROBED, REFERENCE, REPEAT, TrialRecord
+from autotune._records import (
+    CHOSEN_BECAUSE,
+    GRADIENT_NOISE,
+    OK,
+    PROBE,
+    PROBED,
+    REFERENCE,
+    REPEAT,
+    TIMES_REFERENCE,
+    TrialRecord,
+)
 from autotune.report import trials_frame
 from autotune.runner._gradient_noise import MEASUREMENTS
 from autotune.study import verdict
@@ -45,7 +55,8 @@ MODEL = textwrap.dedent(
         return TensorDataset(x, x[:, :4].argmax(1))
     """
 )
-SPACE = "micro_batch_size: [16, 32, 64]\ngradient_accumulation_steps: [1, 2]\n"
+SPACE = "micro_batch_size: [32, 64]\ngradient_accumulation_steps: [1, 2]\n"
+"""Without the reference's own micro-batch of 16: the reference and its probes still run it."""
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +117,19 @@ def test_a_configuration_is_run_only_after_two_probes_put_it_ahead(
     timings = probe_timings(trials)
     assert len(timings) == len(trials)
     assert [t.key for t in timings] == [TrialRecord.of(t).config_key for t in trials]
+
+
+def test_probes_of_the_reference_run_its_settings_though_the_space_lacks_them(
+    searched: tuple[optuna.Study, list[str]],
+) -> None:
+    study, lines = searched
+    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)]
+    again = [r for r in records[1:] if r.get(CHOSEN_BECAUSE, "").startswith("the reference again")]
+    assert again, lines
+    for record in again:
+        assert record.settings == records[0].settings
+        assert record.config_key == records[0].config_key
+        assert record.get(TIMES_REFERENCE) is True
 
 
 def test_probes_are_shown_as_such_with_their_throughput(

@@ -61,6 +61,7 @@ from autotune._records import (
     SETTINGS,
     STATUS,
     THROUGHPUT,
+    TIMES_REFERENCE,
     TOKENS_PER_SECOND,
     TRIAL_DIR,
     WALL_SECONDS,
@@ -262,8 +263,9 @@ class Objective:
     def _propose(self, trial: optuna.Trial) -> _Proposal:
         """The proposal's configuration, recorded with its role before any gate."""
         role = TrialRecord.of(trial).role
-        if role == REFERENCE:
-            # The reference runs as the user runs it today, whatever the space allows.
+        if role == REFERENCE or trial.user_attrs.get(TIMES_REFERENCE):
+            # The reference (and a probe of it) runs as the user runs it today, whatever the
+            # space allows.
             settings = record_reference(trial, self.space, self.reference_settings)
         else:
             settings = suggest(trial, self.space, self.reference_settings)

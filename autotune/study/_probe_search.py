@@ -24,6 +24,7 @@ from autotune._records import (
     ROLE,
     SEARCH,
     STOPPED,
+    TIMES_REFERENCE,
     TrialRecord,
 )
 from autotune._score import is_feasible
@@ -150,15 +151,16 @@ def _take(
         if not references:
             enqueue_reference(study, space, dict(step.option.settings))
         return not any(t.state == optuna.trial.TrialState.RUNNING for t in references)
-    study.enqueue_trial(
-        sampled_params(space, dict(step.option.settings)),
-        user_attrs={
-            ROLE: PROBE if step.kind == probing.PROBE else SEARCH,
-            CHOSEN_BECAUSE: step.why,
-            CONFIG_KEY: step.option.key,
-            NUMERICS_KEY: step.option.numerics,
-        },
-    )
+    attrs = {
+        ROLE: PROBE if step.kind == probing.PROBE else SEARCH,
+        CHOSEN_BECAUSE: step.why,
+        CONFIG_KEY: step.option.key,
+        NUMERICS_KEY: step.option.numerics,
+    }
+    if step.option.key == reference.key:
+        # Its settings may lie outside the space: enqueued, those would be sampled afresh.
+        attrs[TIMES_REFERENCE] = True
+    study.enqueue_trial(sampled_params(space, dict(step.option.settings)), user_attrs=attrs)
     return True
 
 
