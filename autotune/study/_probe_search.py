@@ -151,7 +151,7 @@ def _take(
         if not references:
             enqueue_reference(study, space, dict(step.option.settings))
         return not any(t.state == optuna.trial.TrialState.RUNNING for t in references)
-    attrs = {
+    attrs: dict[str, Any] = {
         ROLE: PROBE if step.kind == probing.PROBE else SEARCH,
         CHOSEN_BECAUSE: step.why,
         CONFIG_KEY: step.option.key,
