@@ -168,6 +168,17 @@ def test_the_quality_check_compares_eval_losses_within_the_reference_s_noise():
     )
     assert far is not None and not far.reached and far.line().endswith("not reached")
     assert quality_check({"seed_eval_losses": [None]}, reference, study, False) is None
+    # A run whose metric was reused stopped early (throughput only): its eval loss is from a
+    # full budget of the same numerics, and those are the samples it shows.
+    reused = {
+        "seed_eval_losses": [0.31],
+        "samples_trained": 6336,
+        "accuracy_reused_from": 3,
+        "budget_steps": 128,
+        "global_batch_size": 64,
+    }
+    check = quality_check(reused, reference, study, False)
+    assert check is not None and check.samples == 8192
 
 
 def test_the_reference_and_runs_of_its_numerics_take_the_reference_s_verdict():

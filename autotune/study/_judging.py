@@ -13,7 +13,10 @@ import optuna
 
 from autotune._records import (
     ACCURACY_LOSS,
+    ACCURACY_REUSED_FROM,
+    BUDGET_STEPS,
     EVAL_LOSS,
+    GLOBAL_BATCH_SIZE,
     METRIC,
     SAMPLES_TRAINED,
     SEED_EVAL_LOSSES,
@@ -178,6 +181,11 @@ def quality_check(
     samples, reference_samples = (
         attrs.get(SAMPLES_TRAINED) for attrs in (trial_attrs, reference_attrs)
     )
+    if trial_attrs.get(ACCURACY_REUSED_FROM) is not None:
+        # Its eval loss is from a full budget of the same numerics; its own run timed
+        # throughput only and may have stopped early.
+        steps, batch = trial_attrs.get(BUDGET_STEPS), trial_attrs.get(GLOBAL_BATCH_SIZE)
+        samples = None if steps is None or batch is None else int(steps) * int(batch)
     if not losses or None in losses or not reference.seed_eval_losses:
         return None
     if samples is None or reference_samples is None:
