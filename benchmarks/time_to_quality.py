@@ -12,7 +12,8 @@ pair's seconds, metrics and eval losses, the median of the reference's time over
 (above 1: the pick reaches the quality sooner), the median of the pick's accuracy loss against
 the reference in the same pair, and whether the pick's eval loss reached the reference's.
 
-    python benchmarks/time_to_quality.py                  # digits_mlp, embedding_heavy, synthetic_tokens
+    python benchmarks/time_to_quality.py                  # digits_mlp, embedding_heavy, synthetic_tokens,
+                                                          # hf_classifier (needs transformers)
     python benchmarks/time_to_quality.py --only digits --pairs 6 --scoring goodput
 
 Target (issue 18): the pick reaches the reference's quality in less wall time (ratio above 1)
@@ -42,6 +43,7 @@ EXAMPLES = {
     "digits": ("digits_mlp.py", "landscape.yaml"),
     "embedding": ("embedding_heavy.py", "landscape_embedding.yaml"),
     "tokens": ("synthetic_tokens.py", "landscape.yaml"),  # its reference, mbs 64, is in it
+    "hf": ("hf_classifier.py", "landscape.yaml"),  # a small BERT; its reference is mbs 8
 }
 
 

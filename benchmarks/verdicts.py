@@ -21,7 +21,8 @@ short and goodput verdicts now read the reference's 3 seeds and train a verdict 
 noise of the budget on 3 seeds too). Prints each configuration's accuracy losses and verdicts,
 then how many of the seed-0, short and goodput verdicts agree with the long ones.
 
-    python benchmarks/verdicts.py                       # digits_mlp, embedding_heavy, synthetic_tokens
+    python benchmarks/verdicts.py                       # digits_mlp, embedding_heavy, synthetic_tokens,
+                                                        # hf_classifier (needs transformers)
     python benchmarks/verdicts.py --only digits --long-factor 8
 
 Target (issue 18): the search's verdicts (short, the default scoring; and goodput) agree with
@@ -74,7 +75,14 @@ EXAMPLES = {
         "synthetic_tokens.py",
         "micro_batch_size: [8, 16, 32, 64, 128, 256, 512]\nprecision: [fp32, bf16]\n",
     ),
+    "hf": (  # a small BERT (needs transformers); its reference is mbs 8 fp32
+        "hf_classifier.py",
+        "micro_batch_size: [8, 16, 32, 64, 128, 256, 512]\nprecision: [fp32, bf16]\n",
+    ),
 }
+TRAIN_SAMPLES = {"hf": 4096}
+"""The search's N where not 8,192 (without --train-samples): the BERT trains about 700 samples/s
+at its reference's mbs 8, so its long runs at 8N take 20 min as it is."""
 KINDS = ("short", "goodput", "long")
 LONG_SEEDS = 3
 
@@ -205,7 +213,7 @@ def bench(name: str, work: Path, train_samples: int, factor: int, budget: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(EXAMPLES), nargs="+")
-    parser.add_argument("--train-samples", type=int, default=8192, help="the search's N")
+    parser.add_argument("--train-samples", type=int, help="the search's N (8,192; 4,096 for hf)")
     parser.add_argument("--long-factor", type=int, default=8, help="the long runs train this x N")
     parser.add_argument("--max-accuracy-loss", type=float, default=0.005)
     args = parser.parse_args()
@@ -215,7 +223,11 @@ def main() -> None:
             folder = Path(tmp) / name
             folder.mkdir()
             totals[name] = bench(
-                name, folder, args.train_samples, args.long_factor, args.max_accuracy_loss
+                name,
+                folder,
+                args.train_samples or TRAIN_SAMPLES.get(name, 8192),
+                args.long_factor,
+                args.max_accuracy_loss,
             )
     print()
     for name, agree in totals.items():
