@@ -187,3 +187,9 @@ def test_the_reference_and_runs_of_its_numerics_take_the_reference_s_verdict():
     verdict, _, _ = judge_run(reference, measured, BUDGET, None, print)
     assert verdict.feasible and verdict.loss == 0.0 and verdict.sure
     assert verdict.describe() == "feasible (the reference, 3 seeds)"
+    # A run that measured its own metric and ties on every seed is judged, not called the
+    # reference (a saturated metric: every run at 100%).
+    tied, _, _ = judge_run(reference, measured, BUDGET, lambda offsets: None, print)
+    assert tied.by == METRIC and tied.feasible and "the reference" not in tied.describe()
+    itself, _, _ = judge_run(reference, measured, BUDGET, lambda offsets: None, print, True)
+    assert itself.describe() == "feasible (the reference, 3 seeds)"

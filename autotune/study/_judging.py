@@ -106,14 +106,17 @@ def judge_run(
     budget: float,
     more_seeds: Callable[[range], Mapping[str, Any] | None] | None,
     print_line: Callable[[str], None],
+    is_reference: bool = False,
 ) -> tuple[Verdict, list[float], list[float]]:
     """A run's verdict, with its metric and eval loss on each seed. A verdict within the
     reference's noise of the budget trains more seeds first (``more_seeds`` trains the seeds
     it is given, counted from --seed, and returns their measurements or None; None where
     the run's metric was reused from an earlier trial)."""
     metrics, losses = seed_figures(measured)
-    if tuple(metrics) == reference.seed_metrics:
+    reused = more_seeds is None
+    if (is_reference or reused) and tuple(metrics) == reference.seed_metrics:
         # The reference, or a run that reused its metric (the same numerics): no loss, sure.
+        # A run of its own that ties on every seed (a saturated metric) is judged as any.
         return of_reference(reference), metrics, losses
     verdict = judge(reference, metrics, budget, losses)
     more = needs_more_seeds(verdict, reference)

@@ -526,6 +526,7 @@ class Objective:
             budget,
             None if reused else lambda offsets: self._more_seeds(proposal, stages, offsets),
             lambda line: self.print_line(_RESULT_INDENT + line),
+            proposal.is_reference,
         )
         store_verdict(trial, verdict, metrics, losses, budget)
         trial.set_user_attr(STATUS, OK)
