@@ -300,6 +300,9 @@ class TrialConfig:
     prefetch_factor: int
     learning_rate: float
     optimizer: dict[str, Any] = dataclasses.field(hash=False, compare=False)
+    # Settings added later: a stored study's plans and settings may lack them.
+    threads: int = 0
+    cache_data: bool = False
 
     @classmethod
     def from_settings(
@@ -313,7 +316,7 @@ class TrialConfig:
         """Build a config from sampled settings, scaling the learning rate for its batch
         (``noise_scale``: B_noise for the ``noise`` rule)."""
         base_lr = float(optimizer["params"]["lr"])
-        values = {name: settings[name] for name in PARAMETERS}
+        values = {name: settings[name] for name in PARAMETERS if name in settings}
         pipeline = values["pipeline_stages"] > 1
         workers = values["num_workers"] > 0
         # Settings that do not change the run are normalised so equal runs have equal keys.
@@ -368,6 +371,9 @@ class TrialConfig:
         the gradient is their mean however it is split over processes, stages or accumulation,
         and DataLoader settings change only who loads the items. Precision changes the numbers;
         so does ZeRO under bf16/fp16, whose optimizers keep master weights differently.
+        Threads change only the order of a reduction's partial sums (equal numbers up to
+        rounding), and a cached item is the item loaded again (the preflight checks that an
+        item read twice is equal).
 
         When items vary in length (``items_vary``: dict items or a collate()), a loss that is
         a mean over each micro-batch's tokens weighs the tokens of different micro-batches
@@ -410,12 +416,11 @@ class TrialConfig:
         return config
 
     def threads_per_process(self, machine: Machine) -> int | None:
-        """Compute threads for each rank on the CPU accelerator: its share of the cores, less
-        one core for each of its DataLoader workers, so nothing is oversubscribed. None on an
-        accelerator, where the framework's default is right."""
-        if machine.accelerator != "cpu":
-            return None
-        return max(1, machine.cores // machine.local_ranks(self.processes) - self.num_workers)
+        """Intra-op threads for each rank: the ``threads`` setting when set, else
+        `automatic_threads`."""
+        if self.threads:
+            return self.threads
+        return automatic_threads(self, machine)
 
     def launch_recipe(self, machine: Machine) -> dict[str, Any]:
         """What a DeepSpeed config does not hold: ranks, pipeline layout, data loading."""
@@ -451,6 +456,8 @@ class TrialConfig:
             "partition_bounds": None,
             "data_parallel": self.data_parallel,
             **self.dataloader_arguments(),
+            # The helper `autotune.cached_items` wraps the user's dataset (README).
+            "cache_data": self.cache_data,
             "threads_per_process": threads,
             "accelerator": machine.accelerator,
             "environment": environment,
@@ -461,16 +468,28 @@ class TrialConfig:
         return recipe
 
 
+def automatic_threads(config: TrialConfig, machine: Machine) -> int | None:
+    """``threads: 0``: on the CPU accelerator a rank's share of the cores less one core for
+    each of its DataLoader workers, so nothing is oversubscribed; on an accelerator None (the
+    framework's default)."""
+    if machine.accelerator != "cpu":
+        return None
+    return max(1, machine.cores // machine.local_ranks(config.processes) - config.num_workers)
+
+
 def why_not_runnable(
     config: TrialConfig,
     machine: Machine,
     train_samples: int,
     train_size: int,
     layer_types: tuple[str, ...],
+    items_repeat: bool = True,
 ) -> str | None:
     """The reason this configuration cannot run here, or None when it can.
 
     These are checked before launch so no time is spent on runs that DeepSpeed would refuse.
+    ``items_repeat``: the training data gives an equal item when an index is read twice (the
+    preflight's check), which caching needs.
     """
     if config.precision == "fp16" and not machine.fp16:
         return f"fp16 is not supported on the {machine.accelerator} accelerator"
@@ -497,6 +516,9 @@ def why_not_runnable(
             )
     if config.pin_memory and machine.accelerator == "cpu":
         return "pin_memory only helps copies to an accelerator; this machine has none"
+    reason = _why_not_threads(config, machine) or _why_not_cache(config, items_repeat)
+    if reason is not None:
+        return reason
     if config.pipeline_stages > 1:
         if not layer_types:
             return "pipeline stages need layers() in the model file"
@@ -521,5 +543,41 @@ def why_not_runnable(
         return (
             f"global batch {batch} leaves {config.steps(train_samples)} steps in "
             f"--train-samples {train_samples}; {needed} are needed to measure it"
+        )
+    return None
+
+
+def _why_not_threads(config: TrialConfig, machine: Machine) -> str | None:
+    if not config.threads:
+        return None
+    local = machine.local_ranks(config.processes)
+    # On the CPU accelerator each DataLoader worker needs a core of its own too.
+    workers = config.num_workers if machine.accelerator == "cpu" else 0
+    needed = local * (config.threads + workers)
+    if needed > machine.cores:
+        with_workers = f" and {workers} DataLoader workers" if workers else ""
+        return (
+            f"{local} rank{'s' if local > 1 else ''} of {config.threads} threads{with_workers} "
+            f"need{'' if local > 1 or workers else 's'} {needed} cores; this machine has "
+            f"{machine.cores}"
+        )
+    if config.threads == automatic_threads(config, machine):
+        # The same run as threads 0, under another name.
+        return f"threads {config.threads} is what threads 0 gives on this machine"
+    return None
+
+
+def _why_not_cache(config: TrialConfig, items_repeat: bool) -> str | None:
+    if not config.cache_data:
+        return None
+    if config.num_workers:
+        return (
+            "cache_data keeps items in the rank's own process; DataLoader workers would each "
+            "cache a share of them (use num_workers 0)"
+        )
+    if not items_repeat:
+        return (
+            "cache_data needs items that are equal when read twice; this training data's are "
+            "not (random augmentation in __getitem__?)"
         )
     return None

@@ -170,6 +170,21 @@ PARAMETERS: dict[str, Parameter] = {
             integer=True,
             active_when=lambda chosen: chosen.get("num_workers", 0) > 0,
         ),
+        Parameter(
+            "threads",
+            _check_nonnegative_int,
+            "intra-op threads per rank (0: the cores a rank's share leaves after its workers)",
+            "threads",
+            "threads",
+            integer=True,
+        ),
+        Parameter(
+            "cache_data",
+            _check_bool,
+            "keep training items in memory after their first load (no workers)",
+            "cache data",
+            "cache",
+        ),
     )
 }
 
@@ -211,9 +226,10 @@ def describe_settings(settings: dict[str, Any]) -> str:
     parts.append(f"{short['num_workers']}={settings['num_workers']}")
     if settings["num_workers"]:
         parts.append(f"{short['prefetch_factor']}={settings['prefetch_factor']}")
-    if settings["pin_memory"]:
-        parts.append(short["pin_memory"])
-    return " ".join(parts)
+    if settings.get("threads"):  # absent from studies older than the setting
+        parts.append(f"{short['threads']}={settings['threads']}")
+    flags = ("pin_memory", "cache_data")
+    return " ".join(parts + [short[name] for name in flags if settings.get(name)])
 
 
 @dataclasses.dataclass(frozen=True)

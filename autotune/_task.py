@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
@@ -225,6 +226,8 @@ class Task:
         token_batches: Whether batches carry ``input_ids`` (tokens/s is measured).
         float_inputs: Whether inputs are floating point (cast under bf16/fp16).
         dict_items: Whether batches are dicts of tensors (``model(**batch)``), not pairs.
+        items_repeat: Whether training items read twice are equal (`items_repeat`): what
+            ``cache_data`` needs.
     """
 
     model_file: ModelFile
@@ -234,6 +237,7 @@ class Task:
     float_inputs: bool
     dict_items: bool = False
     token_batches: bool = False
+    items_repeat: bool = True
 
     @property
     def has_layers(self) -> bool:
@@ -259,7 +263,7 @@ class Task:
 
 def reference_settings(batch_size: int) -> dict[str, Any]:
     """The reference trial: the model file's BATCH_SIZE, fp32, ZeRO 0, one process, no
-    DataLoader workers."""
+    DataLoader workers, the automatic thread count, no cache."""
     return {
         "micro_batch_size": batch_size,
         "gradient_accumulation_steps": 1,
@@ -271,6 +275,8 @@ def reference_settings(batch_size: int) -> dict[str, Any]:
         "num_workers": 0,
         "pin_memory": False,
         "prefetch_factor": 2,
+        "threads": 0,
+        "cache_data": False,
     }
 
 
@@ -511,4 +517,26 @@ def load_task(path: str | Path) -> Task:
         float_inputs=has_float_inputs(batch),
         dict_items=is_dict_batch(batch),
         token_batches=batch_tokens(batch) is not None,
+        items_repeat=items_repeat(train),
     )
+
+
+def items_repeat(data: Any, probes: int = 3) -> bool:
+    """Whether the items at a few indices (first, middle, last) are equal when read twice: a
+    ``__getitem__`` with random augmentation gives new items each time, and caching them would
+    change what the model trains on."""
+    size = len(data)
+    indices = sorted({0, size // 2, size - 1}) if size else []
+    return all(_equal(data[i], data[i]) for i in indices[:probes])
+
+
+def _equal(first: Any, second: Any) -> bool:
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+        return first.shape == second.shape and bool(torch.equal(first, second))
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(_equal(first[k], second[k]) for k in first)
+    if isinstance(first, np.ndarray) and isinstance(second, np.ndarray):
+        return bool(np.array_equal(first, second))
+    if isinstance(first, tuple | list) and isinstance(second, tuple | list):
+        return len(first) == len(second) and all(map(_equal, first, second))
+    return bool(first == second)

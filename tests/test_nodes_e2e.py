@@ -24,7 +24,7 @@ from _nodes import IFNAME, NODE0, NODE1, Slurm, TwoNodes, missing, missing_slurm
 
 from autotune import TrialConfig, detect_machine, load_study
 from autotune._cluster import read_hostfile
-from autotune._records import CANNOT_WIN, STOPPED, TrialRecord
+from autotune._records import TrialRecord
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import RunResult, run_trial
 
@@ -240,6 +240,9 @@ def test_a_search_with_a_hostfile_runs_its_two_rank_trial_across_the_nodes(
         "0.3",
         "--confirm",
         "0",
+        # Across the nodes the run is several times slower than on one process; the early
+        # stop would end it once it cannot win, sooner or later by the machine's speed.
+        "--no-early-stop",
     ]
     path = os.environ.get("PYTHONPATH")
     env = dict(
@@ -255,11 +258,7 @@ def test_a_search_with_a_hostfile_runs_its_two_rank_trial_across_the_nodes(
     study = load_study("model", "sqlite:///" + str(project / "trials" / "autotune.db"))
     records = [TrialRecord.of(t) for t in study.trials]
     two = [r for r in records if r.settings.get("processes") == 2]
-    # Over loopback ssh the two-node run is several times slower than the one-process run, so
-    # it may be stopped once it cannot win (how soon depends on the machine's speed): either
-    # way it ran and was timed across the nodes.
-    ran = len(two) == 1 and (two[0].is_ok or (two[0].status == STOPPED and two[0].get(CANNOT_WIN)))
-    assert ran and two[0].throughput, [(r.status, r.reason) for r in records]
+    assert len(two) == 1 and two[0].is_ok, [(r.status, r.reason) for r in records]
     logs = list((project / "trials").glob("model/**/log.txt"))
     assert any("rank 1 of a world of 2: local rank 0 of 1" in p.read_text() for p in logs)
     assert _trial_processes() == [] and nodes.node1_processes() == []
@@ -272,7 +271,7 @@ BATCH_SCRIPT = textwrap.dedent(
     scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/$/ slots=1/' > hostfile
     {python} -m autotune.cli search model.py --space space.yaml --hostfile hostfile \\
         --launcher slurm --sampler tpe --n-trials 2 --train-samples {samples} \\
-        --min-measure-seconds 0.3 --confirm 0
+        --min-measure-seconds 0.3 --confirm 0 --no-early-stop
     """
 )
 
@@ -313,11 +312,7 @@ def test_the_documented_batch_script_searches_across_the_allocation(
     study = load_study("model", "sqlite:///" + str(folder / "trials" / "autotune.db"))
     records = [TrialRecord.of(t) for t in study.trials]
     two = [r for r in records if r.settings.get("processes") == 2]
-    # Across the two nodes the run is several times slower than the one-process run, so
-    # it may be stopped once it cannot win (how soon depends on the machine's speed): either
-    # way it ran and was timed across the nodes.
-    ran = len(two) == 1 and (two[0].is_ok or (two[0].status == STOPPED and two[0].get(CANNOT_WIN)))
-    assert ran and two[0].throughput, [(r.status, r.reason) for r in records]
+    assert len(two) == 1 and two[0].is_ok, [(r.status, r.reason) for r in records]
     logs = [p.read_text() for p in (folder / "trials").glob("model/**/log.txt")]
     assert any("rank 1 of a world of 2: local rank 0 of 1" in text for text in logs)
     assert any("(sent with the trial)" in text for text in logs)

@@ -348,6 +348,51 @@ def test_pin_memory_needs_an_accelerator() -> None:
     assert _reason(config(pin_memory=True), GPUS) is None
 
 
+def test_threads_may_not_oversubscribe_the_cores_nor_repeat_the_automatic_count() -> None:
+    assert config(threads=1).threads_per_process(CPU) == 1
+    assert config().threads_per_process(CPU) == 2  # automatic: the rank's share of 2 cores
+    assert config().threads_per_process(GPUS) is None  # the framework's default
+    assert config(threads=3).threads_per_process(GPUS) == 3
+    assert _reason(config(threads=1)) is None
+    assert _reason(config(threads=2)) == "threads 2 is what threads 0 gives on this machine"
+    assert _reason(config(threads=3)) == "1 rank of 3 threads needs 3 cores; this machine has 2"
+    assert (
+        _reason(config(threads=1, num_workers=1))
+        == "threads 1 is what threads 0 gives on this machine"
+    )
+    assert _reason(config(threads=2, num_workers=1)) == (
+        "1 rank of 2 threads and 1 DataLoader workers need 3 cores; this machine has 2"
+    )
+    assert _reason(config(processes=8, threads=4), GPUS) is None  # 32 cores
+    assert _reason(config(processes=8, threads=5), GPUS) == (
+        "8 ranks of 5 threads need 40 cores; this machine has 32"
+    )
+
+
+def test_threads_and_caching_keep_the_numerics_and_reach_the_launch_recipe() -> None:
+    for changed in (config(threads=1), config(cache_data=True)):
+        assert changed.numerics_key() == config().numerics_key()
+        assert changed.key() != config().key()
+    recipe = config(threads=1, cache_data=True).launch_recipe(CPU)
+    assert recipe["threads_per_process"] == 1 and recipe["cache_data"] is True
+    assert recipe["command"].startswith("OMP_NUM_THREADS=1 deepspeed")
+    assert config(threads=4).launch_recipe(GPUS)["environment"]["OMP_NUM_THREADS"] == "4"
+
+
+def test_caching_needs_items_that_repeat_and_no_workers() -> None:
+    cached = config(cache_data=True)
+    assert _reason(cached) is None
+    assert "equal when read twice" in (
+        why_not_runnable(cached, CPU, 4096, 1000, LAYERS, False) or ""
+    )
+    assert "num_workers 0" in (_reason(config(cache_data=True, num_workers=1)) or "")
+
+
+def test_a_stored_study_without_the_later_settings_still_makes_its_config() -> None:
+    old = {k: v for k, v in REFERENCE.items() if k not in ("threads", "cache_data")}
+    assert TrialConfig.from_settings(old, OPTIMIZER, 32, "sqrt") == config()
+
+
 def test_pipeline_needs_layers() -> None:
     piped = config(processes=2, pipeline_stages=2)
     assert _reason(piped, layers=()) == "pipeline stages need layers() in the model file"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from autotune._batch import (
 )
 from autotune._errors import UserError
 from autotune._memory import measure_footprint
-from autotune._task import DEFAULT_EVAL_BATCH_SIZE, load_model_file, load_task
+from autotune._task import DEFAULT_EVAL_BATCH_SIZE, items_repeat, load_model_file, load_task
 
 # A tiny classifier of variable-length integer sequences, shaped as a transformers model: it
 # takes input_ids, attention_mask and labels and returns an object with .loss and .logits.
@@ -255,3 +256,43 @@ def test_a_custom_metric_is_called_by_its_metric_name(write_model: Callable[...,
     assert load_task(write_model(PAIR_MODEL + metric)).metric_name == "metric()"
     with pytest.raises(UserError, match="METRIC_NAME must be a non-empty string"):
         load_model_file(write_model("METRIC_NAME = 3\n" + PAIR_MODEL + metric))
+
+
+AUGMENTED = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    class Jittered(Dataset):
+        # Random augmentation: the same index gives a new item on each read.
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, index):
+            return torch.randn(4) + index, index % 2
+
+    def model():
+        return nn.Linear(4, 2)
+
+    def train_data():
+        return Jittered()
+    """
+)
+
+
+def test_the_preflight_tells_whether_items_repeat(write_model: Callable[[str, str], Path]) -> None:
+    """What ``cache_data`` needs: the same index read twice gives an equal item."""
+    assert load_task(write_model(AUGMENTED, "jittered.py")).items_repeat is False
+    fixed = AUGMENTED.replace("torch.randn(4)", "torch.ones(4)")
+    assert load_task(write_model(fixed, "fixed.py")).items_repeat is True
+    assert items_repeat([{"ids": torch.arange(3), "label": 1}, (np.zeros(2), "text")])
+    assert not items_repeat(_Noisy())
+
+
+class _Noisy:
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return np.random.rand(2), index

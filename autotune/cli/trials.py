@@ -38,7 +38,7 @@ _COLUMNS = (
 )
 
 _HEADERS: dict[str, str] = {
-    **{name: PARAMETERS[name].short for name in _COLUMNS if name in PARAMETERS},
+    **{name: parameter.short for name, parameter in PARAMETERS.items()},
     ACCURACY_REUSED_FROM: "acc. of",
     # With confirmation runs, the median of every window, and the median of its windows over
     # the reference's in the same rounds (the best is chosen on that).
@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     columns = list(_COLUMNS)
     if frame[TOKENS_PER_SECOND].notna().any():  # batches with input_ids
         columns.insert(columns.index(THROUGHPUT) + 1, TOKENS_PER_SECOND)
+    # Settings most spaces leave at the reference's value: a column once a trial changes them.
+    for name in ("cache_data", "threads"):
+        if frame[name].fillna(0).astype(bool).any():
+            columns.insert(columns.index("num_workers") + 1, name)
     table = frame[columns].rename(columns=_HEADERS)
     with pd.option_context(
         "display.max_rows", None, "display.width", 200, "display.max_colwidth", 60

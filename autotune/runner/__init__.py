@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from autotune.runner._data import (
     Batches,
+    CachedItems,
     CastingBatches,
     WholeBatchSampler,
     cast_batch,
@@ -36,6 +37,7 @@ __all__ = [
     "STALE_LOCK_SECONDS",
     "AdaptiveStop",
     "Batches",
+    "CachedItems",
     "CastingBatches",
     "Owner",
     "ProfileCache",

@@ -47,6 +47,9 @@ from autotune.runner._protocol import (  # noqa: E402
 from autotune.runner._rank import failure_reason, log, restart_clock  # noqa: E402
 from autotune.runner._train import train_and_measure  # noqa: E402
 
+_DEFAULT_THREADS = torch.get_num_threads()
+"""The framework's own intra-op thread count, as this rank started."""
+
 
 def run(plan_path: Path) -> dict[str, Any]:
     """Train every seed of the plan; the first seed's run is the trial's measurement."""
@@ -55,9 +58,9 @@ def run(plan_path: Path) -> dict[str, Any]:
     from autotune._task import load_model_file
 
     plan = TrialPlan.read(plan_path)
-    if plan.threads_per_rank:
-        torch.set_num_threads(plan.threads_per_rank)
-    log("imports done")
+    # A warm rank keeps its thread count from plan to plan: each sets its own, or the default.
+    torch.set_num_threads(plan.threads_per_rank or _DEFAULT_THREADS)
+    log(f"imports done; {torch.get_num_threads()} intra-op threads")
     deepspeed.init_distributed()
     _log_place()
     model_file = load_model_file(plan.model_path)

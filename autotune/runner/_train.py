@@ -47,7 +47,14 @@ from autotune._records import (
     TRAIN_SECONDS,
     WORLD_SIZE,
 )
-from autotune.runner._data import Batches, CastingBatches, cast_batch, torch_dtype, train_loader
+from autotune.runner._data import (
+    Batches,
+    CachedItems,
+    CastingBatches,
+    cast_batch,
+    torch_dtype,
+    train_loader,
+)
 from autotune.runner._gradient_noise import gradient_norms, measurable
 from autotune.runner._protocol import TrialPlan
 from autotune.runner._rank import (
@@ -483,4 +490,6 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     result[EVAL_LOSS] = eval_loss
     ranks.engine.destroy()
     batches.close()
+    if isinstance(loader[0].dataset, CachedItems):
+        log(f"seed {seed}: {loader[0].dataset.describe()}")
     return result

@@ -315,6 +315,7 @@ class Objective:
             scoring.samples_for(batch),
             self.task.train_size,
             self.task.layer_types,
+            self.task.items_repeat,
         )
 
     def _over_memory(self, proposal: _Proposal) -> str | None:

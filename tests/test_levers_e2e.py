@@ -1,0 +1,122 @@
+"""The levers beside the batch and the layout (issue 19), on real CPU DeepSpeed: each reaches
+the rank that trains, and keeps the numbers its rule says it keeps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from search_options import run_grid_search
+
+from autotune import export
+from autotune._plan import TrialConfig, automatic_threads, detect_machine
+from autotune._records import EVAL_LOSS, METRIC, TrialRecord
+from autotune._task import load_model_file, reference_settings
+from autotune.cli.trials import run as print_trials
+from autotune.runner import RunResult, run_trial
+
+MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    BATCH_SIZE = 32
+
+    class Points(Dataset):
+        # Each item made on demand from its index: deterministic, as caching needs.
+        def __len__(self):
+            return 1200
+
+        def __getitem__(self, index):
+            x = torch.randn(16, generator=torch.Generator().manual_seed(index))
+            return x, x[:4].argmax()
+
+    def model():
+        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def train_data():
+        return Points()
+    """
+)
+SAMPLES = 3072  # about three epochs of the 960 training items: later epochs read the cache
+
+
+@pytest.fixture(scope="module")
+def model_path(write_model: Callable[[str, str], Path]) -> Path:
+    return write_model(MODEL, "points.py")
+
+
+def _run(model_path: Path, folder: Path, **values: object) -> tuple[RunResult, str]:
+    model_file = load_model_file(model_path)
+    settings = {**reference_settings(32), **values}
+    config = TrialConfig.from_settings(settings, model_file.optimizer, 32, "sqrt")
+    result = run_trial(config, detect_machine(), model_path, SAMPLES, [0], folder, timeout=120)
+    assert result.ok, result.failure_reason
+    return result, (folder / "log.txt").read_text()
+
+
+@pytest.mark.e2e
+def test_cached_items_are_read_from_memory_and_train_the_same_numbers(
+    model_path: Path, tmp_path: Path
+) -> None:
+    plain, _ = _run(model_path, tmp_path / "plain")
+    cached, log = _run(model_path, tmp_path / "cached", cache_data=True)
+    held = re.search(r"cache: ([\d,]+) items held, ([\d,]+) of ([\d,]+) reads from memory", log)
+    assert held is not None, log
+    items, hits, reads = (int(group.replace(",", "")) for group in held.groups())
+    assert items == 960 and reads == SAMPLES and hits == SAMPLES - 960
+    assert plain.measurements is not None and cached.measurements is not None
+    assert cached.measurements[METRIC] == pytest.approx(plain.measurements[METRIC], abs=1e-6)
+    assert cached.measurements[EVAL_LOSS] == pytest.approx(plain.measurements[EVAL_LOSS], rel=1e-6)
+
+
+@pytest.mark.e2e
+def test_a_thread_count_reaches_the_rank_and_keeps_the_numbers(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """Threads change only how a reduction is split: the same metric, the loss to 1e-5."""
+    one, log = _run(model_path, tmp_path / "one", threads=1)
+    assert "1 intra-op threads" in log
+    automatic, log = _run(model_path, tmp_path / "auto")
+    config = TrialConfig.from_settings(reference_settings(32), {"params": {"lr": 1e-3}}, 32, "none")
+    assert f"{automatic_threads(config, detect_machine())} intra-op threads" in log
+    assert one.measurements is not None and automatic.measurements is not None
+    assert one.measurements[METRIC] == pytest.approx(automatic.measurements[METRIC], abs=1e-6)
+    assert one.measurements[EVAL_LOSS] == pytest.approx(automatic.measurements[EVAL_LOSS], rel=1e-5)
+
+
+SPACE = "cache_data: [false, true]\nthreads: [0, 1]\n"
+
+
+@pytest.mark.e2e
+def test_a_search_over_the_levers_records_and_exports_them(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each lever is a setting of the study's trials, a column of `autotune trials`, and part
+    of the exported launch recipe; one thread is what threads 0 gives to 1-core machines only."""
+    study, lines = run_grid_search(tmp_path, model_path, SPACE, train_samples=SAMPLES, n_trials=4)
+    records = [TrialRecord.of(trial) for trial in study.trials]
+    ran = {(r.settings["cache_data"], r.settings["threads"]) for r in records if r.is_ok}
+    machine = detect_machine()
+    one_thread = (0, 1) if machine.cores > 1 else (0,)
+    assert ran == {(cache, threads) for cache in (False, True) for threads in one_thread}, lines
+    assert any("cache" in line.split("]")[0] for line in lines if "trial" in line), lines
+
+    print_trials(argparse.Namespace(study=None, storage=f"sqlite:///{tmp_path}/study.db"))
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "cache" in header and ("threads" in header) == (machine.cores > 1)
+
+    _, launch = export(study, tmp_path / "best")
+    recipe = json.loads(launch.read_text())
+    chosen = TrialRecord.of(study.trials[recipe["trial"]]).settings
+    assert recipe["cache_data"] == chosen["cache_data"]
+    config = TrialConfig.from_settings(chosen, {"params": {"lr": 1e-3}}, 32, "none")
+    threads = chosen["threads"] or automatic_threads(config, machine)
+    assert recipe["threads_per_process"] == threads
+    assert recipe["command"].startswith(f"OMP_NUM_THREADS={threads} deepspeed")
