@@ -302,6 +302,7 @@ class TrialConfig:
     optimizer: dict[str, Any] = dataclasses.field(hash=False, compare=False)
     # Settings added later: a stored study's plans and settings may lack them.
     threads: int = 0
+    activation_checkpointing: bool = False
     cache_data: bool = False
 
     @classmethod
@@ -372,8 +373,9 @@ class TrialConfig:
         and DataLoader settings change only who loads the items. Precision changes the numbers;
         so does ZeRO under bf16/fp16, whose optimizers keep master weights differently.
         Threads change only the order of a reduction's partial sums (equal numbers up to
-        rounding), and a cached item is the item loaded again (the preflight checks that an
-        item read twice is equal).
+        rounding), checkpointing recomputes the same activations (the random state restored),
+        and a cached item is the item loaded again (the preflight checks that an item read
+        twice is equal).
 
         When items vary in length (``items_vary``: dict items or a collate()), a loss that is
         a mean over each micro-batch's tokens weighs the tokens of different micro-batches
@@ -456,7 +458,8 @@ class TrialConfig:
             "partition_bounds": None,
             "data_parallel": self.data_parallel,
             **self.dataloader_arguments(),
-            # The helper `autotune.cached_items` wraps the user's dataset (README).
+            # The helpers `autotune.CheckpointedLayers` and `autotune.CachedItems` (README).
+            "activation_checkpointing": self.activation_checkpointing,
             "cache_data": self.cache_data,
             "threads_per_process": threads,
             "accelerator": machine.accelerator,
@@ -519,6 +522,8 @@ def why_not_runnable(
     reason = _why_not_threads(config, machine) or _why_not_cache(config, items_repeat)
     if reason is not None:
         return reason
+    if config.activation_checkpointing and not layer_types:
+        return "activation_checkpointing needs layers() in the model file"
     if config.pipeline_stages > 1:
         if not layer_types:
             return "pipeline stages need layers() in the model file"

@@ -8,7 +8,6 @@ the CLI help and the report all read :data:`PARAMETERS`.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import json
 import math
 import random
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from autotune._errors import UserError
+from autotune._space_files import resolve_space
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARTITION_METHODS = ("parameters", "uniform", "profile")
@@ -179,6 +179,13 @@ PARAMETERS: dict[str, Parameter] = {
             integer=True,
         ),
         Parameter(
+            "activation_checkpointing",
+            _check_bool,
+            "recompute each layer's activations in the backward pass (needs layers())",
+            "activation checkpointing",
+            "ckpt",
+        ),
+        Parameter(
             "cache_data",
             _check_bool,
             "keep training items in memory after their first load (no workers)",
@@ -228,7 +235,7 @@ def describe_settings(settings: dict[str, Any]) -> str:
         parts.append(f"{short['prefetch_factor']}={settings['prefetch_factor']}")
     if settings.get("threads"):  # absent from studies older than the setting
         parts.append(f"{short['threads']}={settings['threads']}")
-    flags = ("pin_memory", "cache_data")
+    flags = ("pin_memory", "activation_checkpointing", "cache_data")
     return " ".join(parts + [short[name] for name in flags if settings.get(name)])
 
 
@@ -338,44 +345,6 @@ def _parse_domain(name: str, raw: Any, source: str) -> Choices | IntRange:
     if isinstance(raw, list):
         return tuple(raw)
     return (raw,)
-
-
-def shipped_spaces() -> dict[str, Path]:
-    """The spaces that ship inside the package, by name (``default``, ``cpu_small``, ...)."""
-    folder = importlib.resources.files("autotune") / "search_spaces"
-    return {
-        entry.name.removesuffix(".yaml"): Path(str(entry))
-        for entry in sorted(folder.iterdir(), key=lambda entry: entry.name)
-        if entry.name.endswith(".yaml")
-    }
-
-
-DEFAULT_SPACE_NAME = "default"
-
-
-def default_space() -> Path:
-    """The space a search uses when none is given: the shipped ``default.yaml``."""
-    return shipped_spaces()[DEFAULT_SPACE_NAME]
-
-
-def resolve_space(given: str | Path) -> Path:
-    """The file behind ``--space``: a path to a YAML file, or the name of a shipped space
-    (``cpu_small`` or ``cpu_small.yaml``) when no such file exists.
-
-    Raises:
-        UserError: Neither a file nor a shipped space has that name.
-    """
-    path = Path(given)
-    if path.is_file():
-        return path
-    shipped = shipped_spaces()
-    name = path.name.removesuffix(".yaml")
-    if path.parent == Path(".") and name in shipped:
-        return shipped[name]
-    raise UserError(
-        f"Space file {given} does not exist. Pass --space with a YAML file or the name of a "
-        f"shipped space ({', '.join(shipped)})."
-    )
 
 
 def load_space(path: str | Path) -> SearchSpace:

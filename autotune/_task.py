@@ -263,7 +263,7 @@ class Task:
 
 def reference_settings(batch_size: int) -> dict[str, Any]:
     """The reference trial: the model file's BATCH_SIZE, fp32, ZeRO 0, one process, no
-    DataLoader workers, the automatic thread count, no cache."""
+    DataLoader workers, the automatic thread count, no activation checkpointing, no cache."""
     return {
         "micro_batch_size": batch_size,
         "gradient_accumulation_steps": 1,
@@ -276,6 +276,7 @@ def reference_settings(batch_size: int) -> dict[str, Any]:
         "pin_memory": False,
         "prefetch_factor": 2,
         "threads": 0,
+        "activation_checkpointing": False,
         "cache_data": False,
     }
 

@@ -13,7 +13,8 @@ from autotune._errors import UserError
 from autotune._memory import parse_memory
 from autotune._plan import LR_SCALINGS, parse_devices
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS
-from autotune._space import PARAMETERS, shipped_spaces
+from autotune._space import PARAMETERS
+from autotune._space_files import shipped_spaces
 from autotune.cli._common import add_study_flags
 from autotune.study import (
     CONFIRM_ROUNDS,

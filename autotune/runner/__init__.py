@@ -5,6 +5,7 @@ shared memory from outliving the search (``_owner``)."""
 
 from __future__ import annotations
 
+from autotune.runner._checkpointing import CheckpointedLayers, pipeline_checkpointing
 from autotune.runner._data import (
     Batches,
     CachedItems,
@@ -38,6 +39,7 @@ __all__ = [
     "AdaptiveStop",
     "Batches",
     "CachedItems",
+    "CheckpointedLayers",
     "CastingBatches",
     "Owner",
     "ProfileCache",
@@ -57,6 +59,7 @@ __all__ = [
     "measure_layers",
     "measure_link",
     "ops_environment",
+    "pipeline_checkpointing",
     "prepare_deepspeed_ops",
     "remove_orphaned_buffers",
     "remove_shm_buffers",

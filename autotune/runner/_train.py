@@ -47,6 +47,7 @@ from autotune._records import (
     TRAIN_SECONDS,
     WORLD_SIZE,
 )
+from autotune.runner._checkpointing import CheckpointedLayers, pipeline_checkpointing
 from autotune.runner._data import (
     Batches,
     CachedItems,
@@ -139,7 +140,12 @@ def build_engine(plan: TrialPlan, seed: int, model_file: Any, accelerator: Any) 
 
 
 def _build_module(plan: TrialPlan, model_file: Any) -> nn.Module:
+    checkpointing = plan.config.activation_checkpointing
     if not plan.pipeline:
+        if checkpointing:
+            module = CheckpointedLayers(model_file.layers())
+            log(module.describe())
+            return module
         return model_file.model()
     from deepspeed.pipe import PipelineModule
 
@@ -147,20 +153,17 @@ def _build_module(plan: TrialPlan, model_file: Any) -> nn.Module:
 
     # A collate() may pad each batch to its own longest item: the stages then exchange
     # activations of another shape every micro-batch, which DeepSpeed sends only when told.
-    dynamic_shape = model_file.has_collate
+    options = {"loss_fn": model_file.loss, "dynamic_shape": model_file.has_collate}
+    if checkpointing:
+        options.update(pipeline_checkpointing())
+        log("activation checkpointing: every layer with parameters, on each stage")
     if plan.partition_bounds:
-        return build_pipeline_module(
-            model_file.layers(),
-            plan.partition_bounds,
-            loss_fn=model_file.loss,
-            dynamic_shape=dynamic_shape,
-        )
+        return build_pipeline_module(model_file.layers(), plan.partition_bounds, **options)
     return PipelineModule(
         layers=model_file.layers(),
         num_stages=plan.config.pipeline_stages,
         partition_method=plan.config.partition_method,
-        loss_fn=model_file.loss,
-        dynamic_shape=dynamic_shape,
+        **options,
     )
 
 

@@ -11,7 +11,7 @@ from autotune._cluster import LAUNCHERS
 from autotune._errors import UserError
 from autotune._plan import LR_SCALINGS
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS, validate_budget
-from autotune._space import default_space
+from autotune._space_files import default_space
 from autotune.study._confirm import DEFAULT_CONFIRM
 
 DEFAULT_SPACE = default_space()
