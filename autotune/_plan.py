@@ -20,6 +20,12 @@ WARMUP_STEPS = 3
 MIN_MEASURED_STEPS = 5
 """A trial needs at least this many timed steps for its throughput to mean anything."""
 LR_SCALINGS = ("sqrt", "linear", "none", "noise")
+ZERO_BUCKET_ELEMENTS = 500_000_000
+"""DeepSpeed's default ``reduce_bucket_size``: under ZeRO stages 1-3 each rank allocates one
+gradient bucket of this many values, whatever the model's size (1.9 GiB in fp32 on a GPU)."""
+ZERO_BUCKET_GRANULE = 2**20
+"""Fitted buckets are whole multiples of this many values (4 MiB in fp32), which is also the
+smallest bucket a model gets."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,9 +290,30 @@ def scale_learning_rate(
     return base_lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
+def fitted_zero_bucket(parameters: int) -> int:
+    """The ZeRO gradient bucket, in values, fitted to a model of ``parameters`` parameters.
+
+    DeepSpeed 0.19.8 allocates ``reduce_bucket_size`` values per rank for its gradient bucket
+    whatever the model (stages 1-2 each step with ``contiguous_gradients``, stage 3 once at
+    start-up), and fills it with as many gradients as fit before each reduction. A bucket that
+    holds the whole model already means one reduction per step, so a larger one is memory that
+    is never used: the bucket is the parameter count rounded up to ``ZERO_BUCKET_GRANULE``
+    (which is also its floor), and never more than DeepSpeed's default.
+    """
+    granules = max(1, math.ceil(parameters / ZERO_BUCKET_GRANULE))
+    return min(ZERO_BUCKET_ELEMENTS, granules * ZERO_BUCKET_GRANULE)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial runs with. Frozen: built once, read everywhere downstream."""
+    """Everything one trial runs with. Frozen: built once, read everywhere downstream.
+
+    Attributes:
+        zero_bucket_elements: ZeRO's gradient bucket (DeepSpeed's ``reduce_bucket_size``) in
+            values, fitted to the model by ``fitted_zero_bucket``; None for DeepSpeed's default
+            (and always under ZeRO 0, which has no bucket). Not a tuned setting: every ZeRO
+            1-3 trial of a study gets its model's bucket (the reference runs ZeRO 0).
+    """
 
     micro_batch_size: int
     gradient_accumulation_steps: int
@@ -300,6 +327,7 @@ class TrialConfig:
     prefetch_factor: int
     learning_rate: float
     optimizer: dict[str, Any] = dataclasses.field(hash=False, compare=False)
+    zero_bucket_elements: int | None = None
 
     @classmethod
     def from_settings(
@@ -309,17 +337,26 @@ class TrialConfig:
         reference_batch: int,
         lr_scaling: str,
         noise_scale: float | None = None,
+        parameters: int | None = None,
     ) -> TrialConfig:
         """Build a config from sampled settings, scaling the learning rate for its batch
-        (``noise_scale``: B_noise for the ``noise`` rule)."""
+        (``noise_scale``: B_noise for the ``noise`` rule); ``parameters``, the model's
+        parameter count, fits ZeRO's gradient bucket to it (None keeps DeepSpeed's)."""
         base_lr = float(optimizer["params"]["lr"])
         values = {name: settings[name] for name in PARAMETERS}
         pipeline = values["pipeline_stages"] > 1
         workers = values["num_workers"] > 0
+        zero = values["zero_stage"] >= 1
         # Settings that do not change the run are normalised so equal runs have equal keys.
         values["partition_method"] = values["partition_method"] if pipeline else "parameters"
         values["prefetch_factor"] = values["prefetch_factor"] if workers else 2
-        unscaled = cls(**values, learning_rate=base_lr, optimizer=copy.deepcopy(optimizer))
+        bucket = fitted_zero_bucket(parameters) if zero and parameters is not None else None
+        unscaled = cls(
+            **values,
+            learning_rate=base_lr,
+            optimizer=copy.deepcopy(optimizer),
+            zero_bucket_elements=bucket,
+        )
         lr = scale_learning_rate(
             base_lr, reference_batch, unscaled.global_batch_size, lr_scaling, noise_scale
         )
@@ -350,13 +387,32 @@ class TrialConfig:
         is already one process of parallelism)."""
         return {"TOKENIZERS_PARALLELISM": "false"} if self.num_workers > 0 else {}
 
+    @property
+    def reduce_bucket_elements(self) -> int:
+        """Values in the gradient bucket DeepSpeed allocates under ZeRO 1-3: the fitted bucket,
+        else DeepSpeed's default."""
+        return self._configured_bucket() or ZERO_BUCKET_ELEMENTS
+
+    def _configured_bucket(self) -> int | None:
+        """The bucket this config sets in DeepSpeed's config; None where it sets none."""
+        return self.zero_bucket_elements if self.zero_stage >= 1 else None
+
     def settings(self) -> dict[str, Any]:
         """The tuned settings by parameter name."""
         return {name: getattr(self, name) for name in PARAMETERS}
 
     def key(self) -> str:
-        """A canonical string: two trials with the same key run the same thing."""
-        return json.dumps({**self.settings(), "learning_rate": self.learning_rate}, sort_keys=True)
+        """A canonical string: two trials with the same key run the same thing.
+
+        A fitted ZeRO bucket is part of it (a run with DeepSpeed's default bucket allocates,
+        and may time, differently), and only where it is set, so keys of runs without one
+        read as they did before buckets were fitted.
+        """
+        key = {**self.settings(), "learning_rate": self.learning_rate}
+        bucket = self._configured_bucket()
+        if bucket is not None:
+            key["zero_bucket_elements"] = bucket
+        return json.dumps(key, sort_keys=True)
 
     def numerics_key(self, items_vary: bool = False) -> str:
         """What decides the trained model's numbers: trials with equal keys train the same
@@ -373,7 +429,8 @@ class TrialConfig:
         a mean over each micro-batch's tokens weighs the tokens of different micro-batches
         differently, so the gradient depends on how the global batch is cut into micro-batches
         (transformers#34191). The sampler makes that cut depend on the micro-batch size alone,
-        so the key then holds the micro-batch size too.
+        so the key then holds the micro-batch size too. The ZeRO bucket only decides how many
+        gradients are reduced at a time, not what each sums, so it is not part of the key.
         """
         key: dict[str, Any] = {
             "global_batch_size": self.global_batch_size,
@@ -390,15 +447,29 @@ class TrialConfig:
         return train_samples // self.global_batch_size
 
     def ds_config(self) -> dict[str, Any]:
-        """The DeepSpeed config, accepted unchanged by ``deepspeed.initialize``."""
+        """The DeepSpeed config, accepted unchanged by ``deepspeed.initialize``.
+
+        Under ZeRO 1-3 with a fitted bucket it sets ``reduce_bucket_size``; the other ZeRO keys
+        keep DeepSpeed 0.19.8's defaults, which its source shows need no fitting:
+        ``allgather_bucket_size`` allocates nothing (it splits the all-gather only on a backend
+        without ``all_gather_into_tensor``); ``stage3_prefetch_bucket_size`` and
+        ``stage3_max_live_parameters`` cap what is gathered and size no buffer;
+        ``contiguous_gradients`` stays on (DeepSpeed's tested path; its buffer is the bucket);
+        ``overlap_comm`` stays off under ZeRO 1-2, where it would allocate a second bucket with
+        nothing to overlap (one bucket holding the model is reduced once, after backward).
+        """
         optimizer = copy.deepcopy(self.optimizer)
         optimizer.setdefault("params", {})["lr"] = self.learning_rate
+        zero: dict[str, Any] = {"stage": self.zero_stage}
+        bucket = self._configured_bucket()
+        if bucket is not None:
+            zero["reduce_bucket_size"] = bucket
         config: dict[str, Any] = {
             "train_batch_size": self.global_batch_size,
             "train_micro_batch_size_per_gpu": self.micro_batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "optimizer": optimizer,
-            "zero_optimization": {"stage": self.zero_stage},
+            "zero_optimization": zero,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }

@@ -284,13 +284,15 @@ class Objective:
 
     def config_of(self, settings: dict[str, Any]) -> TrialConfig:
         """The configuration these settings give with the model file and the study's rules
-        (the ``noise`` learning-rate rule reads the reference's noise scale once stored)."""
+        (the ``noise`` learning-rate rule reads the reference's noise scale once stored; ZeRO's
+        bucket is fitted to the model's measured parameter count)."""
         return TrialConfig.from_settings(
             settings,
             self.task.model_file.optimizer,
             self.task.model_file.batch_size,
             self.options.lr_rule,
             self.scoring.lr_noise_scale(),
+            self.footprint.parameters,
         )
 
     # --- the gates, in order ---------------------------------------------------------------
