@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from autotune._errors import UserError
 from autotune._export import export, export_trial
-from autotune._plan import Machine, TrialConfig, detect_machine, why_not_runnable
+from autotune._machine import Machine, detect_machine
+from autotune._plan import TrialConfig, why_not_runnable
 from autotune._search import SearchSummary, search
 from autotune._space import PARAMETERS, SearchSpace, load_space
 from autotune._task import ModelFile, Task, load_task

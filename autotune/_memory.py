@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from autotune._batch import forward
-from autotune._plan import Machine, TrialConfig
+from autotune._machine import Machine
+from autotune._plan import TrialConfig
 from autotune._task import ModelFile
 
 FP32_BYTES = 4
@@ -29,9 +30,6 @@ HALF_BYTES = 2
 """Bytes per value under bf16 or fp16."""
 MASTER_COPY_BYTES = 4
 """Mixed precision keeps an fp32 copy of every parameter for the optimizer to update."""
-ZERO_BUCKET_ELEMENTS = 500_000_000
-"""DeepSpeed's default ``reduce_bucket_size``: under ZeRO stages 1-3 each rank allocates one
-gradient bucket of this many values, whatever the model's size (1.9 GiB in fp32 on a GPU)."""
 DEFAULT_OPTIMIZER_STATE_BYTES = 8.0
 """For optimizer types we do not know: Adam's two fp32 moments, the common worst case."""
 
@@ -93,7 +91,9 @@ class MemoryEstimate:
         gradients: Gradients held by this rank.
         optimizer_states: Optimizer states plus any fp32 master copy, held by this rank.
         activations: Activations kept for backward during one micro-batch.
-        buffers: ZeRO's gradient bucket on an accelerator (see ``ZERO_BUCKET_ELEMENTS``).
+        buffers: ZeRO's gradient bucket on an accelerator: the configured
+            ``reduce_bucket_size`` (``TrialConfig.reduce_bucket_elements``), by default
+            DeepSpeed's 500 million values (``autotune._plan.ZERO_BUCKET_ELEMENTS``).
         total: The sum of the above.
     """
 
@@ -204,8 +204,9 @@ def estimate_rank_bytes(
         footprint: The model's measured footprint.
         config: The trial's configuration.
         accelerator: DeepSpeed's accelerator name. On a device ("cuda", ...) ZeRO's gradient
-            bucket is allocated in full and counts; on CPU the peak is resident memory and
-            the bucket's untouched pages never become resident.
+            bucket, as configured (``TrialConfig.reduce_bucket_elements``), is allocated in
+            full and counts; on CPU the peak is resident memory and the bucket's untouched
+            pages never become resident.
 
     Returns:
         The estimate by part. It leaves out the framework's own overhead (imports, CUDA
@@ -236,9 +237,10 @@ def estimate_rank_bytes(
     activations = (
         footprint.activation_bytes_per_sample * config.micro_batch_size * (value_bytes / FP32_BYTES)
     )
-    # Measured on an H100 (README): 1.9 GiB more at ZeRO 1-3 than at 0 in fp32, 0.9 in bf16/fp16.
+    # With DeepSpeed's default bucket, measured on an H100 (docs/gpus.md): 1.9 GiB more at
+    # ZeRO 1-3 than at 0 in fp32, 0.9 in bf16/fp16. The bucket holds gradients in their dtype.
     buffers = (
-        ZERO_BUCKET_ELEMENTS * value_bytes
+        config.reduce_bucket_elements * value_bytes
         if config.zero_stage >= 1 and accelerator != "cpu"
         else 0.0
     )

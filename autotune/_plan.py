@@ -7,12 +7,11 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import re
 from typing import Any
 
-from autotune._cluster import Node, placement
-from autotune._errors import UserError
+from autotune._cluster import placement
+from autotune._machine import Machine
 from autotune._space import PARAMETERS
 
 WARMUP_STEPS = 3
@@ -20,244 +19,19 @@ WARMUP_STEPS = 3
 MIN_MEASURED_STEPS = 5
 """A trial needs at least this many timed steps for its throughput to mean anything."""
 LR_SCALINGS = ("sqrt", "linear", "none", "noise")
-
-
-@dataclasses.dataclass(frozen=True)
-class Machine:
-    """What the local machine offers to trials.
-
-    Attributes:
-        accelerator: DeepSpeed's accelerator name ("cpu", "cuda", ...).
-        devices: How many ranks fit: GPUs, or CPU cores on the CPU accelerator.
-        cores: CPU cores this process may use.
-        fp16: Whether the accelerator supports fp16.
-        bf16: Whether the accelerator supports bf16.
-        device_name: The accelerator's model, for reports ("" on CPU).
-        native_half: The half precisions the hardware computes natively ("bf16", "fp16"),
-            as opposed to those it supports by conversion (a CPU without avx512_bf16 or AMX
-            runs bf16 several times slower than fp32); the start-up tries the reference in
-            each (see ``native_half_precisions``).
-        environment: Variables DeepSpeed needs set differently here for its ops to build
-            (see ``arch_list_deepspeed_can_parse``); trials run with them and the exported
-            launch command sets them.
-        nodes: The hostfile's nodes when trials may span several (``--hostfile``), this
-            machine first; empty for this machine alone. Every node is taken to be like this
-            one (the study's machine check holds for each worker, not for each node).
-        launcher: How a node other than this one is reached (``ssh`` or ``srun``).
-        device_ids: The accelerator indices (or, on CPU, the cores) this search's trials use
-            (``--devices``), so several workers share one machine without sharing devices;
-            empty for all of them.
-    """
-
-    accelerator: str
-    devices: int
-    cores: int
-    fp16: bool
-    bf16: bool
-    device_name: str = ""
-    environment: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
-    native_half: tuple[str, ...] = ()
-    nodes: tuple[Node, ...] = ()
-    launcher: str = "ssh"
-    device_ids: tuple[int, ...] = ()
-
-    def local_device_ids(self, ranks: int) -> list[int]:
-        """The device indices this machine's ``ranks`` ranks run on (DeepSpeed's launcher sets
-        ``CUDA_VISIBLE_DEVICES`` from them)."""
-        return list(self.device_ids[:ranks]) if self.device_ids else list(range(ranks))
-
-    @property
-    def slots(self) -> int:
-        """How many ranks a trial may have: the hostfile's slots, or this machine's devices."""
-        return sum(node.slots for node in self.nodes) if self.nodes else self.devices
-
-    def local_ranks(self, processes: int) -> int:
-        """The most ranks of a ``processes``-rank trial on one node (the first node's share)."""
-        return placement(self.nodes, min(processes, self.slots))[0][1]
-
-    def spans_nodes(self, processes: int) -> bool:
-        """Whether a trial of ``processes`` ranks needs more than this machine's slots."""
-        return len(self.nodes) > 1 and processes > self.nodes[0].slots
-
-    def describe(self) -> str:
-        if self.accelerator == "cpu":
-            model = cpu_model()
-            text = f"cpu, {self.cores} cores" + (f" ({model})" if model else "")
-        else:
-            name = f" ({self.device_name})" if self.device_name else ""
-            text = f"{self.devices} x {self.accelerator}{name}, {self.cores} cpu cores"
-        if len(self.nodes) > 1:
-            text += f"; {len(self.nodes)} nodes, {self.slots} slots"
-        return text
-
-
-def cpu_model() -> str:
-    """The processor's model name from /proc/cpuinfo, or "" where that is not available."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_flags() -> frozenset[str]:
-    """The processor's feature flags from /proc/cpuinfo (empty where that is not available)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-_CPU_HALF_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
-"""The x86 instructions that compute each half precision natively; without them PyTorch
-converts to fp32 and back around every operation."""
-_CUDA_HALF_MAJOR = {"bf16": 8, "fp16": 7}
-"""The first CUDA compute capability (major) with tensor cores for each half precision
-(Ampere for bf16, Volta for fp16); PyTorch emulates bf16 on older GPUs."""
-
-
-def native_half_precisions(
-    accelerator: str, flags: frozenset[str], cuda_major: int | None
-) -> tuple[str, ...]:
-    """The half precisions that ``accelerator`` computes natively: on CPU by its feature
-    ``flags`` (`cpu_flags`), on CUDA by its compute capability's major version; none claimed
-    for other accelerators."""
-    if accelerator == "cpu":
-        return tuple(p for p, needs in _CPU_HALF_FLAGS.items() if flags.intersection(needs))
-    if accelerator == "cuda" and cuda_major is not None:
-        return tuple(p for p, major in _CUDA_HALF_MAJOR.items() if cuda_major >= major)
-    return ()
-
-
-def parse_devices(text: str) -> tuple[int, ...]:
-    """``--devices``: indices and ranges, ``"0,1"`` or ``"4-7"`` or ``"0,2-3"``, in order.
-
-    Raises:
-        ValueError: Not such a list, or an index given twice.
-    """
-    ids: list[int] = []
-    for part in text.split(","):
-        low, dash, high = part.strip().partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"expected indices such as 0,1 or 4-7, got {text!r}")
-        first, last = int(low), int(high) if dash else int(low)
-        if last < first:
-            raise ValueError(f"the range {part.strip()} runs backwards")
-        ids.extend(range(first, last + 1))
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{text!r} names an index twice")
-    return tuple(ids)
-
-
-def with_devices(machine: Machine, device_ids: tuple[int, ...]) -> Machine:
-    """``machine`` restricted to ``device_ids``: accelerator indices, or on CPU cores, to which
-    this process (and so every rank it launches) is then bound.
-
-    Raises:
-        UserError: An index this machine does not have (or this process may not use).
-    """
-    if machine.accelerator == "cpu":
-        allowed = sorted(os.sched_getaffinity(0))
-        missing = [i for i in device_ids if i not in allowed]
-        if missing:
-            raise UserError(
-                f"--devices {','.join(map(str, device_ids))}: this process may use cores "
-                f"{_ranges(allowed)}, not {','.join(map(str, missing))}."
-            )
-        os.sched_setaffinity(0, device_ids)
-        count = len(device_ids)
-        return dataclasses.replace(machine, devices=count, cores=count, device_ids=device_ids)
-    missing = [i for i in device_ids if i >= machine.devices]
-    if missing:
-        raise UserError(
-            f"--devices {','.join(map(str, device_ids))}: this machine has {machine.devices} "
-            f"{machine.accelerator} devices (0-{machine.devices - 1}), not "
-            f"{','.join(map(str, missing))}."
-        )
-    return dataclasses.replace(machine, devices=len(device_ids), device_ids=device_ids)
-
-
-def _ranges(ids: list[int]) -> str:
-    """``[0, 1, 2, 5]`` as ``0-2,5``."""
-    parts: list[str] = []
-    for i in ids:
-        if parts and parts[-1].split("-")[-1] == str(i - 1):
-            parts[-1] = parts[-1].split("-")[0] + f"-{i}"
-        else:
-            parts.append(str(i))
-    return ",".join(parts)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-_ARCH_VARIANT = re.compile(r"^(\d+\.\d+)[a-z]+(\+PTX)?$", re.IGNORECASE)
-
-
-def arch_list_deepspeed_can_parse(value: str) -> str:
-    """``TORCH_CUDA_ARCH_LIST`` without architecture variant suffixes ("9.0a" -> "9.0").
-
-    DeepSpeed's op builders read every entry as integers and fail on PyTorch's variant
-    targets (deepspeedai/DeepSpeed#7589; the image of our H100 machine sets "9.0a"). The plain
-    target builds code that runs on the same GPU; the ops DeepSpeed builds use no
-    variant-only instructions. Entries keep their order; duplicates left by the strip go.
-    """
-    kept: list[str] = []
-    for entry in value.replace(",", ";").replace(" ", ";").split(";"):
-        if not entry:
-            continue
-        match = _ARCH_VARIANT.match(entry)
-        plain = match.group(1) + (match.group(2) or "") if match else entry
-        if plain not in kept:
-            kept.append(plain)
-    return ";".join(kept)
-
-
-def deepspeed_environment(accelerator: str, environ: dict[str, str]) -> dict[str, str]:
-    """The variables to change in ``environ`` before DeepSpeed builds ops on ``accelerator``."""
-    arch_list = environ.get("TORCH_CUDA_ARCH_LIST")
-    if accelerator == "cpu" or not arch_list:
-        return {}
-    parsable = arch_list_deepspeed_can_parse(arch_list)
-    return {} if parsable == arch_list else {"TORCH_CUDA_ARCH_LIST": parsable}
-
-
-def detect_machine() -> Machine:
-    """Ask DeepSpeed which accelerator it would use here and what it supports."""
-    import torch
-
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would pick, without its warning
-    from deepspeed.accelerator import get_accelerator
-
-    accelerator = get_accelerator()
-    name = accelerator.device_name()
-    cores = available_cores()
-    devices = cores if name == "cpu" else accelerator.device_count()
-    cuda_major = torch.cuda.get_device_capability(0)[0] if name == "cuda" else None
-    supported = {"bf16": accelerator.is_bf16_supported(), "fp16": accelerator.is_fp16_supported()}
-    native = native_half_precisions(name, cpu_flags(), cuda_major)
-    return Machine(
-        accelerator=name,
-        devices=devices,
-        cores=cores,
-        fp16=bool(supported["fp16"]),
-        bf16=bool(supported["bf16"]),
-        device_name=torch.cuda.get_device_name(0) if name == "cuda" else "",
-        environment=deepspeed_environment(name, dict(os.environ)),
-        native_half=tuple(p for p in native if supported[p]),
-    )
+LATER_SETTINGS: dict[str, Any] = {
+    "threads": 0,
+    "activation_checkpointing": False,
+    "cache_data": False,
+}
+"""Settings added after studies were stored, with the value those studies ran: a trial's key
+holds them only where they differ, so a resumed study still finds its earlier runs."""
+ZERO_BUCKET_ELEMENTS = 500_000_000
+"""DeepSpeed's default ``reduce_bucket_size``: under ZeRO stages 1-3 each rank allocates one
+gradient bucket of this many values, whatever the model's size (1.9 GiB in fp32 on a GPU)."""
+ZERO_BUCKET_GRANULE = 2**20
+"""Fitted buckets are whole multiples of this many values (4 MiB in fp32), which is also the
+smallest bucket a model gets."""
 
 
 def scale_learning_rate(
@@ -284,9 +58,30 @@ def scale_learning_rate(
     return base_lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
+def fitted_zero_bucket(parameters: int) -> int:
+    """The ZeRO gradient bucket, in values, fitted to a model of ``parameters`` parameters.
+
+    DeepSpeed 0.19.8 allocates ``reduce_bucket_size`` values per rank for its gradient bucket
+    whatever the model (stages 1-2 each step with ``contiguous_gradients``, stage 3 once at
+    start-up), and fills it with as many gradients as fit before each reduction. A bucket that
+    holds the whole model already means one reduction per step, so a larger one is memory that
+    is never used: the bucket is the parameter count rounded up to ``ZERO_BUCKET_GRANULE``
+    (which is also its floor), and never more than DeepSpeed's default.
+    """
+    granules = max(1, math.ceil(parameters / ZERO_BUCKET_GRANULE))
+    return min(ZERO_BUCKET_ELEMENTS, granules * ZERO_BUCKET_GRANULE)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial runs with. Frozen: built once, read everywhere downstream."""
+    """Everything one trial runs with. Frozen: built once, read everywhere downstream.
+
+    Attributes:
+        zero_bucket_elements: ZeRO's gradient bucket (DeepSpeed's ``reduce_bucket_size``) in
+            values, fitted to the model by ``fitted_zero_bucket``; None for DeepSpeed's default
+            (and always under ZeRO 0, which has no bucket). Not a tuned setting: every ZeRO
+            1-3 trial of a study gets its model's bucket (the reference runs ZeRO 0).
+    """
 
     micro_batch_size: int
     gradient_accumulation_steps: int
@@ -300,6 +95,7 @@ class TrialConfig:
     prefetch_factor: int
     learning_rate: float
     optimizer: dict[str, Any] = dataclasses.field(hash=False, compare=False)
+    zero_bucket_elements: int | None = None
     # Settings added later: a stored study's plans and settings may lack them.
     threads: int = 0
     activation_checkpointing: bool = False
@@ -313,17 +109,26 @@ class TrialConfig:
         reference_batch: int,
         lr_scaling: str,
         noise_scale: float | None = None,
+        parameters: int | None = None,
     ) -> TrialConfig:
         """Build a config from sampled settings, scaling the learning rate for its batch
-        (``noise_scale``: B_noise for the ``noise`` rule)."""
+        (``noise_scale``: B_noise for the ``noise`` rule); ``parameters``, the model's
+        parameter count, fits ZeRO's gradient bucket to it (None keeps DeepSpeed's)."""
         base_lr = float(optimizer["params"]["lr"])
         values = {name: settings[name] for name in PARAMETERS if name in settings}
         pipeline = values["pipeline_stages"] > 1
         workers = values["num_workers"] > 0
+        zero = values["zero_stage"] >= 1
         # Settings that do not change the run are normalised so equal runs have equal keys.
         values["partition_method"] = values["partition_method"] if pipeline else "parameters"
         values["prefetch_factor"] = values["prefetch_factor"] if workers else 2
-        unscaled = cls(**values, learning_rate=base_lr, optimizer=copy.deepcopy(optimizer))
+        bucket = fitted_zero_bucket(parameters) if zero and parameters is not None else None
+        unscaled = cls(
+            **values,
+            learning_rate=base_lr,
+            optimizer=copy.deepcopy(optimizer),
+            zero_bucket_elements=bucket,
+        )
         lr = scale_learning_rate(
             base_lr, reference_batch, unscaled.global_batch_size, lr_scaling, noise_scale
         )
@@ -354,13 +159,37 @@ class TrialConfig:
         is already one process of parallelism)."""
         return {"TOKENIZERS_PARALLELISM": "false"} if self.num_workers > 0 else {}
 
+    @property
+    def reduce_bucket_elements(self) -> int:
+        """Values in the gradient bucket DeepSpeed allocates under ZeRO 1-3: the fitted bucket,
+        else DeepSpeed's default."""
+        return self._configured_bucket() or ZERO_BUCKET_ELEMENTS
+
+    def _configured_bucket(self) -> int | None:
+        """The bucket this config sets in DeepSpeed's config; None where it sets none."""
+        return self.zero_bucket_elements if self.zero_stage >= 1 else None
+
     def settings(self) -> dict[str, Any]:
         """The tuned settings by parameter name."""
         return {name: getattr(self, name) for name in PARAMETERS}
 
     def key(self) -> str:
-        """A canonical string: two trials with the same key run the same thing."""
-        return json.dumps({**self.settings(), "learning_rate": self.learning_rate}, sort_keys=True)
+        """A canonical string: two trials with the same key run the same thing.
+
+        A fitted ZeRO bucket is part of it (a run with DeepSpeed's default bucket allocates,
+        and may time, differently), and only where it is set, so keys of runs without one
+        read as they did before buckets were fitted; so are `LATER_SETTINGS`.
+        """
+        settings = {
+            name: value
+            for name, value in self.settings().items()
+            if name not in LATER_SETTINGS or value != LATER_SETTINGS[name]
+        }
+        key = {**settings, "learning_rate": self.learning_rate}
+        bucket = self._configured_bucket()
+        if bucket is not None:
+            key["zero_bucket_elements"] = bucket
+        return json.dumps(key, sort_keys=True)
 
     def numerics_key(self, items_vary: bool = False) -> str:
         """What decides the trained model's numbers: trials with equal keys train the same
@@ -381,7 +210,8 @@ class TrialConfig:
         a mean over each micro-batch's tokens weighs the tokens of different micro-batches
         differently, so the gradient depends on how the global batch is cut into micro-batches
         (transformers#34191). The sampler makes that cut depend on the micro-batch size alone,
-        so the key then holds the micro-batch size too.
+        so the key then holds the micro-batch size too. The ZeRO bucket only decides how many
+        gradients are reduced at a time, not what each sums, so it is not part of the key.
         """
         key: dict[str, Any] = {
             "global_batch_size": self.global_batch_size,
@@ -398,15 +228,29 @@ class TrialConfig:
         return train_samples // self.global_batch_size
 
     def ds_config(self) -> dict[str, Any]:
-        """The DeepSpeed config, accepted unchanged by ``deepspeed.initialize``."""
+        """The DeepSpeed config, accepted unchanged by ``deepspeed.initialize``.
+
+        Under ZeRO 1-3 with a fitted bucket it sets ``reduce_bucket_size``; the other ZeRO keys
+        keep DeepSpeed 0.19.8's defaults, which its source shows need no fitting:
+        ``allgather_bucket_size`` allocates nothing (it splits the all-gather only on a backend
+        without ``all_gather_into_tensor``); ``stage3_prefetch_bucket_size`` and
+        ``stage3_max_live_parameters`` cap what is gathered and size no buffer;
+        ``contiguous_gradients`` stays on (DeepSpeed's tested path; its buffer is the bucket);
+        ``overlap_comm`` stays off under ZeRO 1-2, where it would allocate a second bucket with
+        nothing to overlap (one bucket holding the model is reduced once, after backward).
+        """
         optimizer = copy.deepcopy(self.optimizer)
         optimizer.setdefault("params", {})["lr"] = self.learning_rate
+        zero: dict[str, Any] = {"stage": self.zero_stage}
+        bucket = self._configured_bucket()
+        if bucket is not None:
+            zero["reduce_bucket_size"] = bucket
         config: dict[str, Any] = {
             "train_batch_size": self.global_batch_size,
             "train_micro_batch_size_per_gpu": self.micro_batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "optimizer": optimizer,
-            "zero_optimization": {"stage": self.zero_stage},
+            "zero_optimization": zero,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }

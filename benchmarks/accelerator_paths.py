@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import SearchOptions, load_study, search, trials_frame  # noqa: E402
-from autotune._plan import detect_machine  # noqa: E402
+from autotune._machine import detect_machine  # noqa: E402
 
 MIB = 1024 * 1024
 

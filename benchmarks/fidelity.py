@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from autotune import export, load_study  # noqa: E402
 from autotune._errors import UserError  # noqa: E402
-from autotune._plan import TrialConfig, detect_machine  # noqa: E402
+from autotune._machine import detect_machine  # noqa: E402
+from autotune._plan import TrialConfig  # noqa: E402
 from autotune._space import describe_settings  # noqa: E402
 from autotune._task import load_model_file  # noqa: E402
 from autotune.runner import remove_shm_buffers, run_trial  # noqa: E402

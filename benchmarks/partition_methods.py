@@ -42,8 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autotune._machine import detect_machine  # noqa: E402
 from autotune._memory import memory_limit_bytes  # noqa: E402
-from autotune._plan import TrialConfig, detect_machine  # noqa: E402
+from autotune._plan import TrialConfig  # noqa: E402
 from autotune._task import load_model_file  # noqa: E402
 from autotune.pipeline import (  # noqa: E402
     partition_layers,

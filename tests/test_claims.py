@@ -14,7 +14,8 @@ import optuna
 import pytest
 
 from autotune._errors import UserError
-from autotune._plan import Machine, TrialConfig
+from autotune._machine import Machine
+from autotune._plan import TrialConfig, fitted_zero_bucket
 from autotune._records import (
     CONFIG_KEY,
     REFERENCE,
@@ -162,3 +163,17 @@ def test_a_reference_that_failed_on_another_worker_stops_this_one_with_one_line(
     with pytest.raises(UserError, match="^The reference configuration failed on another worker"):
         objective._reference_metric()
     assert time.monotonic() - started < 30
+
+
+def test_the_objective_fits_the_zero_bucket_to_the_model(
+    write_model: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """The configurations the objective builds carry ZeRO's bucket fitted to the model file's
+    measured parameters, so the stored and exported ds_config do (nothing runs)."""
+    options, task, space, study = _empty_study(write_model, tmp_path, n_trials=1)
+    machine = Machine("cpu", 2, 2, fp16=False, bf16=True)
+    objective = Objective(options, task, machine, space, study, print, Worker.here(0))
+    zero2 = objective.config_of({**task.reference_settings(), "zero_stage": 2})
+    assert zero2.zero_bucket_elements == fitted_zero_bucket(16 * 8 + 8 + 8 * 4 + 4) == 2**20
+    assert zero2.ds_config()["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 2**20}
+    assert objective.config_of(task.reference_settings()).zero_bucket_elements is None  # ZeRO 0

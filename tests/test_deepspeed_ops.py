@@ -13,12 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune._plan import (
-    Machine,
-    TrialConfig,
-    arch_list_deepspeed_can_parse,
-    deepspeed_environment,
-)
+from autotune._machine import Machine, arch_list_deepspeed_can_parse, deepspeed_environment
+from autotune._plan import TrialConfig
 from autotune._task import reference_settings
 from autotune.runner import (
     STALE_LOCK_SECONDS,

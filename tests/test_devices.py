@@ -15,7 +15,7 @@ import pytest
 
 from autotune import Machine
 from autotune._errors import UserError
-from autotune._plan import parse_devices, with_devices
+from autotune._machine import parse_devices, with_devices
 from autotune._records import STUDY_WORKERS
 from autotune.runner import launch_command
 from autotune.study._sharing import Worker, join, report_in, sharing_devices

@@ -19,7 +19,8 @@ from test_task import DICT_MODEL
 
 from autotune import export, search
 from autotune._errors import UserError
-from autotune._plan import TrialConfig, detect_machine
+from autotune._machine import detect_machine
+from autotune._plan import TrialConfig
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import RunResult, WarmWorkers, remove_shm_buffers, run_trial
 

@@ -13,7 +13,8 @@ from _models import SMALL_CLASSIFIER
 from search_options import grid_search_options, run_grid_search
 
 from autotune import load_study, search
-from autotune._plan import TrialConfig, detect_machine
+from autotune._machine import detect_machine
+from autotune._plan import TrialConfig
 from autotune._records import TrialRecord
 from autotune._task import load_model_file, reference_settings
 from autotune.runner import WarmWorkers, run_trial, step_time_is_stable, throughput_upper_bound

@@ -14,7 +14,8 @@ from test_examples import load_example
 
 pytest.importorskip("transformers")
 
-from autotune._plan import TrialConfig, detect_machine  # noqa: E402
+from autotune._machine import detect_machine
+from autotune._plan import TrialConfig
 from autotune._task import load_model_file, load_task, reference_settings  # noqa: E402
 from autotune.runner import run_trial  # noqa: E402
 

@@ -14,7 +14,8 @@ import pytest
 from search_options import run_grid_search
 
 from autotune import export
-from autotune._plan import TrialConfig, automatic_threads, detect_machine
+from autotune._machine import detect_machine
+from autotune._plan import TrialConfig, automatic_threads
 from autotune._records import EVAL_LOSS, METRIC, TrialRecord
 from autotune._task import load_model_file, reference_settings
 from autotune.cli.trials import run as print_trials

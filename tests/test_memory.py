@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autotune._machine import Machine
 from autotune._memory import (
     MemoryEstimate,
     MemoryModel,
@@ -25,7 +26,7 @@ from autotune._memory import (
     parse_memory,
     why_over_memory,
 )
-from autotune._plan import Machine, TrialConfig
+from autotune._plan import TrialConfig
 from autotune._task import load_model_file, reference_settings
 
 WriteModel = Callable[[str, str], Path]
@@ -163,9 +164,34 @@ def test_zero_bucket_counts_on_an_accelerator(
     assert on_cpu.buffers == 0  # never resident on CPU: its pages are not touched
 
 
+@pytest.mark.parametrize(("precision", "value_bytes"), [("fp32", 4), ("bf16", 2), ("fp16", 2)])
+def test_the_estimate_counts_the_fitted_bucket(precision: str, value_bytes: int) -> None:
+    for zero_stage in (1, 2, 3):
+        fitted = TrialConfig.from_settings(
+            {**REFERENCE, "precision": precision, "zero_stage": zero_stage},
+            OPTIMIZER,
+            32,
+            "none",
+            parameters=FOOTPRINT.parameters,
+        )
+        assert fitted.zero_bucket_elements == 2**20  # the floor: the model has 1000 parameters
+        on_gpu = estimate_rank_bytes(FOOTPRINT, fitted, "cuda")
+        assert on_gpu.buffers == 2**20 * value_bytes
+        on_cpu = estimate_rank_bytes(FOOTPRINT, fitted, "cpu")
+        assert on_cpu.buffers == 0  # never resident on CPU, fitted or not
+        assert on_gpu.total == on_cpu.total + on_gpu.buffers
+
+
 def test_describe_names_the_zero_bucket() -> None:
     got = estimate_rank_bytes(FOOTPRINT, config(zero_stage=1), "cuda")
     assert "+ ZeRO bucket 1.9 GiB = 1.9 GiB" in got.describe()
+    fitted = TrialConfig.from_settings(
+        {**REFERENCE, "zero_stage": 1}, OPTIMIZER, 32, "none", parameters=FOOTPRINT.parameters
+    )
+    assert (
+        "+ ZeRO bucket 4.0 MiB = 4.0 MiB"
+        in estimate_rank_bytes(FOOTPRINT, fitted, "cuda").describe()
+    )
 
 
 def test_pipeline_divides_the_model_not_the_activations() -> None:

@@ -16,8 +16,9 @@ from torch import nn
 
 from autotune._batch import batch_items, cast_batch, forward, has_float_inputs, model_inputs
 from autotune._errors import UserError
+from autotune._machine import detect_machine
 from autotune._memory import measure_footprint, tensor_bytes
-from autotune._plan import TrialConfig, detect_machine
+from autotune._plan import TrialConfig
 from autotune._task import load_model_file, load_task, reference_settings
 from autotune.pipeline import LayerProfile, LinkCost, profiled_partition, stage_cost_vectors
 from autotune.runner import RunResult, WarmWorkers, measure_layers, run_trial

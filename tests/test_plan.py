@@ -11,12 +11,15 @@ import socket
 import pytest
 import torch.distributed as dist
 
+from autotune._machine import Machine, native_half_precisions
 from autotune._plan import (
+    LATER_SETTINGS,
     MIN_MEASURED_STEPS,
     WARMUP_STEPS,
-    Machine,
+    ZERO_BUCKET_ELEMENTS,
+    ZERO_BUCKET_GRANULE,
     TrialConfig,
-    native_half_precisions,
+    fitted_zero_bucket,
     scale_learning_rate,
     why_not_runnable,
 )
@@ -31,9 +34,11 @@ REFERENCE_BATCH = 32
 REFERENCE = reference_settings(REFERENCE_BATCH)
 
 
-def config(lr_scaling: str = "sqrt", **changes: object) -> TrialConfig:
+def config(
+    lr_scaling: str = "sqrt", parameters: int | None = None, **changes: object
+) -> TrialConfig:
     return TrialConfig.from_settings(
-        {**REFERENCE, **changes}, OPTIMIZER, REFERENCE_BATCH, lr_scaling
+        {**REFERENCE, **changes}, OPTIMIZER, REFERENCE_BATCH, lr_scaling, parameters=parameters
     )
 
 
@@ -71,6 +76,54 @@ def test_fp16_uses_dynamic_loss_scaling() -> None:
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stage_section(stage: int) -> None:
     assert config(zero_stage=stage).ds_config()["zero_optimization"] == {"stage": stage}
+
+
+# --- ZeRO bucket ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parameters", "bucket"),
+    [
+        (0, ZERO_BUCKET_GRANULE),  # the floor
+        (300_000, ZERO_BUCKET_GRANULE),
+        (2**20, 2**20),
+        (2**20 + 1, 2 * 2**20),
+        (124_439_808, 119 * 2**20),  # GPT-2 small, rounded up to whole granules
+        (499_500_000, ZERO_BUCKET_ELEMENTS),  # rounding up never passes DeepSpeed's default
+        (7_000_000_000, ZERO_BUCKET_ELEMENTS),
+    ],
+)
+def test_the_bucket_fits_the_model_up_to_deepspeeds_default(parameters: int, bucket: int) -> None:
+    assert fitted_zero_bucket(parameters) == bucket
+    assert bucket >= min(parameters, ZERO_BUCKET_ELEMENTS)  # the whole model, when it can
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_1_to_3_set_the_fitted_bucket(stage: int) -> None:
+    trial = config(zero_stage=stage, parameters=300_000)
+    assert trial.zero_bucket_elements == trial.reduce_bucket_elements == 2**20
+    # Only the bucket DeepSpeed allocates; the rest keep DeepSpeed's defaults (ds_config()).
+    assert trial.ds_config()["zero_optimization"] == {"stage": stage, "reduce_bucket_size": 2**20}
+
+
+def test_zero_0_has_no_bucket_and_no_parameter_count_keeps_deepspeeds() -> None:
+    unzeroed = config(zero_stage=0, parameters=300_000)
+    assert unzeroed.zero_bucket_elements is None
+    assert unzeroed.ds_config()["zero_optimization"] == {"stage": 0}
+    assert unzeroed.key() == config(zero_stage=0).key()
+    default = config(zero_stage=2)
+    assert default.reduce_bucket_elements == ZERO_BUCKET_ELEMENTS
+    assert default.ds_config()["zero_optimization"] == {"stage": 2}
+
+
+def test_the_bucket_is_part_of_the_key_but_not_of_the_numerics() -> None:
+    fitted, default = config(zero_stage=2, parameters=300_000), config(zero_stage=2)
+    assert fitted != default
+    assert fitted.key() != default.key()
+    assert json.loads(fitted.key())["zero_bucket_elements"] == 2**20
+    assert "zero_bucket_elements" not in json.loads(default.key())  # as keys read before
+    assert fitted.numerics_key() == default.numerics_key()
+    assert fitted.settings() == default.settings()
 
 
 @pytest.mark.parametrize(
@@ -238,7 +291,8 @@ def test_key_includes_the_learning_rate() -> None:
     assert config("sqrt", **big).key() != config("linear", **big).key()
     # At the reference batch every rule gives the same rate, so the same run.
     assert config("sqrt").key() == config("none").key()
-    assert json.loads(config().key()) == {**REFERENCE, "learning_rate": 1e-3}
+    stored = {k: v for k, v in REFERENCE.items() if k not in LATER_SETTINGS}
+    assert json.loads(config().key()) == {**stored, "learning_rate": 1e-3}
 
 
 # --- launch recipe -------------------------------------------------------------------------
@@ -388,9 +442,13 @@ def test_caching_needs_items_that_repeat_and_no_workers() -> None:
     assert "num_workers 0" in (_reason(config(cache_data=True, num_workers=1)) or "")
 
 
-def test_a_stored_study_without_the_later_settings_still_makes_its_config() -> None:
-    old = {k: v for k, v in REFERENCE.items() if k not in ("threads", "cache_data")}
+def test_a_stored_study_without_the_later_settings_still_makes_its_config_and_key() -> None:
+    later = ("threads", "activation_checkpointing", "cache_data")
+    old = {k: v for k, v in REFERENCE.items() if k not in later}
     assert TrialConfig.from_settings(old, OPTIMIZER, 32, "sqrt") == config()
+    # Keys as stored before these settings existed, so a resumed study finds its runs.
+    assert not set(later) & set(json.loads(config().key()))
+    assert json.loads(config(threads=1, cache_data=True).key())["threads"] == 1
 
 
 def test_pipeline_needs_layers() -> None:
@@ -520,6 +578,34 @@ def test_deepspeed_would_catch_a_wrong_batch(single_rank_group) -> None:
     ds["train_batch_size"] += 1
     with pytest.raises(AssertionError, match="train_batch_size is not equal"):
         DeepSpeedConfig(ds, mpu=None)
+
+
+@pytest.mark.e2e
+def test_the_fitted_bucket_reaches_deepspeeds_engine(
+    single_rank_group, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deepspeed.initialize under ZeRO 2 on the CPU builds its optimizer with the bucket."""
+    import deepspeed
+    import torch
+    from torch import nn
+
+    for name, value in {"DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0", "RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    parameters = sum(p.numel() for p in model.parameters())
+    # torch's AdamW, so no DeepSpeed op is compiled for the test.
+    adamw = {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}
+    trial = TrialConfig.from_settings(
+        {**REFERENCE, "micro_batch_size": 4, "zero_stage": 2}, adamw, 4, "none", None, parameters
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=trial.ds_config()
+    )
+    assert trial.zero_bucket_elements == fitted_zero_bucket(parameters) < ZERO_BUCKET_ELEMENTS
+    assert engine.optimizer.reduce_bucket_size == trial.zero_bucket_elements
+    engine.backward(engine(torch.randn(4, 8)).sum())  # the bucket fills and reduces
+    engine.step()
 
 
 def test_ranks_and_workers_never_oversubscribe_cpu_cores() -> None:

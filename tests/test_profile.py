@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autotune._plan import Machine, TrialConfig
+from autotune._machine import Machine
+from autotune._plan import TrialConfig
 from autotune._task import load_model_file, reference_settings
 from autotune.pipeline import (
     LayerProfile,

@@ -51,7 +51,12 @@ def _plan(**changes: object) -> TrialPlan:
 
 
 def test_a_plan_reads_back_as_it_was_written(tmp_path) -> None:
-    for plan in (_plan(), _plan(partition_bounds=None, adaptive=None, threads_per_rank=None)):
+    bucketed = _config(zero_bucket_elements=2**20)
+    for plan in (
+        _plan(),
+        _plan(partition_bounds=None, adaptive=None, threads_per_rank=None),
+        _plan(config=bucketed, ds_config=bucketed.ds_config()),
+    ):
         plan.write(tmp_path / "plan.json")
         json.loads((tmp_path / "plan.json").read_text())  # plain JSON
         assert TrialPlan.read(tmp_path / "plan.json") == plan

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 from autotune import search
 from autotune._cluster import LAUNCHERS
 from autotune._errors import UserError
+from autotune._machine import parse_devices
 from autotune._memory import parse_memory
-from autotune._plan import LR_SCALINGS, parse_devices
+from autotune._plan import LR_SCALINGS
 from autotune._score import DEFAULT_MAX_ACCURACY_LOSS
 from autotune._space import PARAMETERS
 from autotune._space_files import shipped_spaces

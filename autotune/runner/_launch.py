@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune._plan import WARMUP_STEPS, Machine, TrialConfig
+from autotune._machine import Machine
+from autotune._plan import WARMUP_STEPS, TrialConfig
 from autotune.runner._nodes import launch_across
 from autotune.runner._ops import ensure_deepspeed_ops, ops_environment
 from autotune.runner._protocol import (

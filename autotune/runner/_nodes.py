@@ -29,7 +29,7 @@ from typing import IO
 
 from autotune._cluster import Node, is_this_machine, node_command, placement, read_hostfile
 from autotune._errors import UserError
-from autotune._plan import Machine
+from autotune._machine import Machine
 from autotune.runner._node import FAILURE_MARK
 from autotune.runner._owner import guarded_command
 from autotune.runner._protocol import FAILURE_GLOB, TrialPlan, failure_file

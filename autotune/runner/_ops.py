@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune._errors import UserError
-from autotune._plan import Machine
+from autotune._machine import Machine
 
 EXTENSIONS_VARIABLE = "TORCH_EXTENSIONS_DIR"
 STALE_LOCK_SECONDS = 15 * 60

@@ -38,8 +38,9 @@ import torch
 from torch import nn
 
 from autotune._batch import tensors_in
+from autotune._machine import Machine, cpu_model
 from autotune._memory import tensor_bytes
-from autotune._plan import Machine, TrialConfig, cpu_model
+from autotune._plan import TrialConfig
 from autotune._task import ModelFile
 from autotune.pipeline import PROFILE_VERSION, LayerProfile, LinkCost
 from autotune.runner import _link

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import optuna
 
+from autotune._machine import Machine
 from autotune._memory import MemoryEstimate, MemoryModel, ModelFootprint, estimate_rank_bytes
-from autotune._plan import Machine, TrialConfig
+from autotune._plan import TrialConfig
 from autotune._records import MEMORY_ESTIMATE_BYTES, PEAK_MEMORY_BYTES, TrialRecord
 from autotune._score import is_feasible
 

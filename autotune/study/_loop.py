@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from autotune._errors import UserError
-from autotune._plan import Machine, detect_machine, with_devices
+from autotune._machine import Machine, detect_machine, with_devices
 from autotune._records import (
     STUDY_EVAL_SOURCE,
     STUDY_FIXED,

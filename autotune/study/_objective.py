@@ -22,13 +22,14 @@ from typing import Any
 import optuna
 
 from autotune._errors import UserError
+from autotune._machine import Machine
 from autotune._memory import (
     measure_footprint,
     memory_limit_bytes,
     memory_limit_source,
     why_over_memory,
 )
-from autotune._plan import Machine, TrialConfig, why_not_runnable
+from autotune._plan import TrialConfig, why_not_runnable
 from autotune._records import (
     ACCURACY_REUSED_FROM,
     CANNOT_WIN,
@@ -284,13 +285,15 @@ class Objective:
 
     def config_of(self, settings: dict[str, Any]) -> TrialConfig:
         """The configuration these settings give with the model file and the study's rules
-        (the ``noise`` learning-rate rule reads the reference's noise scale once stored)."""
+        (the ``noise`` learning-rate rule reads the reference's noise scale once stored; ZeRO's
+        bucket is fitted to the model's measured parameter count)."""
         return TrialConfig.from_settings(
             settings,
             self.task.model_file.optimizer,
             self.task.model_file.batch_size,
             self.options.lr_rule,
             self.scoring.lr_noise_scale(),
+            self.footprint.parameters,
         )
 
     # --- the gates, in order ---------------------------------------------------------------

@@ -10,7 +10,8 @@ from typing import Any
 
 import optuna
 
-from autotune._plan import Machine, TrialConfig
+from autotune._machine import Machine
+from autotune._plan import TrialConfig
 from autotune._records import (
     BUDGET_STEPS,
     CANNOT_WIN_BELOW,
