@@ -10,17 +10,18 @@ would not fit are skipped with a reason instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from autotune._batch import forward
+from autotune._batch import forward, is_dict_batch
 from autotune._machine import Machine
 from autotune._plan import TrialConfig
 from autotune._task import ModelFile
@@ -75,11 +76,18 @@ class ModelFootprint:
         parameters: Number of parameters.
         activation_bytes_per_sample: fp32 bytes of activations kept for backward, per sample.
         optimizer_state_bytes_per_param: fp32 bytes of optimizer state per parameter.
+        checkpointed_activation_bytes_per_sample: The same under activation checkpointing
+            (`checkpointed_activations`); None without ``layers()``.
+        item_bytes: Mean bytes of a training item, what ``cache_data`` keeps of each.
+        train_items: Items in the training data.
     """
 
     parameters: int
     activation_bytes_per_sample: float
     optimizer_state_bytes_per_param: float
+    checkpointed_activation_bytes_per_sample: float | None = None
+    item_bytes: float = 0.0
+    train_items: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,8 @@ class MemoryEstimate:
         gradients: Gradients held by this rank.
         optimizer_states: Optimizer states plus any fp32 master copy, held by this rank.
         activations: Activations kept for backward during one micro-batch.
+        cache: Training items kept by ``cache_data``, on the CPU accelerator (elsewhere they
+            are host memory, not the device's): every item, as a long run caches them all.
         buffers: ZeRO's gradient bucket on an accelerator: the configured
             ``reduce_bucket_size`` (``TrialConfig.reduce_bucket_elements``), by default
             DeepSpeed's 500 million values (``autotune._plan.ZERO_BUCKET_ELEMENTS``).
@@ -103,10 +113,12 @@ class MemoryEstimate:
     activations: float
     total: float
     buffers: float = 0.0
+    cache: float = 0.0
 
     def describe(self) -> str:
         """One line breaking the total down, e.g. ``params 8.0 MiB + ... = 33.2 MiB``."""
         buffers = f" + ZeRO bucket {format_bytes(self.buffers)}" if self.buffers else ""
+        buffers += f" + cache {format_bytes(self.cache)}" if self.cache else ""
         return (
             f"params {format_bytes(self.parameters)} + grads {format_bytes(self.gradients)} + "
             f"optimizer {format_bytes(self.optimizer_states)} + "
@@ -158,6 +170,8 @@ def measure_footprint(model_file: ModelFile, sample_batch: int = 4) -> ModelFoot
     Activations are the summed outputs of every leaf module during a forward pass over the
     first ``sample_batch`` training items, in fp32: leaf outputs are, roughly, what autograd
     keeps for backward. Measuring beats a formula because the model file can be anything.
+    With ``layers()`` (pairs), the same pass through them gives what activation checkpointing
+    keeps (`checkpointed_activations`).
 
     Args:
         model_file: The loaded model file.
@@ -170,29 +184,57 @@ def measure_footprint(model_file: ModelFile, sample_batch: int = 4) -> ModelFoot
     parameters = sum(parameter.numel() for parameter in model.parameters())
     train = model_file.datasets()[0]
     count = min(sample_batch, len(train))  # type: ignore[arg-type]
-    batch = model_file.collate([train[i] for i in range(count)])
+    items = [train[i] for i in range(count)]
+    batch = model_file.collate(items)
+    total, _ = _leaf_output_bytes(model, lambda: forward(model, batch))
+    checkpointed = None
+    if model_file.layers is not None and not is_dict_batch(batch):
+        checkpointed = checkpointed_activations(model_file.layers(), batch[0]) / count
+    return ModelFootprint(
+        parameters=parameters,
+        activation_bytes_per_sample=total / count,
+        optimizer_state_bytes_per_param=optimizer_state_bytes_per_param(model_file.optimizer),
+        checkpointed_activation_bytes_per_sample=checkpointed,
+        item_bytes=tensor_bytes(items) / count,
+        train_items=len(train),  # type: ignore[arg-type]
+    )
 
+
+def checkpointed_activations(layers: list[nn.Module], inputs: Any) -> float:
+    """Bytes one pass through ``layers`` keeps for backward when each layer with parameters
+    is checkpointed (`autotune.CheckpointedLayers`): the input of each such layer, the leaf
+    outputs of the others, and the largest checkpointed layer's own activations, which the
+    backward pass recomputes one layer at a time."""
+    kept, largest, x = 0, 0, inputs
+    for layer in layers:
+        inner, output = _leaf_output_bytes(layer, functools.partial(layer, x))
+        if any(True for _ in layer.parameters()):
+            kept, largest = kept + tensor_bytes(x), max(largest, inner)
+        else:
+            kept += inner
+        x = output
+    return float(kept + largest)
+
+
+def _leaf_output_bytes(module: nn.Module, call: Callable[[], Any]) -> tuple[int, Any]:
+    """The bytes of every leaf module's outputs while ``call()`` runs ``module``, and what it
+    returns. Only leaves: a container's output is its last child's output, already counted."""
     total = 0
 
     def count_output(module: nn.Module, args: Any, output: Any) -> None:
         nonlocal total
         total += tensor_bytes(output)
 
-    # Only leaves: a container's output is its last child's output, already counted.
-    leaves = [module for module in model.modules() if not any(module.children())]
+    leaves = [leaf for leaf in module.modules() if not any(leaf.children())]
     handles = [leaf.register_forward_hook(count_output) for leaf in leaves]
     try:
         # No graph is needed to see output sizes, and without one the pass is cheaper.
         with torch.no_grad():
-            forward(model, batch)
+            result = call()
     finally:
         for handle in handles:
             handle.remove()
-    return ModelFootprint(
-        parameters=parameters,
-        activation_bytes_per_sample=total / count,
-        optimizer_state_bytes_per_param=optimizer_state_bytes_per_param(model_file.optimizer),
-    )
+    return total, result
 
 
 def estimate_rank_bytes(
@@ -234,8 +276,14 @@ def estimate_rank_bytes(
     # One micro-batch's activations are alive at a time (gradient accumulation frees each
     # after its backward). A pipeline stage keeps up to ``stages`` micro-batches in flight but
     # only for its 1/``stages`` of the layers, so the two factors cancel.
-    activations = (
-        footprint.activation_bytes_per_sample * config.micro_batch_size * (value_bytes / FP32_BYTES)
+    per_sample = footprint.activation_bytes_per_sample
+    if config.activation_checkpointing and footprint.checkpointed_activation_bytes_per_sample:
+        per_sample = footprint.checkpointed_activation_bytes_per_sample
+    activations = per_sample * config.micro_batch_size * (value_bytes / FP32_BYTES)
+    cache = (
+        footprint.item_bytes * footprint.train_items
+        if config.cache_data and accelerator == "cpu"
+        else 0.0
     )
     # With DeepSpeed's default bucket, measured on an H100 (docs/gpus.md): 1.9 GiB more at
     # ZeRO 1-3 than at 0 in fp32, 0.9 in bf16/fp16. The bucket holds gradients in their dtype.
@@ -250,7 +298,8 @@ def estimate_rank_bytes(
         optimizer_states=optimizer_states,
         activations=activations,
         buffers=buffers,
-        total=parameters + gradients + optimizer_states + activations + buffers,
+        cache=cache,
+        total=parameters + gradients + optimizer_states + activations + buffers + cache,
     )
 
 

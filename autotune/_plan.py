@@ -12,7 +12,7 @@ from typing import Any
 
 from autotune._cluster import placement
 from autotune._machine import Machine
-from autotune._space import PARAMETERS
+from autotune._space import PARAMETERS, is_adam, optimizer_impl_of
 
 WARMUP_STEPS = 3
 """Optimizer steps run before timing starts (allocator, caches, first communication)."""
@@ -99,6 +99,7 @@ class TrialConfig:
     # Settings added later: a stored study's plans and settings may lack them.
     threads: int = 0
     activation_checkpointing: bool = False
+    optimizer_impl: str | None = None  # None: as the optimizer section says
     cache_data: bool = False
 
     @classmethod
@@ -185,6 +186,8 @@ class TrialConfig:
             for name, value in self.settings().items()
             if name not in LATER_SETTINGS or value != LATER_SETTINGS[name]
         }
+        if self.optimizer_impl in (None, optimizer_impl_of(self.optimizer)):
+            settings.pop("optimizer_impl")  # the kernel the optimizer section selects
         key = {**settings, "learning_rate": self.learning_rate}
         bucket = self._configured_bucket()
         if bucket is not None:
@@ -239,7 +242,7 @@ class TrialConfig:
         ``overlap_comm`` stays off under ZeRO 1-2, where it would allocate a second bucket with
         nothing to overlap (one bucket holding the model is reduced once, after backward).
         """
-        optimizer = copy.deepcopy(self.optimizer)
+        optimizer = with_optimizer_impl(self.optimizer, self.optimizer_impl)
         optimizer.setdefault("params", {})["lr"] = self.learning_rate
         zero: dict[str, Any] = {"stage": self.zero_stage}
         bucket = self._configured_bucket()
@@ -315,6 +318,34 @@ class TrialConfig:
         return recipe
 
 
+def with_optimizer_impl(optimizer: dict[str, Any], impl: str | None) -> dict[str, Any]:
+    """A copy of a DeepSpeed optimizer section that selects Adam's kernel ``impl``: DeepSpeed's
+    FusedAdam op (no ``torch_adam``), torch's (``torch_adam: true``; foreach where torch
+    supports it), or torch's fused (``fused: true`` as well, passed on to ``torch.optim``).
+    Unchanged for None, for the kernel it already selects, and for optimizers other than Adam.
+
+    The kernels' defaults differ where a section names no ``weight_decay``: DeepSpeed's
+    FusedAdam decays by 0, torch's AdamW by 0.01. The copy names the one its section's own
+    kernel used, so switching kernels does not change the training (it did, by 4e-4 in the
+    eval loss of a test model, before).
+    """
+    out = copy.deepcopy(optimizer)
+    if impl is None or not is_adam(optimizer) or impl == optimizer_impl_of(optimizer):
+        return out
+    params = out.setdefault("params", {})
+    torch_adamw = (
+        optimizer_impl_of(optimizer) != "deepspeed" and optimizer["type"].lower() == "adamw"
+    )
+    params.setdefault("weight_decay", 0.01 if torch_adamw else 0.0)
+    for key in ("torch_adam", "fused", "foreach"):
+        params.pop(key, None)
+    if impl != "deepspeed":
+        params["torch_adam"] = True
+    if impl == "torch_fused":
+        params["fused"] = True
+    return out
+
+
 def automatic_threads(config: TrialConfig, machine: Machine) -> int | None:
     """``threads: 0``: on the CPU accelerator a rank's share of the cores less one core for
     each of its DataLoader workers, so nothing is oversubscribed; on an accelerator None (the
@@ -363,7 +394,11 @@ def why_not_runnable(
             )
     if config.pin_memory and machine.accelerator == "cpu":
         return "pin_memory only helps copies to an accelerator; this machine has none"
-    reason = _why_not_threads(config, machine) or _why_not_cache(config, items_repeat)
+    reason = (
+        _why_not_threads(config, machine)
+        or _why_not_cache(config, items_repeat)
+        or _why_not_optimizer_impl(config)
+    )
     if reason is not None:
         return reason
     if config.activation_checkpointing and not layer_types:
@@ -430,3 +465,10 @@ def _why_not_cache(config: TrialConfig, items_repeat: bool) -> str | None:
             "not (random augmentation in __getitem__?)"
         )
     return None
+
+
+def _why_not_optimizer_impl(config: TrialConfig) -> str | None:
+    impl, kind = config.optimizer_impl, config.optimizer.get("type")
+    if impl is None or is_adam(config.optimizer) or impl == optimizer_impl_of(config.optimizer):
+        return None
+    return f"optimizer_impl {impl} chooses Adam's kernel; the model file's optimizer is {kind}"

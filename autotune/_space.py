@@ -23,6 +23,8 @@ from autotune._space_files import resolve_space
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARTITION_METHODS = ("parameters", "uniform", "profile")
+OPTIMIZER_IMPLS = ("deepspeed", "torch", "torch_fused")
+"""Adam's kernels: DeepSpeed's FusedAdam op, torch's (foreach where supported), torch's fused."""
 
 
 def _is_int(value: Any) -> bool:
@@ -47,6 +49,24 @@ def _check_zero_stage(value: Any) -> str | None:
 
 def _check_bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
+
+
+def is_adam(optimizer: dict[str, Any]) -> bool:
+    """Whether a DeepSpeed optimizer section is Adam or AdamW, whose kernel is a setting."""
+    return str(optimizer.get("type", "")).lower() in ("adam", "adamw")
+
+
+def optimizer_impl_of(optimizer: dict[str, Any]) -> str:
+    """The ``optimizer_impl`` a DeepSpeed optimizer section selects: DeepSpeed's op unless its
+    params set ``torch_adam``, then torch's fused kernel with ``fused: true``, else torch's."""
+    params = optimizer.get("params", {})
+    if not params.get("torch_adam"):
+        return "deepspeed"
+    return "torch_fused" if params.get("fused") else "torch"
+
+
+def _check_optimizer_impl(value: Any) -> str | None:
+    return None if value in OPTIMIZER_IMPLS else "one of " + ", ".join(OPTIMIZER_IMPLS)
 
 
 def _check_partition_method(value: Any) -> str | None:
@@ -184,6 +204,13 @@ PARAMETERS: dict[str, Parameter] = {
             "recompute each layer's activations in the backward pass (needs layers())",
             "activation checkpointing",
             "ckpt",
+        ),
+        Parameter(
+            "optimizer_impl",
+            _check_optimizer_impl,
+            "Adam's kernel: deepspeed (its FusedAdam op), torch, torch_fused",
+            "optimizer kernel",
+            "opt",
         ),
         Parameter(
             "cache_data",

@@ -92,6 +92,84 @@ def test_a_thread_count_reaches_the_rank_and_keeps_the_numbers(
     assert one.measurements[EVAL_LOSS] == pytest.approx(automatic.measurements[EVAL_LOSS], rel=1e-5)
 
 
+@pytest.mark.e2e
+def test_each_adam_kernel_reaches_the_engine_and_trains_the_same_numbers_to_rounding(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """DeepSpeed's FusedAdam op and torch's foreach and fused kernels do the same arithmetic in
+    other orders (with the same weight decay): the same metric, the eval loss to 1e-5."""
+    logged = {"deepspeed": "(FusedAdam)", "torch": "(AdamW", "torch_fused": "(AdamW (fused))"}
+    runs = {}
+    for impl, engine_line in logged.items():
+        runs[impl], log = _run(model_path, tmp_path / impl, optimizer_impl=impl)
+        assert engine_line in log.split("engine ready ")[1].splitlines()[0], log
+    first = runs["deepspeed"].measurements
+    assert first is not None
+    for result in runs.values():
+        assert result.measurements is not None
+        assert result.measurements[METRIC] == pytest.approx(first[METRIC], abs=1e-6)
+        assert result.measurements[EVAL_LOSS] == pytest.approx(first[EVAL_LOSS], rel=1e-5)
+
+
+BLOCKS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    BATCH_SIZE = 32
+
+    class Block(nn.Module):
+        # A residual block with dropout: recomputing it must draw the same mask.
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Dropout(0.1), nn.Linear(64, 16))
+
+        def forward(self, x):
+            return x + self.inner(x)
+
+    def layers():
+        return [nn.Linear(16, 16), Block(), Block(), nn.ReLU(), nn.Linear(16, 4)]
+
+    def model():
+        return nn.Sequential(*layers())
+
+    def train_data():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(1200, 16, generator=g)
+        return TensorDataset(x, x[:, :4].argmax(1))
+    """
+)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("layout", "logged"),
+    [
+        ({}, "activation checkpointing: 4 of 5 layers"),
+        (
+            {"processes": 2, "pipeline_stages": 2, "partition_method": "uniform"},
+            "activation checkpointing: every layer with parameters, on each stage",
+        ),
+    ],
+    ids=["layers", "pipeline"],
+)
+def test_activation_checkpointing_reaches_the_model_and_trains_the_same_numbers(
+    write_model: Callable[[str, str], Path], tmp_path: Path, layout: dict[str, object], logged: str
+) -> None:
+    path = write_model(BLOCKS, "blocks.py")
+    plain, _ = _run(path, tmp_path / "plain", **layout)
+    checkpointed, log = _run(
+        path, tmp_path / "checkpointed", activation_checkpointing=True, **layout
+    )
+    assert logged in log
+    assert plain.measurements is not None and checkpointed.measurements is not None
+    for name in (METRIC, EVAL_LOSS):
+        assert checkpointed.measurements[name] == pytest.approx(
+            plain.measurements[name], rel=1e-6, abs=1e-6
+        )
+
+
 SPACE = "cache_data: [false, true]\nthreads: [0, 1]\n"
 
 

@@ -3,6 +3,7 @@ messages (autotune/_memory.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import textwrap
@@ -342,3 +343,51 @@ def test_reason_shows_the_learned_offset() -> None:
     assert reason.startswith("predicted 3.0 MiB per rank (params 3.9 KiB")
     assert "= 18.8 KiB, +3.0 MiB learned from finished trials)" in reason
     assert reason.endswith("is over the 2.0 MiB limit (RAM per rank)")
+
+
+BLOCKS_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def block():
+        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 16))
+
+    def layers():
+        return [block(), nn.ReLU(), block(), nn.Linear(16, 4)]
+
+    def model():
+        return nn.Sequential(*layers())
+
+    def train_data():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(100, 16, generator=g)
+        return TensorDataset(x, x[:, :4].argmax(1))
+    """
+)
+
+
+def test_checkpointing_keeps_layer_inputs_and_one_layers_own_activations(
+    write_model: WriteModel,
+) -> None:
+    footprint = measure_footprint(load_model_file(write_model(BLOCKS_MODEL, "blocks.py")))
+    # Every leaf's output: per block 64 + 64 + 16, the ReLU 16, the last Linear 4 (fp32).
+    assert footprint.activation_bytes_per_sample == (2 * 144 + 16 + 4) * 4
+    # Checkpointed: the inputs of the three layers with parameters (16 each), the ReLU's
+    # output, and one block's own activations recomputed in the backward pass.
+    assert footprint.checkpointed_activation_bytes_per_sample == (3 * 16 + 16 + 144) * 4
+    assert footprint.item_bytes == 16 * 4 + 8 and footprint.train_items == 80  # 20% held out
+    plain = estimate_rank_bytes(footprint, config())
+    checkpointed = estimate_rank_bytes(footprint, config(activation_checkpointing=True))
+    assert checkpointed.activations == 32 * (3 * 16 + 16 + 144) * 4 < plain.activations
+    # A model without layers() has nothing to checkpoint by: the estimate stays.
+    assert estimate(activation_checkpointing=True) == estimate()
+
+
+def test_cached_items_count_on_the_cpu_only() -> None:
+    footprint = dataclasses.replace(FOOTPRINT, item_bytes=72.0, train_items=1000)
+    cached = estimate_rank_bytes(footprint, config(cache_data=True))
+    assert cached.cache == 72_000 and cached.total == estimate().total + 72_000
+    assert "cache 70.3 KiB" in cached.describe()
+    assert estimate_rank_bytes(footprint, config(cache_data=True), "cuda").cache == 0

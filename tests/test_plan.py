@@ -291,7 +291,7 @@ def test_key_includes_the_learning_rate() -> None:
     assert config("sqrt", **big).key() != config("linear", **big).key()
     # At the reference batch every rule gives the same rate, so the same run.
     assert config("sqrt").key() == config("none").key()
-    stored = {k: v for k, v in REFERENCE.items() if k not in LATER_SETTINGS}
+    stored = {k: v for k, v in REFERENCE.items() if k not in (*LATER_SETTINGS, "optimizer_impl")}
     assert json.loads(config().key()) == {**stored, "learning_rate": 1e-3}
 
 
@@ -449,6 +449,62 @@ def test_a_stored_study_without_the_later_settings_still_makes_its_config_and_ke
     # Keys as stored before these settings existed, so a resumed study finds its runs.
     assert not set(later) & set(json.loads(config().key()))
     assert json.loads(config(threads=1, cache_data=True).key())["threads"] == 1
+
+
+def test_the_optimizer_kernel_is_chosen_in_the_optimizer_section() -> None:
+    def params(impl: str, **given: object) -> dict[str, object]:
+        optimizer = {"type": "AdamW", "params": {"lr": 1e-3, **given}}
+        trial = TrialConfig.from_settings(
+            {**REFERENCE, "optimizer_impl": impl}, optimizer, REFERENCE_BATCH, "none"
+        )
+        return trial.ds_config()["optimizer"]["params"]
+
+    assert params("deepspeed") == {"lr": 1e-3}
+    # FusedAdam's default weight decay (0) is named: torch's AdamW would decay by 0.01.
+    assert params("torch") == {"lr": 1e-3, "torch_adam": True, "weight_decay": 0.0}
+    assert params("torch_fused") == {
+        "lr": 1e-3,
+        "torch_adam": True,
+        "fused": True,
+        "weight_decay": 0.0,
+    }
+    assert params("deepspeed", torch_adam=True, foreach=False) == {
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+    }
+    assert params("torch", weight_decay=0.1)["weight_decay"] == 0.1
+    # The kernel the section already selects leaves it as the user wrote it.
+    assert params("torch", torch_adam=True, foreach=False) == {
+        "lr": 1e-3,
+        "torch_adam": True,
+        "foreach": False,
+    }
+    assert (
+        reference_settings(32, {"type": "AdamW", "params": {"torch_adam": True}})["optimizer_impl"]
+        == "torch"
+    )
+
+
+def test_the_optimizer_kernel_is_adam_s_only_and_keeps_the_numerics() -> None:
+    sgd = {"type": "SGD", "params": {"lr": 0.1}}
+    reference = reference_settings(REFERENCE_BATCH, sgd)
+    assert reference["optimizer_impl"] == "deepspeed"  # what DeepSpeed runs for it
+
+    def sgd_config(impl: str) -> TrialConfig:
+        settings = {**reference, "optimizer_impl": impl}
+        return TrialConfig.from_settings(settings, sgd, REFERENCE_BATCH, "none")
+
+    assert _reason(sgd_config("deepspeed")) is None
+    assert _reason(sgd_config("torch_fused")) == (
+        "optimizer_impl torch_fused chooses Adam's kernel; the model file's optimizer is SGD"
+    )
+    assert sgd_config("torch_fused").ds_config()["optimizer"] == {
+        "type": "SGD",
+        "params": {"lr": 0.1},
+    }
+    fused = config(optimizer_impl="torch_fused")
+    assert fused.numerics_key() == config().numerics_key() and fused.key() != config().key()
+    assert "optimizer_impl" not in json.loads(config().key())  # the section's own kernel
 
 
 def test_pipeline_needs_layers() -> None:

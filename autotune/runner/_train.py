@@ -122,7 +122,10 @@ def build_engine(plan: TrialPlan, seed: int, model_file: Any, accelerator: Any) 
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=module.parameters(), config=plan.ds_config
     )
-    log(f"seed {seed}: engine ready, training {plan.train_samples} samples")
+    log(
+        f"seed {seed}: engine ready ({_kernel(engine.basic_optimizer)}), training "
+        f"{plan.train_samples} samples"
+    )
     if plan.pipeline:
         dp_rank = engine.grid.data_parallel_id
     else:
@@ -137,6 +140,13 @@ def build_engine(plan: TrialPlan, seed: int, model_file: Any, accelerator: Any) 
         gas=plan.config.gradient_accumulation_steps,
         loss_fn=model_file.loss,
     )
+
+
+def _kernel(optimizer: Any) -> str:
+    """``FusedAdam``, ``AdamW (fused)``, ``AdamW (foreach)``: the optimizer kernel that runs."""
+    defaults = getattr(optimizer, "defaults", {})
+    kinds = [kind for kind in ("fused", "foreach") if defaults.get(kind)]
+    return type(optimizer).__name__ + (f" ({kinds[0]})" if kinds else "")
 
 
 def _build_module(plan: TrialPlan, model_file: Any) -> nn.Module:
