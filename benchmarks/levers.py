@@ -8,7 +8,9 @@ ratios of each round, and whether the metric stayed the same. Levers:
 - ``cache_data``: items kept in memory after their first load (digits_mlp's ``__getitem__``
   augments each image; the budget is several epochs, so later epochs read the cache);
 - ``threads``: one intra-op thread per rank against the automatic count (the rank's share of
-  the cores).
+  the cores);
+- ``torch_adam``, ``torch_fused_adam``: torch's Adam kernels (foreach, fused) against
+  DeepSpeed's FusedAdam op.
 
     python benchmarks/levers.py                              # examples/digits_mlp.py, 3 rounds
     python benchmarks/levers.py --model examples/embedding_heavy.py --levers threads
@@ -36,6 +38,8 @@ from autotune.study import DEFAULT_TRAIN_SAMPLES  # noqa: E402
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cache_data": ({"cache_data": False}, {"cache_data": True}),
     "threads": ({"threads": 0}, {"threads": 1}),
+    "torch_adam": ({"optimizer_impl": "deepspeed"}, {"optimizer_impl": "torch"}),
+    "torch_fused_adam": ({"optimizer_impl": "deepspeed"}, {"optimizer_impl": "torch_fused"}),
 }
 """Each lever's settings off and on, over the reference's."""
 
