@@ -266,6 +266,12 @@ def estimate_rank_bytes(
     optimizer_states = per_stage * (
         footprint.optimizer_state_bytes_per_param + (MASTER_COPY_BYTES if mixed else 0)
     )
+    # ZeRO-Offload keeps the optimizer state (and with "all" the parameters) in CPU memory:
+    # on an accelerator they leave the device; on CPU offload never runs (`why_not_runnable`).
+    if config.offload != "none" and accelerator != "cpu":
+        optimizer_states = 0.0
+        if config.offload == "all":
+            parameters = 0.0
     # Each ZeRO stage partitions one more part across the data-parallel ranks.
     if config.zero_stage >= 1:
         optimizer_states /= dp

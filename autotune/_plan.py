@@ -12,7 +12,7 @@ from typing import Any
 
 from autotune._cluster import placement
 from autotune._machine import Machine
-from autotune._space import PARAMETERS, is_adam, optimizer_impl_of
+from autotune._space import PARAMETERS
 
 WARMUP_STEPS = 3
 """Optimizer steps run before timing starts (allocator, caches, first communication)."""
@@ -22,6 +22,7 @@ LR_SCALINGS = ("sqrt", "linear", "none", "noise")
 LATER_SETTINGS: dict[str, Any] = {
     "threads": 0,
     "activation_checkpointing": False,
+    "offload": "none",
     "cache_data": False,
 }
 """Settings added after studies were stored, with the value those studies ran: a trial's key
@@ -99,6 +100,7 @@ class TrialConfig:
     # Settings added later: a stored study's plans and settings may lack them.
     threads: int = 0
     activation_checkpointing: bool = False
+    offload: str = "none"
     optimizer_impl: str | None = None  # None: as the optimizer section says
     cache_data: bool = False
 
@@ -248,6 +250,11 @@ class TrialConfig:
         bucket = self._configured_bucket()
         if bucket is not None:
             zero["reduce_bucket_size"] = bucket
+        # ZeRO-Offload: pinned host memory, for copies the device makes asynchronously.
+        if self.offload != "none":
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if self.offload == "all":
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
         config: dict[str, Any] = {
             "train_batch_size": self.global_batch_size,
             "train_micro_batch_size_per_gpu": self.micro_batch_size,
@@ -316,6 +323,20 @@ class TrialConfig:
         if len(placed) > 1:
             recipe["nodes"] = [{"host": node.host, "ranks": ranks} for node, ranks in placed]
         return recipe
+
+
+def is_adam(optimizer: dict[str, Any]) -> bool:
+    """Whether a DeepSpeed optimizer section is Adam or AdamW, whose kernel is a setting."""
+    return str(optimizer.get("type", "")).lower() in ("adam", "adamw")
+
+
+def optimizer_impl_of(optimizer: dict[str, Any]) -> str:
+    """The ``optimizer_impl`` a DeepSpeed optimizer section selects: DeepSpeed's op unless its
+    params set ``torch_adam``, then torch's fused kernel with ``fused: true``, else torch's."""
+    params = optimizer.get("params", {})
+    if not params.get("torch_adam"):
+        return "deepspeed"
+    return "torch_fused" if params.get("fused") else "torch"
 
 
 def with_optimizer_impl(optimizer: dict[str, Any], impl: str | None) -> dict[str, Any]:
@@ -398,6 +419,7 @@ def why_not_runnable(
         _why_not_threads(config, machine)
         or _why_not_cache(config, items_repeat)
         or _why_not_optimizer_impl(config)
+        or _why_not_offload(config, machine)
     )
     if reason is not None:
         return reason
@@ -472,3 +494,18 @@ def _why_not_optimizer_impl(config: TrialConfig) -> str | None:
     if impl is None or is_adam(config.optimizer) or impl == optimizer_impl_of(config.optimizer):
         return None
     return f"optimizer_impl {impl} chooses Adam's kernel; the model file's optimizer is {kind}"
+
+
+def _why_not_offload(config: TrialConfig, machine: Machine) -> str | None:
+    if config.offload == "none":
+        return None
+    if machine.accelerator == "cpu":
+        return (
+            "offload moves ZeRO's optimizer state (and parameters) from an accelerator's memory "
+            "to the CPU's; this machine has no accelerator"
+        )
+    if config.offload == "all" and config.zero_stage < 3:
+        return "offload all (parameters too) needs ZeRO stage 3"
+    if config.zero_stage < 1:
+        return "offload of the optimizer state needs ZeRO stage 1-3"
+    return None

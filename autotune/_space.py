@@ -23,6 +23,8 @@ from autotune._space_files import resolve_space
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARTITION_METHODS = ("parameters", "uniform", "profile")
+OFFLOADS = ("none", "optimizer", "all")
+"""What ZeRO keeps in CPU memory: nothing, the optimizer state, or that and the parameters."""
 OPTIMIZER_IMPLS = ("deepspeed", "torch", "torch_fused")
 """Adam's kernels: DeepSpeed's FusedAdam op, torch's (foreach where supported), torch's fused."""
 
@@ -51,18 +53,8 @@ def _check_bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
 
-def is_adam(optimizer: dict[str, Any]) -> bool:
-    """Whether a DeepSpeed optimizer section is Adam or AdamW, whose kernel is a setting."""
-    return str(optimizer.get("type", "")).lower() in ("adam", "adamw")
-
-
-def optimizer_impl_of(optimizer: dict[str, Any]) -> str:
-    """The ``optimizer_impl`` a DeepSpeed optimizer section selects: DeepSpeed's op unless its
-    params set ``torch_adam``, then torch's fused kernel with ``fused: true``, else torch's."""
-    params = optimizer.get("params", {})
-    if not params.get("torch_adam"):
-        return "deepspeed"
-    return "torch_fused" if params.get("fused") else "torch"
+def _check_offload(value: Any) -> str | None:
+    return None if value in OFFLOADS else "one of " + ", ".join(OFFLOADS)
 
 
 def _check_optimizer_impl(value: Any) -> str | None:
@@ -206,6 +198,13 @@ PARAMETERS: dict[str, Parameter] = {
             "ckpt",
         ),
         Parameter(
+            "offload",
+            _check_offload,
+            "ZeRO offload to CPU memory: none, optimizer (ZeRO 1-3), all (+ parameters, ZeRO 3)",
+            "offload",
+            "offload",
+        ),
+        Parameter(
             "optimizer_impl",
             _check_optimizer_impl,
             "Adam's kernel: deepspeed (its FusedAdam op), torch, torch_fused",
@@ -262,6 +261,9 @@ def describe_settings(settings: dict[str, Any]) -> str:
         parts.append(f"{short['prefetch_factor']}={settings['prefetch_factor']}")
     if settings.get("threads"):  # absent from studies older than the setting
         parts.append(f"{short['threads']}={settings['threads']}")
+    for name, usual in (("offload", "none"), ("optimizer_impl", "deepspeed")):
+        if settings.get(name, usual) != usual:
+            parts.append(f"{short[name]}={settings[name]}")
     flags = ("pin_memory", "activation_checkpointing", "cache_data")
     return " ".join(parts + [short[name] for name in flags if settings.get(name)])
 

@@ -36,7 +36,7 @@ from autotune._batch import (
     tensors_in,
 )
 from autotune._errors import UserError
-from autotune._space import optimizer_impl_of
+from autotune._plan import optimizer_impl_of
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_EVAL_BATCH_SIZE = 256
@@ -264,8 +264,8 @@ class Task:
 
 def reference_settings(batch_size: int, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
     """The reference trial: the model file's BATCH_SIZE, fp32, ZeRO 0, one process, no
-    DataLoader workers, the automatic thread count, no activation checkpointing, the Adam kernel
-    the model file's ``optimizer`` selects, no cache."""
+    DataLoader workers, the automatic thread count, no activation checkpointing, no offload,
+    the Adam kernel the model file's ``optimizer`` selects, no cache."""
     return {
         "micro_batch_size": batch_size,
         "gradient_accumulation_steps": 1,
@@ -279,6 +279,7 @@ def reference_settings(batch_size: int, optimizer: dict[str, Any] | None = None)
         "prefetch_factor": 2,
         "threads": 0,
         "activation_checkpointing": False,
+        "offload": "none",
         "optimizer_impl": optimizer_impl_of(optimizer or {}),
         "cache_data": False,
     }

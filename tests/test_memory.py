@@ -391,3 +391,12 @@ def test_cached_items_count_on_the_cpu_only() -> None:
     assert cached.cache == 72_000 and cached.total == estimate().total + 72_000
     assert "cache 70.3 KiB" in cached.describe()
     assert estimate_rank_bytes(footprint, config(cache_data=True), "cuda").cache == 0
+
+
+def test_offload_leaves_the_device_without_optimizer_state_and_then_parameters() -> None:
+    on_device = estimate_rank_bytes(FOOTPRINT, config(zero_stage=3), "cuda")
+    optimizer = estimate_rank_bytes(FOOTPRINT, config(zero_stage=3, offload="optimizer"), "cuda")
+    everything = estimate_rank_bytes(FOOTPRINT, config(zero_stage=3, offload="all"), "cuda")
+    assert on_device.optimizer_states > 0 and optimizer.optimizer_states == 0
+    assert optimizer.parameters == on_device.parameters > 0 and everything.parameters == 0
+    assert everything.total < optimizer.total < on_device.total

@@ -507,6 +507,26 @@ def test_the_optimizer_kernel_is_adam_s_only_and_keeps_the_numerics() -> None:
     assert "optimizer_impl" not in json.loads(config().key())  # the section's own kernel
 
 
+def test_offload_reaches_zero_s_section_and_needs_an_accelerator_and_its_zero_stage() -> None:
+    optimizer_only = config(zero_stage=2, offload="optimizer")
+    zero = optimizer_only.ds_config()["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert "offload_param" not in zero
+    everything = config(zero_stage=3, offload="all").ds_config()["zero_optimization"]
+    assert everything["offload_param"] == {"device": "cpu", "pin_memory": True}
+    assert "offload" not in json.dumps(config(zero_stage=2).ds_config())
+    assert "no accelerator" in (_reason(optimizer_only) or "")
+    assert _reason(optimizer_only, GPUS) is None
+    assert _reason(config(zero_stage=3, offload="all"), GPUS) is None
+    assert _reason(config(zero_stage=2, offload="all"), GPUS) == (
+        "offload all (parameters too) needs ZeRO stage 3"
+    )
+    assert _reason(config(offload="optimizer"), GPUS) == (
+        "offload of the optimizer state needs ZeRO stage 1-3"
+    )
+    assert optimizer_only.numerics_key() == config(zero_stage=2).numerics_key()
+
+
 def test_pipeline_needs_layers() -> None:
     piped = config(processes=2, pipeline_stages=2)
     assert _reason(piped, layers=()) == "pipeline stages need layers() in the model file"

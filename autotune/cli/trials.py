@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     columns = list(_COLUMNS)
     if frame[TOKENS_PER_SECOND].notna().any():  # batches with input_ids
         columns.insert(columns.index(THROUGHPUT) + 1, TOKENS_PER_SECOND)
-    # Settings most spaces leave at the reference's value: a column once a trial changes them.
-    for name in ("cache_data", "threads"):
-        if frame[name].fillna(0).astype(bool).any():
+    # Settings most spaces leave at the reference's value: a column once the trials differ.
+    for name in ("cache_data", "optimizer_impl", "offload", "activation_checkpointing", "threads"):
+        if frame[name].dropna().nunique() > 1:
             columns.insert(columns.index("num_workers") + 1, name)
     table = frame[columns].rename(columns=_HEADERS)
     with pd.option_context(

@@ -121,8 +121,8 @@ def run_trial(
         UserError: DeepSpeed cannot build an op the trial needs on this machine.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    optimizer = config.ds_config()["optimizer"]  # with the kernel it runs
-    not_now = ensure_deepspeed_ops(machine, optimizer, wait_seconds=timeout)
+    offload = config.offload != "none"  # the kernel it runs: its optimizer section, offloaded?
+    not_now = ensure_deepspeed_ops(machine, config.ds_config()["optimizer"], timeout, offload)
     if not_now is not None:
         return RunResult(None, not_now, 0.0, directory, launched=False)
     plan = TrialPlan(

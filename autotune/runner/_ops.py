@@ -109,18 +109,20 @@ def build_in_progress(locks: list[Path] | tuple[Path, ...]) -> str | None:
     return None
 
 
-def _op_builders(machine: Machine, optimizer: dict[str, Any]) -> list[str]:
+def _op_builders(machine: Machine, optimizer: dict[str, Any], offload: bool = False) -> list[str]:
+    """``offload``: the optimizer steps on the CPU (ZeRO's ``offload_optimizer``), where
+    DeepSpeed runs Adam with its CPU op instead of FusedAdam."""
     names = ["ShareMemCommBuilder"] if machine.accelerator == "cpu" else []
     params = optimizer.get("params", {})
     if str(optimizer.get("type", "")).lower() in ("adam", "adamw") and not params.get("torch_adam"):
-        names.append("FusedAdamBuilder")
+        names.append("CPUAdamBuilder" if offload else "FusedAdamBuilder")
     return names
 
 
-def _key(machine: Machine, optimizer: dict[str, Any]) -> tuple[Any, ...]:
+def _key(machine: Machine, optimizer: dict[str, Any], offload: bool = False) -> tuple[Any, ...]:
     return (
         machine.accelerator,
-        tuple(_op_builders(machine, optimizer)),
+        tuple(_op_builders(machine, optimizer, offload)),
         tuple(sorted(machine.environment.items())),
         str(extensions_directory()),
     )
@@ -153,12 +155,14 @@ def wait_for_other_build(lock: Path, until: float | None) -> None:
         time.sleep(WAIT_POLL_SECONDS)
 
 
-def _builders(machine: Machine, optimizer: dict[str, Any]) -> list[tuple[str, Any]]:
+def _builders(
+    machine: Machine, optimizer: dict[str, Any], offload: bool = False
+) -> list[tuple[str, Any]]:
     """The op builders every trial of this optimizer loads here, by builder class name."""
     from deepspeed.accelerator import get_accelerator
 
     found = []
-    for name in _op_builders(machine, optimizer):
+    for name in _op_builders(machine, optimizer, offload):
         builder = get_accelerator().create_op_builder(name)
         if builder is not None and builder.is_compatible(verbose=False):
             found.append((name, builder))
@@ -173,14 +177,16 @@ def build_locks(machine: Machine, optimizer: dict[str, Any]) -> list[Path]:
     ]
 
 
-def _prepare(machine: Machine, optimizer: dict[str, Any], until: float | None) -> list[str]:
-    key = _key(machine, optimizer)
+def _prepare(
+    machine: Machine, optimizer: dict[str, Any], until: float | None, offload: bool = False
+) -> list[str]:
+    key = _key(machine, optimizer, offload)
     if key in _built:
         return []
     os.environ.update(machine.environment)  # DeepSpeed's builders read it in this process
     os.environ.update(ops_environment())  # and torch builds where every trial will look
     built, locks = [], []
-    for name, builder in _builders(machine, optimizer):
+    for name, builder in _builders(machine, optimizer, offload):
         build_dir = extensions_directory() / builder.name
         lock = build_dir / "lock"
         locks.append(lock)
@@ -210,7 +216,7 @@ def prepare_deepspeed_ops(machine: Machine, optimizer: dict[str, Any]) -> list[s
 
 
 def ensure_deepspeed_ops(
-    machine: Machine, optimizer: dict[str, Any], wait_seconds: float = 0.0
+    machine: Machine, optimizer: dict[str, Any], wait_seconds: float = 0.0, offload: bool = False
 ) -> str | None:
     """What ``run_trial`` calls before it launches: builds the ops if this process has not
     (the search has, so this stays cheap), removes build locks whose owner is gone, waits up to
@@ -227,10 +233,10 @@ def ensure_deepspeed_ops(
     """
     until = time.monotonic() + wait_seconds
     try:
-        _prepare(machine, optimizer, until=until)
+        _prepare(machine, optimizer, until=until, offload=offload)
     except BuildInProgressError as exc:
         return str(exc)
-    locks = _built[_key(machine, optimizer)]
+    locks = _built[_key(machine, optimizer, offload)]
     while (reason := build_in_progress(locks)) is not None and time.monotonic() < until:
         time.sleep(WAIT_POLL_SECONDS)
     return reason
