@@ -12,6 +12,7 @@ import optuna
 from autotune._errors import UserError
 from autotune._records import (
     ACCURACY_LOSS,
+    COMPILE_SECONDS,
     DS_CONFIG,
     GLOBAL_BATCH_SIZE,
     LAUNCH,
@@ -96,6 +97,9 @@ def export_trial(
         "speedup_vs_reference": speedup[0] if speedup else None,
         "speedup_runs": speedup[1] if speedup else [],
     }
+    if attrs.get(COMPILE_SECONDS) is not None:
+        # Seconds spent compiling before the timed window (paid once a run).
+        launch["measured"]["compile_seconds"] = attrs[COMPILE_SECONDS]
     if scoring.goodput:
         batch = int(attrs.get(GLOBAL_BATCH_SIZE) or 0)
         launch["goodput"] = {

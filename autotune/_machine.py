@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 
 from autotune._cluster import Node, placement
 from autotune._errors import UserError
@@ -36,6 +37,7 @@ class Machine:
         device_ids: The accelerator indices (or, on CPU, the cores) this search's trials use
             (``--devices``), so several workers share one machine without sharing devices;
             empty for all of them.
+        cxx: Whether a C++ compiler is on the PATH (torch.compile's CPU code needs one).
     """
 
     accelerator: str
@@ -49,6 +51,7 @@ class Machine:
     nodes: tuple[Node, ...] = ()
     launcher: str = "ssh"
     device_ids: tuple[int, ...] = ()
+    cxx: bool = True
 
     def local_device_ids(self, ranks: int) -> list[int]:
         """The device indices this machine's ``ranks`` ranks run on (DeepSpeed's launcher sets
@@ -246,4 +249,5 @@ def detect_machine() -> Machine:
         device_name=torch.cuda.get_device_name(0) if name == "cuda" else "",
         environment=deepspeed_environment(name, dict(os.environ)),
         native_half=tuple(p for p in native if supported[p]),
+        cxx=any(shutil.which(name) for name in ("c++", "g++", "clang++")),
     )

@@ -22,6 +22,7 @@ LR_SCALINGS = ("sqrt", "linear", "none", "noise")
 LATER_SETTINGS: dict[str, Any] = {
     "threads": 0,
     "activation_checkpointing": False,
+    "compile": False,
     "offload": "none",
     "cache_data": False,
 }
@@ -100,6 +101,7 @@ class TrialConfig:
     # Settings added later: a stored study's plans and settings may lack them.
     threads: int = 0
     activation_checkpointing: bool = False
+    compile: bool = False
     offload: str = "none"
     optimizer_impl: str | None = None  # None: as the optimizer section says
     cache_data: bool = False
@@ -314,6 +316,7 @@ class TrialConfig:
             **self.dataloader_arguments(),
             # The helpers `autotune.CheckpointedLayers` and `autotune.CachedItems` (README).
             "activation_checkpointing": self.activation_checkpointing,
+            "compile": self.compile,  # engine.compile() after deepspeed.initialize
             "cache_data": self.cache_data,
             "threads_per_process": threads,
             "accelerator": machine.accelerator,
@@ -420,6 +423,7 @@ def why_not_runnable(
         or _why_not_cache(config, items_repeat)
         or _why_not_optimizer_impl(config)
         or _why_not_offload(config, machine)
+        or _why_not_compile(config, machine)
     )
     if reason is not None:
         return reason
@@ -508,4 +512,15 @@ def _why_not_offload(config: TrialConfig, machine: Machine) -> str | None:
         return "offload all (parameters too) needs ZeRO stage 3"
     if config.zero_stage < 1:
         return "offload of the optimizer state needs ZeRO stage 1-3"
+    return None
+
+
+def _why_not_compile(config: TrialConfig, machine: Machine) -> str | None:
+    if not config.compile:
+        return None
+    if config.pipeline_stages > 1:
+        # DeepSpeed's pipeline engine runs each stage's layers itself, outside a compiled forward.
+        return "compile is tried without a pipeline only"
+    if machine.accelerator == "cpu" and not machine.cxx:
+        return "compile on the CPU needs a C++ compiler (torch's inductor writes C++); none found"
     return None

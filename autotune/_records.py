@@ -92,6 +92,9 @@ STEP_TIME_SPREAD = "step_time_spread"
 MEASURED_SECONDS = "measured_seconds"
 TRAIN_SECONDS = "train_seconds"
 EVAL_SECONDS = "eval_seconds"
+COMPILE_SECONDS = "compile_seconds"
+"""Under ``compile``: what the warm-up steps took beyond as many timed steps, the time spent
+compiling before the timed window (a user pays it once per run); None without compile."""
 SAMPLES_TRAINED = "samples_trained"
 STEPS = "steps"
 BUDGET_STEPS = "budget_steps"
@@ -132,6 +135,7 @@ MEASURED: tuple[str, ...] = (
     MEASURED_SECONDS,
     TRAIN_SECONDS,
     EVAL_SECONDS,
+    COMPILE_SECONDS,
     SAMPLES_TRAINED,
     STEPS,
     BUDGET_STEPS,

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import random
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,61 +18,17 @@ from typing import Any
 import yaml
 
 from autotune._errors import UserError
+from autotune._setting_values import (
+    check_bool,
+    check_nonnegative_int,
+    check_offload,
+    check_optimizer_impl,
+    check_partition_method,
+    check_positive_int,
+    check_precision,
+    check_zero_stage,
+)
 from autotune._space_files import resolve_space
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-PARTITION_METHODS = ("parameters", "uniform", "profile")
-OFFLOADS = ("none", "optimizer", "all")
-"""What ZeRO keeps in CPU memory: nothing, the optimizer state, or that and the parameters."""
-OPTIMIZER_IMPLS = ("deepspeed", "torch", "torch_fused")
-"""Adam's kernels: DeepSpeed's FusedAdam op, torch's (foreach where supported), torch's fused."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 1 else "a whole number >= 1"
-
-
-def _check_nonnegative_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 0 else "a whole number >= 0"
-
-
-def _check_precision(value: Any) -> str | None:
-    return None if value in PRECISIONS else "one of " + ", ".join(PRECISIONS)
-
-
-def _check_zero_stage(value: Any) -> str | None:
-    return None if _is_int(value) and 0 <= value <= 3 else "0, 1, 2 or 3"
-
-
-def _check_bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _check_offload(value: Any) -> str | None:
-    return None if value in OFFLOADS else "one of " + ", ".join(OFFLOADS)
-
-
-def _check_optimizer_impl(value: Any) -> str | None:
-    return None if value in OPTIMIZER_IMPLS else "one of " + ", ".join(OPTIMIZER_IMPLS)
-
-
-def _check_partition_method(value: Any) -> str | None:
-    expected = "'parameters', 'uniform', 'profile' or 'type:REGEX'"
-    if not isinstance(value, str):
-        return expected
-    if value in PARTITION_METHODS:
-        return None
-    if value.startswith("type:") and len(value) > len("type:"):
-        try:
-            re.compile(value[len("type:") :])
-        except re.error:
-            return expected + " with a valid regular expression"
-        return None
-    return expected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +60,7 @@ PARAMETERS: dict[str, Parameter] = {
     for p in (
         Parameter(
             "micro_batch_size",
-            _check_positive_int,
+            check_positive_int,
             "samples per rank per step",
             "micro batch",
             "mbs",
@@ -113,7 +68,7 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "gradient_accumulation_steps",
-            _check_positive_int,
+            check_positive_int,
             "micro-batches per optimizer step",
             "grad accum",
             "gas",
@@ -121,14 +76,14 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "precision",
-            _check_precision,
+            check_precision,
             "fp32, bf16 or fp16 (fp16 with loss scaling)",
             "precision",
             "precision",
         ),
         Parameter(
             "zero_stage",
-            _check_zero_stage,
+            check_zero_stage,
             "DeepSpeed ZeRO stage 0-3",
             "ZeRO",
             "zero",
@@ -136,7 +91,7 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "processes",
-            _check_positive_int,
+            check_positive_int,
             "ranks in all: data-parallel x pipeline",
             "processes",
             "procs",
@@ -144,7 +99,7 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "pipeline_stages",
-            _check_positive_int,
+            check_positive_int,
             "pipeline stages (1: no pipeline)",
             "pipeline stages",
             "pp",
@@ -152,7 +107,7 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "partition_method",
-            _check_partition_method,
+            check_partition_method,
             "how layers are split over stages: parameters, uniform, profile, type:REGEX",
             "partition",
             "partition",
@@ -160,7 +115,7 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "num_workers",
-            _check_nonnegative_int,
+            check_nonnegative_int,
             "DataLoader worker processes",
             "workers",
             "workers",
@@ -168,14 +123,14 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "pin_memory",
-            _check_bool,
+            check_bool,
             "DataLoader pin_memory (accelerators only)",
             "pin memory",
             "pin",
         ),
         Parameter(
             "prefetch_factor",
-            _check_positive_int,
+            check_positive_int,
             "batches each worker loads ahead",
             "prefetch",
             "prefetch",
@@ -184,7 +139,7 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "threads",
-            _check_nonnegative_int,
+            check_nonnegative_int,
             "intra-op threads per rank (0: the cores a rank's share leaves after its workers)",
             "threads",
             "threads",
@@ -192,28 +147,35 @@ PARAMETERS: dict[str, Parameter] = {
         ),
         Parameter(
             "activation_checkpointing",
-            _check_bool,
+            check_bool,
             "recompute each layer's activations in the backward pass (needs layers())",
             "activation checkpointing",
             "ckpt",
         ),
         Parameter(
+            "compile",
+            check_bool,
+            "torch.compile through DeepSpeed's engine.compile() (inductor; no pipeline)",
+            "compile",
+            "compile",
+        ),
+        Parameter(
             "offload",
-            _check_offload,
+            check_offload,
             "ZeRO offload to CPU memory: none, optimizer (ZeRO 1-3), all (+ parameters, ZeRO 3)",
             "offload",
             "offload",
         ),
         Parameter(
             "optimizer_impl",
-            _check_optimizer_impl,
+            check_optimizer_impl,
             "Adam's kernel: deepspeed (its FusedAdam op), torch, torch_fused",
             "optimizer kernel",
             "opt",
         ),
         Parameter(
             "cache_data",
-            _check_bool,
+            check_bool,
             "keep training items in memory after their first load (no workers)",
             "cache data",
             "cache",
@@ -264,7 +226,7 @@ def describe_settings(settings: dict[str, Any]) -> str:
     for name, usual in (("offload", "none"), ("optimizer_impl", "deepspeed")):
         if settings.get(name, usual) != usual:
             parts.append(f"{short[name]}={settings[name]}")
-    flags = ("pin_memory", "activation_checkpointing", "cache_data")
+    flags = ("pin_memory", "activation_checkpointing", "compile", "cache_data")
     return " ".join(parts + [short[name] for name in flags if settings.get(name)])
 
 

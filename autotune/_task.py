@@ -264,7 +264,8 @@ class Task:
 
 def reference_settings(batch_size: int, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
     """The reference trial: the model file's BATCH_SIZE, fp32, ZeRO 0, one process, no
-    DataLoader workers, the automatic thread count, no activation checkpointing, no offload,
+    DataLoader workers, the automatic thread count, no activation checkpointing, no compile,
+    no offload,
     the Adam kernel the model file's ``optimizer`` selects, no cache."""
     return {
         "micro_batch_size": batch_size,
@@ -279,6 +280,7 @@ def reference_settings(batch_size: int, optimizer: dict[str, Any] | None = None)
         "prefetch_factor": 2,
         "threads": 0,
         "activation_checkpointing": False,
+        "compile": False,
         "offload": "none",
         "optimizer_impl": optimizer_impl_of(optimizer or {}),
         "cache_data": False,

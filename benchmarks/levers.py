@@ -9,6 +9,8 @@ ratios of each round, and whether the metric stayed the same. Levers:
   augments each image; the budget is several epochs, so later epochs read the cache);
 - ``threads``: one intra-op thread per rank against the automatic count (the rank's share of
   the cores);
+- ``compile``: torch.compile through DeepSpeed's ``engine.compile()`` (its compile seconds
+  printed apart; they are outside the timed window);
 - ``torch_adam``, ``torch_fused_adam``: torch's Adam kernels (foreach, fused) against
   DeepSpeed's FusedAdam op.
 
@@ -31,27 +33,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import TrialConfig, detect_machine, run_trial  # noqa: E402
-from autotune._records import METRIC, THROUGHPUT  # noqa: E402
+from autotune._records import COMPILE_SECONDS, METRIC, THROUGHPUT  # noqa: E402
 from autotune._task import load_model_file, reference_settings  # noqa: E402
 from autotune.study import DEFAULT_TRAIN_SAMPLES  # noqa: E402
 
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cache_data": ({"cache_data": False}, {"cache_data": True}),
     "threads": ({"threads": 0}, {"threads": 1}),
+    "compile": ({"compile": False}, {"compile": True}),
     "torch_adam": ({"optimizer_impl": "deepspeed"}, {"optimizer_impl": "torch"}),
     "torch_fused_adam": ({"optimizer_impl": "deepspeed"}, {"optimizer_impl": "torch_fused"}),
 }
 """Each lever's settings off and on, over the reference's."""
 
 
-def _run(config: TrialConfig, args: argparse.Namespace, folder: Path) -> tuple[float, float]:
-    """One fresh run of the whole budget: its samples/s and metric."""
+def _run(config: TrialConfig, args: argparse.Namespace, folder: Path) -> tuple[float, float, str]:
+    """One fresh run of the whole budget: its samples/s, metric, and compile seconds if any."""
     result = run_trial(
         config, detect_machine(), args.model, args.train_samples, [0], folder, args.timeout
     )
     if not result.ok or result.measurements is None:
         raise SystemExit(f"run failed: {result.failure_reason} (log: {folder / 'log.txt'})")
-    return float(result.measurements[THROUGHPUT]), float(result.measurements[METRIC])
+    compiled = result.measurements.get(COMPILE_SECONDS)
+    note = "" if compiled is None else f", compiled in {compiled:.1f} s"
+    return float(result.measurements[THROUGHPUT]), float(result.measurements[METRIC]), note
 
 
 def measure_lever(name: str, args: argparse.Namespace, work: Path) -> None:
@@ -70,11 +75,11 @@ def measure_lever(name: str, args: argparse.Namespace, work: Path) -> None:
         speeds: dict[int, float] = {}
         for which in order:
             folder = work / f"{name}-{round_number}-{which}"
-            speeds[which], metric = _run(configs[which], args, folder)
+            speeds[which], metric, note = _run(configs[which], args, folder)
             metrics.add(round(metric, 6))
             state = "on " if which else "off"
             print(
-                f"  round {round_number + 1} {state}: {speeds[which]:9.1f} samples/s, metric {metric:.4f}"
+                f"  round {round_number + 1} {state}: {speeds[which]:9.1f} samples/s, metric {metric:.4f}{note}"
             )
         ratios.append(speeds[1] / speeds[0])
     print(

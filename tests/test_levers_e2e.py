@@ -16,7 +16,7 @@ from search_options import run_grid_search
 from autotune import export
 from autotune._machine import detect_machine
 from autotune._plan import TrialConfig, automatic_threads
-from autotune._records import EVAL_LOSS, METRIC, TrialRecord
+from autotune._records import COMPILE_SECONDS, EVAL_LOSS, METRIC, TrialRecord
 from autotune._task import load_model_file, reference_settings
 from autotune.cli.trials import run as print_trials
 from autotune.runner import RunResult, run_trial
@@ -109,6 +109,24 @@ def test_each_adam_kernel_reaches_the_engine_and_trains_the_same_numbers_to_roun
         assert result.measurements is not None
         assert result.measurements[METRIC] == pytest.approx(first[METRIC], abs=1e-6)
         assert result.measurements[EVAL_LOSS] == pytest.approx(first[EVAL_LOSS], rel=1e-5)
+
+
+@pytest.mark.e2e
+def test_a_compiled_model_records_its_compile_time_apart_and_trains_the_same_numbers(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """torch.compile fuses operators, so rounding differs: the same metric, the eval loss to
+    1e-4; the compile time is its own record, outside the timed window."""
+    plain, _ = _run(model_path, tmp_path / "plain")
+    compiled, log = _run(model_path, tmp_path / "compiled", compile=True)
+    assert "compiling the model with inductor" in log
+    assert plain.measurements is not None and compiled.measurements is not None
+    assert plain.measurements[COMPILE_SECONDS] is None
+    assert compiled.measurements[COMPILE_SECONDS] > 0
+    assert compiled.measurements[METRIC] == pytest.approx(plain.measurements[METRIC], abs=1e-6)
+    assert compiled.measurements[EVAL_LOSS] == pytest.approx(
+        plain.measurements[EVAL_LOSS], rel=1e-4
+    )
 
 
 BLOCKS = textwrap.dedent(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import socket
@@ -525,6 +526,17 @@ def test_offload_reaches_zero_s_section_and_needs_an_accelerator_and_its_zero_st
         "offload of the optimizer state needs ZeRO stage 1-3"
     )
     assert optimizer_only.numerics_key() == config(zero_stage=2).numerics_key()
+
+
+def test_compile_runs_without_a_pipeline_and_on_a_cpu_with_a_compiler() -> None:
+    assert _reason(config(compile=True)) is None
+    assert _reason(config(compile=True, processes=2, pipeline_stages=2)) == (
+        "compile is tried without a pipeline only"
+    )
+    no_compiler = dataclasses.replace(CPU, cxx=False)
+    assert "C++ compiler" in (_reason(config(compile=True), no_compiler) or "")
+    assert _reason(config(compile=True), dataclasses.replace(GPUS, cxx=False)) is None
+    assert config(compile=True).numerics_key() == config().numerics_key()
 
 
 def test_pipeline_needs_layers() -> None:

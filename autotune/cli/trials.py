@@ -11,6 +11,7 @@ from autotune import PARAMETERS, load_study, trials_frame
 from autotune._records import (
     ACCURACY_LOSS,
     ACCURACY_REUSED_FROM,
+    COMPILE_SECONDS,
     REASON,
     STATUS,
     THROUGHPUT,
@@ -45,6 +46,7 @@ _HEADERS: dict[str, str] = {
     "estimated_throughput": "median",
     "speedup": "speed-up",
     TOKENS_PER_SECOND: "tokens/s",
+    COMPILE_SECONDS: "compile s",
 }
 """Column headers: each setting's abbreviation, and a few shorter names."""
 
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     columns = list(_COLUMNS)
     if frame[TOKENS_PER_SECOND].notna().any():  # batches with input_ids
         columns.insert(columns.index(THROUGHPUT) + 1, TOKENS_PER_SECOND)
+    if frame[COMPILE_SECONDS].notna().any():
+        columns.insert(columns.index(THROUGHPUT) + 1, COMPILE_SECONDS)
     # Settings most spaces leave at the reference's value: a column once the trials differ.
     for name in ("cache_data", "optimizer_impl", "offload", "activation_checkpointing", "threads"):
         if frame[name].dropna().nunique() > 1:

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from autotune._records import (
     ACCURACY_LOSS,
     CANNOT_WIN,
+    COMPILE_SECONDS,
     EVAL_LOSS,
     EVAL_SECONDS,
     INFEASIBLE,
@@ -80,6 +81,7 @@ MEASUREMENTS: tuple[str, ...] = (
     MEASURED_SECONDS,
     TRAIN_SECONDS,
     EVAL_SECONDS,
+    COMPILE_SECONDS,
     WALL_SECONDS,
 )
 """The measurements of a trial's record the frame carries as numbers (NaN when absent)."""

@@ -21,6 +21,7 @@ from autotune._batch import evaluate_with_loss, forward
 from autotune._records import (
     BUDGET_STEPS,
     CANNOT_WIN,
+    COMPILE_SECONDS,
     EVAL_LOSS,
     EVAL_SECONDS,
     EXTRA_STEPS,
@@ -122,6 +123,12 @@ def build_engine(plan: TrialPlan, seed: int, model_file: Any, accelerator: Any) 
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=module.parameters(), config=plan.ds_config
     )
+    if plan.config.compile:
+        # A warm rank compiled earlier trials' models: start afresh, so no cache of theirs
+        # counts against torch's limit on recompilations (past it, torch runs eagerly).
+        torch._dynamo.reset()
+        engine.compile(backend="inductor")
+        log(f"seed {seed}: compiling the model with inductor in the first step")
     log(
         f"seed {seed}: engine ready ({_kernel(engine.basic_optimizer)}), training "
         f"{plan.train_samples} samples"
@@ -441,6 +448,7 @@ def measurements(
         MEASURED_SECONDS: timing.elapsed + eval_seconds,
         TRAIN_SECONDS: timing.train_seconds,
         EVAL_SECONDS: eval_seconds,
+        COMPILE_SECONDS: _compile_seconds(plan, timing) if plan.config.compile else None,
         PEAK_MEMORY_BYTES: max(peaks),
         PEAK_MEMORY_PER_RANK: peaks,
         PARTITION: [int(p) for p in partition] if partition is not None else None,
@@ -453,6 +461,13 @@ def measurements(
         LOSS_SCALE: loss_scale(engine) if plan.config.precision == "fp16" else None,
         CANNOT_WIN: timing.cannot_win,
     }
+
+
+def _compile_seconds(plan: TrialPlan, timing: Timing) -> float:
+    """The warm-up steps' time beyond as many timed steps (their median): compiling."""
+    warmup = plan.warmup_steps
+    usual = statistics.median(timing.step_times[warmup:])
+    return max(0.0, sum(timing.step_times[:warmup]) - warmup * usual)
 
 
 def _gradient_noise(
