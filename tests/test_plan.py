@@ -627,6 +627,22 @@ def single_rank_group():
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def engine_group():
+    """One gloo group for every engine this module builds: DeepSpeed keeps the first group it
+    sees (its data-parallel groups), which a group made per test would leave stale."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 # Only data-parallel 1 here: DeepSpeed checks train_batch_size against the world size.
 @pytest.mark.parametrize(
     "changes",
@@ -670,7 +686,7 @@ def test_deepspeed_would_catch_a_wrong_batch(single_rank_group) -> None:
 
 @pytest.mark.e2e
 def test_the_fitted_bucket_reaches_deepspeeds_engine(
-    single_rank_group, monkeypatch: pytest.MonkeyPatch
+    engine_group, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """deepspeed.initialize under ZeRO 2 on the CPU builds its optimizer with the bucket."""
     import deepspeed
@@ -684,15 +700,36 @@ def test_the_fitted_bucket_reaches_deepspeeds_engine(
     parameters = sum(p.numel() for p in model.parameters())
     # torch's AdamW, so no DeepSpeed op is compiled for the test.
     adamw = {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}
-    trial = TrialConfig.from_settings(
-        {**REFERENCE, "micro_batch_size": 4, "zero_stage": 2}, adamw, 4, "none", None, parameters
-    )
+    settings = {**REFERENCE, "micro_batch_size": 4, "zero_stage": 2, "optimizer_impl": "torch"}
+    trial = TrialConfig.from_settings(settings, adamw, 4, "none", None, parameters)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=trial.ds_config()
     )
     assert trial.zero_bucket_elements == fitted_zero_bucket(parameters) < ZERO_BUCKET_ELEMENTS
     assert engine.optimizer.reduce_bucket_size == trial.zero_bucket_elements
     engine.backward(engine(torch.randn(4, 8)).sum())  # the bucket fills and reduces
+    engine.step()
+
+
+@pytest.mark.e2e
+def test_offload_reaches_deepspeeds_engine(engine_group, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search refuses offload without an accelerator, but DeepSpeed's CPU accelerator
+    accepts the section: the engine it builds keeps the optimizer state on the CPU."""
+    import deepspeed
+    import torch
+    from torch import nn
+
+    for name, value in {"DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0", "RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    adamw = {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}  # no op to compile
+    settings = {**REFERENCE, "micro_batch_size": 4, "zero_stage": 2, "offload": "optimizer"}
+    trial = TrialConfig.from_settings({**settings, "optimizer_impl": "torch"}, adamw, 4, "none")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=trial.ds_config()
+    )
+    assert engine.zero_offload_optimizer().device == "cpu"
+    engine.backward(engine(torch.randn(4, 8)).sum())
     engine.step()
 
 
