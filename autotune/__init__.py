@@ -17,7 +17,13 @@ from autotune._space import PARAMETERS, SearchSpace, load_space
 from autotune._task import ModelFile, Task, load_task
 from autotune.pipeline import build_pipeline_module
 from autotune.report import trials_frame, write_study_report
-from autotune.runner import CachedItems, CheckpointedLayers, RunResult, run_trial
+from autotune.runner import (
+    CachedItems,
+    CheckpointedLayers,
+    RunResult,
+    pipeline_checkpointing,
+    run_trial,
+)
 from autotune.study import SearchOptions, load_study
 
 __all__ = [
@@ -40,6 +46,7 @@ __all__ = [
     "load_space",
     "load_study",
     "load_task",
+    "pipeline_checkpointing",
     "run_trial",
     "search",
     "trials_frame",

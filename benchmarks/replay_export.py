@@ -1,9 +1,11 @@
 """Train a model file with an exported configuration, as a plain DeepSpeed script, and print
 its throughput: the check that an exported config delivers what its trial measured.
 
-It uses only the model file, ds_config.json and launch.json, and for a pipeline whose
-launch.json has ``partition_bounds``, autotune's ``build_pipeline_module`` helper (what a user's
-own training script would call) to rebuild the trial's stages.
+It uses only the model file, ds_config.json and launch.json, and autotune's helpers where
+launch.json asks for them (what a user's own training script would call; docs/levers.md):
+``build_pipeline_module`` to rebuild a pipeline's stages from ``partition_bounds``,
+``CheckpointedLayers`` or ``pipeline_checkpointing()`` for ``activation_checkpointing``, and
+``CachedItems`` for ``cache_data``; ``compile`` calls ``engine.compile()``.
 
     autotune export --study digits_mlp -o /tmp/best
     deepspeed --num_gpus $(python -c "import json;print(json.load(open('/tmp/best/launch.json'))['processes'])") \\
@@ -82,13 +84,17 @@ def main() -> None:
     pipeline = launch["pipeline_stages"] > 1
     # A collate() that pads each batch to its longest item changes the stages' shapes.
     dynamic_shape = hasattr(user, "collate")
+    checkpointing = bool(launch.get("activation_checkpointing"))
+    options = {"loss_fn": loss_fn, "dynamic_shape": dynamic_shape}
+    if pipeline and checkpointing:
+        from autotune import pipeline_checkpointing
+
+        options.update(pipeline_checkpointing())
     if pipeline and launch.get("partition_bounds"):
         # The trial's own stage boundaries (whatever method found them), rebuilt exactly.
         from autotune import build_pipeline_module
 
-        module = build_pipeline_module(
-            user.layers(), launch["partition_bounds"], loss_fn=loss_fn, dynamic_shape=dynamic_shape
-        )
+        module = build_pipeline_module(user.layers(), launch["partition_bounds"], **options)
     elif pipeline:
         from deepspeed.pipe import PipelineModule
 
@@ -96,14 +102,23 @@ def main() -> None:
             layers=user.layers(),
             num_stages=launch["pipeline_stages"],
             partition_method=launch["partition_method"],
-            loss_fn=loss_fn,
-            dynamic_shape=dynamic_shape,
+            **options,
         )
+    elif checkpointing:
+        from autotune import CheckpointedLayers
+
+        module = CheckpointedLayers(user.layers())
     else:
         module = user.model()
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=module.parameters(), config=ds_config
     )
+    if launch.get("compile"):
+        engine.compile(backend="inductor")  # compiles in the first (warm-up) step
+    if launch.get("cache_data"):
+        from autotune import CachedItems
+
+        train = CachedItems(train)
     if pipeline and int(os.environ.get("RANK", "0")) == 0:
         print(f"pipeline bounds: {[int(b) for b in engine.module.parts]}", flush=True)
     dp = launch["data_parallel"]
