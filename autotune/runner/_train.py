@@ -76,7 +76,8 @@ from autotune.runner._timing import (
 )
 
 EXTEND_ROUNDS = 10
-"""Rounds of extra steps at most; each is estimated from the mean so far, so one or two do."""
+"""Rounds of extra steps at most; each is estimated from the pace of the one before (the first
+from the budget's window), so one or two do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,8 +373,8 @@ def lengthen_window(
         return
     log(f"seed {seed}: timing more steps, for at least {min_seconds:g} s in all")
     ranks.engine.train()
+    per_step = timing.elapsed / budget_measured
     for _ in range(EXTEND_ROUNDS):
-        per_step = timing.elapsed / (budget_measured + timing.extra_steps)
         wanted = torch.tensor([0], device=ranks.device)  # NCCL broadcasts device tensors
         if timing.elapsed < min_seconds:
             wanted[0] = math.ceil((min_seconds - timing.elapsed) / max(per_step, 1e-9))
@@ -386,8 +387,12 @@ def lengthen_window(
         for _ in range(count):
             _timed_step(ranks, batches, timing.step_times)
         dist.barrier()
-        timing.elapsed += time.perf_counter() - resume
+        taken = time.perf_counter() - resume
+        timing.elapsed += taken
         timing.extra_steps += count
+        # The next round from this round's pace: the mean over the whole window, slower early
+        # steps included, left a fast model's window short of min_seconds after every round.
+        per_step = taken / count
 
 
 def window_tokens_per_item(ranks: Ranks, batches: CastingBatches) -> float | None:
