@@ -25,6 +25,7 @@ LATER_SETTINGS: dict[str, Any] = {
     "compile": False,
     "offload": "none",
     "cache_data": False,
+    "batching": "items",
 }
 """Settings added after studies were stored, with the value those studies ran: a trial's key
 holds them only where they differ, so a resumed study still finds its earlier runs."""
@@ -105,6 +106,7 @@ class TrialConfig:
     offload: str = "none"
     optimizer_impl: str | None = None  # None: as the optimizer section says
     cache_data: bool = False
+    batching: str = "items"
 
     @classmethod
     def from_settings(
@@ -219,6 +221,11 @@ class TrialConfig:
         (transformers#34191). The sampler makes that cut depend on the micro-batch size alone,
         so the key then holds the micro-batch size too. The ZeRO bucket only decides how many
         gradients are reduced at a time, not what each sums, so it is not part of the key.
+
+        Token batching (``batching: tokens``) trains other micro-batches and steps of other
+        sizes, each at its own learning rate: another run, judged by its own metric as any
+        other change of batch. Its micro-batches follow from the micro-batch size (the token
+        budget) and its steps from the global batch, so the key holds both.
         """
         key: dict[str, Any] = {
             "global_batch_size": self.global_batch_size,
@@ -226,8 +233,10 @@ class TrialConfig:
             "learning_rate": self.learning_rate,
             "zero_stage": None if self.precision == "fp32" else self.zero_stage,
         }
-        if items_vary:
+        if items_vary or self.batching != "items":
             key["micro_batch_size"] = self.micro_batch_size
+        if self.batching != "items":
+            key["batching"] = self.batching
         return json.dumps(key, sort_keys=True)
 
     def steps(self, train_samples: int) -> int:
@@ -318,6 +327,8 @@ class TrialConfig:
             "activation_checkpointing": self.activation_checkpointing,
             "compile": self.compile,  # engine.compile() after deepspeed.initialize
             "cache_data": self.cache_data,
+            # `autotune.TokenBudgetSampler` as the loader's batch_sampler, its lr_factor per step.
+            "batching": self.batching,
             "threads_per_process": threads,
             "accelerator": machine.accelerator,
             "environment": environment,
@@ -386,12 +397,14 @@ def why_not_runnable(
     train_size: int,
     layer_types: tuple[str, ...],
     items_repeat: bool = True,
+    lengths_vary: bool = False,
 ) -> str | None:
     """The reason this configuration cannot run here, or None when it can.
 
     These are checked before launch so no time is spent on runs that DeepSpeed would refuse.
     ``items_repeat``: the training data gives an equal item when an index is read twice (the
-    preflight's check), which caching needs.
+    preflight's check), which caching needs; ``lengths_vary``: its items' ``input_ids`` differ
+    in length (`autotune._task.lengths_vary`), which token batching needs.
     """
     if config.precision == "fp16" and not machine.fp16:
         return f"fp16 is not supported on the {machine.accelerator} accelerator"
@@ -424,6 +437,7 @@ def why_not_runnable(
         or _why_not_optimizer_impl(config)
         or _why_not_offload(config, machine)
         or _why_not_compile(config, machine)
+        or _why_not_batching(config, lengths_vary)
     )
     if reason is not None:
         return reason
@@ -523,4 +537,18 @@ def _why_not_compile(config: TrialConfig, machine: Machine) -> str | None:
         return "compile is tried without a pipeline only"
     if machine.accelerator == "cpu" and not machine.cxx:
         return "compile on the CPU needs a C++ compiler (torch's inductor writes C++); none found"
+    return None
+
+
+def _why_not_batching(config: TrialConfig, lengths_vary: bool) -> str | None:
+    if config.batching == "items":
+        return None
+    if not lengths_vary:
+        return (
+            "batching tokens needs items whose input_ids differ in length; this training "
+            "data's do not"
+        )
+    if config.pipeline_stages > 1:
+        # DeepSpeed's pipeline engine sizes its micro-batches by the config's item count.
+        return "batching tokens is tried without a pipeline only"
     return None

@@ -70,6 +70,9 @@ THROUGHPUT = "throughput"
 TOKENS_PER_SECOND = "tokens_per_second"
 """Real (non-padding) tokens per second over the same window, when batches carry
 ``input_ids``; None otherwise."""
+PADDING = "padding"
+"""The share of the timed window's token positions that were padding, when batches carry
+``input_ids``; None otherwise."""
 METRIC = "metric"
 SEED_METRICS = "seed_metrics"
 EVAL_LOSS = "eval_loss"
@@ -123,6 +126,7 @@ WORLD_SIZE = "world_size"
 MEASURED: tuple[str, ...] = (
     THROUGHPUT,
     TOKENS_PER_SECOND,
+    PADDING,
     METRIC,
     SEED_METRICS,
     EVAL_LOSS,

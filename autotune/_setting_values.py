@@ -12,6 +12,8 @@ OFFLOADS = ("none", "optimizer", "all")
 """What ZeRO keeps in CPU memory: nothing, the optimizer state, or that and the parameters."""
 OPTIMIZER_IMPLS = ("deepspeed", "torch", "torch_fused")
 """Adam's kernels: DeepSpeed's FusedAdam op, torch's (foreach where supported), torch's fused."""
+BATCHINGS = ("items", "tokens")
+"""How micro-batches are cut: a fixed item count, or a budget of padded token positions."""
 
 
 def _is_int(value: Any) -> bool:
@@ -40,6 +42,10 @@ def check_bool(value: Any) -> str | None:
 
 def check_offload(value: Any) -> str | None:
     return None if value in OFFLOADS else "one of " + ", ".join(OFFLOADS)
+
+
+def check_batching(value: Any) -> str | None:
+    return None if value in BATCHINGS else "one of " + ", ".join(BATCHINGS)
 
 
 def check_optimizer_impl(value: Any) -> str | None:

@@ -19,6 +19,7 @@ import yaml
 
 from autotune._errors import UserError
 from autotune._setting_values import (
+    check_batching,
     check_bool,
     check_nonnegative_int,
     check_offload,
@@ -180,6 +181,14 @@ PARAMETERS: dict[str, Parameter] = {
             "cache data",
             "cache",
         ),
+        Parameter(
+            "batching",
+            check_batching,
+            "micro-batches of a fixed item count, or packed to micro_batch_size x the mean "
+            "length in tokens (variable-length input_ids; no pipeline)",
+            "batching",
+            "batch",
+        ),
     )
 }
 
@@ -223,7 +232,8 @@ def describe_settings(settings: dict[str, Any]) -> str:
         parts.append(f"{short['prefetch_factor']}={settings['prefetch_factor']}")
     if settings.get("threads"):  # absent from studies older than the setting
         parts.append(f"{short['threads']}={settings['threads']}")
-    for name, usual in (("offload", "none"), ("optimizer_impl", "deepspeed")):
+    usual_values = (("offload", "none"), ("optimizer_impl", "deepspeed"), ("batching", "items"))
+    for name, usual in usual_values:
         if settings.get(name, usual) != usual:
             parts.append(f"{short[name]}={settings[name]}")
     flags = ("pin_memory", "activation_checkpointing", "compile", "cache_data")

@@ -229,6 +229,8 @@ class Task:
         dict_items: Whether batches are dicts of tensors (``model(**batch)``), not pairs.
         items_repeat: Whether training items read twice are equal (`items_repeat`): what
             ``cache_data`` needs.
+        lengths_vary: Whether training items' ``input_ids`` differ in length
+            (`lengths_vary`): what ``batching: tokens`` needs.
     """
 
     model_file: ModelFile
@@ -239,6 +241,7 @@ class Task:
     dict_items: bool = False
     token_batches: bool = False
     items_repeat: bool = True
+    lengths_vary: bool = False
 
     @property
     def has_layers(self) -> bool:
@@ -266,7 +269,8 @@ def reference_settings(batch_size: int, optimizer: dict[str, Any] | None = None)
     """The reference trial: the model file's BATCH_SIZE, fp32, ZeRO 0, one process, no
     DataLoader workers, the automatic thread count, no activation checkpointing, no compile,
     no offload,
-    the Adam kernel the model file's ``optimizer`` selects, no cache."""
+    the Adam kernel the model file's ``optimizer`` selects, no cache, micro-batches of a fixed
+    item count."""
     return {
         "micro_batch_size": batch_size,
         "gradient_accumulation_steps": 1,
@@ -284,6 +288,7 @@ def reference_settings(batch_size: int, optimizer: dict[str, Any] | None = None)
         "offload": "none",
         "optimizer_impl": optimizer_impl_of(optimizer or {}),
         "cache_data": False,
+        "batching": "items",
     }
 
 
@@ -525,6 +530,7 @@ def load_task(path: str | Path) -> Task:
         dict_items=is_dict_batch(batch),
         token_batches=batch_tokens(batch) is not None,
         items_repeat=items_repeat(train),
+        lengths_vary=lengths_vary(train),
     )
 
 
@@ -535,6 +541,21 @@ def items_repeat(data: Any, probes: int = 3) -> bool:
     size = len(data)
     indices = sorted({0, size // 2, size - 1}) if size else []
     return all(_equal(data[i], data[i]) for i in indices[:probes])
+
+
+def lengths_vary(data: Any, probes: int = 64) -> bool:
+    """Whether the training items are dicts whose ``input_ids`` differ in length, read at up
+    to ``probes`` evenly spaced indices: the variable-length data token batching packs."""
+    size = len(data)
+    count = min(probes, size)
+    lengths = set()
+    for index in sorted({i * size // count for i in range(count)}):
+        item = data[index]
+        ids = item.get("input_ids") if is_dict_batch(item) else None
+        if ids is None or (isinstance(ids, torch.Tensor) and ids.dim() != 1):
+            return False
+        lengths.add(len(ids))
+    return len(lengths) > 1
 
 
 def _equal(first: Any, second: Any) -> bool:

@@ -16,7 +16,15 @@ from search_options import run_grid_search
 from autotune import export
 from autotune._machine import detect_machine
 from autotune._plan import TrialConfig, automatic_threads
-from autotune._records import COMPILE_SECONDS, EVAL_LOSS, METRIC, TrialRecord
+from autotune._records import (
+    COMPILE_SECONDS,
+    EVAL_LOSS,
+    METRIC,
+    PADDING,
+    SAMPLES_TRAINED,
+    TOKENS_PER_SECOND,
+    TrialRecord,
+)
 from autotune._task import load_model_file, reference_settings
 from autotune.cli.trials import run as print_trials
 from autotune.runner import RunResult, run_trial
@@ -53,10 +61,12 @@ def model_path(write_model: Callable[[str, str], Path]) -> Path:
     return write_model(MODEL, "points.py")
 
 
-def _run(model_path: Path, folder: Path, **values: object) -> tuple[RunResult, str]:
+def _run(
+    model_path: Path, folder: Path, batch: int = 32, **values: object
+) -> tuple[RunResult, str]:
     model_file = load_model_file(model_path)
-    settings = {**reference_settings(32), **values}
-    config = TrialConfig.from_settings(settings, model_file.optimizer, 32, "sqrt")
+    settings = {**reference_settings(batch), **values}
+    config = TrialConfig.from_settings(settings, model_file.optimizer, batch, "sqrt")
     result = run_trial(config, detect_machine(), model_path, SAMPLES, [0], folder, timeout=120)
     assert result.ok, result.failure_reason
     return result, (folder / "log.txt").read_text()
@@ -217,3 +227,126 @@ def test_a_search_over_the_levers_records_and_exports_them(
     threads = chosen["threads"] or automatic_threads(config, machine)
     assert recipe["threads_per_process"] == threads
     assert recipe["command"].startswith(f"OMP_NUM_THREADS={threads} deepspeed")
+
+
+SEQUENCES = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    BATCH_SIZE = 16
+
+    class Sequences(Dataset):
+        # Token ids 1-7 in sequences of 2 to 60, most short: is token 1 more common than 2?
+        def __init__(self, count, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.items = []
+            for _ in range(count):
+                length = 2 + int(torch.empty(1).exponential_(1 / 12, generator=g).clamp(max=58))
+                ids = torch.randint(1, 8, (length,), generator=g)
+                label = int((ids == 1).sum() > (ids == 2).sum())
+                self.items.append({"input_ids": ids, "labels": torch.tensor(label)})
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, index):
+            return self.items[index]
+
+    def collate(items):
+        length = max(len(item["input_ids"]) for item in items)
+        ids = torch.zeros(len(items), length, dtype=torch.long)
+        mask = torch.zeros(len(items), length, dtype=torch.long)
+        for row, item in enumerate(items):
+            ids[row, : len(item["input_ids"])] = item["input_ids"]
+            mask[row, : len(item["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.stack([item["labels"] for item in items])}
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(8, 32, padding_idx=0)
+            self.head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+
+        def forward(self, input_ids, attention_mask, labels):
+            mask = attention_mask.unsqueeze(-1).to(self.embed.weight.dtype)
+            pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+            logits = self.head(pooled)
+            return {"loss": nn.functional.cross_entropy(logits.float(), labels), "logits": logits}
+
+    def model():
+        return Bag()
+
+    def train_data():
+        return Sequences(1200, 0)
+
+    def eval_data():
+        return Sequences(300, 1)
+
+    def metric(output, batch):
+        return (output["logits"].argmax(-1) == batch["labels"]).float().mean().item()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def sequences_path(write_model: Callable[[str, str], Path]) -> Path:
+    return write_model(SEQUENCES, "sequences.py")
+
+
+@pytest.mark.e2e
+def test_token_batching_pads_less_keeps_the_sample_budget_and_scales_each_steps_rate(
+    sequences_path: Path, tmp_path: Path
+) -> None:
+    items, _ = _run(sequences_path, tmp_path / "items", 16)
+    tokens, log = _run(sequences_path, tmp_path / "tokens", 16, batching="tokens")
+    budget = re.search(r"micro-batches of at most ([\d,]+) padded tokens", log)
+    assert budget is not None, log
+    rates = re.search(r"learning rate x([\d.]+) to x([\d.]+) of the trial's", log)
+    assert rates is not None, log
+    assert float(rates.group(1)) < 1 < float(rates.group(2))  # steps of fewer and more items
+    assert items.measurements is not None and tokens.measurements is not None
+    assert tokens.measurements[PADDING] < items.measurements[PADDING] / 2
+    # The budget is items, whatever each step holds: reached, and by less than one big step.
+    assert SAMPLES <= tokens.measurements[SAMPLES_TRAINED] < SAMPLES + 16 * float(rates.group(2))
+    assert items.measurements[SAMPLES_TRAINED] == SAMPLES
+    assert tokens.measurements[TOKENS_PER_SECOND] > 0 and 0 <= tokens.measurements[METRIC] <= 1
+
+
+@pytest.mark.e2e
+def test_token_batching_trains_the_same_numbers_over_processes_as_with_accumulation(
+    sequences_path: Path, tmp_path: Path
+) -> None:
+    """Its numerics rule: the micro-batches follow from the micro-batch size and each step's
+    from the global batch, so one process accumulating two and two processes share a key and
+    train the same model."""
+    accumulating, _ = _run(
+        sequences_path, tmp_path / "gas", 16, batching="tokens", gradient_accumulation_steps=2
+    )
+    ranks, _ = _run(sequences_path, tmp_path / "ranks", 16, batching="tokens", processes=2)
+    assert accumulating.measurements is not None and ranks.measurements is not None
+    for name in (METRIC, EVAL_LOSS):
+        assert ranks.measurements[name] == pytest.approx(
+            accumulating.measurements[name], rel=1e-5, abs=1e-6
+        )
+    assert ranks.measurements[SAMPLES_TRAINED] == accumulating.measurements[SAMPLES_TRAINED]
+
+
+@pytest.mark.e2e
+def test_a_search_over_batching_records_shows_and_exports_it(
+    sequences_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study, lines = run_grid_search(
+        tmp_path, sequences_path, "batching: [items, tokens]\n", train_samples=SAMPLES, n_trials=2
+    )
+    records = [TrialRecord.of(trial) for trial in study.trials]
+    assert {r.settings["batching"] for r in records if r.is_ok} == {"items", "tokens"}, lines
+    assert any("batch=tokens" in line for line in lines), lines
+    print_trials(argparse.Namespace(study=None, storage=f"sqlite:///{tmp_path}/study.db"))
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "batch" in header and "padding" in header
+    _, launch = export(study, tmp_path / "best")
+    recipe = json.loads(launch.read_text())
+    assert recipe["batching"] == TrialRecord.of(study.trials[recipe["trial"]]).settings["batching"]

@@ -765,3 +765,35 @@ def test_native_half_precisions_follow_the_cpu_flags_and_the_cuda_capability() -
     assert native_half_precisions("cuda", frozenset(), 7) == ("fp16",)  # V100 emulates bf16
     assert native_half_precisions("cuda", frozenset(), 6) == ()
     assert native_half_precisions("mps", sapphire, None) == ()
+
+
+def test_token_batching_needs_items_of_varying_length_and_no_pipeline() -> None:
+    tokens = config(batching="tokens")
+    assert "differ in length" in (_reason(tokens) or "")
+    assert why_not_runnable(tokens, CPU, 4096, 1000, LAYERS, True, True) is None
+    piped = config(batching="tokens", processes=2, pipeline_stages=2)
+    assert "without a pipeline" in (
+        why_not_runnable(piped, CPU, 4096, 1000, LAYERS, True, True) or ""
+    )
+
+
+def test_token_batching_is_another_run_in_the_numerics_and_reaches_the_launch_recipe() -> None:
+    """Other micro-batches and step sizes: not the items run's numbers. Its micro-batches follow
+    from the micro-batch size and its steps from the global batch, so splits of one global
+    batch over processes and accumulation still share a key."""
+    tokens = config(batching="tokens", micro_batch_size=16, gradient_accumulation_steps=2)
+    assert (
+        tokens.numerics_key()
+        != config(micro_batch_size=16, gradient_accumulation_steps=2).numerics_key()
+    )
+    assert json.loads(tokens.numerics_key())["batching"] == "tokens"
+    split = config(batching="tokens", micro_batch_size=16, processes=2)
+    assert split.numerics_key() == tokens.numerics_key()
+    other_cut = config(batching="tokens", micro_batch_size=8, gradient_accumulation_steps=4)
+    assert other_cut.numerics_key() != tokens.numerics_key()
+    assert json.loads(tokens.key())["batching"] == "tokens"
+    assert "batching" not in json.loads(config().key())  # as stored before the setting
+    assert tokens.launch_recipe(CPU)["batching"] == "tokens"
+    assert (
+        tokens.ds_config() == config(micro_batch_size=16, gradient_accumulation_steps=2).ds_config()
+    )

@@ -25,7 +25,13 @@ from autotune._batch import (
 )
 from autotune._errors import UserError
 from autotune._memory import measure_footprint
-from autotune._task import DEFAULT_EVAL_BATCH_SIZE, items_repeat, load_model_file, load_task
+from autotune._task import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    items_repeat,
+    lengths_vary,
+    load_model_file,
+    load_task,
+)
 
 # A tiny classifier of variable-length integer sequences, shaped as a transformers model: it
 # takes input_ids, attention_mask and labels and returns an object with .loss and .logits.
@@ -288,6 +294,17 @@ def test_the_preflight_tells_whether_items_repeat(write_model: Callable[[str, st
     assert load_task(write_model(fixed, "fixed.py")).items_repeat is True
     assert items_repeat([{"ids": torch.arange(3), "label": 1}, (np.zeros(2), "text")])
     assert not items_repeat(_Noisy())
+
+
+def test_the_preflight_tells_whether_items_vary_in_length(
+    write_model: Callable[[str, str], Path],
+) -> None:
+    """What ``batching: tokens`` needs: dict items whose input_ids differ in length."""
+    assert lengths_vary([{"input_ids": torch.arange(n)} for n in (3, 3, 5)])
+    assert not lengths_vary([{"input_ids": torch.arange(4)} for _ in range(9)])
+    assert not lengths_vary([{"input_ids": torch.zeros(2, 3)}, {"input_ids": torch.zeros(2, 5)}])
+    assert not lengths_vary([(torch.zeros(3), 1), (torch.zeros(5), 0)])
+    assert load_task(write_model(AUGMENTED, "pairs.py")).lengths_vary is False
 
 
 class _Noisy:

@@ -12,6 +12,7 @@ from autotune._records import (
     ACCURACY_LOSS,
     ACCURACY_REUSED_FROM,
     COMPILE_SECONDS,
+    PADDING,
     REASON,
     STATUS,
     THROUGHPUT,
@@ -47,6 +48,7 @@ _HEADERS: dict[str, str] = {
     "speedup": "speed-up",
     TOKENS_PER_SECOND: "tokens/s",
     COMPILE_SECONDS: "compile s",
+    PADDING: "padding",
 }
 """Column headers: each setting's abbreviation, and a few shorter names."""
 
@@ -68,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if frame[COMPILE_SECONDS].notna().any():
         columns.insert(columns.index(THROUGHPUT) + 1, COMPILE_SECONDS)
     # Settings most spaces leave at the reference's value: a column once the trials differ.
-    for name in ("cache_data", "optimizer_impl", "offload", "activation_checkpointing", "threads"):
+    levers = ("batching", "cache_data", "optimizer_impl", "offload", "activation_checkpointing")
+    for name in (*levers, "threads"):
         if frame[name].dropna().nunique() > 1:
             columns.insert(columns.index("num_workers") + 1, name)
+    if "batching" in columns:  # what token batching saves
+        columns.insert(columns.index(THROUGHPUT) + 1, PADDING)
     table = frame[columns].rename(columns=_HEADERS)
     with pd.option_context(
         "display.max_rows", None, "display.width", 200, "display.max_colwidth", 60

@@ -28,6 +28,7 @@ from autotune._records import (
     MEASURED_STATUSES,
     METRIC,
     OK,
+    PADDING,
     PEAK_MEMORY_BYTES,
     PROBED,
     REASON,
@@ -69,6 +70,7 @@ RUNNING = "running"
 MEASUREMENTS: tuple[str, ...] = (
     THROUGHPUT,
     TOKENS_PER_SECOND,
+    PADDING,
     ACCURACY_LOSS,
     METRIC,
     EVAL_LOSS,

@@ -31,6 +31,7 @@ from autotune.runner._owner import Owner, remove_orphaned_buffers, remove_shm_bu
 from autotune.runner._profiling import ProfileCache, measure_layers, measure_link
 from autotune.runner._protocol import AdaptiveStop, TrialPlan
 from autotune.runner._timing import step_time_is_stable, throughput_upper_bound
+from autotune.runner._token_batches import StepLearningRate, TokenBudgetSampler, item_lengths
 from autotune.runner._workers import KEEP_GROUPS, WarmWorkers, launch_command
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "Owner",
     "ProfileCache",
     "RunResult",
+    "StepLearningRate",
+    "TokenBudgetSampler",
     "TrialPlan",
     "WarmWorkers",
     "WholeBatchSampler",
@@ -54,6 +57,7 @@ __all__ = [
     "ensure_deepspeed_ops",
     "extensions_directory",
     "free_port",
+    "item_lengths",
     "launch_command",
     "lock_holders",
     "measure_layers",

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from autotune._batch import batch_items, batch_tokens, cast_batch
 from autotune._plan import TrialConfig
+from autotune.runner._token_batches import TokenBudgetSampler, item_lengths
 
 
 def torch_dtype(precision: str) -> torch.dtype:
@@ -97,11 +98,26 @@ def train_loader(
     dp_rank: int,
     seed: int,
     collate: Callable[[list[Any]], Any] | None = None,
-) -> tuple[DataLoader[Any], WholeBatchSampler]:
+) -> tuple[DataLoader[Any], WholeBatchSampler | TokenBudgetSampler]:
     """The training DataLoader of data-parallel rank ``dp_rank`` and its sampler, with the
     DataLoader arguments ``config`` decides (``TrialConfig.dataloader_arguments``) and the
     model file's ``collate`` (torch's default_collate when None); the data is wrapped in
-    `CachedItems` under ``cache_data``."""
+    `CachedItems` under ``cache_data``. Under ``batching: tokens`` the sampler is a
+    `TokenBudgetSampler`, the loader's ``batch_sampler``."""
+    items = CachedItems(data) if config.cache_data else data
+    if config.batching == "tokens":
+        budget = TokenBudgetSampler(
+            item_lengths(data),
+            config.micro_batch_size,
+            config.gradient_accumulation_steps,
+            config.data_parallel,
+            dp_rank,
+            seed,
+        )
+        loader = DataLoader(
+            items, batch_sampler=budget, collate_fn=collate, **config.dataloader_arguments()
+        )
+        return loader, budget
     sampler = WholeBatchSampler(
         len(data),  # type: ignore[arg-type]
         config.global_batch_size,
@@ -110,7 +126,7 @@ def train_loader(
         seed,
     )
     loader = DataLoader(
-        CachedItems(data) if config.cache_data else data,
+        items,
         batch_size=config.micro_batch_size,
         sampler=sampler,
         drop_last=True,
@@ -121,10 +137,12 @@ def train_loader(
 
 
 class Batches:
-    """An endless iterator over a DataLoader, one epoch after another, each reshuffled."""
+    """An endless iterator over a DataLoader, one epoch after another, each reshuffled;
+    ``position`` is where the last batch drawn was: its epoch and its index in the epoch."""
 
-    def __init__(self, loader: DataLoader[Any], sampler: WholeBatchSampler) -> None:
+    def __init__(self, loader: DataLoader[Any], sampler: Any) -> None:
         self.loader, self.sampler, self.epoch = loader, sampler, 0
+        self.position = (0, -1)
         self._it: Iterator[Any] = iter(loader)
 
     def __iter__(self) -> Batches:
@@ -138,29 +156,34 @@ class Batches:
 
     def __next__(self) -> Any:
         try:
-            return next(self._it)
+            batch = next(self._it)
         except StopIteration:
             self.epoch += 1
             self.sampler.set_epoch(self.epoch)
             self._it = iter(self.loader)
-            return next(self._it)
+            batch = next(self._it)
+            self.position = (self.epoch, -1)
+        self.position = (self.epoch, self.position[1] + 1)
+        return batch
 
 
 class CastingBatches:
     """Wraps a batch iterator so inputs arrive in the engine's dtype (for PipelineEngine),
-    and counts the items and real tokens (`batch_tokens`) of what it hands out."""
+    and counts the items, real tokens (`batch_tokens`) and padded token positions (the
+    ``input_ids``' size) of what it hands out."""
 
     def __init__(self, batches: Iterator[Any], dtype: torch.dtype, device: torch.device) -> None:
         self.batches, self.dtype, self.device = batches, dtype, device
         self.items = 0
         self.tokens: int | None = None
+        self.positions = 0
 
     def __iter__(self) -> CastingBatches:
         return self
 
     def start_count(self) -> None:
         """Count from here on (the timed window's start)."""
-        self.items, self.tokens = 0, None
+        self.items, self.tokens, self.positions = 0, None, 0
 
     def __next__(self) -> Any:
         batch = next(self.batches)
@@ -168,4 +191,5 @@ class CastingBatches:
         tokens = batch_tokens(batch)  # on the host, before the copy to the device
         if tokens is not None:
             self.tokens = (self.tokens or 0) + tokens
+            self.positions += batch["input_ids"].numel()
         return cast_batch(batch, self.dtype, self.device)

@@ -30,6 +30,7 @@ from autotune._records import (
     MEASURED_SECONDS,
     MEASURED_STEPS,
     METRIC,
+    PADDING,
     PARTITION,
     PEAK_MEMORY_BYTES,
     PEAK_MEMORY_PER_RANK,
@@ -74,6 +75,7 @@ from autotune.runner._timing import (
     step_time_is_stable,
     throughput_upper_bound,
 )
+from autotune.runner._token_batches import StepLearningRate, TokenBudgetSampler
 
 EXTEND_ROUNDS = 10
 """Rounds of extra steps at most; each is estimated from the pace of the one before (the first
@@ -82,7 +84,14 @@ from the budget's window), so one or two do."""
 
 @dataclasses.dataclass(frozen=True)
 class Ranks:
-    """A built engine and what the steps need to drive it on this rank."""
+    """A built engine and what the steps need to drive it on this rank.
+
+    Attributes:
+        budget_steps: Optimizer steps in the sample budget (under token batching, the steps
+            whose items reach it: `with_loader`).
+        step_lr: Under token batching, what sets each step's learning rate; else None.
+        sampler: The training loader's sampler, once it is built (`with_loader`).
+    """
 
     engine: Any
     accelerator: Any
@@ -92,6 +101,9 @@ class Ranks:
     dp_rank: int
     gas: int
     loss_fn: Any
+    budget_steps: int = 0
+    step_lr: StepLearningRate | None = None
+    sampler: Any = None
 
 
 @dataclasses.dataclass
@@ -147,6 +159,24 @@ def build_engine(plan: TrialPlan, seed: int, model_file: Any, accelerator: Any) 
         dp_rank=dp_rank,
         gas=plan.config.gradient_accumulation_steps,
         loss_fn=model_file.loss,
+        budget_steps=plan.budget_steps,
+    )
+
+
+def with_loader(plan: TrialPlan, ranks: Ranks, sampler: Any, batches: Batches) -> Ranks:
+    """The loader step's part in the ranks: under token batching the sample budget in the
+    sampler's steps and each step's learning rate by its items."""
+    if not isinstance(sampler, TokenBudgetSampler):
+        return dataclasses.replace(ranks, sampler=sampler)
+    log(
+        f"token batching: micro-batches of at most {sampler.budget:,} padded tokens, "
+        f"{sampler.padding():.1%} of an epoch's positions padding"
+    )
+    return dataclasses.replace(
+        ranks,
+        sampler=sampler,
+        budget_steps=sampler.steps_for(plan.train_samples),
+        step_lr=StepLearningRate(ranks.engine.basic_optimizer, sampler, batches),
     )
 
 
@@ -192,8 +222,11 @@ def train_step(ranks: Ranks, batches: Iterator[Any]) -> torch.Tensor:
     if ranks.pipeline:
         return engine.train_batch(batches).detach().float()
     total = torch.zeros((), device=engine.device)
-    for _ in range(ranks.gas):
-        output, target = forward(engine, next(batches))
+    for micro in range(ranks.gas):
+        batch = next(batches)
+        if micro == 0 and ranks.step_lr is not None:
+            ranks.step_lr.before_step()
+        output, target = forward(engine, batch)
         loss = ranks.loss_fn(output, target)
         engine.backward(loss)
         engine.step()
@@ -267,7 +300,7 @@ def timed_loop(
     ranks.engine.train()
     dist.barrier()
     start = train_start = time.perf_counter()
-    for step in range(plan.budget_steps):
+    for step in range(ranks.budget_steps):
         if step == warmup:
             synchronize(ranks.accelerator)
             dist.barrier()
@@ -395,21 +428,24 @@ def lengthen_window(
         per_step = taken / count
 
 
-def window_tokens_per_item(ranks: Ranks, batches: CastingBatches) -> float | None:
-    """Real tokens per item over the timed window, from every rank that loaded batches (a
-    pipeline's first and last stages load the same ones); None when batches carry no token
-    ids (a collective: every rank calls it)."""
+def window_tokens(ranks: Ranks, batches: CastingBatches) -> tuple[float | None, float | None]:
+    """Real tokens per item over the timed window and the share of its padded positions that
+    are padding, from every rank that loaded batches (a pipeline's first and last stages load
+    the same ones); None for both when batches carry no token ids (a collective: every rank
+    calls it)."""
     import torch.distributed as dist
 
     counted = batches.tokens is not None
     totals = torch.tensor(
-        [batches.tokens or 0, batches.items if counted else 0],
+        [batches.tokens or 0, batches.items if counted else 0, batches.positions],
         dtype=torch.float64,
         device=ranks.device,
     )
     dist.all_reduce(totals)
-    tokens, items = (float(value) for value in totals.tolist())
-    return tokens / items if items > 0 else None
+    tokens, items, positions = (float(value) for value in totals.tolist())
+    if items <= 0:
+        return None, None
+    return tokens / items, 1 - tokens / positions if positions > 0 else None
 
 
 def measurements(
@@ -419,34 +455,36 @@ def measurements(
     metric: float | None,
     eval_seconds: float,
     clock: StageClock | None,
-    tokens_per_item: float | None = None,
+    tokens: tuple[float | None, float | None] = (None, None),
     peaks: list[int] | None = None,
 ) -> dict[str, Any]:
     """The memory step and the result: every rank's peak memory (``peaks`` where read
     before), the stage clock's figures, and the run's measurements under their record names
-    (collectives: every rank calls it)."""
+    (collectives: every rank calls it). ``tokens``: `window_tokens`."""
     import torch.distributed as dist
 
     engine, warmup = ranks.engine, plan.warmup_steps
     measured_steps = timing.steps_run - warmup + timing.extra_steps
-    batch = plan.config.global_batch_size
     peaks = gather_peak_memory(ranks.accelerator) if peaks is None else peaks
     timed = sorted(timing.step_times[warmup:])
     partition = getattr(engine.module, "parts", None)
     stages = clock.gather(measured_steps) if clock is not None else None
     gas = 1 if ranks.pipeline else ranks.gas
-    throughput = measured_steps * batch / timing.elapsed
+    trained, window = _items(plan, ranks, timing)
+    throughput = window / timing.elapsed
+    tokens_per_item, padding = tokens
     return {
         THROUGHPUT: throughput,
         TOKENS_PER_SECOND: None if tokens_per_item is None else throughput * tokens_per_item,
+        PADDING: padding,
         METRIC: metric,
         TRAIN_LOSS: float(timing.loss_sum.item()) / max(1, timing.steps_run * gas),
         STEPS: timing.steps_run,
         EXTRA_STEPS: timing.extra_steps,
-        BUDGET_STEPS: plan.budget_steps,
+        BUDGET_STEPS: ranks.budget_steps,
         MEASURED_STEPS: measured_steps,
         STABLE_AFTER_STEPS: timing.stable_after,
-        SAMPLES_TRAINED: timing.steps_run * batch,
+        SAMPLES_TRAINED: trained,
         STEP_TIME_P50: statistics.median(timed),
         STEP_TIME_P90: timed[min(len(timed) - 1, int(0.9 * len(timed)))],
         STEP_TIME_SPREAD: (timed[-1] - timed[0]) / statistics.median(timed),
@@ -468,6 +506,19 @@ def measurements(
     }
 
 
+def _items(plan: TrialPlan, ranks: Ranks, timing: Timing) -> tuple[int, int]:
+    """Items trained in the sample budget's steps, and items in the timed window: a global
+    batch a step, or under token batching what the sampler put in each step (every rank
+    knows them all)."""
+    steps, warmup = timing.steps_run, plan.warmup_steps
+    window_end = steps + timing.extra_steps
+    if isinstance(ranks.sampler, TokenBudgetSampler):
+        counted = ranks.sampler.items_in_steps
+        return counted(steps), counted(window_end) - counted(warmup)
+    batch = plan.config.global_batch_size
+    return steps * batch, (window_end - warmup) * batch
+
+
 def _compile_seconds(plan: TrialPlan, timing: Timing) -> float:
     """The warm-up steps' time beyond as many timed steps (their median): compiling."""
     warmup = plan.warmup_steps
@@ -485,6 +536,8 @@ def _gradient_noise(
     zero_stage = int(plan.ds_config.get("zero_optimization", {}).get("stage", 0))
     if not plan.measure_noise or dist.get_rank() != 0 or measurable(ranks.pipeline, zero_stage):
         return None
+    if ranks.step_lr is not None:
+        return None  # its micro-batches vary in size; the noise wants batches of a known one
     norms = gradient_norms(
         ranks.engine.module, model_file, batches, plan.config.micro_batch_size, ranks.device
     )
@@ -503,6 +556,7 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     ranks = build_engine(plan, seed, model_file, accelerator)
     loader = train_loader(train_data, plan.config, ranks.dp_rank, seed, model_file.collate)
     batches = Batches(*loader)
+    ranks = with_loader(plan, ranks, loader[1], batches)
     casting = CastingBatches(batches, ranks.dtype, ranks.device)
     clock = StageClock(ranks.engine, accelerator) if ranks.pipeline else None
     timing = timed_loop(plan, ranks, casting, clock)
@@ -515,9 +569,8 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     peaks = gather_peak_memory(ranks.accelerator)
     noise = _gradient_noise(plan, ranks, batches, model_file)
     lengthen_window(plan, ranks, casting, timing, seed)
-    tokens_per_item = window_tokens_per_item(ranks, casting)
     result = measurements(
-        plan, ranks, timing, metric, eval_seconds, clock, tokens_per_item, peaks=peaks
+        plan, ranks, timing, metric, eval_seconds, clock, window_tokens(ranks, casting), peaks
     )
     result[GRADIENT_NOISE] = noise
     result[EVAL_LOSS] = eval_loss
@@ -525,4 +578,6 @@ def train_and_measure(plan: TrialPlan, seed: int, model_file: Any) -> dict[str, 
     batches.close()
     if isinstance(loader[0].dataset, CachedItems):
         log(f"seed {seed}: {loader[0].dataset.describe()}")
+    if ranks.step_lr is not None:
+        log(f"seed {seed}: {ranks.step_lr.describe()}")
     return result

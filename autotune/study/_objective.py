@@ -319,6 +319,7 @@ class Objective:
             self.task.train_size,
             self.task.layer_types,
             self.task.items_repeat,
+            self.task.lengths_vary,
         )
 
     def _over_memory(self, proposal: _Proposal) -> str | None:
