@@ -12,10 +12,14 @@ ratios of each round, and whether the metric stayed the same. Levers:
 - ``compile``: torch.compile through DeepSpeed's ``engine.compile()`` (its compile seconds
   printed apart; they are outside the timed window);
 - ``torch_adam``, ``torch_fused_adam``: torch's Adam kernels (foreach, fused) against
-  DeepSpeed's FusedAdam op.
+  DeepSpeed's FusedAdam op;
+- ``batching``: micro-batches packed to a token budget against a fixed item count, for
+  variable-length items (each run's padding share and tokens/s printed too).
 
-    python benchmarks/levers.py                              # examples/digits_mlp.py, 3 rounds
+    python benchmarks/levers.py                              # examples/digits_mlp.py, 4 rounds
     python benchmarks/levers.py --model examples/embedding_heavy.py --levers threads
+    python benchmarks/levers.py --model examples/hf_classifier.py --levers batching \
+        --micro-batch 32
 
 On a shared machine single windows swing; the median ratio over rounds is the figure.
 """
@@ -33,7 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autotune import TrialConfig, detect_machine, run_trial  # noqa: E402
-from autotune._records import COMPILE_SECONDS, METRIC, THROUGHPUT  # noqa: E402
+from autotune._records import (  # noqa: E402
+    COMPILE_SECONDS,
+    METRIC,
+    PADDING,
+    SAMPLES_TRAINED,
+    THROUGHPUT,
+    TOKENS_PER_SECOND,
+)
 from autotune._task import load_model_file, reference_settings  # noqa: E402
 from autotune.study import DEFAULT_TRAIN_SAMPLES  # noqa: E402
 
@@ -43,25 +54,34 @@ LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "compile": ({"compile": False}, {"compile": True}),
     "torch_adam": ({"optimizer_impl": "deepspeed"}, {"optimizer_impl": "torch"}),
     "torch_fused_adam": ({"optimizer_impl": "deepspeed"}, {"optimizer_impl": "torch_fused"}),
+    "batching": ({"batching": "items"}, {"batching": "tokens"}),
 }
 """Each lever's settings off and on, over the reference's."""
 
 
 def _run(config: TrialConfig, args: argparse.Namespace, folder: Path) -> tuple[float, float, str]:
-    """One fresh run of the whole budget: its samples/s, metric, and compile seconds if any."""
+    """One fresh run of the whole budget: its samples/s, metric, and a note of its compile
+    seconds, or its tokens/s, padding and samples trained, where it has them."""
     result = run_trial(
         config, detect_machine(), args.model, args.train_samples, [0], folder, args.timeout
     )
     if not result.ok or result.measurements is None:
         raise SystemExit(f"run failed: {result.failure_reason} (log: {folder / 'log.txt'})")
-    compiled = result.measurements.get(COMPILE_SECONDS)
+    measured = result.measurements
+    compiled = measured.get(COMPILE_SECONDS)
     note = "" if compiled is None else f", compiled in {compiled:.1f} s"
+    if measured.get(PADDING) is not None:
+        note += (
+            f", {measured[TOKENS_PER_SECOND]:9.1f} tokens/s, {measured[PADDING]:.1%} padding, "
+            f"{measured[SAMPLES_TRAINED]} samples trained"
+        )
     return float(result.measurements[THROUGHPUT]), float(result.measurements[METRIC]), note
 
 
 def measure_lever(name: str, args: argparse.Namespace, work: Path) -> None:
     model_file = load_model_file(args.model)
     reference = reference_settings(model_file.batch_size)
+    reference["micro_batch_size"] = args.micro_batch or model_file.batch_size
     configs = [
         TrialConfig.from_settings(
             {**reference, **settings}, model_file.optimizer, model_file.batch_size, "sqrt"
@@ -94,6 +114,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "examples" / "digits_mlp.py")
     parser.add_argument("--levers", nargs="+", choices=sorted(LEVERS), default=sorted(LEVERS))
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--micro-batch", type=int, default=None, help="instead of the model file's BATCH_SIZE"
+    )
     parser.add_argument("--train-samples", type=int, default=DEFAULT_TRAIN_SAMPLES)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     args = parser.parse_args()
