@@ -12,6 +12,7 @@ from autotune._errors import UserError
 from autotune._export import export, export_trial
 from autotune._machine import Machine, detect_machine
 from autotune._plan import TrialConfig, why_not_runnable
+from autotune._planning import SpacePlan, describe_plan, plan
 from autotune._search import SearchSummary, search
 from autotune._space import PARAMETERS, SearchSpace, load_space
 from autotune._task import ModelFile, Task, load_task
@@ -38,11 +39,13 @@ __all__ = [
     "SearchOptions",
     "SearchSpace",
     "SearchSummary",
+    "SpacePlan",
     "Task",
     "TokenBudgetSampler",
     "TrialConfig",
     "UserError",
     "build_pipeline_module",
+    "describe_plan",
     "detect_machine",
     "export",
     "export_trial",
@@ -51,6 +54,7 @@ __all__ = [
     "load_study",
     "load_task",
     "pipeline_checkpointing",
+    "plan",
     "run_trial",
     "search",
     "trials_frame",

@@ -5,7 +5,8 @@ It uses only the model file, ds_config.json and launch.json, and autotune's help
 launch.json asks for them (what a user's own training script would call; docs/levers.md):
 ``build_pipeline_module`` to rebuild a pipeline's stages from ``partition_bounds``,
 ``CheckpointedLayers`` or ``pipeline_checkpointing()`` for ``activation_checkpointing``, and
-``CachedItems`` for ``cache_data``; ``compile`` calls ``engine.compile()``.
+``CachedItems`` for ``cache_data``, ``TokenBudgetSampler`` for ``batching: tokens`` (its
+``lr_factor`` sets each step's learning rate); ``compile`` calls ``engine.compile()``.
 
     autotune export --study digits_mlp -o /tmp/best
     deepspeed --num_gpus $(python -c "import json;print(json.load(open('/tmp/best/launch.json'))['processes'])") \\
@@ -125,21 +126,40 @@ def main() -> None:
     dp_rank = (
         engine.grid.data_parallel_id if pipeline else dist.get_rank() // launch["pipeline_stages"]
     )
-    sampler = DistributedSampler(
-        train, num_replicas=dp, rank=dp_rank, seed=args.seed, drop_last=True
-    )
     workers = launch["num_workers"]
-    loader = DataLoader(
-        train,
-        batch_size=ds_config["train_micro_batch_size_per_gpu"],
-        sampler=sampler,
-        drop_last=True,
-        collate_fn=getattr(user, "collate", None),  # None: torch's default_collate
-        num_workers=workers,
-        pin_memory=launch["pin_memory"],
-        prefetch_factor=launch["prefetch_factor"] if workers else None,
-        persistent_workers=workers > 0,
-    )
+    loading = {
+        "collate_fn": getattr(user, "collate", None),  # None: torch's default_collate
+        "num_workers": workers,
+        "pin_memory": launch["pin_memory"],
+        "prefetch_factor": launch["prefetch_factor"] if workers else None,
+        "persistent_workers": workers > 0,
+    }
+    gas = ds_config["gradient_accumulation_steps"]
+    tokens = launch.get("batching") == "tokens"
+    if tokens:
+        from autotune import TokenBudgetSampler, item_lengths
+
+        sampler = TokenBudgetSampler(
+            item_lengths(train),
+            ds_config["train_micro_batch_size_per_gpu"],
+            gas,
+            dp,
+            dp_rank,
+            args.seed,
+        )
+        loader = DataLoader(train, batch_sampler=sampler, **loading)
+        base_lrs = [group["lr"] for group in engine.optimizer.param_groups]
+    else:
+        sampler = DistributedSampler(
+            train, num_replicas=dp, rank=dp_rank, seed=args.seed, drop_last=True
+        )
+        loader = DataLoader(
+            train,
+            batch_size=ds_config["train_micro_batch_size_per_gpu"],
+            sampler=sampler,
+            drop_last=True,
+            **loading,
+        )
     dtype = (
         torch.bfloat16
         if ds_config.get("bf16", {}).get("enabled")
@@ -152,11 +172,14 @@ def main() -> None:
         value = value.to(engine.device)
         return value.to(dtype) if value.is_floating_point() else value
 
+    position = [0, 0]  # the epoch and index of the last micro-batch drawn
+
     def batches():
         epoch = 0
         while True:
             sampler.set_epoch(epoch)
-            for batch in loader:
+            for index, batch in enumerate(loader):
+                position[:] = [epoch, index]
                 if isinstance(batch, dict):
                     yield {key: cast(value) for key, value in batch.items()}
                 else:
@@ -172,16 +195,22 @@ def main() -> None:
 
     stream = batches()
     steps = args.train_samples // ds_config["train_batch_size"]
-    gas = ds_config["gradient_accumulation_steps"]
+    if tokens:  # the sample budget in items, whatever each step holds
+        steps = sampler.steps_for(args.train_samples)
 
     def train_steps(count: int) -> None:
         for _ in range(count):
             if pipeline:
                 engine.train_batch(stream)
-            else:
-                for _ in range(gas):
-                    engine.backward(step_loss(next(stream)))
-                    engine.step()
+                continue
+            for micro in range(gas):
+                batch = next(stream)
+                if tokens and micro == 0:  # each step's learning rate by its items
+                    factor = sampler.lr_factor(position[0], position[1] // gas)
+                    for group, lr in zip(engine.optimizer.param_groups, base_lrs, strict=True):
+                        group["lr"] = lr * factor
+                engine.backward(step_loss(batch))
+                engine.step()
 
     dist.barrier()
     first = time.perf_counter()
@@ -194,7 +223,8 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     if args.eval:
         assert not pipeline, "--eval evaluates a plain engine, not pipeline stages"
-        _evaluate(args.model, engine, dtype, steps * ds_config["train_batch_size"], first)
+        trained = sampler.items_in_steps(steps) if tokens else steps * ds_config["train_batch_size"]
+        _evaluate(args.model, engine, dtype, trained, first)
     elif elapsed < args.min_seconds:
         more = torch.tensor(
             [math.ceil((args.min_seconds - elapsed) * measured / elapsed)], device=engine.device
@@ -206,6 +236,9 @@ def main() -> None:
         elapsed += time.perf_counter() - resume
         measured += int(more.item())
     throughput = measured * ds_config["train_batch_size"] / elapsed
+    if tokens:
+        counted = sampler.items_in_steps
+        throughput = (counted(WARMUP_STEPS + measured) - counted(WARMUP_STEPS)) / elapsed
     if int(os.environ.get("RANK", "0")) == 0:
         trial = launch.get("measured", {}).get("throughput_samples_per_s")
         ratio = f", ratio {throughput / trial:.3f}" if trial else ""

@@ -8,9 +8,15 @@ import sys
 from types import FrameType
 
 from autotune._errors import UserError
-from autotune.cli import export, report, search, trials
+from autotune.cli import export, plan, report, search, trials
 
-_COMMANDS = {"search": search, "export": export, "report": report, "trials": trials}
+_COMMANDS = {
+    "plan": plan,
+    "search": search,
+    "export": export,
+    "report": report,
+    "trials": trials,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,11 +43,11 @@ def add_parser(subparsers: Any, name: str) -> None:
         ),
     )
     parser.add_argument("model", type=Path, help="the model file (see the README's contract)")
-    _add_search_flags(parser)
-    _add_measurement_flags(parser)
+    add_search_flags(parser)
+    add_measurement_flags(parser)
 
 
-def _add_search_flags(parser: argparse.ArgumentParser) -> None:
+def add_search_flags(parser: argparse.ArgumentParser) -> None:
     """What to search, for how long, and against which budget."""
     parser.add_argument(
         "--space",
@@ -111,7 +111,7 @@ def _add_search_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_measurement_flags(parser: argparse.ArgumentParser) -> None:
+def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
     """How each trial is measured, and what runs around the search."""
     parser.add_argument(
         "--min-measure-seconds",
@@ -211,10 +211,12 @@ def _n_trials(args: argparse.Namespace) -> int | None:
     return 12
 
 
-def run(args: argparse.Namespace) -> int:
+def options_from(args: argparse.Namespace) -> SearchOptions:
+    """The search's options from the flags `add_search_flags` and `add_measurement_flags`
+    added (`autotune plan` reads the same)."""
     max_memory = _parsed("--max-memory", parse_memory, args.max_memory)
     devices = _parsed("--devices", parse_devices, args.devices)
-    options = SearchOptions(
+    return SearchOptions(
         model=args.model,
         space=args.space,
         n_trials=_n_trials(args),
@@ -240,5 +242,8 @@ def run(args: argparse.Namespace) -> int:
         hostfile=args.hostfile,
         launcher=args.launcher,
     )
-    search(options, print_line=lambda line: print(line, flush=True))
+
+
+def run(args: argparse.Namespace) -> int:
+    search(options_from(args), print_line=lambda line: print(line, flush=True))
     return 0

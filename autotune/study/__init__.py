@@ -37,6 +37,7 @@ from autotune.study._probing import (
     ProbeTiming,
     options_at_distance,
 )
+from autotune.study._progress import duration
 from autotune.study._ranking import (
     SPEEDUP_NOISE_FLOOR,
     Verdict,
@@ -101,6 +102,7 @@ __all__ = [
     "enqueue_reference",
     "enqueue_startup",
     "estimated_speedup",
+    "duration",
     "estimated_throughput",
     "load_study",
     "make_sampler",
