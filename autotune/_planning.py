@@ -63,6 +63,9 @@ class RefusedValue:
     setting: str
     value: Any
     reason: str
+    others: tuple[str, ...] = ()
+    """Other reasons the configurations holding it met (`reason_kind`): the search records
+    whichever rule a configuration breaks first."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,8 +314,11 @@ def _refused_values(
         tried = every_settings(holding, reference, PROBES) or [
             fill_settings(holding, reference, _pick(rng)) for _ in range(PROBES)
         ]
-        if all(judge.rules(judge.config(settings)) is not None for settings in tried):
-            refused.append(candidate)
+        reasons = [judge.rules(judge.config(settings)) for settings in tried]
+        if None not in reasons:
+            own = reason_kind(candidate.reason)
+            met = sorted({reason_kind(str(r)) for r in reasons} - {own})
+            refused.append(dataclasses.replace(candidate, others=tuple(met)))
     return tuple(refused)
 
 
@@ -375,7 +381,15 @@ def describe_plan(found: SpacePlan, confirm: int, warm_workers: bool) -> list[st
     lines = [f"space: {more if found.size is None else f'{found.size:,}'} configurations"]
     if found.refused_values:
         lines.append("cannot run here, whatever else is chosen:")
-        lines.extend(f"  {v.setting} {_value(v.value)}: {v.reason}" for v in found.refused_values)
+        # A reason the search may record for these values beside their own, said once where
+        # no other line says it.
+        said = {kind for kind, _, _ in found.reasons}
+        said |= {reason_kind(refused.reason) for refused in found.refused_values}
+        for refused in found.refused_values:
+            lines.append(f"  {refused.setting} {_value(refused.value)}: {refused.reason}")
+            also = [other for other in refused.others if other not in said]
+            lines.extend(f"      or: {other}" for other in also)
+            said |= set(also)
         left = more if found.remaining is None else f"{found.remaining:,}"
         lines.append(f"left without those values: {left} configurations")
     if found.remaining is None:

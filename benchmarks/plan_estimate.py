@@ -54,6 +54,7 @@ def main() -> None:
         took = time.perf_counter() - start
         records = [TrialRecord.of(trial) for trial in load_study(None, options.storage).trials]
     planned = {reason_kind(v.reason) for v in found.refused_values}
+    planned |= {other for v in found.refused_values for other in v.others}
     planned |= {kind for kind, _, _ in found.reasons}
     refused = [str(record.get(REASON)) for record in records if record.status == INFEASIBLE]
     unplanned = sorted({reason_kind(r) for r in refused} - planned)

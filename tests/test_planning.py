@@ -104,6 +104,7 @@ def test_the_search_then_refuses_what_the_plan_said_and_a_run_gives_the_time(
         if TrialRecord.of(trial).status == INFEASIBLE
     }
     planned = {reason_kind(v.reason) for v in found.refused_values}
+    planned |= {other for v in found.refused_values for other in v.others}
     assert recorded == planned | {kind for kind, _, _ in found.reasons}, lines
     run = found.run
     assert run is not None and run.wall_seconds >= run.train_seconds + run.eval_seconds > 0
