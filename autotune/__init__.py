@@ -9,7 +9,7 @@ The Python API does everything the CLI does::
 from __future__ import annotations
 
 from autotune._errors import UserError
-from autotune._export import export, export_trial
+from autotune._export import Recipe, export, export_trial, study_recipe, trial_recipe
 from autotune._machine import Machine, detect_machine
 from autotune._plan import TrialConfig, why_not_runnable
 from autotune._planning import SpacePlan, describe_plan, plan
@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointedLayers",
     "Machine",
     "ModelFile",
+    "Recipe",
     "RunResult",
     "SearchOptions",
     "SearchSpace",
@@ -57,6 +58,8 @@ __all__ = [
     "plan",
     "run_trial",
     "search",
+    "study_recipe",
+    "trial_recipe",
     "trials_frame",
     "why_not_runnable",
     "write_study_report",

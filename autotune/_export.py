@@ -3,6 +3,7 @@ report is `autotune.report`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -37,19 +38,50 @@ from autotune.study import (
 )
 
 
-def export_trial(
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What exporting a trial hands back: its DeepSpeed config and its launch recipe.
+
+    Attributes:
+        number: The trial's Optuna number.
+        ds_config: The DeepSpeed config, accepted unchanged by ``deepspeed.initialize``.
+        launch: The launch recipe (processes, pipeline layout, data loading, the launch command,
+            what was measured): what ``launch.json`` holds.
+    """
+
+    number: int
+    ds_config: dict[str, Any]
+    launch: dict[str, Any]
+
+    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write ``out_dir/ds_config.json`` and ``out_dir/launch.json``; return their paths.
+
+        Raises:
+            UserError: ``out_dir`` cannot be created.
+        """
+        out_dir = Path(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"Cannot create {out_dir}: {exc.strerror}.") from None
+        ds_config_path = out_dir / "ds_config.json"
+        launch_path = out_dir / "launch.json"
+        ds_config_path.write_text(json.dumps(self.ds_config, indent=2) + "\n")
+        launch_path.write_text(json.dumps(self.launch, indent=2) + "\n")
+        return ds_config_path, launch_path
+
+
+def trial_recipe(
     trial: optuna.trial.FrozenTrial,
-    out_dir: str | Path,
     confirmations: dict[str, list[float]] | None = None,
     speedup: tuple[float | None, list[float]] | None = None,
     unit: str = "samples/s",
     scoring: Scoring | None = None,
-) -> tuple[Path, Path]:
-    """Write ``ds_config.json`` (accepted unchanged by ``deepspeed.initialize``) and
-    ``launch.json`` (processes, pipeline layout, data loading, the launch command).
+) -> Recipe:
+    """A trial's DeepSpeed config and launch recipe, as :func:`export_trial` writes them.
 
     ``confirmations`` (the study's confirmation runs, see `autotune.study`) add every
-    window the configuration was timed over and their median to ``launch.json``; ``speedup``
+    window the configuration was timed over and their median to the launch recipe; ``speedup``
     (from `autotune.study.estimated_speedup`) its speed-up over the reference and the
     side-by-side ratios that speed-up is the median of. ``unit`` is what the study ranks by
     (`records.rate_unit`): its windows go under ``throughput_*`` for samples/s and under
@@ -67,14 +99,6 @@ def export_trial(
             f"Trial {trial.number} did not run successfully ({attrs.get(STATUS, 'unknown')}: "
             f"{attrs.get(REASON, 'no result')}); export a trial that ran."
         )
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"Cannot create {out_dir}: {exc.strerror}.") from None
-    ds_config_path = out_dir / "ds_config.json"
-    launch_path = out_dir / "launch.json"
-    ds_config_path.write_text(json.dumps(attrs[DS_CONFIG], indent=2) + "\n")
     launch: dict[str, Any] = dict(attrs[LAUNCH])
     launch["trial"] = trial.number
     scoring = scoring or Scoring(0)
@@ -109,19 +133,34 @@ def export_trial(
             "reference_samples": scoring.train_samples,
             "gradient_noise_scale": scoring.noise_scale,
         }
-    launch_path.write_text(json.dumps(launch, indent=2) + "\n")
-    return ds_config_path, launch_path
+    return Recipe(trial.number, dict(attrs[DS_CONFIG]), launch)
 
 
-def export(
-    study: optuna.Study, out_dir: str | Path, trial_number: int | None = None
+def export_trial(
+    trial: optuna.trial.FrozenTrial,
+    out_dir: str | Path,
+    confirmations: dict[str, list[float]] | None = None,
+    speedup: tuple[float | None, list[float]] | None = None,
+    unit: str = "samples/s",
+    scoring: Scoring | None = None,
 ) -> tuple[Path, Path]:
-    """Export what the study recommends, or trial ``trial_number``: the fastest feasible
-    trial when it beats the reference by more than the noise, else the reference
-    (`autotune.study.verdict`).
+    """Write ``ds_config.json`` (accepted unchanged by ``deepspeed.initialize``) and
+    ``launch.json`` (processes, pipeline layout, data loading, the launch command) to
+    ``out_dir``; the arguments after it are :func:`trial_recipe`'s.
 
     Raises:
-        UserError: No such trial, or no feasible trial when none is named.
+        UserError: The trial never ran, or ``out_dir`` cannot be created.
+    """
+    return trial_recipe(trial, confirmations, speedup, unit, scoring).write(out_dir)
+
+
+def study_recipe(study: optuna.Study, trial_number: int | None = None) -> Recipe:
+    """What the study recommends, or trial ``trial_number``: the fastest feasible trial when
+    it beats the reference by more than the noise, else the reference
+    (`autotune.study.verdict`), as :func:`export` writes it.
+
+    Raises:
+        UserError: No such trial, no feasible trial when none is named, or the trial never ran.
     """
     if trial_number is None:
         best = verdict(study).chosen
@@ -149,4 +188,17 @@ def export(
     )
     attrs = study.user_attrs
     scoring = study_scoring(attrs, int(attrs.get(STUDY_TRAIN_SAMPLES) or 0))
-    return export_trial(trial, out_dir, confirmations, speedup, rate_unit(attrs), scoring)
+    return trial_recipe(trial, confirmations, speedup, rate_unit(attrs), scoring)
+
+
+def export(
+    study: optuna.Study, out_dir: str | Path, trial_number: int | None = None
+) -> tuple[Path, Path]:
+    """Write what the study recommends, or trial ``trial_number`` (see :func:`study_recipe`), to
+    ``out_dir/ds_config.json`` and ``out_dir/launch.json``.
+
+    Raises:
+        UserError: No such trial, no feasible trial when none is named, the trial never ran,
+            or ``out_dir`` cannot be created.
+    """
+    return study_recipe(study, trial_number).write(out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import signal
 import sys
 from types import FrameType
@@ -18,11 +19,26 @@ _COMMANDS = {
     "trials": trials,
 }
 
+DISTRIBUTION = "autotune"
+"""The name the package is installed under (pyproject.toml's ``project.name``)."""
+
+
+def version() -> str:
+    """The installed package's version, or "unknown" where it runs from a folder never
+    installed."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autotune",
         description="Find the fastest DeepSpeed training configuration that keeps accuracy.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in _COMMANDS.items():

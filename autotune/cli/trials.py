@@ -1,4 +1,4 @@
-"""`autotune trials`: the trials of a study as a table."""
+"""`autotune trials`: the trials of a study as a table, or as JSON or CSV for scripts."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from autotune._records import (
     TOKENS_PER_SECOND,
 )
 from autotune.cli._common import add_study_flags
+from autotune.report import trials_csv, trials_json
 
 _COLUMNS = (
     "number",
@@ -53,14 +54,36 @@ _HEADERS: dict[str, str] = {
 """Column headers: each setting's abbreviation, and a few shorter names."""
 
 
+FORMATS = ("table", "json", "csv")
+"""What `trials --format` prints: the table for people, or every column for scripts."""
+
+
 def add_parser(subparsers: Any, name: str) -> None:
-    parser = subparsers.add_parser(name, help="list the trials of a study")
+    parser = subparsers.add_parser(
+        name,
+        help="list the trials of a study",
+        description="Print the trials of a study: a table of the main columns, or with --format "
+        "json or csv every trial's settings, status, role, full reason and measurements "
+        "(missing values as JSON null or an empty CSV cell), on stdout.",
+    )
     add_study_flags(parser, "study name (required unless the storage holds one study)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (default), json (a list of objects, one per trial) or csv (with a header)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.storage)
     frame = trials_frame(study)
+    if args.format == "json":
+        print(trials_json(frame))
+        return 0
+    if args.format == "csv":
+        print(trials_csv(frame), end="")
+        return 0
     if frame.empty:
         print(f"study '{study.study_name}' has no trials yet")
         return 0

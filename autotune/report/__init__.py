@@ -4,7 +4,8 @@ Each section of the report is one private module whose ``get_X_info(frame, info)
 plain data into a small frozen dataclass and whose ``render_X`` only draws it (an HTML fragment
 or a plotly figure), so tests check the data without a browser. :func:`render_report` puts the
 sections on one self-contained page; :func:`trials_frame` and :func:`report_info` read a study
-into the frame and the facts every section takes.
+into the frame and the facts every section takes; :func:`trials_json` and :func:`trials_csv`
+give the frame to scripts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from autotune.report._importance import (
     get_importance_info,
     render_importance,
 )
+from autotune.report._listing import trial_records, trials_csv, trials_json
 from autotune.report._memory import MemoryInfo, MemoryPoint, get_memory_info, render_memory
 from autotune.report._page import render_report, write_report
 from autotune.report._parallel import Dimension, ParallelInfo, get_parallel_info, render_parallel
@@ -117,7 +119,10 @@ __all__ = [
     "render_tradeoff",
     "report_info",
     "stages_height",
+    "trial_records",
+    "trials_csv",
     "trials_frame",
+    "trials_json",
     "write_report",
     "write_study_report",
 ]
