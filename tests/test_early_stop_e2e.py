@@ -141,5 +141,6 @@ def test_timeout_alone_ends_the_search_by_time(tmp_path: Path, model_path: Path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "searching for 1 s (--timeout)" in out, out
-    assert "running (run 1, the reference)" in out, out
+    assert "running (run 1, the reference; 0 done" in out, out
+    assert "\r" not in out and "\x1b" not in out  # no live line into a pipe
     assert out.count(" running (run ") == 1, out  # the reference outlasts the timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -245,6 +246,35 @@ def test_confirmation_runs_time_the_fastest_and_the_reference_again(searched: tu
     best_line = next(line for line in lines if line.startswith("best:"))
     assert f"(median of {len(summary.best_runs)} windows)" in best_line
     assert f"median of {len(pairs)} rounds side by side" in best_line
+
+
+_RUN_NOTE = re.compile(
+    r" running \(run (\d+) of 10, ([^;]+); (\d+) done, (?:at most )?(\d+) to run(; .*)?\)$"
+)
+
+
+def test_each_run_line_says_its_phase_the_runs_done_and_left_and_the_time(
+    searched: tuple,
+) -> None:
+    """Issue 20: the reference, then the search runs, then the confirmation runs; each run's
+    line counts the runs done and left, and from the second run on says the time the search
+    has run and about how long it has left."""
+    _, lines, summary = searched
+    notes = [match.groups() for line in lines if (match := _RUN_NOTE.search(line))]
+    assert len(notes) == summary.runs == sum(" running (" in line for line in lines), lines
+    runs = [int(run) for run, *_ in notes]
+    assert runs == list(range(1, len(notes) + 1))
+    assert [phase for _, phase, *_ in notes] == ["the reference"] + ["search"] * (len(notes) - 1)
+    assert [int(done) for _, _, done, *_ in notes] == [run - 1 for run in runs]
+    to_run = [int(left) for *_, left, _ in notes]
+    assert to_run == sorted(set(to_run), reverse=True), to_run  # fewer left at each run
+    assert notes[0][-1] is None  # nothing timed yet
+    for *_, times in notes[1:]:
+        assert times is not None and re.fullmatch(r"; [\w ]+ in, about [\w ]+ left", times)
+    last_run = max(i for i, line in enumerate(lines) if " running (" in line)
+    confirming = next(i for i, line in enumerate(lines) if line.startswith("confirming:"))
+    assert last_run < confirming
+    assert not any("\r" in line or "\x1b" in line for line in lines)  # no live line here
 
 
 def _replay(model: Path, export_dir: Path, processes: int) -> str:

@@ -109,6 +109,12 @@ def add_search_flags(parser: argparse.ArgumentParser) -> None:
         help="training seeds of every run that measures its metric (default 1; a verdict "
         "within the reference's noise of the budget is retrained up to the reference's 3)",
     )
+    parser.add_argument(
+        "--no-live",
+        action="store_true",
+        help="no live line on a terminal while a run is in progress (it is never written "
+        "where stdout is not a terminal)",
+    )
 
 
 def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
@@ -241,6 +247,7 @@ def options_from(args: argparse.Namespace) -> SearchOptions:
         devices=devices,
         hostfile=args.hostfile,
         launcher=args.launcher,
+        live=not args.no_live,
     )
 
 

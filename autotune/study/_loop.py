@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ from autotune.runner import (
     with_nodes,
 )
 from autotune.study._confirm import CONFIRM_ROUNDS, confirm, settle
+from autotune.study._live import LiveLine
 from autotune.study._objective import Objective
 from autotune.study._options import SearchOptions
 from autotune.study._probe_search import probe_search
@@ -84,6 +86,8 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
         UserError: Bad input (model file, space, storage, flags, a machine unlike the study's),
             caught before any trial runs, or a reference configuration that does not train.
     """
+    live = LiveLine(sys.stdout if options.live else None)
+    print_line = live.around(print_line)
     task = load_task(options.model)
     if options.objective == "tokens" and not task.token_batches:
         raise UserError(
@@ -120,6 +124,7 @@ def run_study(options: SearchOptions, print_line: PrintLine = print) -> tuple[op
     left = False
     try:
         objective = Objective(options, task, machine, space, study, print_line, worker)
+        objective.live = live
         with lock:
             _queue_first_trials(study, objective, options, space, task, print_line)
         with contextlib.ExitStack() as stack:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -36,18 +35,14 @@ from autotune._records import (
     CANNOT_WIN_BELOW,
     CHOSEN_BECAUSE,
     CONFIG_KEY,
-    DS_CONFIG,
     FAILED,
     FAILURE_REASON,
     GLOBAL_BATCH_SIZE,
     INFEASIBLE,
-    LAUNCH,
-    LAUNCHED,
     LEARNING_RATE,
     MEASURED,
     MEMORY_ESTIMATE_BYTES,
     MEMORY_PREDICTED_BYTES,
-    METRIC,
     NUMERICS_KEY,
     OK,
     PARTITION,
@@ -57,14 +52,11 @@ from autotune._records import (
     REFERENCE,
     REPEAT,
     ROLE,
-    SEED_EVAL_LOSSES,
-    SEED_METRICS,
     SETTINGS,
     STATUS,
     THROUGHPUT,
     TIMES_REFERENCE,
     TOKENS_PER_SECOND,
-    TRIAL_DIR,
     WALL_SECONDS,
     WORKER,
     TrialRecord,
@@ -93,16 +85,17 @@ from autotune.study._earlier import (
 )
 from autotune.study._goodput import Scoring, StudyScoring
 from autotune.study._judging import judge_run, reference_of, store_reference, store_verdict
+from autotune.study._live import LiveLine, live_text
 from autotune.study._options import ADAPTIVE, SearchOptions
 from autotune.study._outcomes import (
-    launch_recipe,
     store_no_run,
     store_probed,
     store_repeat,
+    store_run,
     store_stopped,
 )
 from autotune.study._probing import PROBE_MAX_SECONDS, PROBE_SECONDS
-from autotune.study._progress import study_progress
+from autotune.study._progress import Progress, duration, study_progress
 from autotune.study._retry import (
     record_owner,
     retry_interrupted,
@@ -146,6 +139,7 @@ class Objective:
 
     Attributes:
         workers: The warm process groups trials run in, or None to launch each afresh.
+        live: The live line while a run is in progress (off unless the search sets one).
         lock: The storage's lock, taken to claim a run.
         worker: This worker of the study.
     """
@@ -167,6 +161,7 @@ class Objective:
         self.trial_root = options.trials_dir / options.study_name
         self.profiles = ProfileCache(options.trials_dir / "profiles", machine)
         self.workers: WarmWorkers | None = None
+        self.live = LiveLine(None)
         self.footprint = measure_footprint(task.model_file)
         self.adaptive = {**ADAPTIVE, "min_seconds": options.min_measure_seconds}
         self._space_keys: frozenset[str] | None = None
@@ -248,6 +243,7 @@ class Objective:
             name,
             record.get(PARTITION),
             self.adaptive,
+            lambda seconds: f"confirmation, trial {trial.number}: this run {duration(seconds)}",
         )
         if not result.ok or result.measurements is None:
             return None, result.failure_reason
@@ -395,7 +391,8 @@ class Objective:
         reused = None if proposal.is_reference or probe else self._same_numerics(config)
         why = trial.user_attrs.get(CHOSEN_BECAUSE)
         doing = f"probing ({why}; " if probe else f"running ({'' if why is None else why + '; '}"
-        self.print_line(f"{proposal.label} {doing}{self._progress(proposal, run)})")
+        progress = self._progress(proposal, run)
+        self.print_line(f"{proposal.label} {doing}{progress.note()})")
         directory = self.trial_root / f"trial_{trial.number:04d}"
         # The reference's seeds measure the metric's own noise; --verdict-seeds trains every
         # run that measures its metric on as many.
@@ -411,22 +408,33 @@ class Objective:
         if to_beat is not None:
             trial.set_user_attr(CANNOT_WIN_BELOW, to_beat)
             adaptive["cannot_win_below"] = to_beat
-        result = run_trial(
-            config,
-            self.machine,
-            self.task.model_file.path,
-            self.options.train_samples if probe else scoring.samples_for(config.global_batch_size),
-            seeds,
-            directory,
-            self.options.trial_timeout,
-            partition_bounds=stages.bounds,
-            workers=self.workers,
-            need_metric=reused is None and not probe,
-            adaptive=adaptive,
-            measure_noise=proposal.is_reference,
+        samples = (
+            self.options.train_samples if probe else scoring.samples_for(config.global_batch_size)
         )
-        self._record_run(proposal, stages, result, reused, directory)
+        with self.live.showing(lambda seconds: live_text(progress, seconds)):
+            result = run_trial(
+                config,
+                self.machine,
+                self.task.model_file.path,
+                samples,
+                seeds,
+                directory,
+                self.options.trial_timeout,
+                partition_bounds=stages.bounds,
+                workers=self.workers,
+                need_metric=reused is None and not probe,
+                adaptive=adaptive,
+                measure_noise=proposal.is_reference,
+            )
+        store_run(trial, config, self.machine, stages.profile, result, reused, directory)
         return result
+
+    def _progress(self, proposal: _Proposal, run: int) -> Progress:
+        """Where this run stands (`study_progress`); no more runs are left than untried
+        configurations this machine can run."""
+        untried = self.untried(runnable_only=True)
+        at_most = None if untried is None else untried[0]
+        return study_progress(self.study, self.options, proposal.role, run, self.started, at_most)
 
     def _to_beat(self, proposal: _Proposal, scoring: Scoring) -> float | None:
         """The samples/s this run must be able to reach to train on (`cannot_win_below`, over
@@ -436,37 +444,6 @@ class Objective:
         best = cannot_win_below(self.study) if stops and not proposal.is_reference else None
         return (
             None if best is None else best / scoring.efficiency(proposal.config.global_batch_size)
-        )
-
-    def _progress(self, proposal: _Proposal, run: int) -> str:
-        """Where this run stands (`study_progress`); no more runs are left than untried
-        configurations this machine can run."""
-        untried = self.untried(runnable_only=True)
-        at_most = None if untried is None else untried[0]
-        return study_progress(self.study, self.options, proposal.role, run, self.started, at_most)
-
-    def _record_run(
-        self,
-        proposal: _Proposal,
-        stages: _Stages,
-        result: RunResult,
-        reused: TrialRecord | None,
-        directory: Path,
-    ) -> None:
-        trial, config = proposal.trial, proposal.config
-        trial.set_user_attr(LAUNCHED, result.launched)
-        if result.ok and reused is not None:
-            # Only throughput was measured; the metric is the earlier trial's, same numerics.
-            assert result.measurements is not None
-            result.measurements[METRIC] = reused.get(METRIC)
-            result.measurements[SEED_METRICS] = reused.get(SEED_METRICS) or [reused.get(METRIC)]
-            result.measurements[SEED_EVAL_LOSSES] = reused.get(SEED_EVAL_LOSSES)
-            trial.set_user_attr(ACCURACY_REUSED_FROM, reused.number)
-        trial.set_user_attr(TRIAL_DIR, str(directory))
-        trial.set_user_attr(WALL_SECONDS, result.wall_seconds)
-        trial.set_user_attr(DS_CONFIG, config.ds_config())
-        trial.set_user_attr(
-            LAUNCH, launch_recipe(trial, config, self.machine, stages.profile, result)
         )
 
     # --- what is stored -------------------------------------------------------------------
@@ -558,6 +535,8 @@ class Objective:
             [self.options.seed + offset for offset in offsets],
             f"trial_{trial.number:04d}/more_seeds",
             stages.bounds,
+            None,
+            lambda seconds: f"trial {trial.number}, more seeds: this run {duration(seconds)}",
         )
         trial.set_user_attr(WALL_SECONDS, trial.user_attrs[WALL_SECONDS] + result.wall_seconds)
         if not result.ok or result.measurements is None:
@@ -572,23 +551,26 @@ class Objective:
         seeds: list[int],
         name: str,
         bounds: Sequence[int] | None,
-        adaptive: dict[str, Any] | None = None,
+        adaptive: dict[str, Any] | None,
+        live: Callable[[float], str],
     ) -> RunResult:
         """Run ``config`` again, outside a trial's own run: its metric on ``seeds``, or with
-        ``adaptive`` its throughput only. Files under the study's trial folder ``name``."""
-        return run_trial(
-            config,
-            self.machine,
-            self.task.model_file.path,
-            samples,
-            seeds,
-            self.trial_root / name,
-            self.options.trial_timeout,
-            partition_bounds=bounds,
-            workers=self.workers,
-            need_metric=adaptive is None,
-            adaptive=adaptive,
-        )
+        ``adaptive`` its throughput only. Files under the study's trial folder ``name``;
+        ``live`` gives the live line from the seconds it has run."""
+        with self.live.showing(live):
+            return run_trial(
+                config,
+                self.machine,
+                self.task.model_file.path,
+                samples,
+                seeds,
+                self.trial_root / name,
+                self.options.trial_timeout,
+                partition_bounds=bounds,
+                workers=self.workers,
+                need_metric=adaptive is None,
+                adaptive=adaptive,
+            )
 
     def _reference_metric(self) -> float:
         """The study's reference metric, once some worker has measured it

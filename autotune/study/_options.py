@@ -73,6 +73,9 @@ class SearchOptions:
     hostfile: Path | None = None
     launcher: str = "ssh"
     devices: tuple[int, ...] | None = None
+    live: bool = False
+    """Show the live line on stdout while a run is in progress, when stdout is a terminal
+    (`autotune.study._live`); `autotune search` sets it unless given --no-live."""
 
     def __post_init__(self) -> None:
         problem = self._problem()

@@ -6,6 +6,7 @@ is ever a candidate for the best. And what every run stores of how to launch it 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -13,10 +14,15 @@ import optuna
 from autotune._machine import Machine
 from autotune._plan import TrialConfig
 from autotune._records import (
+    ACCURACY_REUSED_FROM,
     BUDGET_STEPS,
     CANNOT_WIN_BELOW,
+    DS_CONFIG,
+    LAUNCH,
+    LAUNCHED,
     MEASURED,
     MEASURED_STEPS,
+    METRIC,
     NOT_COPIED_BY_REPEAT,
     PARTITION,
     PROBED,
@@ -24,10 +30,15 @@ from autotune._records import (
     REASON,
     REPEAT,
     REPEAT_OF,
+    SEED_EVAL_LOSSES,
+    SEED_METRICS,
     STAGE_PREDICTED_SECONDS,
     STATUS,
     STOPPED,
     THROUGHPUT,
+    TRIAL_DIR,
+    WALL_SECONDS,
+    TrialRecord,
 )
 from autotune._score import constraints_for_no_run
 from autotune.pipeline import LayerProfile, predicted_stage_seconds
@@ -82,6 +93,32 @@ def store_stopped(trial: optuna.Trial, measured: dict[str, Any], rate: float) ->
 def store_probed(trial: optuna.Trial, measured: dict[str, Any], rate: float) -> None:
     """Store a probe (`PROBED`): throughput only."""
     store_timed(trial, measured, rate, PROBED)
+
+
+def store_run(
+    trial: optuna.Trial,
+    config: TrialConfig,
+    machine: Machine,
+    profile: LayerProfile | None,
+    result: RunResult,
+    reused: TrialRecord | None,
+    directory: Path,
+) -> None:
+    """Store what every launched run of a trial stores: whether it launched a group, its
+    folder, wall time, ds_config and launch recipe; where ``reused`` (an earlier trial of the
+    same numerics) measured the metric, its metric goes into the run's measurements."""
+    trial.set_user_attr(LAUNCHED, result.launched)
+    if result.ok and reused is not None:
+        # Only throughput was measured; the metric is the earlier trial's, same numerics.
+        assert result.measurements is not None
+        result.measurements[METRIC] = reused.get(METRIC)
+        result.measurements[SEED_METRICS] = reused.get(SEED_METRICS) or [reused.get(METRIC)]
+        result.measurements[SEED_EVAL_LOSSES] = reused.get(SEED_EVAL_LOSSES)
+        trial.set_user_attr(ACCURACY_REUSED_FROM, reused.number)
+    trial.set_user_attr(TRIAL_DIR, str(directory))
+    trial.set_user_attr(WALL_SECONDS, result.wall_seconds)
+    trial.set_user_attr(DS_CONFIG, config.ds_config())
+    trial.set_user_attr(LAUNCH, launch_recipe(trial, config, machine, profile, result))
 
 
 def launch_recipe(
