@@ -118,6 +118,10 @@ GRADIENT_NOISE = "gradient_noise"
 noise scale; None where they cannot be measured."""
 CANNOT_WIN_BELOW = "cannot_win_below"
 """On a run that could stop early: the samples/s it had to be able to reach to go on."""
+FEASIBLE = "feasible"
+"""Whether the trial's constraints make it feasible (`autotune._score.is_feasible`), stored
+beside them for optuna-dashboard's trial table (`autotune.study._dashboard`); autotune itself
+reads the constraints. Absent in studies written before it existed."""
 TRAIN_LOSS = "train_loss"
 """In the harness's result only (a trial's record does not keep it)."""
 WORLD_SIZE = "world_size"
@@ -233,6 +237,10 @@ STUDY_CONFIRMATIONS = "confirmations"
 STUDY_CONFIRMATION_ROUNDS = "confirmation_rounds"
 """One dict per round: trial number (as a string) -> samples/s in that round."""
 STUDY_CONFIRMATION_FAILURES = "confirmation_failures"
+STUDY_CHOSEN = "chosen_trial"
+"""The number of the trial the last finished search recommends (`autotune.study.Verdict.chosen`,
+what `autotune export` writes), or None while no trial is feasible; shown by optuna-dashboard
+beside its own "Best Trial", the highest value feasible or not."""
 STUDY_FIXED: tuple[str, ...] = (
     STUDY_MODEL_SHA256,
     STUDY_TRAIN_SAMPLES,

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 DEFAULT_MAX_ACCURACY_LOSS = 0.005
 ACCURACY_CONSTRAINT = "accuracy_loss_over_budget"
 RUNNABLE_CONSTRAINT = "did_not_run"
+"""A study stores a trial's constraints as Optuna's list (`autotune.study._dashboard`), which
+Optuna reads back keyed by position: these two, in this order, in every trial."""
 
 
 def accuracy_loss(reference_metric: float, metric: float) -> float:

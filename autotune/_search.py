@@ -33,6 +33,7 @@ from autotune.study import (
     reference_trial,
     run_study,
     runs_of,
+    show_choice,
     stored_confirmations,
     study_scoring,
     throughput_runs,
@@ -149,6 +150,7 @@ def finish(
         if check is not None and best.number != reference.number:
             print_line(check.line())
         export_dir = _export_chosen(study, judged, options, print_line)
+    show_choice(study, judged)  # for optuna-dashboard, whose own best ignores feasibility
     report_path = write_study_report(study, options.reports_dir / f"{options.study_name}.html")
     print_line(f"report: {report_path}")
     return SearchSummary(

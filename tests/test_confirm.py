@@ -11,6 +11,7 @@ import pytest
 
 from autotune import SearchOptions, export, write_study_report
 from autotune._records import (
+    STUDY_CHOSEN,
     STUDY_CONFIRMATION_FAILURES,
     STUDY_CONFIRMATION_ROUNDS,
     STUDY_CONFIRMATIONS,
@@ -310,6 +311,7 @@ def test_the_reference_is_exported_and_reported_when_the_best_is_within_the_nois
     )
     exported = tmp_path / "trials" / "model" / "best" / "launch.json"
     assert json.loads(exported.read_text())["trial"] == 0
+    assert study.user_attrs[STUDY_CHOSEN] == 0  # for optuna-dashboard (tests/test_dashboard.py)
 
 
 def test_the_chance_of_a_lead_between_equals() -> None:

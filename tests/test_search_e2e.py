@@ -13,10 +13,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _dashboard import attrs, feasible_in_dashboard, served_dashboard, study_detail
 from search_options import grid_search_options
 
 from autotune import SearchOptions, export, load_study, search, trials_frame
-from autotune._score import is_feasible
+from autotune._score import constraints_for_no_run, is_feasible
 from autotune.runner import remove_shm_buffers
 from autotune.study import MAX_ROUNDS
 
@@ -150,8 +151,28 @@ def test_cannot_run_configurations_are_infeasible_with_reason(searched: tuple) -
     assert any("does not divide processes" in r for r in reasons)
     for trial in skipped:
         assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert trial.constraints["did_not_run"] == 1.0  # the sampler sees them as infeasible
+        # The sampler sees them as infeasible (Optuna's list form, which the dashboard reads).
+        assert list(trial.constraints.values()) == list(constraints_for_no_run().values())
     assert any("skipped: pin_memory only helps" in line for line in lines)
+
+
+def test_the_dashboard_shows_feasibility_the_objective_and_the_choice(searched: tuple) -> None:
+    """optuna-dashboard's own app, on a loopback port, serves the search's study: the JSON its
+    pages fetch marks what autotune found infeasible as such, and names autotune's choice."""
+    tmp_path, _, summary = searched
+    url = f"sqlite:///{tmp_path}/study.db"
+    with served_dashboard(url) as base:
+        detail = study_detail(base, "tiny")
+    assert detail["objective_names"] == ["samples/s"]
+    study = load_study("tiny", url)
+    for trial in detail["trials"]:
+        feasible = is_feasible(study.trials[trial["number"]].constraints)
+        assert feasible_in_dashboard(trial) == feasible, trial["number"]
+        assert attrs(trial["user_attrs"])["feasible"] == str(feasible)
+    assert any(not feasible_in_dashboard(t) for t in detail["trials"])  # the skipped ones
+    chosen = summary.chosen.number
+    assert attrs(detail["user_attrs"])["chosen_trial"] == str(chosen)
+    assert detail["note"]["body"].startswith(f"**autotune's choice: trial {chosen}**")
 
 
 def test_repeated_configuration_reuses_stored_result(searched: tuple) -> None:

@@ -13,6 +13,7 @@ from autotune.study._confirm import (
     confirmation_order,
     settle,
 )
+from autotune.study._dashboard import choice_note, show_choice
 from autotune.study._earlier import CANNOT_WIN_MARGIN
 from autotune.study._goodput import Scoring, study_scoring, timed_runs
 from autotune.study._judging import QualityCheck, quality_check
@@ -97,6 +98,7 @@ __all__ = [
     "Verdict",
     "best_trial",
     "chance_if_equal",
+    "choice_note",
     "confirm",
     "confirmation_order",
     "enqueue_reference",
@@ -117,6 +119,7 @@ __all__ = [
     "runs_of",
     "sampler_seed",
     "settle",
+    "show_choice",
     "stored_confirmations",
     "stored_failures",
     "stored_rounds",

@@ -40,6 +40,7 @@ from autotune._verdict import (
     of_reference,
 )
 from autotune._verdict import EVAL_LOSS as BY_EVAL_LOSS
+from autotune.study._dashboard import store_constraints
 
 
 def seed_figures(measured: Mapping[str, Any]) -> tuple[list[float], list[float]]:
@@ -88,8 +89,7 @@ def store_verdict(
     over = constraints_for_run(verdict.loss, budget)
     if verdict.by == BY_EVAL_LOSS:
         over = constraints_for_run(budget if verdict.feasible else budget + 1e-6, budget)
-    for name, value in over.items():
-        trial.set_constraint(name, value)
+    store_constraints(trial, over)
     trial.set_user_attr(SEED_METRICS, metrics)
     trial.set_user_attr(SEED_EVAL_LOSSES, losses)
     trial.set_user_attr(METRIC, _mean(metrics))

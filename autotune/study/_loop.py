@@ -22,6 +22,7 @@ import optuna
 from autotune._errors import UserError
 from autotune._machine import Machine, detect_machine, with_devices
 from autotune._records import (
+    STUDY_CHOSEN,
     STUDY_EVAL_SOURCE,
     STUDY_FIXED,
     STUDY_FIXED_DEFAULTS,
@@ -48,6 +49,7 @@ from autotune.runner import (
     with_nodes,
 )
 from autotune.study._confirm import CONFIRM_ROUNDS, confirm, settle
+from autotune.study._dashboard import name_objective
 from autotune.study._live import LiveLine
 from autotune.study._objective import Objective
 from autotune.study._options import SearchOptions
@@ -210,6 +212,7 @@ def _open_study(
     )
     _check_resume(study, options, task)
     _check_machine(study, options, machine)
+    name_objective(study)  # what optuna-dashboard calls the value
     study.set_user_attr(STUDY_SPACE, space.describe())
     optuna.storages.fail_stale_trials(study)
     worker = join(study, machine.device_ids)
@@ -239,6 +242,8 @@ def _check_resume(study: optuna.Study, options: SearchOptions, task: Task) -> No
     }
     stored = dict(study.user_attrs)
     if not stored.get(STUDY_MODEL):
+        # First, so optuna-dashboard lists it on its first page, beside its own "Best Trial".
+        study.set_user_attr(STUDY_CHOSEN, None)
         study.set_user_attr(STUDY_MODEL, path)
         for name, value in wanted.items():
             study.set_user_attr(name, value)

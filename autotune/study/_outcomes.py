@@ -43,6 +43,7 @@ from autotune._records import (
 from autotune._score import constraints_for_no_run
 from autotune.pipeline import LayerProfile, predicted_stage_seconds
 from autotune.runner import RunResult
+from autotune.study._dashboard import store_constraints
 from autotune.study._earlier import CANNOT_WIN_MARGIN
 
 
@@ -50,8 +51,7 @@ def store_no_run(trial: optuna.Trial, status: str, reason: str) -> None:
     """Store a trial that has no measurement (`INFEASIBLE` or `FAILED`) and why."""
     trial.set_user_attr(STATUS, status)
     trial.set_user_attr(REASON, reason)
-    for name, value in constraints_for_no_run().items():
-        trial.set_constraint(name, value)
+    store_constraints(trial, constraints_for_no_run())
 
 
 def store_repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
@@ -61,8 +61,7 @@ def store_repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None
             trial.set_user_attr(name, value)
     trial.set_user_attr(STATUS, REPEAT)
     trial.set_user_attr(REPEAT_OF, earlier.number)
-    for name, value in earlier.constraints.items():
-        trial.set_constraint(name, value)
+    store_constraints(trial, earlier.constraints)
 
 
 def store_timed(trial: optuna.Trial, measured: dict[str, Any], rate: float, status: str) -> None:
@@ -72,8 +71,7 @@ def store_timed(trial: optuna.Trial, measured: dict[str, Any], rate: float, stat
         trial.set_user_attr(name, measured.get(name))
     trial.set_user_attr(RATE, rate)
     trial.set_user_attr(STATUS, status)
-    for name, value in constraints_for_no_run().items():
-        trial.set_constraint(name, value)
+    store_constraints(trial, constraints_for_no_run())
 
 
 def store_stopped(trial: optuna.Trial, measured: dict[str, Any], rate: float) -> str:
