@@ -143,7 +143,8 @@ class SpacePlan:
         engine = run.launch_seconds / 2  # a warm rank still builds each run's engine
         searching = others * (training + (0 if not warm_workers else engine))
         reference = run.launch_seconds + REFERENCE_SEEDS * training
-        confirming = CONFIRM_ROUNDS * (1 + confirm) * (engine + run.train_seconds / 2)
+        relaunch = engine if warm_workers else run.launch_seconds
+        confirming = CONFIRM_ROUNDS * (1 + confirm) * (relaunch + run.train_seconds / 2)
         return reference + searching + launches * run.launch_seconds + confirming
 
 

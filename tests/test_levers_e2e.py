@@ -215,7 +215,9 @@ def test_a_search_over_the_levers_records_and_exports_them(
     assert ran == {(cache, threads) for cache in (False, True) for threads in one_thread}, lines
     assert any("cache" in line.split("]")[0] for line in lines if "trial" in line), lines
 
-    print_trials(argparse.Namespace(study=None, storage=f"sqlite:///{tmp_path}/study.db"))
+    print_trials(
+        argparse.Namespace(study=None, storage=f"sqlite:///{tmp_path}/study.db", format="table")
+    )
     header = capsys.readouterr().out.splitlines()[0].split()
     assert "cache" in header and ("threads" in header) == (machine.cores > 1)
 
@@ -344,7 +346,9 @@ def test_a_search_over_batching_records_shows_and_exports_it(
     records = [TrialRecord.of(trial) for trial in study.trials]
     assert {r.settings["batching"] for r in records if r.is_ok} == {"items", "tokens"}, lines
     assert any("batch=tokens" in line for line in lines), lines
-    print_trials(argparse.Namespace(study=None, storage=f"sqlite:///{tmp_path}/study.db"))
+    print_trials(
+        argparse.Namespace(study=None, storage=f"sqlite:///{tmp_path}/study.db", format="table")
+    )
     header = capsys.readouterr().out.splitlines()[0].split()
     assert "batch" in header and "padding" in header
     _, launch = export(study, tmp_path / "best")
